@@ -1,0 +1,1 @@
+"""Llama-2 in Flax NNX (``llama``) and HF checkpoint import/export (``hf``)."""

@@ -1,0 +1,389 @@
+"""HF transformers checkpoints in and out: safetensors ``LlamaForCausalLM``,
+``LlamaForSequenceClassification`` (num_labels=1) and ``LlamaForTokenClassification`` (critic).
+
+Loading never materialises the whole model on one host or device: every weight is built with
+``jax.make_array_from_callback`` in its target ``NamedSharding``, and each device shard is read
+from the (memory-mapped) safetensors file with a slice, so a host holds at most its own shards.
+
+    from metarm_jax.models import hf
+    lm = hf.load_hf(path, head="lm")          # LlamaForCausalLM weights
+    logits = lm(input_ids, attention_mask=m)  # [B, T, vocab]
+    rm = hf.load_hf(path, head="reward")      # LlamaForSequenceClassification weights
+    rewards = rm(input_ids, attention_mask=m) # [B], at the last non-pad token
+    hf.save_hf(model, out_dir)                # loadable by transformers.from_pretrained
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, SingleDeviceSharding
+
+from metarm_jax.models import llama
+from metarm_jax.sharding import state_shardings
+
+ARCHITECTURES = {
+    "lm": "LlamaForCausalLM",
+    "reward": "LlamaForSequenceClassification",
+    "value": "LlamaForTokenClassification",
+}
+_HEAD_PARAMS = ("score", "score_bias")  # may be freshly initialised when absent
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not match what the model expects."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> llama.LlamaConfig:
+    """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype/param_dtype/remat/scan."""
+    if hf_cfg.get("model_type", "llama") != "llama":
+        raise CheckpointError(f"{source}: model_type={hf_cfg.get('model_type')!r}; only 'llama' "
+                              "checkpoints are supported.")
+    rope = hf_cfg.get("rope_parameters") or {}
+    scaling = hf_cfg.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
+    if rope_type not in ("default", None):
+        raise CheckpointError(f"{source}: rope_type={rope_type!r} is not supported (only the "
+                              "default rotary embedding of Llama-2).")
+    for flag in ("attention_bias", "mlp_bias"):
+        if hf_cfg.get(flag):
+            raise CheckpointError(f"{source}: {flag}=true is not supported (Llama-2 has no biases).")
+    theta = rope.get("rope_theta", hf_cfg.get("rope_theta", 10000.0))
+    try:
+        cfg = llama.LlamaConfig(
+            vocab_size=hf_cfg["vocab_size"], hidden_size=hf_cfg["hidden_size"],
+            intermediate_size=hf_cfg["intermediate_size"],
+            num_layers=hf_cfg["num_hidden_layers"], num_heads=hf_cfg["num_attention_heads"],
+            num_kv_heads=hf_cfg.get("num_key_value_heads") or hf_cfg["num_attention_heads"],
+            head_dim=hf_cfg.get("head_dim") or 0, rope_theta=float(theta),
+            rms_norm_eps=hf_cfg.get("rms_norm_eps", 1e-6),
+            tie_word_embeddings=bool(hf_cfg.get("tie_word_embeddings", False)),
+            max_position_embeddings=hf_cfg.get("max_position_embeddings", 4096),
+            initializer_range=hf_cfg.get("initializer_range", 0.02),
+            pad_token_id=hf_cfg.get("pad_token_id"),
+            bos_token_id=hf_cfg.get("bos_token_id", 1) or 1,
+            eos_token_id=_first(hf_cfg.get("eos_token_id", 2)),
+        )
+    except KeyError as e:
+        raise CheckpointError(f"{source}: missing key {e.args[0]!r}, needed to build a Llama "
+                              "config.") from None
+    return cfg.replace(**{k: v for k, v in policy.items() if v is not None})
+
+
+def _first(x):
+    return x[0] if isinstance(x, (list, tuple)) else x
+
+
+def config_to_hf(cfg: llama.LlamaConfig, head: str = "lm"):
+    """A ``transformers.LlamaConfig`` for this model (built by transformers itself)."""
+    import transformers
+
+    kw = dict(
+        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+        max_position_embeddings=cfg.max_position_embeddings,
+        initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings,
+        pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id,
+        eos_token_id=cfg.eos_token_id,
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        architectures=[ARCHITECTURES[head]], dtype=cfg.param_dtype,
+    )
+    if head != "lm":
+        kw["num_labels"] = 1
+    return transformers.LlamaConfig(**kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight mapping: our parameter  <->  HF tensor
+
+
+@dataclass(frozen=True)
+class _Map:
+    hf_name: str   # may contain {i} (layer index) and {prefix}
+    kind: str      # how our layout relates to HF's, see _read_region / _to_hf
+    stacked: bool = False
+
+
+def weight_map(cfg: llama.LlamaConfig, head: str) -> dict[str, _Map]:
+    m = {
+        "embed": _Map("{prefix}embed_tokens.weight", "same"),
+        "final_norm": _Map("{prefix}norm.weight", "same"),
+        "layers.attn_norm": _Map("{prefix}layers.{i}.input_layernorm.weight", "same", True),
+        "layers.mlp_norm": _Map("{prefix}layers.{i}.post_attention_layernorm.weight", "same", True),
+        "layers.q": _Map("{prefix}layers.{i}.self_attn.q_proj.weight", "split_out", True),
+        "layers.k": _Map("{prefix}layers.{i}.self_attn.k_proj.weight", "split_out", True),
+        "layers.v": _Map("{prefix}layers.{i}.self_attn.v_proj.weight", "split_out", True),
+        "layers.o": _Map("{prefix}layers.{i}.self_attn.o_proj.weight", "split_in", True),
+        "layers.gate": _Map("{prefix}layers.{i}.mlp.gate_proj.weight", "T", True),
+        "layers.up": _Map("{prefix}layers.{i}.mlp.up_proj.weight", "T", True),
+        "layers.down": _Map("{prefix}layers.{i}.mlp.down_proj.weight", "T", True),
+    }
+    if head == "lm" and not cfg.tie_word_embeddings:
+        m["lm_head"] = _Map("lm_head.weight", "T")
+    elif head in ("reward", "value"):
+        m["score"] = _Map("score.weight", "T")
+        if head == "value":
+            m["score_bias"] = _Map("score.bias", "same")
+    return m
+
+
+def _norm_slices(index: tuple, shape: tuple) -> list[slice]:
+    out = [slice(*s.indices(n)) for s, n in zip(index, shape)]
+    return out + [slice(0, n) for n in shape[len(out):]]
+
+
+def _hf_shape(kind: str, our_shape: tuple) -> tuple:
+    if kind == "same":
+        return our_shape
+    if kind == "T":
+        return our_shape[::-1]
+    if kind == "split_out":  # ours [E, H, D]  <-  HF [H*D, E]
+        e, h, d = our_shape
+        return (h * d, e)
+    if kind == "split_in":   # ours [H, D, E]  <-  HF [E, H*D]
+        h, d, e = our_shape
+        return (e, h * d)
+    raise AssertionError(kind)
+
+
+def _read_region(sl, kind: str, our_shape: tuple, region: list[slice]) -> np.ndarray:
+    """Read our-layout ``region`` of one (per-layer) tensor from a safetensors slice object."""
+    if kind == "same":
+        return np.asarray(sl[tuple(region)])
+    if kind == "T":
+        return np.asarray(sl[region[1], region[0]]).T
+    if kind == "split_out":
+        se, sh, sd = region
+        d = our_shape[2]
+        rows = np.asarray(sl[sh.start * d: sh.stop * d, se])            # [h*D, e]
+        return rows.reshape(sh.stop - sh.start, d, -1)[:, sd].transpose(2, 0, 1)
+    if kind == "split_in":
+        sh, sd, se = region
+        d = our_shape[1]
+        cols = np.asarray(sl[se, sh.start * d: sh.stop * d])            # [e, h*D]
+        return cols.reshape(cols.shape[0], sh.stop - sh.start, d)[:, :, sd].transpose(1, 2, 0)
+    raise AssertionError(kind)
+
+
+def _to_hf(kind: str, ours: np.ndarray) -> np.ndarray:
+    if kind == "same":
+        return ours
+    if kind == "T":
+        return ours.T
+    if kind == "split_out":
+        e, h, d = ours.shape
+        return ours.reshape(e, h * d).T
+    if kind == "split_in":
+        h, d, e = ours.shape
+        return ours.reshape(h * d, e).T
+    raise AssertionError(kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class _SafetensorsDir:
+    """Tensor name -> lazily opened safetensors file (single file or sharded index)."""
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        self._open = safe_open
+        single = os.path.join(path, "model.safetensors")
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.exists(index):
+            with open(index) as f:
+                wm = json.load(f).get("weight_map")
+            if not isinstance(wm, dict):
+                raise CheckpointError(f"{index}: no 'weight_map' object.")
+            self.files = {k: os.path.join(path, v) for k, v in wm.items()}
+        elif os.path.exists(single):
+            with safe_open(single, "numpy") as f:
+                self.files = {k: single for k in f.keys()}
+        else:
+            bins = [n for n in os.listdir(path) if n.endswith((".bin", ".pt", ".pth"))]
+            hint = (f" Found {bins}: pickle checkpoints are not loaded (unsafe); convert them with "
+                    "transformers' save_pretrained(safe_serialization=True).") if bins else ""
+            raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json."
+                                  + hint)
+        self._handles: dict[str, object] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.files
+
+    def slice(self, name: str):
+        fn = self.files[name]
+        if fn not in self._handles:
+            if not os.path.exists(fn):
+                raise CheckpointError(f"{fn}: listed in the index for {name!r} but missing.")
+            self._handles[fn] = self._open(fn, "numpy")
+        return self._handles[fn].get_slice(name)
+
+
+def _prefix(st: _SafetensorsDir) -> str:
+    for p in ("model.", ""):
+        if f"{p}embed_tokens.weight" in st:
+            return p
+    raise CheckpointError("checkpoint has no 'model.embed_tokens.weight' (nor 'embed_tokens.weight'):"
+                          " is this a Llama checkpoint?")
+
+
+def read_config(path: str) -> dict:
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint directory {path!r} does not exist; pass a local HF model "
+                              "directory (config.json + *.safetensors).")
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.exists(cfg_path):
+        raise CheckpointError(f"{cfg_path}: not found; an HF checkpoint directory needs config.json.")
+    with open(cfg_path) as f:
+        return json.load(f)
+
+
+def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
+            param_dtype: str | None = None, remat: str | None = None,
+            scan_layers: bool | None = None, init_missing_head: bool = True,
+            seed: int = 0) -> llama.Llama:
+    """Load an HF Llama checkpoint directory into a (sharded) NNX model with the given head.
+
+    A ``reward``/``value`` head missing from the checkpoint (e.g. starting an RM from an SFT
+    ``LlamaForCausalLM``) is initialised like HF does (normal, std=initializer_range) when
+    ``init_missing_head``; any other missing or misshapen tensor is an error naming it.
+    """
+    hf_cfg = read_config(path)
+    cfg = config_from_hf(hf_cfg, source=os.path.join(path, "config.json"), dtype=dtype,
+                         param_dtype=param_dtype, remat=remat, scan_layers=scan_layers)
+    st = _SafetensorsDir(path)
+    prefix = _prefix(st)
+
+    abstract = nnx.eval_shape(lambda: llama.Llama(cfg, head, rngs=nnx.Rngs(seed)))
+    graphdef, abs_state = nnx.split(abstract)
+    if mesh is None:
+        dev = SingleDeviceSharding(jax.devices()[0])
+        shardings = jax.tree.map(lambda _: dev, abs_state,
+                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+    else:
+        shardings = state_shardings(mesh, abs_state)
+    wmap = weight_map(cfg, head)
+    flat_shard = dict(shardings.flat_state())
+    missing_head = []
+    fresh = None
+    out = {}
+    for path_t, var in abs_state.flat_state():
+        name = ".".join(map(str, path_t))
+        shape, want = var.get_value().shape, cfg.weight_dtype
+        sharding: NamedSharding = flat_shard[path_t]
+        m = wmap[name]
+        layer_names = ([m.hf_name.format(prefix=prefix, i=i) for i in range(cfg.num_layers)]
+                       if m.stacked else [m.hf_name.format(prefix=prefix)])
+        per_layer_shape = shape[1:] if m.stacked else shape
+        absent = [n for n in layer_names if n not in st]
+        if absent:
+            if name in _HEAD_PARAMS and init_missing_head and len(absent) == len(layer_names):
+                missing_head.append(layer_names[0])
+                if fresh is None:
+                    fresh = dict(nnx.split(llama.Llama(cfg.replace(num_layers=1), head,
+                                                       rngs=nnx.Rngs(seed)))[1].flat_state())
+                out[path_t] = jax.device_put(np.asarray(fresh[path_t].get_value()), sharding)
+                continue
+            raise CheckpointError(f"{path}: tensor {absent[0]!r} is missing (needed for "
+                                  f"parameter {name!r} of a {ARCHITECTURES[head]}).")
+        expected = _hf_shape(m.kind, per_layer_shape)
+        for n in layer_names:
+            got = tuple(st.slice(n).get_shape())
+            if got != expected:
+                raise CheckpointError(f"{path}: tensor {n!r} has shape {got}, expected {expected} "
+                                      "from config.json.")
+
+        def callback(index, m=m, names=layer_names, pls=per_layer_shape, shape=shape, want=want):
+            region = _norm_slices(index, shape)
+            if not m.stacked:
+                return _read_region(st.slice(names[0]), m.kind, pls, region).astype(want)
+            parts = [_read_region(st.slice(names[i]), m.kind, pls, region[1:])
+                     for i in range(region[0].start, region[0].stop)]
+            return np.stack(parts).astype(want)
+
+        out[path_t] = jax.make_array_from_callback(shape, sharding, callback)
+    if missing_head:
+        print(f"[metarm_jax] {path}: {', '.join(missing_head)} not in the checkpoint; initialised "
+              f"the {head} head with normal(std={cfg.initializer_range}), seed {seed}.")
+    state = abs_state
+    for path_t, var in state.flat_state():
+        var.set_value(out[path_t])
+    return nnx.merge(graphdef, state)
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _host_value(x: jax.Array) -> np.ndarray:
+    """The full value on every process (gathers shards across hosts when needed)."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def save_hf(model: llama.Llama, out_dir: str, *, dtype: str | None = None, tokenizer=None,
+            max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write ``model`` as an HF checkpoint directory (config.json + safetensors, sharded with an
+    index when larger than ``max_shard_bytes``). Only process 0 writes; all must call it."""
+    from safetensors.numpy import save_file
+
+    cfg, head = model.cfg, model.head
+    wmap = weight_map(cfg, head)
+    np_dtype = np.dtype(llama.DTYPES[dtype or cfg.param_dtype])
+    writer = jax.process_index() == 0
+    if writer:
+        os.makedirs(out_dir, exist_ok=True)
+    _, state = nnx.split(model, nnx.Param)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    prefix = "model."
+    for path_t, var in state.flat_state():
+        name = ".".join(map(str, path_t))
+        m = wmap[name]
+        value = _host_value(var.get_value())
+        if not writer:
+            continue
+        items = ([(m.hf_name.format(prefix=prefix, i=i), value[i]) for i in range(cfg.num_layers)]
+                 if m.stacked else [(m.hf_name.format(prefix=prefix), value)])
+        for hf_name, v in items:
+            t = np.ascontiguousarray(_to_hf(m.kind, v).astype(np_dtype))
+            if size and size + t.nbytes > max_shard_bytes:
+                shards.append({})
+                size = 0
+            shards[-1][hf_name] = t
+            size += t.nbytes
+    if not writer:
+        return
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(out_dir, "model.safetensors"), metadata=meta)
+    else:
+        weight_map_json, total = {}, 0
+        for i, shard in enumerate(shards):
+            fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, os.path.join(out_dir, fn), metadata=meta)
+            for k, v in shard.items():
+                weight_map_json[k] = fn
+                total += v.nbytes
+        with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map_json}, f,
+                      indent=2)
+    config_to_hf(cfg.replace(param_dtype=np_dtype.name if np_dtype.name in llama.DTYPES
+                             else cfg.param_dtype), head).save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)

@@ -1,0 +1,387 @@
+"""Llama-2 decoder in Flax NNX with three heads: LM logits, scalar reward, token values.
+
+Numerics follow HF transformers' ``LlamaModel`` (RMSNorm in fp32, rotate-half rotary embeddings,
+grouped-query attention, SwiGLU) so that HF checkpoints load without any weight permutation.
+
+Layout choices:
+- Every weight names its logical axes (``nnx.Param(..., axes=...)``); ``metarm_jax.sharding``
+  maps them to the mesh.
+- Decoder layers are always stored stacked along a leading ``layers`` axis. ``scan_layers=True``
+  runs them with ``lax.scan`` (compile time independent of depth); ``False`` unrolls a Python
+  loop over the same weights (sometimes faster to run, slower to compile).
+- Positions come from the attention mask (``cumsum(mask) - 1``), so left- and right-padded
+  batches give the same per-token results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from metarm_jax.sharding import constrain
+
+HEADS = ("lm", "reward", "value")
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int = 0  # 0: hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    pad_token_id: int | None = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    # Execution policy (not part of the checkpoint).
+    dtype: str = "float32"        # compute dtype
+    param_dtype: str = "float32"  # storage dtype of the weights
+    remat: str = "none"           # one of REMAT_POLICIES
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        if self.head_dim == 0:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                             f"num_kv_heads={self.num_kv_heads} (grouped-query attention).")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
+        for key in ("dtype", "param_dtype"):
+            if getattr(self, key) not in DTYPES:
+                raise ValueError(f"{key}={getattr(self, key)!r}; expected one of {sorted(DTYPES)}.")
+
+    def replace(self, **kw) -> "LlamaConfig":
+        return dataclasses.replace(self, **kw)
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    def num_params(self, head: str = "lm") -> int:
+        e, f, d = self.hidden_size, self.intermediate_size, self.head_dim
+        attn = e * d * (self.num_heads * 2 + self.num_kv_heads * 2)
+        layer = attn + 3 * e * f + 2 * e
+        total = self.vocab_size * e + self.num_layers * layer + e
+        if head == "lm" and not self.tie_word_embeddings:
+            total += self.vocab_size * e
+        elif head in ("reward", "value"):
+            total += e + (1 if head == "value" else 0)
+        return total
+
+
+PRESETS: dict[str, LlamaConfig] = {
+    "llama2_7b": LlamaConfig(32000, 4096, 11008, 32, 32, 32, rms_norm_eps=1e-5),
+    "llama2_13b": LlamaConfig(32000, 5120, 13824, 40, 40, 40, rms_norm_eps=1e-5),
+    "llama2_70b": LlamaConfig(32000, 8192, 28672, 80, 64, 8, rms_norm_eps=1e-5),
+    # ~1.1B (TinyLlama shape), for GPU benchmarks.
+    "llama_1b": LlamaConfig(32000, 2048, 5632, 22, 32, 4),
+    # ~105M, for CPU benchmarks.
+    "llama_100m": LlamaConfig(32000, 768, 2048, 8, 12, 12),
+    # Tiny configs for tests and the quickstart.
+    "tiny": LlamaConfig(256, 64, 128, 2, 4, 2, max_position_embeddings=512),
+    "tiny_mha": LlamaConfig(256, 64, 128, 2, 4, 4, max_position_embeddings=512),
+}
+
+
+def preset(name: str, **overrides) -> LlamaConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}.")
+    return PRESETS[name].replace(**overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# KV cache
+
+
+@struct.dataclass
+class KVCache:
+    """Per-layer keys/values for incremental decoding.
+
+    k, v:      [layers, batch, max_len, kv_heads, head_dim]
+    key_mask:  [batch, max_len]  1 where a slot holds a real (non-pad) token
+    next_pos:  [batch]           rotary position of each sequence's next real token
+    index:     []                next slot to write (shared by the batch; prompts are left-padded)
+    """
+
+    k: jax.Array
+    v: jax.Array
+    key_mask: jax.Array
+    next_pos: jax.Array
+    index: jax.Array
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+
+def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    dtype = cfg.compute_dtype if dtype is None else dtype
+    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    return KVCache(
+        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        key_mask=jnp.zeros((batch, max_len), jnp.int32),
+        next_pos=jnp.zeros((batch,), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+
+CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", None)
+
+
+# --------------------------------------------------------------------------------------------
+# Layers
+
+
+def _param(rngs: nnx.Rngs | None, init, shape, axes, dtype) -> nnx.Param:
+    value = init(rngs.params(), shape, dtype) if rngs is not None else init(None, shape, dtype)
+    return nnx.Param(value, axes=tuple(axes))
+
+
+def _ones(_, shape, dtype):
+    return jnp.ones(shape, dtype)
+
+
+def _zeros(_, shape, dtype):
+    return jnp.zeros(shape, dtype)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """HF LlamaRMSNorm: normalise in fp32, cast back, then scale."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate-half rotary embedding (HF convention). x: [B, T, H, D], positions: [B, T]."""
+    d = x.shape[-1]
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq            # [B, T, D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]          # [B, T, 1, D]
+    cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+def positions_from_mask(mask: jax.Array, start: jax.Array | None = None) -> jax.Array:
+    """Rotary positions [B, T]: count of real tokens before each token (pads repeat a position)."""
+    pos = jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1
+    if start is not None:
+        pos = pos + start[:, None]
+    return jnp.maximum(pos, 0)
+
+
+class Block(nnx.Module):
+    """One decoder layer; created with a leading ``layers`` axis of size ``stack``."""
+
+    def __init__(self, cfg: LlamaConfig, stack: int, rngs: nnx.Rngs | None):
+        e, f, h, kvh, d = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
+                           cfg.num_kv_heads, cfg.head_dim)
+        L, dt = (stack,), cfg.weight_dtype
+        w = nnx.initializers.normal(cfg.initializer_range)
+        self.attn_norm = _param(rngs, _ones, L + (e,), ("layers", "norm"), dt)
+        self.q = _param(rngs, w, L + (e, h, d), ("layers", "embed", "heads", "head_dim"), dt)
+        self.k = _param(rngs, w, L + (e, kvh, d), ("layers", "embed", "kv_heads", "head_dim"), dt)
+        self.v = _param(rngs, w, L + (e, kvh, d), ("layers", "embed", "kv_heads", "head_dim"), dt)
+        self.o = _param(rngs, w, L + (h, d, e), ("layers", "heads", "head_dim", "embed"), dt)
+        self.mlp_norm = _param(rngs, _ones, L + (e,), ("layers", "norm"), dt)
+        self.gate = _param(rngs, w, L + (e, f), ("layers", "embed", "mlp"), dt)
+        self.up = _param(rngs, w, L + (e, f), ("layers", "embed", "mlp"), dt)
+        self.down = _param(rngs, w, L + (f, e), ("layers", "mlp", "embed"), dt)
+
+
+def block_apply(cfg: LlamaConfig, p: dict[str, jax.Array], x: jax.Array, positions: jax.Array,
+                query_slots: jax.Array, key_mask: jax.Array, kv: tuple | None, index):
+    """One decoder layer on per-layer weights ``p``.
+
+    x: [B, T, E]; positions: [B, T]; query_slots: [T] cache slots of the queries;
+    key_mask: [B, S]; kv: (k, v) caches [B, S, KVH, D] or None (then S = T).
+    Returns the new x and the updated (k, v).
+    """
+    dt = cfg.compute_dtype
+    b, t, _ = x.shape
+    h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
+    q = jnp.einsum("bte,ehd->bthd", h, p["q"].astype(dt))
+    k = jnp.einsum("bte,ehd->bthd", h, p["k"].astype(dt))
+    v = jnp.einsum("bte,ehd->bthd", h, p["v"].astype(dt))
+    q = constrain(rope(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
+    k = constrain(rope(k, positions, cfg.rope_theta), ("batch", "length", "act_kv_heads", None))
+    v = constrain(v, ("batch", "length", "act_kv_heads", None))
+    if kv is not None:
+        k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
+        k = constrain(k, CACHE_AXES[1:])
+        v = constrain(v, CACHE_AXES[1:])
+    s = k.shape[1]
+    groups = cfg.num_heads // cfg.num_kv_heads
+    qg = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dt)).astype(jnp.float32)
+    scores = scores / math.sqrt(cfg.head_dim)
+    causal = jnp.arange(s)[None, :] <= query_slots[:, None]                # [T, S]
+    allowed = causal[None] & (key_mask[:, None, :] > 0)                   # [B, T, S]
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+    attn = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(b, t, cfg.num_heads,
+                                                                          cfg.head_dim)
+    x = x + jnp.einsum("bthd,hde->bte", attn, p["o"].astype(dt))
+    x = constrain(x, ("batch", "length", "act_embed"))
+    h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
+    gate = jnp.einsum("bte,ef->btf", h, p["gate"].astype(dt))
+    up = jnp.einsum("bte,ef->btf", h, p["up"].astype(dt))
+    act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+    x = x + jnp.einsum("btf,fe->bte", act, p["down"].astype(dt))
+    x = constrain(x, ("batch", "length", "act_embed"))
+    return x, (None if kv is None else (k, v))
+
+
+class Llama(nnx.Module):
+    """Llama decoder + one head: ``lm`` ([B,T,V] logits), ``reward`` ([B]), ``value`` ([B,T])."""
+
+    def __init__(self, cfg: LlamaConfig, head: str = "lm", *, rngs: nnx.Rngs | None):
+        if head not in HEADS:
+            raise ValueError(f"head={head!r}; expected one of {HEADS}.")
+        self.cfg = cfg
+        self.head = head
+        e, dt = cfg.hidden_size, cfg.weight_dtype
+        w = nnx.initializers.normal(cfg.initializer_range)
+        self.embed = _param(rngs, w, (cfg.vocab_size, e), ("vocab", "embed"), dt)
+        self.layers = Block(cfg, cfg.num_layers, rngs)
+        self.final_norm = _param(rngs, _ones, (e,), ("norm",), dt)
+        if head == "lm" and not cfg.tie_word_embeddings:
+            self.lm_head = _param(rngs, w, (e, cfg.vocab_size), ("embed", "vocab"), dt)
+        elif head in ("reward", "value"):
+            # Bias-free score, as LlamaForSequenceClassification's ``score``.
+            self.score = _param(rngs, w, (e, 1), ("embed", "head_out"), dt)
+            if head == "value":
+                self.score_bias = _param(rngs, _zeros, (1,), ("head_out",), dt)
+
+    # ---------------------------------------------------------------- backbone
+
+    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, E] and the updated cache (None without a cache)."""
+        cfg = self.cfg
+        b, t = input_ids.shape
+        mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        if cache is None:
+            positions = positions_from_mask(mask)
+            query_slots = jnp.arange(t)
+            key_mask, index = mask, 0
+        else:
+            positions = positions_from_mask(mask, cache.next_pos)
+            index = cache.index
+            query_slots = index + jnp.arange(t)
+            key_mask = jax.lax.dynamic_update_slice_in_dim(cache.key_mask, mask, index, axis=1)
+        x = jnp.take(self.embed[...].astype(cfg.compute_dtype), input_ids, axis=0)
+        x = constrain(x, ("batch", "length", "act_embed"))
+
+        layer_params = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
+
+        def layer(x, p, kv):
+            return block_apply(cfg, p, x, positions, query_slots, key_mask, kv, index)
+
+        policy = REMAT_POLICIES[cfg.remat]
+        if cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=policy)
+
+        kv_all = None if cache is None else (cache.k, cache.v)
+        if cfg.scan_layers:
+            def body(x, xs):
+                p, kv = xs
+                x, kv = layer(x, p, kv)
+                return x, kv
+            x, new_kv = jax.lax.scan(body, x, (layer_params, kv_all))
+        else:
+            outs = []
+            for i in range(cfg.num_layers):
+                p = {k: v[i] for k, v in layer_params.items()}
+                kv = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
+                x, kv = layer(x, p, kv)
+                outs.append(kv)
+            new_kv = None if kv_all is None else tuple(jnp.stack(z) for z in zip(*outs))
+        x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
+        new_cache = None
+        if cache is not None:
+            new_cache = KVCache(k=new_kv[0], v=new_kv[1], key_mask=key_mask,
+                                next_pos=cache.next_pos + mask.sum(-1), index=index + t)
+        return x, new_cache
+
+    # ---------------------------------------------------------------- heads
+
+    def head_output(self, x: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+        dt = self.cfg.compute_dtype
+        if self.head == "lm":
+            if self.cfg.tie_word_embeddings:
+                logits = jnp.einsum("bte,ve->btv", x, self.embed[...].astype(dt))
+            else:
+                logits = jnp.einsum("bte,ev->btv", x, self.lm_head[...].astype(dt))
+            return constrain(logits, ("batch", "length", "act_vocab")).astype(jnp.float32)
+        if self.head == "reward":
+            b, t, _ = x.shape
+            if attention_mask is None:
+                last = jnp.full((b,), t - 1)
+            else:  # last non-pad token, for any padding side (as HF's sequence classifier).
+                last = jnp.argmax(jnp.arange(t)[None, :] * (attention_mask > 0), axis=-1)
+            pooled = jnp.take_along_axis(x, last[:, None, None], axis=1)[:, 0]
+            return (pooled @ self.score[...].astype(dt))[:, 0].astype(jnp.float32)
+        values = (x @ self.score[...].astype(dt))[..., 0] + self.score_bias[...].astype(dt)[0]
+        return values.astype(jnp.float32)
+
+    def forward(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
+                cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Head output and the updated KV cache (cache in, cache out)."""
+        x, cache = self.hidden_states(input_ids, attention_mask, cache)
+        return self.head_output(x, attention_mask), cache
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        return self.forward(input_ids, attention_mask)[0]
+
+
+def param_axes(model: nnx.Module) -> dict[str, tuple]:
+    """{'layers.q': ('layers','embed','heads','head_dim'), ...} for every Param."""
+    _, state = nnx.split(model, nnx.Param)
+    out = {}
+    for path, var in state.flat_state():
+        out[".".join(map(str, path))] = var.get_metadata()["axes"]
+    return out
+
+
+def count_params(model: nnx.Module) -> int:
+    _, state = nnx.split(model, nnx.Param)
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+
+
+def create(cfg: LlamaConfig, head: str = "lm", *, seed: int = 0, mesh=None) -> Llama:
+    """A randomly initialised model; with a mesh, each weight is created directly in its sharding."""
+    if mesh is None:
+        return Llama(cfg, head, rngs=nnx.Rngs(seed))
+    from metarm_jax.sharding import state_shardings
+
+    abstract = nnx.eval_shape(lambda: Llama(cfg, head, rngs=nnx.Rngs(seed)))
+    graphdef, abs_state = nnx.split(abstract)
+    shardings = state_shardings(mesh, abs_state)
+
+    def init():
+        return nnx.split(Llama(cfg, head, rngs=nnx.Rngs(seed)))[1]
+
+    return nnx.merge(graphdef, jax.jit(init, out_shardings=shardings)())

@@ -1,0 +1,178 @@
+"""The mesh and the ONE table of logical-axis -> mesh-axis rules.
+
+Every parameter declares logical axis names where it is created (``nnx.Param(..., axes=(...))``);
+every key activation is constrained with :func:`constrain`. The rules below turn those names into
+``PartitionSpec``s on a mesh with axes ``data``, ``fsdp`` and ``tensor``. The reward model, policy,
+critic, reference model, sampler KV cache and data batches all use this one table.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+# Axes that split the batch (data parallelism; fsdp also shards the weights).
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
+RULES: tuple[tuple[str, Any], ...] = (
+    # weights
+    ("layers", None),        # stacked decoder layers (scanned)
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("norm", None),
+    ("head_out", None),      # the scalar reward / value head's size-1 output dim
+    # activations
+    ("batch", BATCH_AXES),
+    ("length", None),
+    ("act_embed", None),
+    ("act_mlp", "tensor"),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_vocab", "tensor"),
+    # KV cache
+    ("cache_batch", BATCH_AXES),
+    ("cache_length", None),
+    ("cache_kv_heads", "tensor"),
+)
+_RULES = dict(RULES)
+
+
+class ShardingError(ValueError):
+    """A weight or activation that the sharding table cannot place."""
+
+
+def logical_to_spec(axes: Sequence[str | None], *, name: str = "<array>") -> P:
+    """PartitionSpec for logical axis names; a name without a rule is a loud error."""
+    spec = []
+    for ax in axes:
+        if ax is None:
+            spec.append(None)
+            continue
+        if ax not in _RULES:
+            raise ShardingError(
+                f"{name}: logical axis {ax!r} has no rule in metarm_jax.sharding.RULES "
+                f"(known: {sorted(_RULES)}); add a rule for it.")
+        spec.append(_RULES[ax])
+    return P(*spec)
+
+
+def _mesh_size(mesh: Mesh, entry) -> int:
+    if entry is None:
+        return 1
+    names = entry if isinstance(entry, tuple) else (entry,)
+    return math.prod(mesh.shape[n] for n in names)
+
+
+def named_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] | None = None,
+                   *, name: str = "<array>") -> NamedSharding:
+    """NamedSharding for an array with these logical axes; checks divisibility when shape given."""
+    if shape is not None and len(shape) != len(axes):
+        raise ShardingError(f"{name}: shape {tuple(shape)} has {len(shape)} dims but logical axes "
+                            f"{tuple(axes)} name {len(axes)}.")
+    spec = logical_to_spec(axes, name=name)
+    if shape is not None:
+        for dim, ax, entry in zip(shape, axes, spec):
+            n = _mesh_size(mesh, entry)
+            if dim % n:
+                raise ShardingError(
+                    f"{name}: dimension {ax!r} of size {dim} is not divisible by mesh axes "
+                    f"{entry!r} of total size {n} (mesh {dict(mesh.shape)}); choose a mesh whose "
+                    f"{entry!r} size divides {dim}.")
+    return NamedSharding(mesh, spec)
+
+
+def _is_variable(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def state_shardings(mesh: Mesh, state) -> Any:
+    """Shardings for an nnx.State (or any pytree of nnx.Variables carrying ``axes`` metadata).
+
+    The result is a pytree prefix of ``state`` (one NamedSharding per Variable), usable as jit
+    in/out shardings and with ``jax.device_put``.
+    """
+    def one(path, var):
+        pname = jax.tree_util.keystr(path, simple=True, separator=".")
+        if not _is_variable(var):
+            raise ShardingError(f"{pname}: expected an nnx.Variable, got {type(var).__name__}.")
+        axes = var.get_metadata().get("axes")
+        if axes is None:
+            raise ShardingError(f"parameter {pname} declares no logical axes (axes=...); "
+                                "every weight must name its axes so the sharding table can place it.")
+        return named_sharding(mesh, axes, var.get_value().shape, name=f"parameter {pname}")
+    return jax.tree_util.tree_map_with_path(one, state, is_leaf=_is_variable)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Data-parallel sharding: leading (batch) dim over ('data','fsdp'), the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def dp_size(mesh: Mesh) -> int:
+    """Number of ways the batch is split."""
+    return _mesh_size(mesh, BATCH_AXES)
+
+
+def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int, int, int]:
+    """Sizes for (data, fsdp, tensor); one size may be -1 to take the remaining devices."""
+    unknown = set(shape) - set(MESH_AXES)
+    if unknown:
+        raise ShardingError(f"mesh: unknown axis {sorted(unknown)}; the axes are {MESH_AXES}.")
+    sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+    fill = [i for i, s in enumerate(sizes) if s == -1]
+    if len(fill) > 1:
+        raise ShardingError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ShardingError(f"mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
+    known = math.prod(s for s in sizes if s != -1)
+    if fill:
+        if num_devices % known:
+            raise ShardingError(
+                f"mesh: {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices "
+                f"({num_devices} is not divisible by {known}).")
+        sizes[fill[0]] = num_devices // known
+    if math.prod(sizes) != num_devices:
+        raise ShardingError(
+            f"mesh: {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices but "
+            f"{num_devices} are available; set the sizes so their product is {num_devices} "
+            f"(or use -1 for one axis).")
+    return tuple(sizes)
+
+
+def make_mesh(shape: Mapping[str, int] | None = None, devices: Iterable[jax.Device] | None = None) -> Mesh:
+    """The ('data','fsdp','tensor') mesh. Works multi-host: uses all global devices by default.
+
+    Axes are Auto (GSPMD propagation), so jit in/out shardings and sharding constraints drive
+    the layout.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = resolve_mesh_shape(dict(shape or {"data": -1}), len(devices))
+    if devices == list(jax.devices()):
+        return jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Sharding constraint by logical names; a no-op when no mesh is active (plain 1-device use)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or math.prod(mesh.shape.values()) == 1:
+        return x
+    spec = logical_to_spec(axes)
+    # Drop a split that does not divide (e.g. batch 1 while sampling) instead of failing.
+    spec = P(*[e if x.shape[i] % _mesh_size(mesh, e) == 0 else None for i, e in enumerate(spec)])
+    return jax.lax.with_sharding_constraint(x, spec)
