@@ -16,6 +16,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from metarm_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 # Axes that split the batch (data parallelism; fsdp also shards the weights).
 BATCH_AXES = ("data", "fsdp")
@@ -48,7 +50,7 @@ RULES: tuple[tuple[str, Any], ...] = (
 _RULES = dict(RULES)
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError):
     """A weight or activation that the sharding table cannot place."""
 
 

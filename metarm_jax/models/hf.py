@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
+from metarm_jax.errors import UserError
 from metarm_jax.models import llama
 from metarm_jax.sharding import state_shardings
 
@@ -34,7 +35,7 @@ ARCHITECTURES = {
 _HEAD_PARAMS = ("score", "score_bias")  # may be freshly initialised when absent
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that does not match what the model expects."""
 
 

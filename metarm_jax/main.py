@@ -1,0 +1,114 @@
+"""Entry point: ``python -m metarm_jax.main --config=configs/X.py[:arg] [--config.a.b=v ...]``.
+
+Parses and validates the config, prints it resolved, joins the multi-host cluster when launched
+on one, builds the mesh, and runs the stages in ``config.pipeline`` in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from metarm_jax import config_lib
+from metarm_jax.errors import ConfigError, UserError
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: path/to/config.py[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
+
+
+def _fail(msg: str) -> None:
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing with one-line errors for people (no traceback)."""
+    spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if spec is None:
+        _fail("--config=configs/X.py[:arg] is required (try --config=configs/quickstart.py).")
+    overrides = [m.group(1) for a in argv[1:] if (m := re.match(r"--config\.([^=]+)=", a))]
+    try:
+        config_lib.check_override_keys(config_lib.load_config_file(spec), overrides)
+        return flags.FLAGS(argv)
+    except UserError as e:
+        _fail(str(e))
+    except flags.Error as e:
+        _fail(f"bad flag: {e}")
+
+
+def maybe_initialize_distributed(dist) -> None:
+    """Join the multi-host JAX cluster (TPU pod, SLURM, or explicit coordinator)."""
+    import jax
+
+    env_coord = os.environ.get("JAX_COORDINATOR_ADDRESS", "")
+    explicit = dist.coordinator_address or env_coord
+    launched = explicit or "SLURM_JOB_ID" in os.environ or "TPU_WORKER_HOSTNAMES" in os.environ
+    if dist.mode == "off" or (dist.mode == "auto" and not launched):
+        return
+    if explicit:
+        num = dist.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0"))
+        pid = dist.process_id if dist.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1"))
+        if num <= 0 or pid < 0:
+            raise ConfigError("distributed: a coordinator address needs num_processes and process_id "
+                              "(config.distributed.* or JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
+        if jax.config.jax_platforms in (None, "", "cpu") and dist.cpu_collectives:
+            jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
+        jax.distributed.initialize(coordinator_address=explicit, num_processes=num, process_id=pid)
+    else:  # TPU pod / SLURM: JAX finds the cluster itself.
+        jax.distributed.initialize()
+
+
+def default_workdir(spec: str) -> str:
+    path, _, arg = spec.partition(":")
+    name = os.path.splitext(os.path.basename(path))[0] + (f"_{arg}" if arg else "")
+    return os.path.join("runs", re.sub(r"[^A-Za-z0-9_.=-]+", "_", name))
+
+
+def main(argv) -> None:
+    del argv
+    config = _CONFIG.value
+    spec = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config="))
+    workdir = _WORKDIR.value or config.workdir or default_workdir(spec)
+    try:
+        with config.unlocked():
+            config.workdir = workdir
+        maybe_initialize_distributed(config.distributed)
+        import jax
+
+        from metarm_jax import sharding, stages
+
+        config_lib.validate(config, jax.device_count())
+        mesh = sharding.make_mesh(dict(config.mesh))
+        if jax.process_index() == 0:
+            print("resolved config:\n" + str(config))
+            print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}) on "
+                  f"{jax.process_count()} process(es); mesh {dict(mesh.shape)}; workdir {workdir}")
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(config.to_json_best_effort(indent=2))
+        ctx = stages.StageContext(config=config, mesh=mesh, workdir=workdir)
+        for name in config.pipeline:
+            t0 = time.time()
+            if jax.process_index() == 0:
+                print(f"== stage {name}")
+            summary = stages.get(name)(ctx) or {}
+            if jax.process_index() == 0:
+                print(f"== stage {name} done in {time.time() - t0:.1f}s: "
+                      f"{json.dumps(summary, default=str)}")
+    except UserError as e:
+        _fail(str(e))
+
+
+def run() -> None:
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()

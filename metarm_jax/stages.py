@@ -1,0 +1,44 @@
+"""The pipeline stages that ``python -m metarm_jax.main`` runs, in ``config.pipeline`` order.
+
+Stages are registered by name as ``"module:function"`` so that importing this file stays cheap;
+each stage is ``fn(ctx: StageContext) -> dict`` (a summary of what it did, logged by main).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+import ml_collections
+from jax.sharding import Mesh
+
+from metarm_jax.errors import ConfigError
+
+STAGES: dict[str, str] = {
+    "inspect": "metarm_jax.inspect_stage:run",
+}
+
+
+@dataclasses.dataclass
+class StageContext:
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    workdir: str
+
+
+class UnknownStageError(ConfigError):
+    pass
+
+
+def check_pipeline(pipeline) -> None:
+    unknown = [s for s in pipeline if s not in STAGES]
+    if unknown:
+        raise UnknownStageError(f"config.pipeline: unknown stage(s) {unknown}; the stages are "
+                                f"{sorted(STAGES)}.")
+
+
+def get(name: str) -> Callable[[StageContext], dict[str, Any]]:
+    check_pipeline([name])
+    module, fn = STAGES[name].split(":")
+    return getattr(importlib.import_module(module), fn)
