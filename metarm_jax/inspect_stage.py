@@ -26,7 +26,7 @@ def run(ctx: StageContext) -> dict:
     lead = jax.process_index() == 0
     if lead:
         print(f"{'parameter':24s} {'shape':22s} {'logical axes':44s} spec")
-        for path, var in state.flat_state():
+        for path, var in nnx.to_flat_state(state):
             x = var.get_value()
             print(f"{'.'.join(map(str, path)):24s} {str(tuple(x.shape)):22s} "
                   f"{str(var.get_metadata()['axes']):44s} {x.sharding.spec}")

@@ -276,11 +276,10 @@ def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
     else:
         shardings = state_shardings(mesh, abs_state)
     wmap = weight_map(cfg, head)
-    flat_shard = dict(shardings.flat_state())
+    flat_shard = dict(nnx.to_flat_state(shardings))
     missing_head = []
-    fresh = None
     out = {}
-    for path_t, var in abs_state.flat_state():
+    for path_t, var in nnx.to_flat_state(abs_state):
         name = ".".join(map(str, path_t))
         shape, want = var.get_value().shape, cfg.weight_dtype
         sharding: NamedSharding = flat_shard[path_t]
@@ -292,10 +291,9 @@ def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
         if absent:
             if name in _HEAD_PARAMS and init_missing_head and len(absent) == len(layer_names):
                 missing_head.append(layer_names[0])
-                if fresh is None:
-                    fresh = dict(nnx.split(llama.Llama(cfg.replace(num_layers=1), head,
-                                                       rngs=nnx.Rngs(seed)))[1].flat_state())
-                out[path_t] = jax.device_put(np.asarray(fresh[path_t].get_value()), sharding)
+                value = (np.zeros(shape) if name == "score_bias" else cfg.initializer_range *
+                         np.random.default_rng(seed).standard_normal(shape))
+                out[path_t] = jax.device_put(value.astype(want), sharding)
                 continue
             raise CheckpointError(f"{path}: tensor {absent[0]!r} is missing (needed for "
                                   f"parameter {name!r} of a {ARCHITECTURES[head]}).")
@@ -319,7 +317,7 @@ def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
         print(f"[metarm_jax] {path}: {', '.join(missing_head)} not in the checkpoint; initialised "
               f"the {head} head with normal(std={cfg.initializer_range}), seed {seed}.")
     state = abs_state
-    for path_t, var in state.flat_state():
+    for path_t, var in nnx.to_flat_state(state):
         var.set_value(out[path_t])
     return nnx.merge(graphdef, state)
 
@@ -353,7 +351,7 @@ def save_hf(model: llama.Llama, out_dir: str, *, dtype: str | None = None, token
     shards: list[dict[str, np.ndarray]] = [{}]
     size = 0
     prefix = "model."
-    for path_t, var in state.flat_state():
+    for path_t, var in nnx.to_flat_state(state):
         name = ".".join(map(str, path_t))
         m = wmap[name]
         value = _host_value(var.get_value())

@@ -361,7 +361,7 @@ def param_axes(model: nnx.Module) -> dict[str, tuple]:
     """{'layers.q': ('layers','embed','heads','head_dim'), ...} for every Param."""
     _, state = nnx.split(model, nnx.Param)
     out = {}
-    for path, var in state.flat_state():
+    for path, var in nnx.to_flat_state(state):
         out[".".join(map(str, path))] = var.get_metadata()["axes"]
     return out
 
