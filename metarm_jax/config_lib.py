@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
         scan_layers=True,       # lax.scan over the stacked layers
     ))
 
+    from metarm_jax.data.config import data_config
+
+    c.data = data_config()
+
     # The `inspect` stage: load/build the model on the mesh, print its layout, run a forward.
     c.inspect = ml_collections.ConfigDict(dict(head="lm", batch_size=8, seq_len=32))
     return c

@@ -38,13 +38,13 @@ def data_config() -> ml_collections.ConfigDict:
   # --- bad rows ---
   c.on_bad_record = 'skip'  # 'skip' | 'error'
   c.max_skip_fraction = 0.01
-  c.report_first_n = 5  # row indices kept per skip reason
   # --- tokenization ---
   c.tokenizer_path = ''  # local PreTrainedTokenizerFast directory
   c.max_length = 512
   c.bucket_lengths = (128, 256, 512)  # sequences padded to the smallest bucket that fits
   c.pad_side = 'right'  # training batches; prompt batches are always left-padded
   c.add_bos = True
+  c.max_prompt_length = 256  # prompt batches (roll-outs, meta sampling) keep the last N tokens
   # --- iterators ---
   c.shuffle = True
   c.num_epochs = 1  # 0 or None: repeat forever
@@ -56,5 +56,7 @@ def data_config() -> ml_collections.ConfigDict:
   c.meta_batch_size = 16  # global, prompts (m)
   c.sft_batch_size = 32  # global
   c.prompt_batch_size = 16  # global
-  c.drop_remainder = True
+  c.drop_remainder = True  # False: the last batch is padded, with an example_mask [n]
+  c.num_threads = 2  # grain read threads (collation only; tokenization happens at load time)
+  c.prefetch_buffer_size = 4
   return c

@@ -96,10 +96,9 @@ def _load_file(file: str) -> list[dict] | None:
   if os.path.getsize(file) == 0:
     raise DataError(f'{file}: the file is empty.')
   try:
-    ds = datasets.load_dataset(_EXTS[_ext(file)], data_files=file, split='train')
-  except Exception:  # pylint: disable=broad-except
+    return datasets.load_dataset(_EXTS[_ext(file)], data_files=file, split='train').to_list()
+  except Exception:  # pylint: disable=broad-except  (invalid UTF-8 may surface only here)
     return None
-  return ds.to_list()
 
 
 def _lines_with_errors(file: str, report: SkipReport) -> Iterator[tuple[int, Any]]:
@@ -508,10 +507,6 @@ def _plain_prompt(where, row, report, o: Opts):
   return PromptExample(o.prompt_fn(turns), where, turns)
 
 
-def _pku_prompt(where, row, report, o: Opts):
-  return _plain_prompt(where, row, report, o)
-
-
 PAIR_READERS = {
     'hh_rlhf': _row_reader(_hh_pair),
     'summarize_from_feedback': _row_reader(_summarize_pair),
@@ -529,7 +524,7 @@ PROMPT_READERS = {
     'summarize_from_feedback': _prompts_of(PAIR_READERS['summarize_from_feedback']),
     'tldr_sft': _prompts_of(SFT_READERS['tldr_sft']),
     'sharegpt': _prompts_of(SFT_READERS['sharegpt']),
-    'pku_saferlhf': _row_reader(_pku_prompt),
+    'pku_saferlhf': _row_reader(_plain_prompt),  # its 'prompt' field
     'oasst1': _oasst_prompts,
     'prompts': _row_reader(_plain_prompt),  # any file of {"prompt": "<user text>"} rows
 }

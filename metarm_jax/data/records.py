@@ -136,6 +136,12 @@ class SkipReport:
     if len(rows) < self.first_n:
       rows.append(str(where.row) if isinstance(where, Source) else str(where))
 
+  def copy(self) -> 'SkipReport':
+    new = SkipReport(self.name, self.on_bad_record, self.max_skip_fraction, self.first_n)
+    new.total, new.counts = self.total, dict(self.counts)
+    new.first_rows = {k: list(v) for k, v in self.first_rows.items()}
+    return new
+
   def check(self):
     """Prints the counts (if any) and raises when the skipped fraction is over the limit."""
     if not self.skipped:
