@@ -210,3 +210,25 @@ def test_missing_directory_and_pickle_only_checkpoint(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(hf.CheckpointError, match="pickle checkpoints are not loaded"):
         hf.load_hf(str(tmp_path))
+
+
+@pytest.mark.parametrize("remat,scan", [("full", True), ("dots", False), ("dots_no_batch", True),
+                                        ("none", False)])
+def test_remat_and_scan_policies_do_not_change_numbers(remat, scan):
+    import jax
+
+    ids, mask = (jnp.asarray(a % 256) for a in batches()["left"])
+
+    def loss_and_grads(cfg):
+        graphdef, params = nnx.split(llama.create(cfg, "lm", seed=9), nnx.Param)
+
+        def loss(p):
+            return jnp.mean(nnx.merge(graphdef, p)(ids, mask) ** 2)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    ref_l, ref_g = loss_and_grads(llama.preset("tiny"))
+    l, g = loss_and_grads(llama.preset("tiny", remat=remat, scan_layers=scan))
+    np.testing.assert_allclose(float(l), float(ref_l), rtol=1e-6)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(g), nnx.to_flat_state(ref_g)):
+        np.testing.assert_allclose(np.asarray(a.get_value()), np.asarray(b.get_value()),
+                                   rtol=1e-5, atol=1e-8, err_msg=str(path))
