@@ -43,8 +43,11 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     from metarm_jax.data.config import data_config
+    from metarm_jax.train.config import meta_config, train_config
 
     c.data = data_config()
+    c.train = train_config()  # the one train loop (RM, MetaRM; later SFT, DPO, PPO)
+    c.meta = meta_config()    # MetaRM: eta, order, k
 
     # The `inspect` stage: load/build the model on the mesh, print its layout, run a forward.
     c.inspect = ml_collections.ConfigDict(dict(head="lm", batch_size=8, seq_len=32))

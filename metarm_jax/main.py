@@ -73,6 +73,9 @@ def default_workdir(spec: str) -> str:
 
 def main(argv) -> None:
     del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax/grain INFO lines drown the progress output
     config = _CONFIG.value
     spec = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config="))
     workdir = _WORKDIR.value or config.workdir or default_workdir(spec)

@@ -17,6 +17,8 @@ from metarm_jax.errors import ConfigError
 
 STAGES: dict[str, str] = {
     "inspect": "metarm_jax.inspect_stage:run",
+    "rm": "metarm_jax.train.rm:run_rm",
+    "metarm": "metarm_jax.train.rm:run_metarm",
 }
 
 

@@ -10,15 +10,8 @@ import ml_collections
 
 def train_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  # --- where the model starts (RM stages) ---
-  c.init = 'preset'  # 'preset' (random, c.preset) | 'hf' (c.init_path: HF Llama dir) |
-  #                    'sft' | 'rm' (the export/ of a previous stage in c.init_path; both HF dirs)
-  c.init_path = ''
-  c.preset = 'tiny'  # llama preset for init='preset'
-  c.dtype = 'float32'  # compute dtype
-  c.param_dtype = 'float32'
-  c.remat = 'none'  # none | full | dots | dots_no_batch
-  c.seed = 0  # model init (preset / missing head) and the step rng
+  # The model comes from config.model (preset, or hf_path: an HF base / SFT / previous RM
+  # directory; a CausalLM gets a fresh score head); seeds from config.seed and config.data.*_seed.
   # --- length of the run ---
   c.steps = 0  # optimizer steps; 0: derived from epochs and the dataset size
   c.epochs = 1.0
@@ -33,9 +26,7 @@ def train_config() -> ml_collections.ConfigDict:
   c.eps = 1e-8
   c.weight_decay = 0.0  # decoupled; not applied to norms
   c.clip_norm = 1.0  # global gradient-norm clip; 0 disables
-  # --- batches ---
-  c.pref_batch_size = 16  # global, pairs (n)
-  c.meta_batch_size = 16  # global, prompts (m), each with meta.k responses
+  # --- batches (the global sizes are config.data.pref_batch_size / meta_batch_size) ---
   c.grad_accum = 1  # micro-batches per optimizer step (each global batch is split in this many)
   # --- evaluation, logging, checkpoints ---
   c.eval_every = 100  # steps; 0: only at the end
@@ -52,7 +43,8 @@ def train_config() -> ml_collections.ConfigDict:
   c.synthetic_train = 512  # pairs
   c.synthetic_val = 128
   c.synthetic_seq_len = 24
-  c.synthetic_shift = 1.0  # how far the meta set's responses are from the training ones
+  c.synthetic_meta = 64  # meta prompts (x meta.k responses), shifted
+  c.synthetic_shift = 1.0  # fraction of meta response tokens from the shifted range
   return c
 
 
@@ -60,7 +52,7 @@ def meta_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.eta = 5e-6  # η, the ascent step on J (paper: 5e-6; sweep 1e-6, 5e-6, 1e-5)
   c.order = 'first'  # 'first' (Algorithm 1) | 'second' (differentiate through the ascent)
-  c.k = 5  # responses per meta prompt
+  c.k = 5  # responses per meta prompt (must equal config.data.meta_k)
   c.hist_bins = 20  # bins of the |Δr| histogram in evaluation
   c.hist_max = 0.0  # upper edge of the histogram; 0: the largest |Δr| seen
   return c
