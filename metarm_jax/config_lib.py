@@ -43,11 +43,14 @@ def base_config() -> ml_collections.ConfigDict:
     ))
 
     from metarm_jax.data.config import data_config
+    from metarm_jax import build_meta, sampling
     from metarm_jax.train.config import meta_config, train_config
 
     c.data = data_config()
     c.train = train_config()  # the one train loop (RM, MetaRM; later SFT, DPO, PPO)
     c.meta = meta_config()    # MetaRM: eta, order, k
+    c.sampling = sampling.default_config()      # the one sampler (roll-outs, meta data)
+    c.build_meta = build_meta.default_config()  # the meta-dataset builder stage
 
     # The `inspect` stage: load/build the model on the mesh, print its layout, run a forward.
     c.inspect = ml_collections.ConfigDict(dict(head="lm", batch_size=8, seq_len=32))

@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "inspect": "metarm_jax.inspect_stage:run",
     "rm": "metarm_jax.train.rm:run_rm",
     "metarm": "metarm_jax.train.rm:run_metarm",
+    "build_meta": "metarm_jax.build_meta:run",
 }
 
 

@@ -215,8 +215,10 @@ def block_apply(cfg: LlamaConfig, p: dict[str, jax.Array], x: jax.Array, positio
     """One decoder layer on per-layer weights ``p``.
 
     x: [B, T, E]; positions: [B, T]; query_slots: [T] cache slots of the queries;
-    key_mask: [B, S]; kv: (k, v) caches [B, S, KVH, D] or None (then S = T).
-    Returns the new x and the updated (k, v).
+    key_mask: [B, S]; kv: None (then S = T) or (K, V, layer) with the whole stacked cache
+    K, V: [L, B, S, KVH, D] and this layer's index. Only the T new keys/values are written into
+    the stacked cache (in place under jit), so a decode step never copies the cache.
+    Returns the new x and the updated (K, V).
     """
     dt = cfg.compute_dtype
     b, t, _ = x.shape
@@ -228,10 +230,12 @@ def block_apply(cfg: LlamaConfig, p: dict[str, jax.Array], x: jax.Array, positio
     k = constrain(rope(k, positions, cfg.rope_theta), ("batch", "length", "act_kv_heads", None))
     v = constrain(v, ("batch", "length", "act_kv_heads", None))
     if kv is not None:
-        k = jax.lax.dynamic_update_slice_in_dim(kv[0], k.astype(kv[0].dtype), index, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(kv[1], v.astype(kv[1].dtype), index, axis=1)
-        k = constrain(k, CACHE_AXES[1:])
-        v = constrain(v, CACHE_AXES[1:])
+        cache_k, cache_v, layer = kv
+        at = (layer, 0, index, 0, 0)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype)[None], at)
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], at)
+        cache_k, cache_v = constrain(cache_k, CACHE_AXES), constrain(cache_v, CACHE_AXES)
+        k, v = cache_k[layer], cache_v[layer]
     s = k.shape[1]
     groups = cfg.num_heads // cfg.num_kv_heads
     qg = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
@@ -251,7 +255,7 @@ def block_apply(cfg: LlamaConfig, p: dict[str, jax.Array], x: jax.Array, positio
     act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
     x = x + jnp.einsum("btf,fe->bte", act, p["down"].astype(dt))
     x = constrain(x, ("batch", "length", "act_embed"))
-    return x, (None if kv is None else (k, v))
+    return x, (None if kv is None else (cache_k, cache_v))
 
 
 class Llama(nnx.Module):
@@ -304,21 +308,21 @@ class Llama(nnx.Module):
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=policy)
 
+        # The stacked cache rides in the carry (updated in place), never in xs/ys (copied).
         kv_all = None if cache is None else (cache.k, cache.v)
         if cfg.scan_layers:
-            def body(x, xs):
-                p, kv = xs
-                x, kv = layer(x, p, kv)
-                return x, kv
-            x, new_kv = jax.lax.scan(body, x, (layer_params, kv_all))
+            def body(carry, xs):
+                x, kv = carry
+                p, i = xs
+                x, kv = layer(x, p, None if kv is None else (*kv, i))
+                return (x, kv), None
+            (x, new_kv), _ = jax.lax.scan(body, (x, kv_all),
+                                          (layer_params, jnp.arange(cfg.num_layers)))
         else:
-            outs = []
+            new_kv = kv_all
             for i in range(cfg.num_layers):
                 p = {k: v[i] for k, v in layer_params.items()}
-                kv = None if kv_all is None else (kv_all[0][i], kv_all[1][i])
-                x, kv = layer(x, p, kv)
-                outs.append(kv)
-            new_kv = None if kv_all is None else tuple(jnp.stack(z) for z in zip(*outs))
+                x, new_kv = layer(x, p, None if new_kv is None else (*new_kv, i))
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         new_cache = None
         if cache is not None:

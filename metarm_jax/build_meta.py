@@ -1,0 +1,287 @@
+"""The ``build_meta`` stage: sample k responses per prompt from a policy -> the MetaRM meta dataset.
+
+    python -m metarm_jax.main --config=configs/X.py --config.pipeline='("build_meta",)' \
+        --config.build_meta.policy_path=runs/sft/hf --config.build_meta.k=5
+
+Round r of iterative RLHF samples its meta dataset X_s from the round r-1 policy (round 1: the
+SFT model). Prompts come from the data layer (``load_prompts``), are tokenized like roll-out
+prompts (``tokenize_prompts``: BOS + the last ``data.max_prompt_length`` tokens), sampled with
+:func:`metarm_jax.sampling.generate` (``config.sampling``, k = ``build_meta.k``) and written with
+``write_meta_dataset`` in the schema ``load_meta_examples`` reads, with the sampling settings and
+the policy step on every row.
+
+Resumable: prompts are processed in chunks of ``chunk_size``; each chunk is written atomically
+(tmp + rename) to ``<output>.chunks/chunk-NNNNN.jsonl`` and recorded in a small manifest. A
+killed run started again skips the chunks on disk. Chunk c, batch j draws from
+``fold_in(fold_in(key(seed), c), j)`` (and one key per row inside the sampler), so the output is
+byte-identical whether or not the run was interrupted. The final file is the concatenation of the
+chunks, written atomically at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from metarm_jax import sampling
+from metarm_jax.errors import ConfigError, UserError
+
+MANIFEST = "manifest.json"
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Keys of the build_meta stage; mounted as ``config.build_meta``."""
+    c = ml_collections.ConfigDict()
+    c.policy_path = ""        # HF LlamaForCausalLM dir; "" = config.model (hf_path / preset)
+    c.policy_step = -1        # recorded on every row; -1 = trainer_state.json's global_step, else 0
+    c.round = 0               # iterative-RLHF round recorded on every row
+    # Prompt source; "" = the data layer's prompt set (config.data.prompt_*).
+    c.prompt_dataset = ""     # a reader name of metarm_jax.data (e.g. 'prompts', 'oasst1')
+    c.prompt_path = ""
+    c.prompt_split = ""
+    c.max_prompts = 0         # 0 = all prompts
+    c.output_path = ""        # .jsonl/.jsonl.gz/.parquet; "" = data.meta_path, <workdir>/meta.jsonl
+    c.k = 5                   # responses per prompt (overrides config.sampling.num_samples)
+    c.chunk_size = 256        # prompts per chunk file (the unit of resume)
+    c.batch_size = 16         # prompts per sampler call (global; a multiple of data-parallel size)
+    return c
+
+
+class BuildMetaError(UserError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _sub(config, key, default_fn):
+    return config[key] if key in config else default_fn()
+
+
+def _policy(config, mesh):
+    """(model, name, step) for the policy to sample from."""
+    from metarm_jax import config_lib
+    from metarm_jax.models import hf
+
+    bm = config.build_meta
+    if bm.policy_path:
+        m = config.model if "model" in config else ml_collections.ConfigDict(
+            dict(dtype=None, param_dtype=None, remat=None, scan_layers=None))
+        model = hf.load_hf(bm.policy_path, head="lm", mesh=mesh, dtype=m.dtype,
+                           param_dtype=m.param_dtype, remat=m.remat, scan_layers=m.scan_layers)
+        name = os.path.abspath(bm.policy_path)
+    else:
+        model = config_lib.build_model(config, "lm", mesh)
+        m = config.model
+        name = os.path.abspath(m.hf_path) if m.hf_path else f"random:{m.preset}:seed{config.seed}"
+    step = int(bm.policy_step)
+    if step < 0:
+        step = 0
+        policy_dir = bm.policy_path or config.model.hf_path or ""
+        state_file = os.path.join(policy_dir, "trainer_state.json")
+        if os.path.isfile(state_file):
+            with open(state_file) as f:
+                step = int(json.load(f).get("global_step", 0))
+    return model, name, step
+
+
+def _tokenizer(config, policy_path: str):
+    from metarm_jax.data import load_tokenizer
+
+    if config.data.tokenizer_path:
+        return load_tokenizer(config.data.tokenizer_path)
+    path = policy_path
+    if not path or not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+        raise ConfigError(
+            "build_meta needs a tokenizer: config.data.tokenizer_path is empty and the policy "
+            f"directory {policy_path!r} has no tokenizer; set data.tokenizer_path.")
+    return load_tokenizer(path)
+
+
+def _prompts(config, tokenizer):
+    from metarm_jax.data import load_prompts
+
+    bm, d = config.build_meta, config.data
+    dataset = bm.prompt_dataset or d.prompt_dataset
+    path = bm.prompt_path or d.prompt_path
+    split = bm.prompt_split or d.prompt_split
+    recs = load_prompts(dataset, path, split, name=d.prompt_name, data_dir=d.prompt_data_dir,
+                        on_bad_record=d.on_bad_record, max_skip_fraction=d.max_skip_fraction,
+                        conversation_format=d.conversation_format, tokenizer=tokenizer,
+                        oasst_lang=d.oasst_lang)
+    if bm.max_prompts > 0:
+        recs = recs[: bm.max_prompts]
+    return list(recs), f"{dataset}:{path}:{split}"
+
+
+def _fingerprint(**items) -> dict:
+    return json.loads(json.dumps(items, sort_keys=True, default=str))
+
+
+def _check_manifest(chunk_dir: str, fp: dict) -> None:
+    mpath = os.path.join(chunk_dir, MANIFEST)
+    chunks = [n for n in os.listdir(chunk_dir) if n.startswith("chunk-")] if os.path.isdir(
+        chunk_dir) else []
+    if not os.path.exists(mpath):
+        if chunks:
+            raise BuildMetaError(f"{chunk_dir}: chunk files but no {MANIFEST}; delete the folder "
+                                 "to start over.")
+        return
+    with open(mpath) as f:
+        old = json.load(f)["fingerprint"]
+    diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+    if diff:
+        k = diff[0]
+        raise BuildMetaError(
+            f"{chunk_dir}: holds chunks of a different build_meta run ({k}: was {old.get(k)!r}, "
+            f"now {fp.get(k)!r}; {len(diff)} setting(s) differ). Resuming would mix them: delete "
+            "the folder or set config.build_meta.output_path to a new file.")
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _host(x) -> np.ndarray:
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _decode(tokenizer, tokens: np.ndarray, mask: np.ndarray, stops: set[int]) -> tuple[str, bool]:
+    """Text of one sampled row (stop token dropped) and whether invalid UTF-8 was removed."""
+    ids = [int(t) for t, m in zip(tokens, mask) if m]
+    if ids and ids[-1] in stops:
+        ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    # A response cut at max_new_tokens can end inside a multi-byte character; the data readers
+    # reject U+FFFD, so drop it (the reward model re-tokenizes the text anyway).
+    return text.replace("\ufffd", ""), "\ufffd" in text
+
+
+def _sample_chunk(model, tokenizer, spec, prompts, key, batch_size, gen_kw, stops):
+    """Responses [len(prompts)][k] for one chunk; batches padded to batch_size (one compile)."""
+    from metarm_jax.data import tokenize_prompts
+
+    feats = tokenize_prompts(prompts, tokenizer, spec)
+    k = gen_kw["num_samples"]
+    out, bad = [], 0
+    for j in range(0, len(feats), batch_size):
+        rows = [f["ids"] for f in feats[j: j + batch_size]]
+        n_real = len(rows)
+        rows += [rows[-1]] * (batch_size - n_real)
+        width = max(len(r) for r in rows)
+        ids = np.full((batch_size, width), spec.pad_id, np.int32)
+        mask = np.zeros((batch_size, width), np.int32)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = r
+            mask[i, width - len(r):] = 1
+        res = sampling.generate(model, ids, mask, jax.random.fold_in(key, j // batch_size),
+                                **gen_kw)
+        toks, msk = _host(res.tokens), _host(res.mask)
+        for i in range(n_real):
+            texts = []
+            for s in range(k):
+                text, had_bad = _decode(tokenizer, toks[i * k + s], msk[i * k + s], stops)
+                texts.append(text)
+                bad += had_bad
+            out.append(texts)
+    return out, bad
+
+
+def run(ctx) -> dict[str, Any]:
+    """Stage entry point (``"build_meta": "metarm_jax.build_meta:run"``)."""
+    from metarm_jax.data import MetaExample, SamplingInfo, write_meta_dataset
+    from metarm_jax.data.features import TokenSpec
+    from metarm_jax.data.readers import meta_row
+
+    config, mesh = ctx.config, ctx.mesh
+    bm = _sub(config, "build_meta", default_config)
+    sc = _sub(config, "sampling", sampling.default_config)
+    if bm.k < 1 or bm.chunk_size < 1 or bm.batch_size < 1:
+        raise ConfigError(f"config.build_meta: k={bm.k}, chunk_size={bm.chunk_size}, "
+                          f"batch_size={bm.batch_size} must all be >= 1.")
+    output = bm.output_path or config.data.meta_path or os.path.join(ctx.workdir, "meta.jsonl")
+    chunk_dir = output + ".chunks"
+    lead = jax.process_index() == 0
+    t0 = time.time()
+
+    model, policy_name, policy_step = _policy(config, mesh)
+    tokenizer = _tokenizer(config, bm.policy_path or config.model.hf_path)
+    if len(tokenizer) > model.cfg.vocab_size:
+        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the policy's vocabulary "
+                          f"is {model.cfg.vocab_size}; use the policy's own tokenizer.")
+    spec = TokenSpec.from_config(config.data, tokenizer)
+    prompts, source = _prompts(config, tokenizer)
+
+    gen_kw = sampling.sampling_kwargs(sc)
+    gen_kw.update(num_samples=int(bm.k), eos_id=int(tokenizer.eos_token_id),
+                  pad_id=int(tokenizer.pad_token_id), mesh=mesh)
+    stops = {int(tokenizer.eos_token_id), *gen_kw["stop_token_ids"]}
+    seed = int(sc.seed)
+    info = SamplingInfo(temperature=float(sc.temperature), top_p=float(sc.top_p),
+                        policy_step=policy_step, seed=seed, round=int(bm.round),
+                        repetition_penalty=float(sc.repetition_penalty),
+                        max_new_tokens=int(sc.max_new_tokens), policy=policy_name)
+    digest = hashlib.sha256("\x00".join(p.prompt for p in prompts).encode()).hexdigest()
+    fp = _fingerprint(sampling={k: v for k, v in gen_kw.items() if k != "mesh"}, seed=seed,
+                      info=dataclasses.asdict(info), chunk_size=bm.chunk_size,
+                      batch_size=bm.batch_size,
+                      prompts=len(prompts), prompts_sha256=digest, source=source,
+                      max_prompt_length=spec.max_prompt_length, max_length=spec.max_length,
+                      add_bos=spec.bos_id is not None)
+
+    n_chunks = -(-len(prompts) // bm.chunk_size)
+    if lead:
+        os.makedirs(chunk_dir, exist_ok=True)
+        _check_manifest(chunk_dir, fp)
+    manifest = {"fingerprint": fp, "num_chunks": n_chunks, "done": []}
+
+    def chunk_path(c):
+        return os.path.join(chunk_dir, f"chunk-{c:05d}.jsonl")
+
+    done = [c for c in range(n_chunks) if os.path.exists(chunk_path(c))]
+    resumed = len(done)
+    manifest["done"] = done
+    if lead:
+        _write_json_atomic(os.path.join(chunk_dir, MANIFEST), manifest)
+    base = jax.random.key(seed)
+    bad_utf8 = 0
+    for c in range(n_chunks):
+        if c in done:
+            continue
+        part = prompts[c * bm.chunk_size:(c + 1) * bm.chunk_size]
+        responses, bad = _sample_chunk(model, tokenizer, spec, part, jax.random.fold_in(base, c),
+                                       bm.batch_size, gen_kw, stops)
+        bad_utf8 += bad
+        if lead:
+            rows = [meta_row(MetaExample(p.prompt, tuple(r), info))
+                    for p, r in zip(part, responses)]
+            write_meta_dataset(chunk_path(c), rows)
+            manifest["done"] = sorted(manifest["done"] + [c])
+            _write_json_atomic(os.path.join(chunk_dir, MANIFEST), manifest)
+            print(f"[build_meta] chunk {c + 1}/{n_chunks}: {len(part)} prompts x {bm.k} "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+
+    if lead:
+        rows = []
+        for c in range(n_chunks):
+            with open(chunk_path(c), encoding="utf-8") as f:
+                rows.extend(json.loads(line) for line in f if line.strip())
+        write_meta_dataset(output, rows)
+    return dict(output=output, prompts=len(prompts), k=int(bm.k), chunks=n_chunks,
+                chunks_resumed=resumed, policy=policy_name, policy_step=policy_step,
+                responses_with_invalid_utf8=bad_utf8, seconds=round(time.time() - t0, 1))

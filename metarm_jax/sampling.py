@@ -1,0 +1,415 @@
+"""The one sampler: KV-cache generation shared by PPO roll-outs and meta-dataset building.
+
+    from metarm_jax import sampling
+    out = sampling.generate(model, prompt_ids, prompt_mask, rng, max_new_tokens=64,
+                            temperature=0.8, top_p=0.9, top_k=0, repetition_penalty=1.1,
+                            num_samples=5)
+    out.tokens          # [B*num_samples, T_new] int32; rows i*n:(i+1)*n are prompt i's samples
+    out.mask            # [B*num_samples, T_new] int32; 1 for generated tokens (stop token incl.)
+    out.logprobs        # [B*num_samples, T_new] log p under the distribution sampled from
+    out.model_logprobs  # [B*num_samples, T_new] log p of the token under the raw model (T=1)
+
+How it runs (one jitted function per prompt-length bucket):
+1. prompts are re-packed on the host to the LEFT and padded to a power-of-two length bucket
+   (at least ``prompt_bucket_min``), and the batch to a multiple of the data-parallel size, so a
+   run compiles a handful of shapes;
+2. one prefill per prompt, then the cache is repeated ``num_samples`` times along the batch
+   (prompt-major), so the prompt is never recomputed per sample;
+3. a ``lax.while_loop`` samples one token per step and stops when every row has emitted a stop
+   token or at ``max_new_tokens``.
+
+Logits processing follows HF transformers' ``generate`` order: repetition penalty (on every real
+prompt token and every generated token: a positive logit is divided by the penalty, a negative
+one multiplied), min-new-tokens (stop tokens get -inf), then temperature, top-k, top-p.
+``temperature == 0`` is greedy (argmax after the repetition penalty; no top-k/top-p).
+
+Log-probabilities. ``logprobs`` are those of the processed distribution actually sampled from
+(after penalty, temperature, top-k and top-p; for greedy, the penalised logits at temperature 1);
+use them for importance weights of *this* sampler. ``model_logprobs`` are ``log_softmax`` of the
+raw policy logits (temperature 1, no filtering) at the sampled token: the ``log π_θ(y_t | ...)``
+that PPO's ratio and KL penalty use when the training step recomputes logprobs from a plain
+forward pass. (TRL's PPO instead divides the recomputed logits by the sampling temperature; a PPO
+step that does so must recompute with the same convention rather than use either of these.)
+
+Sharding: the model runs as is (its params keep the layout the training put them in: no copy),
+the KV cache carries ``llama.CACHE_AXES`` and the batch/activations the ``batch``/``act_*``
+names of :mod:`metarm_jax.sharding`, i.e. the batch on ``data``/``fsdp`` and heads on ``tensor``.
+Random draws use one key per output row (``fold_in(rng, row)``, then the step), so the samples of
+a row do not depend on the batch padding, the mesh, or the other rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx, struct
+from jax.sharding import Mesh, NamedSharding
+
+from metarm_jax import sharding as shd
+from metarm_jax.errors import UserError
+from metarm_jax.models import llama
+
+
+class SamplingError(UserError):
+    """Bad sampling arguments or prompts."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Sampling defaults (the paper's PPO / meta-sampling settings); ``config.sampling``."""
+    c = ml_collections.ConfigDict()
+    c.temperature = 0.8         # 0 = greedy
+    c.top_p = 0.9               # 1.0 = off
+    c.top_k = 0                 # 0 = off
+    c.repetition_penalty = 1.1  # 1.0 = off; HF semantics
+    c.max_new_tokens = 128
+    c.min_new_tokens = 0        # stop tokens are masked out before this many new tokens
+    c.num_samples = 1           # continuations per prompt (k for the meta dataset)
+    c.stop_token_ids = ()       # extra stop tokens besides the model's eos
+    c.prompt_bucket_min = 16    # prompt lengths are padded to max(this, next power of two)
+    c.seed = 0
+    return c
+
+
+@struct.dataclass
+class SampleOutput:
+    tokens: jax.Array          # [N, T_new] int32, pad_id where mask == 0
+    mask: jax.Array            # [N, T_new] int32
+    logprobs: jax.Array        # [N, T_new] float32, 0 where mask == 0
+    model_logprobs: jax.Array  # [N, T_new] float32, 0 where mask == 0
+    logits: jax.Array | None = None  # [N, T_new, V] raw model logits (only with return_logits)
+
+    @property
+    def lengths(self) -> jax.Array:
+        return self.mask.sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logits processing (pure; shared by the sampler and its tests)
+
+
+def apply_repetition_penalty(logits: jax.Array, seen: jax.Array, penalty) -> jax.Array:
+    """HF RepetitionPenaltyLogitsProcessor. logits [N, V]; seen [N, V] bool (token occurred)."""
+    penalised = jnp.where(logits < 0, logits * penalty, logits / penalty)
+    return jnp.where(seen, penalised, logits)
+
+
+def _cutoff(x: jax.Array, weight: jax.Array, limit, iters: int = 32) -> jax.Array:
+    """Keep mask [N, V] of the tokens j with  sum_{i: x_i > x_j} weight_i < limit.
+
+    The kept set is a top segment of x, so its boundary is found by bisection on the value
+    (``iters`` halvings: exact to float32 resolution) instead of a sort over the vocabulary,
+    which XLA:CPU runs ~20x slower than these masked sums.
+    """
+    finite = jnp.isfinite(x)
+    lo = jnp.min(jnp.where(finite, x, jnp.inf), -1, keepdims=True) - 1.0  # mass(lo) = total
+    hi = jnp.max(x, -1, keepdims=True)                                    # mass(hi) = 0
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = (lo + hi) / 2
+        ok = jnp.sum(jnp.where(x > mid, weight, 0), -1, keepdims=True) < limit
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    lo, _ = jax.lax.fori_loop(0, iters, halve, (lo, hi))
+    return x > lo
+
+
+def filter_top_k_top_p(logits: jax.Array, top_k, top_p) -> jax.Array:
+    """HF TopKLogitsWarper then TopPLogitsWarper (min_tokens_to_keep=1); removed logits -> -inf.
+
+    top_k <= 0 and top_p >= 1 switch the filters off. Top-k keeps the tokens with fewer than k
+    logits above them (ties with the k-th are kept, as HF); top-p keeps, among the top-k survivors
+    renormalised, the tokens whose higher-probability mass is < top_p (HF's "cumulative ascending
+    mass > 1 - top_p"), so the most likely token always stays.
+    """
+    neg = jnp.asarray(-jnp.inf, logits.dtype)
+
+    def top_k_fn(x):
+        return jnp.where(_cutoff(x, jnp.ones_like(x), top_k.astype(x.dtype)), x, neg)
+
+    def top_p_fn(x):
+        return jnp.where(_cutoff(x, jax.nn.softmax(x, axis=-1), top_p), x, neg)
+
+    x = jax.lax.cond(top_k > 0, top_k_fn, lambda z: z, logits)
+    return jax.lax.cond(top_p < 1.0, top_p_fn, lambda z: z, x)
+
+
+def sample_rows(keys: jax.Array, logits: jax.Array) -> jax.Array:
+    """One token per row from softmax(logits) [N, V], by inverse CDF with one uniform per row key.
+
+    (Cheaper than Gumbel-max on CPU: one random number per row instead of one per vocab entry.)
+    """
+    probs = jax.nn.softmax(logits, axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    u = 1.0 - jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)   # (0, 1]
+    target = u[:, None] * cdf[:, -1:]
+    return jnp.minimum(jnp.sum(cdf < target, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+
+
+def process_logits(logits: jax.Array, seen: jax.Array, knobs: dict[str, jax.Array],
+                   stop_vocab: jax.Array, step) -> jax.Array:
+    """Raw logits [N, V] -> the logits sampled from (HF order; see the module docstring)."""
+    x = apply_repetition_penalty(logits, seen, knobs["repetition_penalty"])
+    early = step < knobs["min_new_tokens"]
+    x = jnp.where(early & stop_vocab[None, :], -jnp.inf, x)
+    x = x / knobs["temperature"]
+    return filter_top_k_top_p(x, knobs["top_k"], knobs["top_p"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The jitted sampler
+
+
+def _cache_constrain(cache: llama.KVCache) -> llama.KVCache:
+    return llama.KVCache(
+        k=shd.constrain(cache.k, llama.CACHE_AXES), v=shd.constrain(cache.v, llama.CACHE_AXES),
+        key_mask=shd.constrain(cache.key_mask, ("cache_batch", "cache_length")),
+        next_pos=shd.constrain(cache.next_pos, ("cache_batch",)), index=cache.index)
+
+
+def _repeat_rows(x: jax.Array, n: int, axis: int) -> jax.Array:
+    return x if n == 1 else jnp.repeat(x, n, axis=axis)
+
+
+def _sample(graphdef, state, ids, mask, rng, knobs, stop_ids, *, num_samples: int,
+            max_new_tokens: int, return_logits: bool):
+    """ids/mask [B, T] left-padded -> buffers for B*num_samples rows (see SampleOutput)."""
+    model = nnx.merge(graphdef, state)
+    cfg = model.cfg
+    b, t = ids.shape
+    n = num_samples * b
+    v = cfg.vocab_size
+
+    # Prefill once per prompt; only the last position's logits are needed.
+    cache = _cache_constrain(llama.init_cache(cfg, b, t + max_new_tokens))
+    x, cache = model.hidden_states(ids, mask, cache)
+    logits = model.head_output(x[:, -1:], None)[:, 0]                       # [B, V]
+    seen = jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], ids].max(mask > 0)
+
+    # Share the prompt's cache across its samples (prompt-major rows).
+    cache = _cache_constrain(llama.KVCache(
+        k=_repeat_rows(cache.k, num_samples, 1), v=_repeat_rows(cache.v, num_samples, 1),
+        key_mask=_repeat_rows(cache.key_mask, num_samples, 0),
+        next_pos=_repeat_rows(cache.next_pos, num_samples, 0), index=cache.index))
+    logits = shd.constrain(_repeat_rows(logits, num_samples, 0), ("batch", "act_vocab"))
+    seen = shd.constrain(_repeat_rows(seen, num_samples, 0), ("batch", None))
+
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(n))
+    stop_vocab = jnp.zeros((v,), bool).at[jnp.clip(stop_ids, 0, v - 1)].max(stop_ids >= 0)
+    pad_id = knobs["pad_id"]
+    greedy = knobs["greedy"] > 0
+
+    def batch_buf(dtype, fill, extra=()):
+        return shd.constrain(jnp.full((n, max_new_tokens) + extra, fill, dtype),
+                             ("batch", "length") + (("act_vocab",) if extra else ()))
+
+    carry = dict(step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, seen=seen,
+                 done=jnp.zeros((n,), bool), tokens=batch_buf(jnp.int32, pad_id),
+                 mask=batch_buf(jnp.int32, 0), logprobs=batch_buf(jnp.float32, 0.0),
+                 model_logprobs=batch_buf(jnp.float32, 0.0))
+    if return_logits:
+        carry["all_logits"] = batch_buf(jnp.float32, 0.0, (v,))
+
+    def cond(c):
+        return (c["step"] < max_new_tokens) & ~jnp.all(c["done"])
+
+    def body(c):
+        step, done, logits = c["step"], c["done"], c["logits"]
+        proc = process_logits(logits, c["seen"], knobs, stop_vocab, step)
+        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+        tok = jax.lax.cond(greedy, lambda: jnp.argmax(proc, axis=-1).astype(jnp.int32),
+                           lambda: sample_rows(keys, proc))
+        lp = jnp.take_along_axis(jax.nn.log_softmax(proc), tok[:, None], -1)[:, 0]
+        mlp = jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], -1)[:, 0]
+        live = ~done
+        tok = jnp.where(live, tok, pad_id)
+        out = dict(c)
+        out["tokens"] = c["tokens"].at[:, step].set(tok)
+        out["mask"] = c["mask"].at[:, step].set(live.astype(jnp.int32))
+        out["logprobs"] = c["logprobs"].at[:, step].set(jnp.where(live, lp, 0.0))
+        out["model_logprobs"] = c["model_logprobs"].at[:, step].set(jnp.where(live, mlp, 0.0))
+        if return_logits:
+            out["all_logits"] = c["all_logits"].at[:, step].set(logits)
+        out["seen"] = c["seen"].at[jnp.arange(n), tok].set(True)
+        out["done"] = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
+        # Next step's logits (the last iteration's forward is unused; it keeps the loop simple).
+        h, cache = model.hidden_states(tok[:, None], jnp.ones((n, 1), jnp.int32), c["cache"])
+        out["cache"] = _cache_constrain(cache)
+        out["logits"] = shd.constrain(model.head_output(h, None)[:, 0], ("batch", "act_vocab"))
+        out["step"] = step + 1
+        return out
+
+    c = jax.lax.while_loop(cond, body, carry)
+    result = (c["tokens"], c["mask"], c["logprobs"], c["model_logprobs"])
+    return result + ((c["all_logits"],) if return_logits else ())
+
+
+_JIT_CACHE: dict[Any, Any] = {}
+
+
+def _jitted(graphdef, state, mesh: Mesh | None, num_samples: int, max_new_tokens: int,
+            return_logits: bool):
+    key = (graphdef, jax.tree.structure(state), mesh, num_samples, max_new_tokens, return_logits)
+    if key not in _JIT_CACHE:
+        fn = lambda *a: _sample(graphdef, *a, num_samples=num_samples,  # noqa: E731
+                                max_new_tokens=max_new_tokens, return_logits=return_logits)
+        if mesh is None:
+            _JIT_CACHE[key] = jax.jit(fn)
+        else:
+            rep = shd.replicated(mesh)
+            outs = [shd.batch_sharding(mesh, 2)] * 4
+            if return_logits:
+                outs.append(shd.batch_sharding(mesh, 3))
+            _JIT_CACHE[key] = jax.jit(
+                fn, in_shardings=(shd.state_shardings(mesh, state), shd.batch_sharding(mesh, 2),
+                                  shd.batch_sharding(mesh, 2), rep, rep, rep),
+                out_shardings=tuple(outs))
+    return _JIT_CACHE[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side preparation
+
+
+def bucket_length(n: int, minimum: int) -> int:
+    """Prompt length bucket: max(minimum, next power of two >= n)."""
+    return max(int(minimum), 1 << max(int(n) - 1, 0).bit_length())
+
+
+def left_pack(ids: np.ndarray, mask: np.ndarray, width: int, pad_id: int):
+    """Move every row's real tokens (mask 1, order kept) to the right end of a [B, width] array."""
+    order = np.argsort(mask > 0, axis=1, kind="stable")      # pads first, then real tokens
+    ids = np.take_along_axis(ids, order, 1)
+    mask = np.take_along_axis(mask, order, 1)
+    ids = np.where(mask > 0, ids, pad_id)
+    t = ids.shape[1]
+    if t >= width:
+        return ids[:, t - width:], mask[:, t - width:]
+    pad = ((0, 0), (width - t, 0))
+    return np.pad(ids, pad, constant_values=pad_id), np.pad(mask, pad)
+
+
+def _mesh_of(state) -> Mesh | None:
+    leaf = jax.tree.leaves(state)[0]
+    s = getattr(leaf, "sharding", None)
+    if isinstance(s, NamedSharding) and s.mesh.size > 1:
+        return s.mesh
+    return None
+
+
+def _split_model(model):
+    if isinstance(model, nnx.Module):
+        return nnx.split(model)
+    if isinstance(model, (tuple, list)) and len(model) >= 2:
+        graphdef, *states = model
+        if len(states) == 1:
+            return graphdef, states[0]
+        return nnx.split(nnx.merge(graphdef, *states))
+    raise SamplingError(f"generate(model=...): expected an nnx model or (graphdef, state), got "
+                        f"{type(model).__name__}.")
+
+
+def generate(model, prompt_ids, prompt_mask, rng, *, max_new_tokens: int = 128,
+             min_new_tokens: int = 0, temperature: float = 0.8, top_p: float = 0.9,
+             top_k: int = 0, repetition_penalty: float = 1.1, num_samples: int = 1,
+             eos_id: int | None = None, stop_token_ids: Sequence[int] = (),
+             pad_id: int | None = None, prompt_bucket_min: int = 16, mesh: Mesh | None = None,
+             return_logits: bool = False) -> SampleOutput:
+    """Sample ``num_samples`` continuations of each prompt (see the module docstring).
+
+    model: an ``lm``-head ``llama.Llama`` or its ``(graphdef, state)``; used as is (no copy), so
+      on a mesh its params must be laid out by the sharding table (``llama.create`` /
+      ``hf.load_hf`` with ``mesh=`` and the train state are).
+    prompt_ids, prompt_mask: [B, T] host arrays, the whole batch on every process (any padding
+      side; re-packed to the left on the host). Outputs are global arrays sharded by batch.
+    rng: a jax key or an int seed.
+    eos_id: defaults to the model's ``eos_token_id``; ``stop_token_ids`` add more stop tokens.
+    pad_id: fills ``tokens`` after a row stops; defaults to the model's ``pad_token_id`` (or 0).
+    mesh: defaults to the mesh the params are sharded on (none: one device).
+    """
+    graphdef, state = _split_model(model)
+    module = model if isinstance(model, nnx.Module) else nnx.merge(graphdef, state)
+    cfg: llama.LlamaConfig = module.cfg
+    if module.head != "lm":
+        raise SamplingError(f"generate() needs a model with the 'lm' head, got {module.head!r}.")
+    eos_id = cfg.eos_token_id if eos_id is None else eos_id
+    pad_id = (cfg.pad_token_id if cfg.pad_token_id is not None else 0) if pad_id is None else pad_id
+    if max_new_tokens < 1:
+        raise SamplingError(f"max_new_tokens={max_new_tokens}; it must be >= 1.")
+    if not 0 <= min_new_tokens <= max_new_tokens:
+        raise SamplingError(f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens="
+                            f"{max_new_tokens}].")
+    if num_samples < 1:
+        raise SamplingError(f"num_samples={num_samples}; it must be >= 1.")
+    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
+        raise SamplingError(
+            f"sampling settings temperature={temperature}, top_p={top_p}, top_k={top_k}, "
+            f"repetition_penalty={repetition_penalty}: need temperature >= 0, 0 < top_p <= 1, "
+            "top_k >= 0 (0 = off), repetition_penalty > 0 (1 = off).")
+
+    ids = np.asarray(jax.device_get(prompt_ids)).astype(np.int32)
+    mask = np.asarray(jax.device_get(prompt_mask)).astype(np.int32)
+    if ids.ndim != 2 or ids.shape != mask.shape:
+        raise SamplingError(f"prompt_ids {ids.shape} and prompt_mask {mask.shape} must both be "
+                            "[batch, length].")
+    lengths = (mask > 0).sum(1)
+    if (lengths == 0).any():
+        raise SamplingError(f"prompt row {int(np.argmin(lengths))} has no real token (mask all "
+                            "0); every prompt needs at least one token (e.g. BOS).")
+    b = ids.shape[0]
+    width = bucket_length(int(lengths.max()), prompt_bucket_min)
+    ids, mask = left_pack(ids, mask, width, pad_id)
+
+    mesh = mesh if mesh is not None else _mesh_of(state)
+    if mesh is not None and mesh.size == 1:
+        mesh = None
+    dp = 1 if mesh is None else shd.dp_size(mesh)
+    b_pad = -(-b // dp) * dp
+    if b_pad != b:  # dummy prompts (copies of row 0) after the real ones; dropped below
+        ids = np.concatenate([ids, np.repeat(ids[:1], b_pad - b, 0)])
+        mask = np.concatenate([mask, np.repeat(mask[:1], b_pad - b, 0)])
+
+    greedy = temperature == 0
+    knobs = {
+        "temperature": jnp.float32(1.0 if greedy else temperature),
+        "top_p": jnp.float32(1.0 if greedy else top_p),
+        "top_k": jnp.int32(0 if greedy else top_k),
+        "repetition_penalty": jnp.float32(repetition_penalty),
+        "min_new_tokens": jnp.int32(min_new_tokens),
+        "pad_id": jnp.int32(pad_id),
+        "greedy": jnp.int32(greedy),
+    }
+    stops = sorted({int(eos_id)} | {int(s) for s in stop_token_ids}) if eos_id is not None \
+        else sorted({int(s) for s in stop_token_ids})
+    stop_ids = jnp.asarray(stops or [-1], jnp.int32)
+    if isinstance(rng, (int, np.integer)):
+        rng = jax.random.key(int(rng))
+
+    fn = _jitted(graphdef, state, mesh, num_samples, max_new_tokens, return_logits)
+    if mesh is None:
+        outs = fn(state, ids, mask, rng, knobs, stop_ids)
+    else:
+        # Every process holds the whole prompt batch; each device takes its rows (multi-host too).
+        sh = shd.batch_sharding(mesh, 2)
+        ids, mask = (jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx])
+                     for a in (ids, mask))
+        with jax.set_mesh(mesh):
+            outs = fn(state, ids, mask, rng, knobs, stop_ids)
+    if b_pad != b:
+        outs = tuple(o[: b * num_samples] for o in outs)
+    return SampleOutput(*outs[:4], logits=outs[4] if return_logits else None)
+
+
+def sampling_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """``generate`` keyword arguments from a ``config.sampling`` ConfigDict (seed excluded)."""
+    return dict(max_new_tokens=int(config.max_new_tokens),
+                min_new_tokens=int(config.min_new_tokens), temperature=float(config.temperature),
+                top_p=float(config.top_p), top_k=int(config.top_k),
+                repetition_penalty=float(config.repetition_penalty),
+                num_samples=int(config.num_samples),
+                stop_token_ids=tuple(int(s) for s in config.stop_token_ids),
+                prompt_bucket_min=int(config.prompt_bucket_min))
