@@ -35,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict(dict(
         preset="tiny",          # metarm_jax.models.llama.PRESETS, used when hf_path is empty
+        vocab_size=0,           # >0: override the preset's vocabulary (e.g. a small tokenizer's)
         hf_path="",             # local HF checkpoint directory (config.json + safetensors)
         dtype="float32",        # compute dtype: float32 | bfloat16
         param_dtype="float32",  # weight storage dtype
@@ -44,13 +45,19 @@ def base_config() -> ml_collections.ConfigDict:
 
     from metarm_jax.data.config import data_config
     from metarm_jax import build_meta, sampling
+    from metarm_jax.rlhf import rlhf_config
+    from metarm_jax.data.synthetic import world_config
     from metarm_jax.train.config import meta_config, train_config
+    from metarm_jax.train.ppo_config import ppo_config
 
     c.data = data_config()
     c.train = train_config()  # the one train loop (RM, MetaRM; later SFT, DPO, PPO)
     c.meta = meta_config()    # MetaRM: eta, order, k
     c.sampling = sampling.default_config()      # the one sampler (roll-outs, meta data)
     c.build_meta = build_meta.default_config()  # the meta-dataset builder stage
+    c.ppo = ppo_config()                        # actor / critic / reference / RM
+    c.rlhf = rlhf_config()                      # the iterative rounds (metarm_jax/rlhf.py)
+    c.world = world_config()                    # the synthetic world of the quickstart
 
     # The `inspect` stage: load/build the model on the mesh, print its layout, run a forward.
     c.inspect = ml_collections.ConfigDict(dict(head="lm", batch_size=8, seq_len=32))
@@ -155,6 +162,8 @@ def model_config(config: ml_collections.ConfigDict):
     if m.hf_path:
         return hf.config_from_hf(hf.read_config(m.hf_path),
                                  source=os.path.join(m.hf_path, "config.json"), **policy)
+    if m.vocab_size:
+        policy["vocab_size"] = m.vocab_size
     return llama.preset(m.preset, **policy)
 
 

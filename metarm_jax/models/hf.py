@@ -315,7 +315,8 @@ def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
         out[path_t] = jax.make_array_from_callback(shape, sharding, callback)
     if missing_head:
         print(f"[metarm_jax] {path}: {', '.join(missing_head)} not in the checkpoint; initialised "
-              f"the {head} head with normal(std={cfg.initializer_range}), seed {seed}.")
+              f"score.weight with normal(std={cfg.initializer_range}), seed {seed}, and any "
+              "score.bias with zeros.")
     state = abs_state
     for path_t, var in nnx.to_flat_state(state):
         var.set_value(out[path_t])

@@ -6,6 +6,9 @@ A stage supplies
                                                        draws one global batch from every iterator
                                                        and passes {name: batch} to step_fn
     eval_fn(params) -> {name: value}                   optional, run every train.eval_every steps
+A batch source may instead be a :class:`StateSource`, whose batches depend on the current params
+(PPO's on-policy roll-outs): the loop asks it ``next_batch(params, step)``, logs what its
+``pop_metrics()`` returns in the step's row, and checkpoints its ``get_state()`` with the data.
 and gets: a jitted, sharded step (params and optimizer state placed by the one sharding table,
 batches split over the data axes, the train state donated), gradient accumulation over
 micro-batches (lax.scan inside the step), the optax optimizer with its schedule and clipping, a
@@ -45,6 +48,33 @@ EvalFn = Callable[[PyTree], Mapping[str, Any]]
 
 class TrainingDiverged(UserError):
   """Too many non-finite steps in a row; the last good checkpoint is kept."""
+
+
+class StateSource:
+  """A batch source computed from the train state: on-policy roll-outs (PPO).
+
+  ``next_batch(params, step)`` returns the global batch of ``step`` (host numpy, or global
+  jax.Arrays already laid out by :func:`metarm_jax.sharding.batch_sharding`), given the params
+  the step is about to update. ``pop_metrics()`` returns metrics to log in that step's row
+  (e.g. roll-out statistics; {} when there are none). ``get_state() -> bytes`` and
+  ``set_state(bytes)`` are its checkpointed position (saved with the data iterators through
+  grain's orbax handler, which also calls ``start_prefetch()`` after a restore).
+  """
+
+  def next_batch(self, params: PyTree, step: int) -> PyTree:
+    raise NotImplementedError
+
+  def pop_metrics(self) -> Mapping[str, Any]:
+    return {}
+
+  def get_state(self) -> bytes:
+    raise NotImplementedError
+
+  def set_state(self, state: bytes) -> None:
+    raise NotImplementedError
+
+  def start_prefetch(self) -> None:
+    pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,9 +191,16 @@ def jit_train_step(train_step, mesh: Mesh, shardings: PyTree, batch_example: PyT
 
 
 def global_batch(mesh: Mesh, batch: PyTree) -> PyTree:
-  """Host batch (this process's rows) -> global jax.Arrays split over the data axes."""
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-      shd.batch_sharding(mesh, np.ndim(x)), np.asarray(x)), batch)
+  """Host batch (this process's rows) -> global jax.Arrays split over the data axes.
+
+  A leaf that is already a jax.Array (a StateSource's device batch) is a global array: it is
+  only placed on the batch sharding (a no-op when it is there already)."""
+  def one(x):
+    sh = shd.batch_sharding(mesh, np.ndim(x))
+    if isinstance(x, jax.Array):
+      return jax.device_put(x, sh)
+    return jax.make_array_from_process_local_data(sh, np.asarray(x))
+  return jax.tree.map(one, batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -222,7 +259,7 @@ def _check_batch_sizes(mesh: Mesh, batch: PyTree, num_micro: int) -> None:
   dp = shd.dp_size(mesh)
   for path, x in jax.tree_util.tree_leaves_with_path(batch):
     name = jax.tree_util.keystr(path, simple=True, separator=".")
-    b = np.shape(x)[0] * jax.process_count()
+    b = np.shape(x)[0] * (1 if isinstance(x, jax.Array) else jax.process_count())
     if b % num_micro or (b // num_micro) % dp:
       raise ConfigError(
           f"batch {name!r}: global size {b} must split into train.grad_accum={num_micro} "
@@ -272,10 +309,10 @@ def train(cfg, *, mesh: Mesh, workdir: str, params: PyTree, step_fn: StepFn, see
   pending = None  # (step, device metrics) of the step before, read while the next one runs
 
   def drain(pending):
-    step, metrics = pending
+    step, metrics, extra = pending
     host = {k: _to_host(v) for k, v in metrics.items()}
-    if cfg.log_every and (step % cfg.log_every == 0 or step == total_steps):
-      writer.write(step, host)
+    if extra or (cfg.log_every and (step % cfg.log_every == 0 or step == total_steps)):
+      writer.write(step, {**host, **extra})  # a source's metrics (roll-outs) are always logged
     bar.set_postfix(loss=f"{host['loss']:.4f}", skipped=int(host["nonfinite"]), refresh=False)
     if host["streak"] >= cfg.nan_patience:
       ckpt.wait()
@@ -291,7 +328,10 @@ def train(cfg, *, mesh: Mesh, workdir: str, params: PyTree, step_fn: StepFn, see
 
   try:
     for step in range(start, total_steps):
-      host_batch = {name: next(it) for name, it in batches.items()}
+      host_batch = {name: (it.next_batch(state["params"], step) if isinstance(it, StateSource)
+                           else next(it)) for name, it in batches.items()}
+      extra = {k: v for it in batches.values() if isinstance(it, StateSource)
+               for k, v in it.pop_metrics().items()}
       if step_jit is None:
         _check_batch_sizes(mesh, host_batch, num_micro)
         step_jit = jit_train_step(make_train_step(step_fn, optimizer, schedule, num_micro),
@@ -299,7 +339,7 @@ def train(cfg, *, mesh: Mesh, workdir: str, params: PyTree, step_fn: StepFn, see
       state, metrics = step_jit(state, global_batch(mesh, host_batch))
       if pending is not None:
         last_metrics = drain(pending)
-      pending = (step + 1, metrics)
+      pending = (step + 1, metrics, extra)
       bar.update(1)
       done = step + 1
       if (cfg.save_every and done % cfg.save_every == 0) or done == total_steps:
