@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     from metarm_jax.rlhf import rlhf_config
     from metarm_jax.data.synthetic import world_config
     from metarm_jax.train.config import meta_config, train_config
+    from metarm_jax.train.policy_config import dpo_config, sft_config
     from metarm_jax.train.ppo_config import ppo_config
 
     c.data = data_config()
@@ -55,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.meta = meta_config()    # MetaRM: eta, order, k
     c.sampling = sampling.default_config()      # the one sampler (roll-outs, meta data)
     c.build_meta = build_meta.default_config()  # the meta-dataset builder stage
+    c.sft = sft_config()    # SFT's own lr/epochs/schedule over the shared loop settings
+    c.dpo = dpo_config()    # the DPO baseline
     c.ppo = ppo_config()                        # actor / critic / reference / RM
     c.rlhf = rlhf_config()                      # the iterative rounds (metarm_jax/rlhf.py)
     c.world = world_config()                    # the synthetic world of the quickstart

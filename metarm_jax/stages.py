@@ -20,6 +20,8 @@ STAGES: dict[str, str] = {
     "rm": "metarm_jax.train.rm:run_rm",
     "metarm": "metarm_jax.train.rm:run_metarm",
     "build_meta": "metarm_jax.build_meta:run",
+    "sft": "metarm_jax.train.sft:run_sft",
+    "dpo": "metarm_jax.train.dpo:run_dpo",
     "ppo": "metarm_jax.train.ppo:run_ppo",
     "rlhf": "metarm_jax.rlhf:run",
 }

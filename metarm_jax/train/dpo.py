@@ -1,0 +1,255 @@
+"""The ``dpo`` stage: Direct Preference Optimization (Rafailov et al. 2023, Eq. 7).
+
+    L(θ) = -mean log σ(β [(log π_θ(y_w|x) - log π_ref(y_w|x)) - (log π_θ(y_l|x) - log π_ref(y_l|x))])
+
+π_θ (the policy, trained) and π_ref (the reference, frozen) both start from the same weights:
+``config.model`` (``config.dpo.init = 'model'``, e.g. ``model.hf_path`` = an SFT export), or the
+SFT export of this run's workdir (``'sft'``, for the pipeline ``('sft', 'dpo')``). log π(y|x) is the sum of the
+response tokens' log-probs. Each model runs ONE forward over the [2n, T] stack of the n chosen
+and n rejected sequences. The reference log-probs are computed inside the same jitted step,
+under ``stop_gradient`` (not precomputed): no extra pass over the data and nothing to keep in
+sync with the iterator on resume, at the cost of one reference forward per step.
+
+The reference rides in the loop's params as ``{"policy": θ, "ref": θ_ref}``; the optimizer is
+``optax.multi_transform`` with ``set_to_zero`` on ``ref``, so it has no optimizer state and its
+update is exactly 0 (the reference never changes; tested bitwise). It may be stored in bf16
+(``config.dpo.ref_dtype``). It is saved in the checkpoints with the policy, so resume is exact.
+
+Response masks: the data layer's preference batches carry full sequences without a loss mask.
+When a batch has ``chosen_loss_mask`` / ``rejected_loss_mask`` they are used. Otherwise the
+response is everything after the longest common prefix of the chosen and rejected sequences
+(they share one tokenized prompt). That prefix may also hold the first response tokens when both
+responses start alike; those tokens have the same context and token in both sequences, so
+their log-probs cancel in h = (π_w - ref_w) - (π_l - ref_l): the loss, gradient, margin and
+accuracy are exactly those of the prompt-length mask; only the separate implicit rewards
+β(π_w - ref_w), β(π_l - ref_l) leave the shared tokens out.
+
+The policy is written to ``workdir/export/dpo`` as an HF ``LlamaForCausalLM`` with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from metarm_jax import config_lib
+from metarm_jax.core import policy_losses as pl
+from metarm_jax.errors import ConfigError
+from metarm_jax.models import hf, llama
+from metarm_jax.train import loop, optim
+from metarm_jax.train.policy_config import stage_train_config
+from metarm_jax.train.sft import global_norm, check_vocab, split_lm
+
+Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
+PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+
+
+# --------------------------------------------------------------------------------------------
+# Response masks and log-probs of a pair batch.
+# --------------------------------------------------------------------------------------------
+
+
+def _left_justify(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Rotate each row so its first real token is at column 0 (identity for right padding)."""
+    t = x.shape[1]
+    start = jnp.argmax(mask > 0, axis=1)
+    idx = (jnp.arange(t)[None, :] + start[:, None]) % t
+    return jnp.take_along_axis(x, idx, axis=1)
+
+
+def response_masks(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """[n, T] masks of the response tokens (and final EOS) of the chosen and rejected sequences.
+
+    From ``chosen_loss_mask``/``rejected_loss_mask`` when the batch has them, else: the real
+    tokens after the longest common prefix of the two sequences (see the module docstring for
+    why that gives the same DPO loss). Works for left and right padding.
+    """
+    if "chosen_loss_mask" in batch:
+        return batch["chosen_loss_mask"], batch["rejected_loss_mask"]
+    ci, cm, ri, rm = (batch[k] for k in PAIR_KEYS)
+    cj, cmj = _left_justify(ci, cm), _left_justify(cm, cm)
+    rj, rmj = _left_justify(ri, rm), _left_justify(rm, rm)
+    same = (cj == rj) & (cmj > 0) & (rmj > 0)
+    prefix = jnp.sum(jnp.cumprod(same.astype(jnp.int32), axis=1), axis=1)        # [n]
+
+    def after(mask):
+        pos = jnp.cumsum(mask > 0, axis=1) - 1                                       # real index
+        return ((mask > 0) & (pos >= prefix[:, None])).astype(jnp.int32)
+    return after(cm), after(rm)
+
+
+def pair_logprobs(logits_fn, params, batch) -> tuple[jax.Array, jax.Array]:
+    """(log π(y_w|x) [n], log π(y_l|x) [n]): summed response log-probs, ONE forward of [2n, T]."""
+    n = batch["chosen_ids"].shape[0]
+    resp_w, resp_l = response_masks(batch)
+    ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
+    mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
+    resp = jnp.concatenate([resp_w, resp_l])
+    logits, targets, tmask = pl.next_token_targets(logits_fn(params, ids, mask), ids, resp)
+    seq = pl.sequence_logprobs(pl.logprobs_of(logits, targets), tmask)            # [2n]
+    return seq[:n], seq[n:]
+
+
+# --------------------------------------------------------------------------------------------
+# The step: params = {"policy": θ, "ref": θ_ref}.
+# --------------------------------------------------------------------------------------------
+
+
+def dpo_loss_on_batch(logits_fn, params, batch, beta, label_smoothing):
+    ref = jax.lax.stop_gradient(params["ref"])
+    ref_w, ref_l = pair_logprobs(logits_fn, ref, batch)
+    pi_w, pi_l = pair_logprobs(logits_fn, params["policy"], batch)
+    loss, metrics = pl.dpo_loss(pi_w, pi_l, ref_w, ref_l, beta=beta,
+                                label_smoothing=label_smoothing)
+    metrics["dpo/logp_chosen"] = jnp.mean(pi_w)
+    metrics["dpo/logp_rejected"] = jnp.mean(pi_l)
+    return loss, metrics
+
+
+def dpo_step(logits_fn, beta: float, label_smoothing: float = 0.0) -> loop.StepFn:
+    """g = ∇_θ L_DPO(θ; batch["pref"]); the reference's gradient is 0 (it is frozen)."""
+    def step_fn(params, batch, rng):
+        del rng
+        (loss, m), g = jax.value_and_grad(
+            lambda p: dpo_loss_on_batch(logits_fn, {"policy": p, "ref": params["ref"]},
+                                        batch["pref"], beta, label_smoothing),
+            has_aux=True)(params["policy"])
+        grads = {"policy": g, "ref": jax.tree.map(jnp.zeros_like, params["ref"])}
+        metrics = {"loss": loss, **{k.removeprefix("dpo/"): v for k, v in m.items() if k != "dpo/loss"},
+                   "grad_norm": global_norm(g)}
+        return grads, metrics
+    return step_fn
+
+
+def frozen_ref_optimizer(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optimizer`` on params["policy"]; params["ref"] gets a zero update and no state."""
+    return optax.multi_transform({"policy": optimizer, "ref": optax.set_to_zero()},
+                                 {"policy": "policy", "ref": "ref"})
+
+
+# --------------------------------------------------------------------------------------------
+# Data and evaluation.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class DPOData:
+    train: dict[str, Any]  # {"pref": checkpointable grain iterator, repeating}
+    num_pairs: int
+    val: Batches           # a fresh pass over the validation pairs (with example_mask)
+    tokenizer: Any
+
+
+def layer_data(config) -> DPOData:
+    from metarm_jax import data as D
+    d = config.data
+    if not d.tokenizer_path:
+        raise ConfigError("the dpo stage needs config.data.tokenizer_path (a local HF tokenizer "
+                          "directory).")
+    tok = D.load_tokenizer(d.tokenizer_path)
+    pref = D.preference_iterator(d, tok, num_epochs=0)  # the loop decides when to stop
+    val = lambda: D.preference_iterator(d, tok, split=d.eval_split, shuffle=False, num_epochs=1,
+                                        drop_remainder=False)
+    return DPOData(train={"pref": pref}, num_pairs=pref.num_examples, val=val, tokenizer=tok)
+
+
+def make_eval_fn(logits_fn, mesh, val: Batches, beta: float, eval_batches: int = 0) -> loop.EvalFn:
+    both = jax.jit(lambda p, b: (pair_logprobs(logits_fn, p["policy"], b),
+                                 pair_logprobs(logits_fn, p["ref"], b)))
+
+    def eval_fn(params) -> dict[str, Any]:
+        cols = [[], [], [], []]
+        for i, b in enumerate(val()):
+            if eval_batches and i >= eval_batches:
+                break
+            keep = np.asarray(b.get("example_mask", np.ones(len(b["chosen_ids"]), np.int32))) > 0
+            (pw, plo), (rw, rl) = jax.device_get(
+                both(params, loop.global_batch(mesh, {k: b[k] for k in PAIR_KEYS})))
+            for col, v in zip(cols, (pw, plo, rw, rl)):
+                col.append(np.asarray(v)[keep])
+        pw, plo, rw, rl = (jnp.asarray(np.concatenate(c)) for c in cols)
+        loss, m = pl.dpo_loss(pw, plo, rw, rl, beta=beta)
+        return {"loss": float(loss), "accuracy": float(m["dpo/accuracy"]),
+                "reward_margin": float(m["dpo/reward_margin"]),
+                "reward_chosen": float(m["dpo/reward_chosen"]),
+                "reward_rejected": float(m["dpo/reward_rejected"]),
+                "logp_chosen": float(jnp.mean(pw)), "logp_rejected": float(jnp.mean(plo)),
+                "pairs": float(len(pw))}
+    return eval_fn
+
+
+# --------------------------------------------------------------------------------------------
+# The stage.
+# --------------------------------------------------------------------------------------------
+
+
+def start_config(config, workdir: str) -> ml_collections.ConfigDict:
+    """What ``config_lib.build_model`` reads (model, seed), with model.hf_path set to the SFT
+    export when ``config.dpo.init == 'sft'``."""
+    init = config.dpo.init
+    out = ml_collections.ConfigDict({"model": config.model.to_dict(), "seed": config.seed})
+    if init == "model":
+        return out
+    if init != "sft":
+        raise ConfigError(f"config.dpo.init={init!r}; expected 'model' (config.model) or 'sft' "
+                          "(<workdir>/export/sft).")
+    path = os.path.join(workdir, "export", "sft")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"config.dpo.init='sft' but {path} holds no SFT export; run the sft "
+                          "stage first (pipeline ('sft', 'dpo')) or set config.dpo.init='model'.")
+    out.model.hf_path = path
+    return out
+
+
+def reference_params(config, mesh, dtype: str):
+    """The frozen reference: the policy's start again (``config`` as from ``start_config``),
+    its params cast to ``dtype`` ('' keeps model.param_dtype)."""
+    ref_model = config_lib.build_model(config, "lm", mesh)
+    _, ref = split_lm(ref_model)
+    if dtype:
+        if dtype not in llama.DTYPES:
+            raise ConfigError(f"config.dpo.ref_dtype={dtype!r}; expected '' or one of "
+                              f"{sorted(llama.DTYPES)}.")
+        ref = jax.tree.map(lambda x: x.astype(llama.DTYPES[dtype]), ref)
+    return ref
+
+
+def run_dpo(ctx) -> dict[str, Any]:
+    """Stage ``dpo``: config.dpo (β, schedule), config.data (pairs, pref_batch_size), config.model."""
+    config, mesh = ctx.config, ctx.mesh
+    s = config.dpo
+    t = stage_train_config(config.train, s)
+    data = layer_data(config)
+    total = int(t.steps) or int(math.floor(t.epochs * data.num_pairs / config.data.pref_batch_size))
+    if total < 1:
+        raise ConfigError(f"dpo: the run has 0 steps ({data.num_pairs} pairs x dpo.epochs="
+                          f"{t.epochs} / data.pref_batch_size={config.data.pref_batch_size}); "
+                          "set dpo.steps or dpo.epochs.")
+    start = start_config(config, ctx.workdir)
+    with jax.set_mesh(mesh):
+        model = config_lib.build_model(start, "lm", mesh)
+        check_vocab(model, data.tokenizer, "dpo")
+        logits_fn, policy = split_lm(model)
+        params = {"policy": policy, "ref": reference_params(start, mesh, s.ref_dtype)}
+        optimizer, schedule = optim.optimizer(t, total)
+        params, summary = loop.train(
+            t, mesh=mesh, workdir=os.path.join(ctx.workdir, "dpo"), params=params,
+            step_fn=dpo_step(logits_fn, s.beta, s.label_smoothing), seed=config.seed,
+            batches=data.train, total_steps=total, optimizer=frozen_ref_optimizer(optimizer),
+            schedule=schedule,
+            eval_fn=make_eval_fn(logits_fn, mesh, data.val, s.beta, t.eval_batches), desc="dpo")
+        nnx.update(model, params["policy"])
+        if s.export:
+            out = os.path.join(ctx.workdir, "export", "dpo")
+            hf.save_hf(model, out, tokenizer=data.tokenizer)
+            summary["export"] = out
+    return summary
