@@ -1,37 +1,90 @@
-"""MetaRM on Anthropic HH-RLHF with Llama-2-7B (the paper's setting).
+"""MetaRM on Anthropic HH-RLHF with Llama-2-7B: the paper's setting, 4 rounds.
 
-On a pod (see launch/pod.sh):
-    python -m metarm_jax.main --config=configs/hh_rlhf.py \
-        --config.model.hf_path=/path/to/Llama-2-7b-hf
-On a CPU (tiny model):
+On a pod (launch/pod.sh starts the same command on every host):
+    python -m metarm_jax.main --config=configs/hh_rlhf.py \\
+        --config.model.hf_path=/data/Llama-2-7b-hf \\
+        --config.data.tokenizer_path=/data/Llama-2-7b-hf \\
+        --config.data.path=/data/hh-rlhf --workdir=/ckpt/hh_metarm
+The η sweep of the paper is three runs that differ by one flag:
+    ... --config.meta.eta=1e-6   ... --config.meta.eta=5e-6   ... --config.meta.eta=1e-5
+
+On a CPU, with a tiny model, a BPE tokenizer trained on the data, and the HH-RLHF sample in
+../shared/data (or $METARM_SHARED_DIR):
     python -m metarm_jax.main --config=configs/hh_rlhf.py:runlocal
-
-The training stages (sft, rm, metarm, ppo) are added to the pipeline as they land; today the
-pipeline checks the model and mesh (`inspect`).
 """
+
+import os
 
 from metarm_jax import config_lib
 
+SHARED = os.environ.get("METARM_SHARED_DIR",
+                        os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+
 
 def get_config(arg=None):
-    config = config_lib.base_config()
-    config.model.preset = "llama2_7b"
-    config.model.dtype = "bfloat16"
-    config.model.param_dtype = "float32"
-    config.model.remat = "dots_no_batch"
-    config.mesh.data = 1
-    config.mesh.fsdp = -1
-    config.pipeline = ("inspect",)
-    config.inspect.batch_size = 16
-    config.inspect.seq_len = 512
-    if arg == "runlocal":
-        config.model.preset = "tiny"
-        config.model.dtype = "float32"
-        config.model.remat = "none"
-        config.mesh.fsdp = 1
-        config.mesh.data = -1
-        config.inspect.batch_size = 8
-        config.inspect.seq_len = 32
-    elif arg:
+    if arg not in (None, "", "runlocal"):
         raise ValueError(f"configs/hh_rlhf.py: unknown argument {arg!r}; use 'runlocal' or nothing.")
-    return config
+    c = config_lib.base_config()
+    c.pipeline = ("rlhf",)
+
+    # Llama-2-7B, bf16 compute over fp32 master weights, FSDP over every device.
+    c.model.preset = "llama2_7b"
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat = "dots_no_batch"
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 1
+
+    d = c.data  # helpful + harmless pairs of Anthropic/hh-rlhf (hub name or a local copy)
+    d.dataset, d.path, d.split, d.eval_split = "hh_rlhf", "Anthropic/hh-rlhf", "train", "test"
+    d.sft_dataset, d.sft_path = "hh_rlhf", "Anthropic/hh-rlhf"  # SFT on the chosen responses
+    d.prompt_dataset, d.prompt_path, d.prompt_split = "hh_rlhf", "Anthropic/hh-rlhf", "train"
+    d.max_length, d.bucket_lengths, d.max_prompt_length = 1024, (256, 512, 1024), 512
+    d.pref_batch_size = d.meta_batch_size = 16  # the paper's global batches (n = m = 16)
+    d.sft_batch_size = 32
+    d.meta_k = 5
+
+    c.sft.lr, c.sft.epochs, c.sft.warmup_epochs = 2e-5, 2.0, 0.3  # paper: SFT
+    c.train.lr, c.train.epochs, c.train.schedule = 5e-6, 1.0, "linear"  # paper: RM, one epoch
+    c.train.eval_every, c.train.save_every = 200, 200
+    c.meta.eta, c.meta.k, c.meta.order = 5e-6, 5, "first"  # α = η = 5e-6, k = 5
+
+    s = c.sampling  # paper: nucleus sampling for roll-outs and meta data
+    s.temperature, s.top_p, s.repetition_penalty, s.max_new_tokens = 0.8, 0.9, 1.1, 256
+    c.build_meta.batch_size = 64
+
+    p = c.ppo  # paper: policy lr 5e-7, critic lr 1.5e-6, 16 roll-outs per query, β = 0.05
+    p.policy_lr, p.critic_lr, p.rollouts_per_query, p.kl_beta = 5e-7, 1.5e-6, 16, 0.05
+    p.queries_per_iteration, p.minibatch_size, p.iterations = 32, 64, 200
+    p.reward_clip = 0.8  # the paper's "clip value 0.8" (see docs/ppo.md for the other reading)
+    p.frozen_dtype = "bfloat16"
+
+    r = c.rlhf
+    r.rounds = 4
+    r.eval_prompts = 100
+    r.judge = "rm"  # set rlhf.judge_rm_path to an independent RM (an LLM judge is not built in)
+
+    if arg == "runlocal":
+        c.model.preset, c.model.vocab_size = "tiny", 512
+        c.model.dtype, c.model.remat = "float32", "none"
+        c.mesh.data, c.mesh.fsdp = -1, 1
+        r.tokenizer_vocab = 512  # BPE trained on the local pairs
+        hh = os.path.join(SHARED, "data", "hh-rlhf", "harmless-base")
+        # The shared sample is one file (the hub's harmless-base test split): it serves as the
+        # training pairs, the SFT data and the prompts; evaluation re-uses it (a smoke run).
+        d.path = d.sft_path = d.prompt_path = hh
+        d.split = d.eval_split = d.sft_split = d.prompt_split = "test"
+        d.max_length, d.bucket_lengths, d.max_prompt_length = 192, (128, 192), 96
+        d.max_skip_fraction = 0.2  # tiny max_length: long transcripts are skipped and counted
+        d.num_epochs = 0
+        c.sft.lr, c.sft.epochs, c.sft.val_holdout = 3e-3, 1.0, 100
+        c.train.lr, c.train.steps, c.train.eval_every, c.train.save_every = 1e-3, 60, 30, 60
+        c.train.eval_batches = 8
+        c.meta.eta = 1e-3
+        s.max_new_tokens = 24
+        c.build_meta.max_prompts = 128
+        p.iterations, p.queries_per_iteration, p.rollouts_per_query = 3, 16, 4
+        p.minibatch_size, p.policy_lr, p.critic_lr, p.frozen_dtype = 32, 1e-4, 3e-4, ""
+        p.save_every = 3
+        c.dpo.lr, c.dpo.steps, c.dpo.warmup = 1e-4, 30, 5
+        r.rounds, r.eval_prompts, r.eval_k = 2, 32, 4
+    return c

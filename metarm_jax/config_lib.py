@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.pipeline = ("inspect",)  # stages to run in order; see metarm_jax/stages.py
     c.seed = 0
+    c.seeds = 1                # >1: run the whole pipeline once per seed (seed, seed+1, ...)
     c.workdir = ""             # set by --workdir (default runs/<config name>)
 
     # Mesh axis sizes; one may be -1 to take the remaining devices.

@@ -71,6 +71,43 @@ def default_workdir(spec: str) -> str:
     return os.path.join("runs", re.sub(r"[^A-Za-z0-9_.=-]+", "_", name))
 
 
+def with_seed_offset(config, offset: int):
+    """A copy of config with every seed (``seed`` and ``*_seed`` keys, anywhere) moved by offset."""
+    import ml_collections
+
+    out = ml_collections.ConfigDict(config.to_dict())
+
+    def shift(node):
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                shift(value)
+            elif (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and value >= 0:
+                node[key] = value + offset
+    shift(out)
+    out.workdir = os.path.join(config.workdir, f"seed{offset}")
+    return out
+
+
+def run_pipeline(config, mesh, workdir: str) -> dict:
+    """Run config.pipeline's stages in order; returns {stage: summary}."""
+    import jax
+
+    from metarm_jax import stages
+
+    ctx = stages.StageContext(config=config, mesh=mesh, workdir=workdir)
+    out = {}
+    for name in config.pipeline:
+        t0 = time.time()
+        if jax.process_index() == 0:
+            print(f"== stage {name}", flush=True)
+        summary = stages.get(name)(ctx) or {}
+        if jax.process_index() == 0:
+            print(f"== stage {name} done in {time.time() - t0:.1f}s: "
+                  f"{json.dumps(summary, default=str)}", flush=True)
+        out[name] = summary
+    return out
+
+
 def main(argv) -> None:
     del argv
     from absl import logging
@@ -85,7 +122,7 @@ def main(argv) -> None:
         maybe_initialize_distributed(config.distributed)
         import jax
 
-        from metarm_jax import sharding, stages
+        from metarm_jax import sharding
 
         config_lib.validate(config, jax.device_count())
         mesh = sharding.make_mesh(dict(config.mesh))
@@ -96,15 +133,15 @@ def main(argv) -> None:
             os.makedirs(workdir, exist_ok=True)
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=2))
-        ctx = stages.StageContext(config=config, mesh=mesh, workdir=workdir)
-        for name in config.pipeline:
-            t0 = time.time()
-            if jax.process_index() == 0:
-                print(f"== stage {name}")
-            summary = stages.get(name)(ctx) or {}
-            if jax.process_index() == 0:
-                print(f"== stage {name} done in {time.time() - t0:.1f}s: "
-                      f"{json.dumps(summary, default=str)}")
+        seeds = int(config.seeds)
+        runs = ([(config, workdir)] if seeds <= 1 else
+                [(with_seed_offset(config, i), os.path.join(workdir, f"seed{i}"))
+                 for i in range(seeds)])
+        per_seed = [run_pipeline(cfg, mesh, wd) for cfg, wd in runs]
+        if seeds > 1 and jax.process_index() == 0:
+            from metarm_jax.eval import report
+
+            print(report.aggregate_seeds(workdir, per_seed))
     except UserError as e:
         _fail(str(e))
 

@@ -44,6 +44,9 @@ def rlhf_config() -> ml_collections.ConfigDict:
     c.ood_prompt_path = ""
     c.ood_prompt_split = "test"
     c.world = False              # write the synthetic world first and train on it (quickstart)
+    # >0 and data.tokenizer_path empty: train a byte-level BPE tokenizer of this size on the
+    # preference pairs first (runlocal variants; set model.vocab_size to the same number).
+    c.tokenizer_vocab = 0
     c.sft = True                 # train π_SFT (else config.model.hf_path is π_SFT)
     c.rm_path = ""               # a trained vanilla RM to start from (skips the rm step)
     c.baselines = ("vanilla_ppo", "dpo")
@@ -150,6 +153,22 @@ def _world_overrides(runner: Runner) -> dict[str, Any]:
     }
 
 
+def _tokenizer(runner: Runner) -> str:
+    """Train (once) a BPE tokenizer on the run's preference pairs; returns its directory."""
+    from metarm_jax import data as D
+    from metarm_jax.data.tokenizer import train_bpe_tokenizer
+
+    config, out = runner.ctx.config, runner.path("tokenizer")
+    if not os.path.exists(os.path.join(out, "tokenizer.json")) and runner.lead:
+        d = config.data
+        pairs = D.load_preference_pairs(d.dataset, d.path, d.split, name=d.name,
+                                        data_dir=d.data_dir, on_bad_record="skip",
+                                        max_skip_fraction=1.0)
+        texts = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
+        train_bpe_tokenizer(texts, int(config.rlhf.tokenizer_vocab), out)
+    return out
+
+
 def _export(summary: dict, kind: str) -> str:
     path = summary.get("export")
     if not path:
@@ -195,6 +214,11 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
         runner = Runner(ctx)
         config, rc = ctx.config, ctx.config.rlhf
     d = config.data
+    if not d.tokenizer_path and rc.tokenizer_vocab:
+        ctx = stages.StageContext(derive(config, {"data.tokenizer_path": _tokenizer(runner)}),
+                                  ctx.mesh, ctx.workdir)
+        runner = Runner(ctx)
+        config, rc, d = ctx.config, ctx.config.rlhf, ctx.config.data
 
     # π_SFT and r_0
     sft = runner.step("sft", "sft", {}) if rc.sft else None

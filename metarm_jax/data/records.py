@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Sequence
 
+from metarm_jax.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
   """A data problem for a person to fix: names the file, row, field and reason."""
 
 

@@ -502,3 +502,10 @@ def _pair_rows(world, rng, n, held_out):
                  'gold_chosen': round(float(gw), 6), 'gold_rejected': round(float(gl), 6)})
     agree += bool(gw > gl)
   return rows, agree / max(n, 1)
+
+
+def gold_monitor(config):
+  """PPO roll-out monitor (config.ppo.monitor): the gold reward of sampled token ids."""
+  world = World(config.world)
+  return lambda prompt_ids, prompt_mask, response_ids, response_mask: world.gold_ids(
+      prompt_ids, response_ids, prompt_mask, response_mask)

@@ -20,7 +20,9 @@ from typing import Any
 import jax
 import numpy as np
 
-SHIFT_VAR_KEYS = ("shift/var", "shift/absdiff_var", "rollout/shift_var")
+SHIFT_VAR = "shift/absdiff_var"        # logged by the ppo stage every iteration
+PPO_X = "rollout/iteration"
+PROXY, GOLD = "rollout/score_mean", "rollout/monitor_mean"
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -31,20 +33,13 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r.get("step", i), r[key]) for i, r in enumerate(rows)
+def series(rows: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r.get(x, i), r[key]) for i, r in enumerate(rows)
            if isinstance(r.get(key), (int, float))]
     if not pts:
         return np.zeros(0), np.zeros(0)
     s, v = zip(*pts)
     return np.asarray(s, float), np.asarray(v, float)
-
-
-def first_key(rows: list[dict], keys) -> str | None:
-    for k in keys:
-        if any(k in r for r in rows):
-            return k
-    return None
 
 
 class RewardScorer:
@@ -216,14 +211,21 @@ def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards, rounds) -> di
     import matplotlib.pyplot as plt
 
     figs = {}
+    # Rounds run one after another: put round r's PPO iterations after round r-1's.
+    offsets, total = {}, 0.0
+    for name in ppo_rows:
+        if name.startswith("round"):
+            offsets[name] = total
+            x, _ = series(ppo_rows[name], SHIFT_VAR, PPO_X)
+            total += (x.max() + 1) if len(x) else 0
+    shift = lambda name, s: s + offsets.get(name, 0.0)  # noqa: E731
     # Figure 1
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in ppo_rows.items():
-        key = first_key(rows, SHIFT_VAR_KEYS)
-        if key:
-            s, v = series(rows, key)
-            ax.plot(s, v, label=name, ls="--" if name == "vanilla_ppo" else "-")
-    ax.set_xlabel("PPO iteration")
+        s, v = series(rows, SHIFT_VAR, PPO_X)
+        if len(s):
+            ax.plot(shift(name, s), v, label=name, ls="--" if name == "vanilla_ppo" else "-")
+    ax.set_xlabel("PPO iteration (rounds back to back)")
     ax.set_ylabel("var of within-prompt reward differences")
     ax.set_title("Figure 1: reward-difference variance over PPO")
     ax.legend()
@@ -261,14 +263,11 @@ def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards, rounds) -> di
     a1.set_title("mean reward of held-out samples")
     a1.legend()
     for name, rows in ppo_rows.items():
-        key = first_key(rows, ("rollout/score", "ppo/score", "rollout/rm_score"))
-        if key:
-            s, v = series(rows, key)
-            a2.plot(s, v, label=f"{name} proxy")
-        gkey = first_key(rows, ("rollout/gold", "rollout/extra_score"))
-        if gkey:
-            s, v = series(rows, gkey)
-            a2.plot(s, v, ls=":", label=f"{name} gold")
+        s, v = series(rows, PROXY, PPO_X)
+        line = a2.plot(shift(name, s), v, label=f"{name} proxy")[0] if len(s) else None
+        s, v = series(rows, GOLD, PPO_X)
+        if len(s):
+            a2.plot(shift(name, s), v, ls=":", color=line.get_color() if line else None, label=f"{name} gold")
     a2.set_xlabel("PPO iteration")
     a2.set_title("reward over PPO (proxy: the RM PPO optimises)")
     a2.legend(fontsize=7)
@@ -330,3 +329,37 @@ def _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, bes
         f.write("\n".join(lines))
     with open(os.path.join(workdir, "report.json"), "w") as f:
         json.dump(result, f, indent=1)
+
+
+def _flatten(prefix: str, x, out: dict) -> None:
+    if isinstance(x, dict):
+        for k, v in x.items():
+            _flatten(f"{prefix}.{k}" if prefix else k, v, out)
+    elif isinstance(x, (list, tuple)) and len(x) == 3 and ("table1" in prefix or "table2" in prefix):
+        for k, v in zip(("win", "tie", "lose"), x):
+            out[f"{prefix}.{k}"] = v
+    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+        out[prefix] = float(x)
+
+
+def aggregate_seeds(workdir: str, per_seed: list[dict]) -> str:
+    """mean ± std over seeds of every number in the rlhf stage's summary -> seeds.md (+ text)."""
+    flat = []
+    for run in per_seed:
+        f: dict = {}
+        _flatten("", {k: v for k, v in run.get("rlhf", {}).items()
+                      if k in ("table1", "table2", "rewards", "fig5")}, f)
+        flat.append(f)
+    keys = [k for k in flat[0] if all(k in f for f in flat)]
+    best = [run.get("rlhf", {}).get("best_round") for run in per_seed]
+    lines = [f"# Quickstart over {len(per_seed)} seeds: mean ± std", "",
+             f"Best round per seed: {best} (Table 2 compares each seed's own best round).", "",
+             "| quantity | mean | std | per seed |", "|---|---|---|---|"]
+    for k in keys:
+        v = np.asarray([f[k] for f in flat])
+        lines.append(f"| {k} | {v.mean():.4g} | {v.std(ddof=1):.3g} | "
+                     + ", ".join(f"{x:.4g}" for x in v) + " |")
+    text = "\n".join(lines)
+    with open(os.path.join(workdir, "seeds.md"), "w") as f:
+        f.write(text + "\n")
+    return text

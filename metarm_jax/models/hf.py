@@ -314,9 +314,10 @@ def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
 
         out[path_t] = jax.make_array_from_callback(shape, sharding, callback)
     if missing_head:
-        print(f"[metarm_jax] {path}: {', '.join(missing_head)} not in the checkpoint; initialised "
-              f"score.weight with normal(std={cfg.initializer_range}), seed {seed}, and any "
-              "score.bias with zeros.")
+        how = {"score.weight": f"normal(std={cfg.initializer_range}), seed {seed}",
+               "score.bias": "zeros"}
+        print(f"[metarm_jax] {path}: not in the checkpoint, initialised: "
+              + "; ".join(f"{n} with {how.get(n, 'defaults')}" for n in missing_head))
     state = abs_state
     for path_t, var in nnx.to_flat_state(state):
         var.set_value(out[path_t])

@@ -25,6 +25,7 @@ randomness is a function of (seed, iteration), so a killed run resumes bit for b
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from metarm_jax import config_lib, sampling
 from metarm_jax import sharding as shd
@@ -263,6 +265,19 @@ def _from_bits(b: int) -> jax.Array:
     return jnp.asarray(np.asarray(b, np.uint32).view(np.float32))
 
 
+def load_monitor(config):
+    """The optional roll-out monitor of ``config.ppo.monitor`` ("module:function"), or None."""
+    spec = config.ppo.monitor
+    if not spec:
+        return None
+    module, _, fn = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), fn)(config)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"config.ppo.monitor={spec!r}: cannot load it ({e}); expected "
+                          "'package.module:function'.") from None
+
+
 class Rollouts(loop.StateSource):
     """Rolls out at the first step of every iteration, then serves its minibatches."""
 
@@ -296,6 +311,7 @@ class Rollouts(loop.StateSource):
         self.buffer_iteration = -1
         self.metrics: dict[str, Any] = {}
         self.timer = timer if timer is not None else {}
+        self.monitor = load_monitor(config)
         num_queries = self.q
         self._advantages = jax.jit(
             lambda mo, sc, ol, rl, v, m, e: advantages(self.pcfg, mo, sc, ol, rl, v, m,
@@ -355,6 +371,10 @@ class Rollouts(loop.StateSource):
             from metarm_jax.train.rm import abs_differences
             score = np.asarray(jax.device_get(scored["score"])).reshape(self.q, self.r)
             metrics["shift/absdiff"] = abs_differences(score, None).astype(np.float64)
+        if self.monitor is not None:
+            host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))  # noqa: E731
+            values = self.monitor(rep(ids), rep(pmask), host(tokens), host(rmask))
+            metrics["rollout/monitor_mean"] = float(np.mean(values))
         metrics["rollout/iteration"] = float(iteration)
         metrics["rollout/actor_on"] = float(iteration >= self.critic_warmup)
         metrics["time/generate_s"] = t1 - t0

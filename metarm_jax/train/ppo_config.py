@@ -53,5 +53,8 @@ def ppo_config() -> ml_collections.ConfigDict:
     c.shift_hist_bins = 20      # the |Δr| histogram: bins over [0, shift_hist_max], + one overflow
     c.shift_hist_max = 4.0
     c.shift_log_values = True   # also log every |Δr| (a TensorBoard histogram of the raw values)
+    # "module:function" of config -> fn(prompt_ids, prompt_mask, response_ids, response_mask) -> [n],
+    # logged (never trained on) as rollout/monitor_mean: e.g. the synthetic world's gold reward.
+    c.monitor = ""
     c.export = True             # workdir/export/ppo (policy + tokenizer), export/ppo_critic
     return c
