@@ -207,6 +207,9 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
         raise ConfigError(f"config.rlhf.rm_init={rc.rm_init!r}; expected 'previous' or 'vanilla'.")
     if rc.meta_prompts not in ("train", "ood"):
         raise ConfigError(f"config.rlhf.meta_prompts={rc.meta_prompts!r}; expected 'train' or 'ood'.")
+    if rc.meta_prompts == "ood" and not rc.ood_prompt_path:
+        raise ConfigError("config.rlhf.meta_prompts='ood' needs config.rlhf.ood_prompt_path (a hub "
+                          "name or a local copy of the OOD prompt set).")
     runner = Runner(ctx)
     base = _world_overrides(runner) if rc.world else {}
     if base:  # later steps see the world's paths as if they were in the config

@@ -82,7 +82,11 @@ class RewardScorer:
                 r = np.asarray(jax.device_get(self.fn(self.params, g["ids"], g["mask"])))
                 out.append(r.reshape(m, kk)[keep])
                 masks.append(np.asarray(b["sample_mask"])[keep])
-        return np.concatenate(out), np.concatenate(masks)
+        rewards = np.concatenate(out)
+        if len(rewards) != len(prompts):  # a dropped row would shift every later score
+            raise RuntimeError(f"report: scored {len(rewards)} of {len(prompts)} prompts; some "
+                               "samples did not fit data.max_length (raise it).")
+        return rewards, np.concatenate(masks)
 
     def score_fn(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return self.score(list(prompts), [[r] for r in responses])[0][:, 0]

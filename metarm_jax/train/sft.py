@@ -122,7 +122,11 @@ def layer_data(config) -> SFTData:
             raise ConfigError(f"config.sft.val_holdout={holdout} leaves no training example "
                               f"({len(records)} SFT examples in {d.sft_path!r}).")
         train_recs = D.Records(records[:-holdout], records.skip_report)
-        val_recs = D.Records(records[-holdout:], None)
+        from metarm_jax.data.records import SkipReport
+
+        held_out = SkipReport("sft validation (held out)", d.on_bad_record, d.max_skip_fraction)
+        held_out.total = holdout
+        val_recs = D.Records(records[-holdout:], held_out)
     else:
         if _same_files(d.sft_path, d.sft_split, d.eval_split, d.sft_data_dir):
             raise ConfigError(
