@@ -77,8 +77,9 @@ def test_numbers_come_from_the_run_and_change_with_the_seed(seed0, tmp_path):
 
 def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
     workdir, _ = seed0
+    # checkpoint every PPO iteration so that there is one to resume from mid-stage
     cmd = [sys.executable, "-m", "metarm_jax.main", FAST, f"--workdir={tmp_path}",
-           "--config.train.progress=False"]
+           "--config.train.progress=False", "--config.ppo.save_every=1"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = tmp_path / "round2" / "ppo" / "ppo" / "checkpoints"
@@ -94,8 +95,30 @@ def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
         proc.wait(timeout=60)
     assert not (tmp_path / "round2" / "ppo" / "DONE.json").exists()
     assert (tmp_path / "round1" / "ppo" / "DONE.json").exists()
-    res = _run(tmp_path)
+    res = _run(tmp_path, "--config.ppo.save_every=1")
     assert "-- rlhf: round1" not in res.stdout  # finished steps are not run again
     a, b = _report(workdir), _report(tmp_path)
     assert a["table1"] == b["table1"] and a["table2"] == b["table2"]
     assert a["rewards"] == b["rewards"] and a["fig5"] == b["fig5"]
+
+
+def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
+    sample = shared_dir / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+    if not sample.exists():
+        pytest.skip(f"the shared HH-RLHF sample {sample} is absent (set METARM_SHARED_DIR)")
+    env = dict(_env(), METARM_SHARED_DIR=str(shared_dir))
+    # runlocal, shortened further for CI: one round, few steps; every stage still runs for real.
+    res = subprocess.run(
+        [sys.executable, "-m", "metarm_jax.main", "--config=configs/hh_rlhf.py:runlocal",
+         f"--workdir={tmp_path}", "--config.train.progress=False", "--config.rlhf.rounds=1",
+         "--config.train.steps=10", "--config.train.eval_every=10", "--config.sft.epochs=0.1",
+         "--config.ppo.iterations=2", "--config.dpo.steps=4", "--config.build_meta.max_prompts=32",
+         "--config.rlhf.eval_prompts=16"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-4000:]
+    rep = _report(tmp_path)
+    assert rep["prompts"] == 16 and set(rep["table1"]) == {"round1"}
+    assert "judge" in rep and "vanilla RM" in rep["judge"]  # no gold reward on real data
+    # the BPE tokenizer was trained on the local pairs and the 4 empty-response rows were skipped
+    assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
+    assert "skipped 4 of 2000 rows: empty_response: 4" in res.stdout
