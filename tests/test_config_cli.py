@@ -21,7 +21,8 @@ def run_main(*args, devices=2, cwd=REPO):
 
 def test_quickstart_inspect_runs_with_overrides(tmp_path):
     res = run_main("--config=configs/quickstart.py", f"--workdir={tmp_path}",
-                   "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.model.scan_layers=False",
+                   "--config.pipeline=('inspect',)", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+                   "--config.model.scan_layers=False",
                    "--config.inspect.seq_len=16", "--config.model.preset=tiny_mha")
     assert res.returncode == 0, res.stderr[-3000:]
     saved = json.loads((tmp_path / "config.json").read_text())
@@ -30,7 +31,7 @@ def test_quickstart_inspect_runs_with_overrides(tmp_path):
     assert saved["inspect"]["seq_len"] == 16
     assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 1}" in res.stdout
     assert "layers.q" in res.stdout and "P(None, 'fsdp', 'tensor', None)" in res.stdout
-    assert '"output_shape": [8, 16, 256]' in res.stdout
+    assert '"output_shape": [8, 16, 64]' in res.stdout  # the quickstart's 64-token vocabulary
 
 
 def test_runlocal_variant_and_hf_checkpoint(tmp_path):
@@ -39,7 +40,8 @@ def test_runlocal_variant_and_hf_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     hf.save_hf(llama.create(llama.preset("tiny"), "reward"), str(ckpt))
     res = run_main("--config=configs/hh_rlhf.py:runlocal", f"--workdir={tmp_path / 'run'}",
-                   f"--config.model.hf_path={ckpt}", "--config.inspect.head=reward")
+                   f"--config.model.hf_path={ckpt}", "--config.inspect.head=reward",
+                   "--config.pipeline=('inspect',)")
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"head": "reward"' in res.stdout and '"output_shape": [8]' in res.stdout
 

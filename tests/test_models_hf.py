@@ -171,7 +171,7 @@ def test_reward_head_from_causal_lm_checkpoint_is_initialised(tmp_path, capsys):
     model = llama.create(llama.preset("tiny"), "lm", seed=8)
     hf.save_hf(model, str(tmp_path))
     rm = hf.load_hf(str(tmp_path), "reward")
-    assert "score.weight not in the checkpoint" in capsys.readouterr().out
+    assert "not in the checkpoint, initialised: score.weight with normal" in capsys.readouterr().out
     assert np.abs(_params(rm)["score"]).max() > 0
     with pytest.raises(hf.CheckpointError, match="score.weight"):
         hf.load_hf(str(tmp_path), "reward", init_missing_head=False)

@@ -29,7 +29,8 @@ def test_two_processes_share_one_mesh(tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "metarm_jax.main", "--config=configs/quickstart.py",
              f"--workdir={tmp_path / 'run'}", f"--config.model.hf_path={ckpt}",
-             "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"],
+             "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
+             "--config.pipeline=('inspect',)"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = []
     for p in procs:
