@@ -2,7 +2,6 @@
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from metarm_jax.checkpoint import Checkpointer, abstract_like
 from metarm_jax.models import llama
 from metarm_jax.train import loop, optim, rm
 from metarm_jax.train.config import train_config
+from tests.resume_util import exported, kill_at_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -59,28 +59,16 @@ def _driver(tmp_path, workdir, steps, slow=0.0, wait=True):
   return proc
 
 
-def _exported(workdir):
-  from safetensors.numpy import load_file
-  return load_file(str(pathlib.Path(workdir) / "export" / "rm" / "model.safetensors"))
-
-
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
   steps = 15
   _driver(tmp_path, tmp_path / "straight", steps)
   killed = tmp_path / "killed"
   proc = _driver(tmp_path, killed, steps, slow=0.25, wait=False)
-  ckpts = killed / "metarm" / "checkpoints"
-  deadline = time.time() + 240
-  while not (ckpts / "6" / "commit_success.txt").exists() and proc.poll() is None:
-    assert time.time() < deadline, "the run never reached step 6"
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL
+  kill_at_checkpoint(proc, killed / "metarm" / "checkpoints", 6)
   assert not (killed / "export").exists()  # it really died mid-run
   out = _driver(tmp_path, killed, steps)
   assert "resuming metarm from" in out
-  a, b = _exported(tmp_path / "straight"), _exported(killed)
+  a, b = exported(tmp_path / "straight", "rm"), exported(killed, "rm")
   assert a.keys() == b.keys()
   for k in a:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)

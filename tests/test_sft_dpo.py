@@ -8,7 +8,6 @@ import json
 import math
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,6 +22,7 @@ from metarm_jax import config_lib, sharding, stages
 from metarm_jax.data import synthetic
 from metarm_jax.train import dpo, loop, optim, sft
 from metarm_jax.train.policy_config import sft_config, stage_train_config
+from tests.resume_util import exported, kill_at_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -356,27 +356,15 @@ def _driver(tmp_path, world, workdir, slow=0.0, wait=True):
     return proc
 
 
-def _exported(workdir, stage):
-    from safetensors.numpy import load_file
-    return load_file(str(pathlib.Path(workdir) / "export" / stage / "model.safetensors"))
-
-
 def test_sft_sigkill_then_resume_is_bitwise_identical(world, tmp_path):
     _driver(tmp_path, world, tmp_path / "straight")
     killed = tmp_path / "killed"
     proc = _driver(tmp_path, world, killed, slow=0.25, wait=False)
-    ckpts = killed / "sft" / "checkpoints"
-    deadline = time.time() + 240
-    while not (ckpts / "4" / "commit_success.txt").exists() and proc.poll() is None:
-        assert time.time() < deadline, "the run never reached step 4"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_at_checkpoint(proc, killed / "sft" / "checkpoints", 4)
     assert not (killed / "export").exists()  # it really died mid-run
     out = _driver(tmp_path, world, killed)
     assert "resuming sft from" in out
-    a, b = _exported(tmp_path / "straight", "sft"), _exported(killed, "sft")
+    a, b = exported(tmp_path / "straight", "sft"), exported(killed, "sft")
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -1,0 +1,23 @@
+"""Shared pieces of the kill-and-resume tests: SIGKILL a real run at a checkpoint, compare exports."""
+
+import pathlib
+import signal
+import time
+
+
+def kill_at_checkpoint(proc, ckpt_dir: pathlib.Path, step: int, timeout: float = 240) -> None:
+    """SIGKILL ``proc`` once the orbax checkpoint ``step`` in ``ckpt_dir`` is committed."""
+    deadline = time.time() + timeout
+    while not (ckpt_dir / str(step) / "commit_success.txt").exists() and proc.poll() is None:
+        assert time.time() < deadline, f"the run never reached step {step}"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def exported(workdir, stage: str) -> dict:
+    """The tensors a stage exported to ``workdir/export/<stage>``."""
+    from safetensors.numpy import load_file
+
+    return load_file(str(pathlib.Path(workdir) / "export" / stage / "model.safetensors"))
