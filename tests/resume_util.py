@@ -21,3 +21,13 @@ def exported(workdir, stage: str) -> dict:
     from safetensors.numpy import load_file
 
     return load_file(str(pathlib.Path(workdir) / "export" / stage / "model.safetensors"))
+
+
+def assert_same_exports(workdir_a, workdir_b, stage: str) -> None:
+    """Both runs exported bitwise-identical tensors for ``stage``."""
+    import numpy as np
+
+    a, b = exported(workdir_a, stage), exported(workdir_b, stage)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -16,7 +16,7 @@ from metarm_jax.checkpoint import Checkpointer, abstract_like
 from metarm_jax.models import llama
 from metarm_jax.train import loop, optim, rm
 from metarm_jax.train.config import train_config
-from tests.resume_util import exported, kill_at_checkpoint
+from tests.resume_util import assert_same_exports, kill_at_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -68,10 +68,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
   assert not (killed / "export").exists()  # it really died mid-run
   out = _driver(tmp_path, killed, steps)
   assert "resuming metarm from" in out
-  a, b = exported(tmp_path / "straight", "rm"), exported(killed, "rm")
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert_same_exports(tmp_path / "straight", killed, "rm")
 
 
 def _toy_state(mesh, seed=0):

@@ -22,7 +22,7 @@ from metarm_jax import config_lib, sharding, stages
 from metarm_jax.data import synthetic
 from metarm_jax.train import dpo, loop, optim, sft
 from metarm_jax.train.policy_config import sft_config, stage_train_config
-from tests.resume_util import exported, kill_at_checkpoint
+from tests.resume_util import assert_same_exports, kill_at_checkpoint
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -364,10 +364,7 @@ def test_sft_sigkill_then_resume_is_bitwise_identical(world, tmp_path):
     assert not (killed / "export").exists()  # it really died mid-run
     out = _driver(tmp_path, world, killed)
     assert "resuming sft from" in out
-    a, b = exported(tmp_path / "straight", "sft"), exported(killed, "sft")
-    assert a.keys() == b.keys()
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_exports(tmp_path / "straight", killed, "sft")
 
 
 @pytest.mark.skipif(not {"sft", "dpo"} <= set(stages.STAGES),
