@@ -42,7 +42,7 @@ def _report(workdir) -> dict:
 def test_quickstart_report_has_every_table_and_figure(seed0):
     workdir, stdout = seed0
     md = (workdir / "report.md").read_text()
-    for heading in ("## Table 1: each MetaRM round vs SFT", "## Table 2: best round",
+    for heading in ("## In plain words", "## Table 1: each MetaRM round vs SFT", "## Table 2: best round",
                     "## Mean rewards of held-out samples", "Figure 1", "Figure 4", "Figure 5"):
         assert heading in md, heading
     for png in ("fig1_reward_diff_variance.png", "fig4_rm_accuracy.png",

@@ -296,6 +296,23 @@ def _table(rows: dict, header: str) -> list[str]:
     return out
 
 
+def _verdict(res) -> str:
+    if res.win > res.lose:
+        return "wins more often than it loses"
+    if res.win < res.lose:
+        return "loses more often than it wins"
+    return "wins as often as it loses"
+
+
+def _verdicts(table1, table2, best) -> list[str]:
+    out = [f"{name} {_verdict(res)} against SFT ({res.win} / {res.tie} / {res.lose})."
+           for name, res in table1.items()]
+    out += [f"The best round, {best}, {_verdict(res)} against {name} "
+            f"({res.win} / {res.tie} / {res.lose})." for name, res in table2.items()
+            if name != "sft"]
+    return out
+
+
 def _console_tables(table1, table2, rewards, best, judge_name) -> str:
     lines = [f"Table 1: MetaRM rounds vs SFT (judge: {judge_name})"]
     lines += [f"  {k:12s} win/tie/lose {_fmt_result(v)}" for k, v in table1.items()]
@@ -310,9 +327,10 @@ def _console_tables(table1, table2, rewards, best, judge_name) -> str:
 def _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best, rounds):
     lines = ["# Iterative RLHF with MetaRM: report", "",
              f"Judge: {judge_name}; tie margin {result['tie_margin']}; "
-             f"{result['prompts']} held-out prompts; one sample per prompt per policy.", "",
-             "## Table 1: each MetaRM round vs SFT", ""]
-    lines += _table(table1, "policy vs SFT") + ["", f"## Table 2: best round ({best}) vs baselines", ""]
+             f"{result['prompts']} held-out prompts; one sample per prompt per policy.", ""]
+    lines += ["## In plain words", ""] + [f"- {line}" for line in _verdicts(table1, table2, best)]
+    lines += ["", "## Table 1: each MetaRM round vs SFT", ""] + _table(table1, "policy vs SFT")
+    lines += ["", f"## Table 2: best round ({best}) vs baselines", ""]
     lines += _table(table2, f"{best} vs") + ["", "## Mean rewards of held-out samples", ""]
     keys = list(next(iter(rewards.values())))
     lines += ["| policy | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
