@@ -108,6 +108,20 @@ def check_override_keys(config: ml_collections.ConfigDict, keys: list[str]) -> N
                           f"{', '.join(s.rpartition('.')[2] for s in siblings) or '(none)'}.")
 
 
+def derive(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections.ConfigDict:
+    """An unlocked copy of config with ``{"a.b.c": value}`` overrides; every key must exist."""
+    out = ml_collections.ConfigDict(config.to_dict())
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise ConfigError(f"internal override of unknown config key {key!r}.")
+        node[leaf] = value
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 

@@ -75,7 +75,7 @@ def with_seed_offset(config, offset: int):
     """A copy of config with every seed (``seed`` and ``*_seed`` keys, anywhere) moved by offset."""
     import ml_collections
 
-    out = ml_collections.ConfigDict(config.to_dict())
+    out = config_lib.derive(config, {"workdir": os.path.join(config.workdir, f"seed{offset}")})
 
     def shift(node):
         for key, value in node.items():
@@ -84,7 +84,6 @@ def with_seed_offset(config, offset: int):
             elif (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and value >= 0:
                 node[key] = value + offset
     shift(out)
-    out.workdir = os.path.join(config.workdir, f"seed{offset}")
     return out
 
 

@@ -29,6 +29,7 @@ import jax
 import ml_collections
 
 from metarm_jax import stages
+from metarm_jax.config_lib import derive
 from metarm_jax.errors import ConfigError
 
 
@@ -63,24 +64,6 @@ def rlhf_config() -> ml_collections.ConfigDict:
 
 
 DONE = "DONE.json"
-
-
-def set_path(config: ml_collections.ConfigDict, key: str, value) -> None:
-    """config['a.b.c'] = value; the key must exist (a typo must not pass silently)."""
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-        node = node[p]
-    if leaf not in node:
-        raise ConfigError(f"rlhf: internal override of unknown config key {key!r}.")
-    node[leaf] = value
-
-
-def derive(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
-    out = ml_collections.ConfigDict(config.to_dict())
-    for k, v in overrides.items():
-        set_path(out, k, v)
-    return out
 
 
 class Runner:

@@ -46,59 +46,40 @@ class RewardScorer:
     """Scores (prompt, responses) with a reward model through the data layer's tokenization."""
 
     def __init__(self, config, mesh, rm_path: str):
-        from flax import nnx
-
         from metarm_jax import data as D
+        from metarm_jax.core import metarm
         from metarm_jax.models import hf
+        from metarm_jax.train import rm
 
         self.config, self.mesh = config, mesh
         self.tok = D.load_tokenizer(config.data.tokenizer_path)
-        model = hf.load_hf(rm_path, "reward", mesh=mesh)
-        graphdef, params = nnx.split(model)
-        self.params = params
-        self.fn = jax.jit(lambda p, ids, mask: nnx.merge(graphdef, p)(ids, mask))
+        reward_fn, self.params = rm.split_model(hf.load_hf(rm_path, "reward", mesh=mesh))
+        self.meta_rewards = jax.jit(lambda p, b: metarm.meta_rewards(reward_fn, p, b))
 
     def score(self, prompts: list[str], responses: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         """rewards [m, k] and sample_mask [m, k] for k responses per prompt."""
+        from metarm_jax import config_lib
         from metarm_jax import data as D
         from metarm_jax.data import MetaExample, SamplingInfo
-        from metarm_jax.train import loop
+        from metarm_jax.train import rm
 
         k = max(len(r) for r in responses)
-        dcfg = _with(self.config.data, meta_k=k)
+        dcfg = config_lib.derive(self.config.data, {"meta_k": k})
         info = SamplingInfo(temperature=0.0, top_p=1.0, policy_step=0, seed=0, round=0,
                             repetition_penalty=1.0, max_new_tokens=0, policy="eval")
         recs = [MetaExample(p, tuple(r), info) for p, r in zip(prompts, responses)]
         it = D.meta_iterator(dcfg, self.tok, records=recs, shuffle=False, num_epochs=1,
                              drop_remainder=False)
-        out, masks = [], []
         with jax.set_mesh(self.mesh):
-            for b in it:
-                keep = np.asarray(b.get("example_mask", np.ones(len(b["input_ids"]), np.int32))) > 0
-                m, kk, t = b["input_ids"].shape
-                seqs = {"ids": b["input_ids"].reshape(m * kk, t),
-                        "mask": b["attention_mask"].reshape(m * kk, t)}
-                g = loop.global_batch(self.mesh, seqs)
-                r = np.asarray(jax.device_get(self.fn(self.params, g["ids"], g["mask"])))
-                out.append(r.reshape(m, kk)[keep])
-                masks.append(np.asarray(b["sample_mask"])[keep])
-        rewards = np.concatenate(out)
+            scored = list(rm.meta_scores(self.meta_rewards, self.params, self.mesh, it))
+        rewards = np.concatenate([r for r, _ in scored])
         if len(rewards) != len(prompts):  # a dropped row would shift every later score
             raise RuntimeError(f"report: scored {len(rewards)} of {len(prompts)} prompts; some "
                                "samples did not fit data.max_length (raise it).")
-        return rewards, np.concatenate(masks)
+        return rewards, np.concatenate([m for _, m in scored])
 
     def score_fn(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         return self.score(list(prompts), [[r] for r in responses])[0][:, 0]
-
-
-def _with(cfg, **kw):
-    import ml_collections
-
-    out = ml_collections.ConfigDict(cfg.to_dict())
-    for k, v in kw.items():
-        out[k] = v
-    return out
 
 
 def _load_samples(path: str) -> tuple[list[str], list[list[str]]]:
@@ -106,12 +87,6 @@ def _load_samples(path: str) -> tuple[list[str], list[list[str]]]:
 
     recs = D.load_meta_examples(path, on_bad_record="error")
     return [r.prompt for r in recs], [list(r.responses) for r in recs]
-
-
-def _abs_diffs(rewards: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    from metarm_jax.train.rm import abs_differences
-
-    return abs_differences(rewards, mask)
 
 
 def _fmt_result(res) -> str:
@@ -172,7 +147,9 @@ def build(ctx, *, rounds: list[dict], baselines: dict, samples: dict[str, str],
     mp, mr = _load_samples(multi_samples)
     r0, m0 = rm0_scorer.score(mp, mr)
     rl, ml = last_rm.score(mp, mr)
-    d_vanilla, d_meta = _abs_diffs(r0, m0), _abs_diffs(rl, ml)
+    from metarm_jax.train.rm import abs_differences
+
+    d_vanilla, d_meta = abs_differences(r0, m0), abs_differences(rl, ml)
     fig5 = {"vanilla_rm": {"mean": float(d_vanilla.mean()), "var": float(d_vanilla.var())},
             "metarm": {"mean": float(d_meta.mean()), "var": float(d_meta.var())}}
 
@@ -199,8 +176,8 @@ def build(ctx, *, rounds: list[dict], baselines: dict, samples: dict[str, str],
         "rewards": rewards, "fig5": fig5,
     }
     if lead:
-        figs = _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards, rounds)
-        _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best, rounds)
+        figs = _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards)
+        _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best)
         print(_console_tables(table1, table2, rewards, best, judge_name))
     return {"report": os.path.join(workdir, "report.md"), "best_round": best,
             "table1": {k: [v.win, v.tie, v.lose] for k, v in table1.items()},
@@ -208,7 +185,7 @@ def build(ctx, *, rounds: list[dict], baselines: dict, samples: dict[str, str],
             "rewards": rewards, "fig5": fig5}
 
 
-def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards, rounds) -> dict[str, str]:
+def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -324,7 +301,7 @@ def _console_tables(table1, table2, rewards, best, judge_name) -> str:
     return "\n".join(lines)
 
 
-def _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best, rounds):
+def _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best):
     lines = ["# Iterative RLHF with MetaRM: report", "",
              f"Judge: {judge_name}; tie margin {result['tie_margin']}; "
              f"{result['prompts']} held-out prompts; one sample per prompt per policy.", ""]

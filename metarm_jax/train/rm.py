@@ -129,6 +129,19 @@ def abs_differences(rewards: np.ndarray, sample_mask: np.ndarray | None) -> np.n
   return np.abs(rewards[:, i] - rewards[:, j])[keep]
 
 
+def meta_scores(meta_rewards, params, mesh, batches) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+  """(rewards [m, k], sample_mask [m, k]) per meta batch, without a padded last batch's fill rows.
+
+  meta_rewards(params, {"input_ids", "attention_mask"}) -> [m, k], e.g. a jitted
+  ``metarm.meta_rewards`` on a reward_fn.
+  """
+  for b in batches:
+    keep = np.asarray(b.get("example_mask", np.ones(len(b["input_ids"]), np.int32))) > 0
+    seqs = {k: b[k] for k in ("input_ids", "attention_mask")}
+    r = np.asarray(jax.device_get(meta_rewards(params, loop.global_batch(mesh, seqs))))[keep]
+    yield r, np.asarray(b["sample_mask"])[keep]
+
+
 def make_eval_fn(reward_fn, mesh, data: RMData, meta_cfg, eval_batches: int = 0) -> loop.EvalFn:
   pair_rewards = jax.jit(lambda p, b: metarm.pair_rewards(reward_fn, p, b))
   meta_rewards = jax.jit(lambda p, b: metarm.meta_rewards(reward_fn, p, b))
@@ -155,11 +168,7 @@ def make_eval_fn(reward_fn, mesh, data: RMData, meta_cfg, eval_batches: int = 0)
            "reward_margin": float(np.mean(r_w - r_l)), "pairs": float(len(r_w))}
     if data.meta_eval is not None:
       diffs, j_sum, prompts = [], 0.0, 0
-      for b in batches(data.meta_eval):
-        keep = np.asarray(b.get("example_mask", np.ones(len(b["input_ids"]), np.int32))) > 0
-        seqs = {k: b[k] for k in ("input_ids", "attention_mask")}
-        r = np.asarray(jax.device_get(meta_rewards(params, loop.global_batch(mesh, seqs))))[keep]
-        sm = np.asarray(b["sample_mask"])[keep]
+      for r, sm in meta_scores(meta_rewards, params, mesh, batches(data.meta_eval)):
         diffs.append(abs_differences(r, sm))
         j_sum += float(losses.difference_loss(jnp.asarray(r), jnp.asarray(sm))) * len(r)
         prompts += len(r)
