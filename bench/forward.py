@@ -86,11 +86,20 @@ def bench(name: str, repeats: int, scan: bool) -> dict:
     r = {}
     r["jax_fwd"] = best_time(lambda: jax.block_until_ready(fwd_c(params, jids, jmask)), repeats)
     r["torch_fwd"] = best_time(torch_fwd, repeats)
-    r["jax_fwd_bwd"] = best_time(lambda: jax.block_until_ready(fwd_bwd_c(params, jids, jmask)),
-                                 repeats)
+    r["jax_fwd_bwd"] = best_time(
+        lambda: jax.block_until_ready(fwd_bwd_c(params, jids, jmask)), repeats
+    )
     r["torch_fwd_bwd"] = best_time(torch_fwd_bwd, repeats)
-    return dict(config=name, params=cfg.num_params(), batch=b, seq=t, scan=scan,
-                compile_s=compile_s, loss=jl, **{k: tokens / v for k, v in r.items()})
+    return dict(
+        config=name,
+        params=cfg.num_params(),
+        batch=b,
+        seq=t,
+        scan=scan,
+        compile_s=compile_s,
+        loss=jl,
+        **{k: tokens / v for k, v in r.items()},
+    )
 
 
 def main():
@@ -98,20 +107,27 @@ def main():
     ap.add_argument("--configs", default="tiny,llama_100m")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-          f"with {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    print(f"{'config':11s} {'params':>10s} {'B x T':>8s} {'scan':>5s} {'compile s':>9s} "
-          f"{'fwd tok/s jax':>14s} {'torch':>9s} {'ratio':>6s} "
-          f"{'fwd+bwd tok/s jax':>18s} {'torch':>9s} {'ratio':>6s}")
+    print(
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} threads, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'config':11s} {'params':>10s} {'B x T':>8s} {'scan':>5s} {'compile s':>9s} "
+        f"{'fwd tok/s jax':>14s} {'torch':>9s} {'ratio':>6s} "
+        f"{'fwd+bwd tok/s jax':>18s} {'torch':>9s} {'ratio':>6s}"
+    )
     for name in args.configs.split(","):
         for scan in (True, False):
             r = bench(name, args.repeats, scan)
-            print(f"{r['config']:11s} {r['params']:>10,d} {r['batch']:>3d} x {r['seq']:<4d}"
-                  f"{str(r['scan']):>5s} {r['compile_s']:>9.1f} "
-                  f"{r['jax_fwd']:>14,.0f} {r['torch_fwd']:>9,.0f} "
-                  f"{r['jax_fwd'] / r['torch_fwd']:>5.2f}x "
-                  f"{r['jax_fwd_bwd']:>18,.0f} {r['torch_fwd_bwd']:>9,.0f} "
-                  f"{r['jax_fwd_bwd'] / r['torch_fwd_bwd']:>5.2f}x", flush=True)
+            print(
+                f"{r['config']:11s} {r['params']:>10,d} {r['batch']:>3d} x {r['seq']:<4d}"
+                f"{r['scan']!s:>5s} {r['compile_s']:>9.1f} "
+                f"{r['jax_fwd']:>14,.0f} {r['torch_fwd']:>9,.0f} "
+                f"{r['jax_fwd'] / r['torch_fwd']:>5.2f}x "
+                f"{r['jax_fwd_bwd']:>18,.0f} {r['torch_fwd_bwd']:>9,.0f} "
+                f"{r['jax_fwd_bwd'] / r['torch_fwd_bwd']:>5.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -26,75 +26,97 @@ from metarm_jax.train.config import train_config
 
 
 def bench(preset: str, seq_len: int, n: int, m: int, k: int, reps: int, warmup: int):
-  mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-  cfg = train_config()
-  pref = synthetic.preference_arrays(n, seq_len, seed=0)
-  meta = synthetic.meta_arrays(m, k, seq_len, seed=1)
-  rows = {}
-  with jax.set_mesh(mesh):
-    model = llama.create(llama.preset(preset), "reward", seed=0, mesh=mesh)
-    reward_fn, params = rm.split_model(model)
-    opt, sched = optim.optimizer(cfg, 1000)
-    shard = loop.state_shardings(mesh, params, opt)
-    for name, step_fn, batch in (
-        ("vanilla", rm.rm_step(reward_fn), {"pref": pref}),
-        ("meta-1st", rm.metarm_step(reward_fn, 5e-6, "first"), {"pref": pref, "meta": meta}),
-        ("meta-2nd", rm.metarm_step(reward_fn, 5e-6, "second"), {"pref": pref, "meta": meta})):
-      state = loop.init_state(params, opt, 0, shard)
-      step = loop.jit_train_step(loop.make_train_step(step_fn, opt, sched), mesh, shard, batch)
-      gb = loop.global_batch(mesh, batch)
-      t0 = time.perf_counter()
-      compiled = step.lower(state, gb).compile()
-      compile_s = time.perf_counter() - t0
-      mem = compiled.memory_analysis()
-      peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-              - mem.alias_size_in_bytes) if mem is not None else float("nan")
-      for _ in range(warmup):
-        state, metrics = compiled(state, gb)
-      jax.block_until_ready(state)
-      times = []
-      for _ in range(reps):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, gb)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-      rows[name] = dict(step_s=float(np.median(times)), compile_s=compile_s, peak_bytes=peak)
-      del state
-  return rows, llama.count_params(model)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    cfg = train_config()
+    pref = synthetic.preference_arrays(n, seq_len, seed=0)
+    meta = synthetic.meta_arrays(m, k, seq_len, seed=1)
+    rows = {}
+    with jax.set_mesh(mesh):
+        model = llama.create(llama.preset(preset), "reward", seed=0, mesh=mesh)
+        reward_fn, params = rm.split_model(model)
+        opt, sched = optim.optimizer(cfg, 1000)
+        shard = loop.state_shardings(mesh, params, opt)
+        for name, step_fn, batch in (
+            ("vanilla", rm.rm_step(reward_fn), {"pref": pref}),
+            ("meta-1st", rm.metarm_step(reward_fn, 5e-6, "first"), {"pref": pref, "meta": meta}),
+            ("meta-2nd", rm.metarm_step(reward_fn, 5e-6, "second"), {"pref": pref, "meta": meta}),
+        ):
+            state = loop.init_state(params, opt, 0, shard)
+            step = loop.jit_train_step(
+                loop.make_train_step(step_fn, opt, sched), mesh, shard, batch
+            )
+            gb = loop.global_batch(mesh, batch)
+            t0 = time.perf_counter()
+            compiled = step.lower(state, gb).compile()
+            compile_s = time.perf_counter() - t0
+            mem = compiled.memory_analysis()
+            peak = (
+                (
+                    mem.argument_size_in_bytes
+                    + mem.output_size_in_bytes
+                    + mem.temp_size_in_bytes
+                    - mem.alias_size_in_bytes
+                )
+                if mem is not None
+                else float("nan")
+            )
+            for _ in range(warmup):
+                state, metrics = compiled(state, gb)
+            jax.block_until_ready(state)
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                state, metrics = compiled(state, gb)
+                jax.block_until_ready((state, metrics))
+                times.append(time.perf_counter() - t0)
+            rows[name] = dict(step_s=float(np.median(times)), compile_s=compile_s, peak_bytes=peak)
+            del state
+    return rows, llama.count_params(model)
 
 
 def main():
-  p = argparse.ArgumentParser()
-  p.add_argument("--presets", default="tiny:64,llama_100m:128", help="preset:seq_len,...")
-  p.add_argument("--n", type=int, default=16)
-  p.add_argument("--m", type=int, default=16)
-  p.add_argument("--k", type=int, default=5)
-  p.add_argument("--reps", type=int, default=0, help="timed steps (0: 20 tiny, 2 others)")
-  args = p.parse_args()
-  flop_ratio = (2 * args.n + args.m * args.k) / (2 * args.n)
-  print(f"device: {jax.devices()[0].device_kind} x1 ({jax.device_count()} visible); "
-        f"n={args.n} pairs, m={args.m} prompts x k={args.k}; FLOP ratio (2n+mk)/2n = {flop_ratio:.2f}")
-  for spec in args.presets.split(","):
-    preset, seq_len = spec.split(":")
-    reps = args.reps or (20 if preset == "tiny" else 2)
-    rows, nparams = bench(preset, int(seq_len), args.n, args.m, args.k, reps,
-                          warmup=2 if preset == "tiny" else 1)
-    van = rows["vanilla"]["step_s"]
-    first = rows["meta-1st"]["step_s"]
-    print(f"\n{preset} ({nparams / 1e6:.1f}M params), T={seq_len}, median of {reps} steps:")
-    print(f"  {'step':9s} {'s/step':>9s} {'ratio':>7s} {'FLOP ratio':>10s} {'peak MiB':>9s} "
-          f"{'compile s':>9s}")
-    for name, r in rows.items():
-      ratio = r["step_s"] / van
-      fr = 1.0 if name == "vanilla" else flop_ratio
-      print(f"  {name:9s} {r['step_s']:9.4f} {ratio:7.2f} {fr:10.2f} "
-            f"{r['peak_bytes'] / 2**20:9.1f} {r['compile_s']:9.1f}")
-    print(f"  goal: meta-1st ratio <= 1.1 x FLOP ratio: {first / van:.2f} <= {1.1 * flop_ratio:.2f} "
-          f"-> {'met' if first / van <= 1.1 * flop_ratio else 'MISSED'}; meta-2nd <= 2 x meta-1st: "
-          f"{rows['meta-2nd']['step_s'] / first:.2f} -> "
-          f"{'met' if rows['meta-2nd']['step_s'] <= 2 * first else 'MISSED'}")
-  print(f"\nmax RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB")
+    p = argparse.ArgumentParser()
+    p.add_argument("--presets", default="tiny:64,llama_100m:128", help="preset:seq_len,...")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--m", type=int, default=16)
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--reps", type=int, default=0, help="timed steps (0: 20 tiny, 2 others)")
+    args = p.parse_args()
+    flop_ratio = (2 * args.n + args.m * args.k) / (2 * args.n)
+    print(
+        f"device: {jax.devices()[0].device_kind} x1 ({jax.device_count()} visible); "
+        f"n={args.n} pairs, m={args.m} prompts x k={args.k}; FLOP ratio (2n+mk)/2n = {flop_ratio:.2f}"
+    )
+    for spec in args.presets.split(","):
+        preset, seq_len = spec.split(":")
+        reps = args.reps or (20 if preset == "tiny" else 2)
+        rows, nparams = bench(
+            preset, int(seq_len), args.n, args.m, args.k, reps, warmup=2 if preset == "tiny" else 1
+        )
+        van = rows["vanilla"]["step_s"]
+        first = rows["meta-1st"]["step_s"]
+        print(f"\n{preset} ({nparams / 1e6:.1f}M params), T={seq_len}, median of {reps} steps:")
+        print(
+            f"  {'step':9s} {'s/step':>9s} {'ratio':>7s} {'FLOP ratio':>10s} {'peak MiB':>9s} "
+            f"{'compile s':>9s}"
+        )
+        for name, r in rows.items():
+            ratio = r["step_s"] / van
+            fr = 1.0 if name == "vanilla" else flop_ratio
+            print(
+                f"  {name:9s} {r['step_s']:9.4f} {ratio:7.2f} {fr:10.2f} "
+                f"{r['peak_bytes'] / 2**20:9.1f} {r['compile_s']:9.1f}"
+            )
+        print(
+            f"  goal: meta-1st ratio <= 1.1 x FLOP ratio: {first / van:.2f} <= {1.1 * flop_ratio:.2f} "
+            f"-> {'met' if first / van <= 1.1 * flop_ratio else 'MISSED'}; meta-2nd <= 2 x meta-1st: "
+            f"{rows['meta-2nd']['step_s'] / first:.2f} -> "
+            f"{'met' if rows['meta-2nd']['step_s'] <= 2 * first else 'MISSED'}"
+        )
+    print(
+        f"\nmax RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":
-  main()
+    main()

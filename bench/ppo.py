@@ -42,12 +42,19 @@ def main():
     from metarm_jax.train import ppo
     from metarm_jax.train.ppo_config import ppo_config
 
-    print(f"jax {jax.__version__} ({jax.devices()[0].platform}, {len(jax.devices())} devices), "
-          f"load average {os.getloadavg()}")
+    print(
+        f"jax {jax.__version__} ({jax.devices()[0].platform}, {len(jax.devices())} devices), "
+        f"load average {os.getloadavg()}"
+    )
     with tempfile.TemporaryDirectory() as root:
         wc = world_config()
-        for key in ("num_sft", "num_train_pairs", "num_test_pairs", "num_eval_prompts",
-                    "num_ood_prompts"):
+        for key in (
+            "num_sft",
+            "num_train_pairs",
+            "num_test_pairs",
+            "num_eval_prompts",
+            "num_ood_prompts",
+        ):
             wc[key] = 8
         paths = write_world(os.path.join(root, "world"), wc)
         cfg = llama.preset(args.preset, vocab_size=54)
@@ -65,9 +72,16 @@ def main():
         c.sampling.min_new_tokens = args.new_tokens  # fixed-length responses: comparable timings
         p = c.ppo
         p.rm_path = os.path.join(root, "rm")
-        p.iterations, p.queries_per_iteration, p.rollouts_per_query = (args.iterations,
-                                                                       args.queries, args.rollouts)
-        p.minibatch_size, p.ppo_epochs, p.max_new_tokens = args.minibatch, args.epochs, args.new_tokens
+        p.iterations, p.queries_per_iteration, p.rollouts_per_query = (
+            args.iterations,
+            args.queries,
+            args.rollouts,
+        )
+        p.minibatch_size, p.ppo_epochs, p.max_new_tokens = (
+            args.minibatch,
+            args.epochs,
+            args.new_tokens,
+        )
         p.save_every, p.export, p.offload_frozen = 0, False, bool(args.offload)
         mesh = sharding.make_mesh(dict(c.mesh))
         timer: dict = {}
@@ -84,18 +98,24 @@ def main():
     wall = np.diff(starts)
     gen, score = np.array(timer["generate"][1:-1]), np.array(timer["score"][1:-1])
     wall = wall[1:]
-    train = wall - gen[:len(wall)] - score[:len(wall)]
+    train = wall - gen[: len(wall)] - score[: len(wall)]
     n = args.queries * args.rollouts
-    print(f"preset {args.preset}: {args.queries} queries x {args.rollouts} roll-outs = {n} "
-          f"responses of {args.new_tokens} tokens; {n // args.minibatch * args.epochs} optimizer "
-          f"steps per iteration; offload_frozen={bool(args.offload)}")
-    print(f"run {total:.1f}s for {args.iterations} iterations (first two compile: generation "
-          f"{timer['generate'][0]:.2f}s, scoring {timer['score'][0]:.2f}s)")
-    med = lambda x: float(np.median(x))  # noqa: E731
+    print(
+        f"preset {args.preset}: {args.queries} queries x {args.rollouts} roll-outs = {n} "
+        f"responses of {args.new_tokens} tokens; {n // args.minibatch * args.epochs} optimizer "
+        f"steps per iteration; offload_frozen={bool(args.offload)}"
+    )
+    print(
+        f"run {total:.1f}s for {args.iterations} iterations (first two compile: generation "
+        f"{timer['generate'][0]:.2f}s, scoring {timer['score'][0]:.2f}s)"
+    )
+    med = lambda x: float(np.median(x))
     it = med(wall)
-    print(f"one iteration (median of {len(wall)}): {it:.3f}s = generation {med(gen):.3f}s "
-          f"({100 * med(gen) / it:.0f}%) + scoring {med(score):.3f}s ({100 * med(score) / it:.0f}%)"
-          f" + training {med(train):.3f}s ({100 * med(train) / it:.0f}%)")
+    print(
+        f"one iteration (median of {len(wall)}): {it:.3f}s = generation {med(gen):.3f}s "
+        f"({100 * med(gen) / it:.0f}%) + scoring {med(score):.3f}s ({100 * med(score) / it:.0f}%)"
+        f" + training {med(train):.3f}s ({100 * med(train) / it:.0f}%)"
+    )
 
 
 if __name__ == "__main__":

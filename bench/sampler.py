@@ -36,9 +36,11 @@ def main():
     from metarm_jax.models import hf, llama
 
     print(f"load average before: {os.getloadavg()}")
-    print(f"jax {jax.__version__} ({jax.devices()[0].platform}, {len(jax.devices())} devices), "
-          f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
-          f"transformers {transformers.__version__}, {os.cpu_count()} CPUs")
+    print(
+        f"jax {jax.__version__} ({jax.devices()[0].platform}, {len(jax.devices())} devices), "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"transformers {transformers.__version__}, {os.cpu_count()} CPUs"
+    )
     settings = dict(temperature=0.8, top_p=0.9, top_k=0, repetition_penalty=1.1)
     b, n_new = args.batch, args.new_tokens
     rows = []
@@ -53,12 +55,20 @@ def main():
         ids = np.zeros((b, width), np.int64)
         mask = np.zeros((b, width), np.int64)
         for i, n in enumerate(lengths):
-            ids[i, width - n:] = rs.randint(3, cfg.vocab_size, n)
-            mask[i, width - n:] = 1
+            ids[i, width - n :] = rs.randint(3, cfg.vocab_size, n)
+            mask[i, width - n :] = 1
 
         def run_jax(seed):
-            out = sampling.generate(model, ids, mask, seed, max_new_tokens=n_new,
-                                    min_new_tokens=n_new, num_samples=1, **settings)
+            out = sampling.generate(
+                model,
+                ids,
+                mask,
+                seed,
+                max_new_tokens=n_new,
+                min_new_tokens=n_new,
+                num_samples=1,
+                **settings,
+            )
             jax.block_until_ready(out.tokens)
             return out
 
@@ -74,9 +84,16 @@ def main():
         def run_hf(seed):
             torch.manual_seed(seed)
             with torch.inference_mode():
-                return tm.generate(tid, attention_mask=tmask, do_sample=True, max_new_tokens=n_new,
-                                   min_new_tokens=n_new, pad_token_id=0,
-                                   eos_token_id=cfg.eos_token_id, **settings)
+                return tm.generate(
+                    tid,
+                    attention_mask=tmask,
+                    do_sample=True,
+                    max_new_tokens=n_new,
+                    min_new_tokens=n_new,
+                    pad_token_id=0,
+                    eos_token_id=cfg.eos_token_id,
+                    **settings,
+                )
 
         run_hf(0)  # warm-up
         # Alternate the two so that load from other processes hits both alike.
@@ -95,9 +112,11 @@ def main():
         tok = b * n_new
         jt, ht = tok / min(jax_times), tok / min(hf_times)
         rows.append((name, cfg.num_params(), jt, ht, jt / ht, compile_s))
-        print(f"{name}: jax {jt:,.0f} tok/s ({min(jax_times):.3f}s), HF {ht:,.0f} tok/s "
-              f"({min(hf_times):.3f}s), speed-up {jt / ht:.2f}x, jax compile {compile_s:.1f}s",
-              flush=True)
+        print(
+            f"{name}: jax {jt:,.0f} tok/s ({min(jax_times):.3f}s), HF {ht:,.0f} tok/s "
+            f"({min(hf_times):.3f}s), speed-up {jt / ht:.2f}x, jax compile {compile_s:.1f}s",
+            flush=True,
+        )
 
     print(f"load average after: {os.getloadavg()}")
     print("\n| model | params | JAX tok/s | HF tok/s | speed-up | JAX compile (s) |")

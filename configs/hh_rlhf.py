@@ -17,13 +17,16 @@ import os
 
 from metarm_jax import config_lib
 
-SHARED = os.environ.get("METARM_SHARED_DIR",
-                        os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+SHARED = os.environ.get(
+    "METARM_SHARED_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared")
+)
 
 
 def get_config(arg=None):
     if arg not in (None, "", "runlocal"):
-        raise ValueError(f"configs/hh_rlhf.py: unknown argument {arg!r}; use 'runlocal' or nothing.")
+        raise ValueError(
+            f"configs/hh_rlhf.py: unknown argument {arg!r}; use 'runlocal' or nothing."
+        )
     c = config_lib.base_config()
     c.pipeline = ("rlhf",)
 

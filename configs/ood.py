@@ -17,10 +17,12 @@ def get_config(arg=None):
     args = set((arg or "helpful").split(","))
     target = args & {"helpful", "harmless"}
     if len(target) != 1 or args - {"helpful", "harmless", "runlocal"}:
-        raise ValueError(f"configs/ood.py: argument {arg!r}; use helpful or harmless, optionally "
-                         "with ,runlocal.")
+        raise ValueError(
+            f"configs/ood.py: argument {arg!r}; use helpful or harmless, optionally with ,runlocal."
+        )
     spec = importlib.util.spec_from_file_location(
-        "_hh", os.path.join(os.path.dirname(__file__), "hh_rlhf.py"))
+        "_hh", os.path.join(os.path.dirname(__file__), "hh_rlhf.py")
+    )
     hh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hh)
     c = hh.get_config("runlocal" if "runlocal" in args else None)
@@ -28,11 +30,17 @@ def get_config(arg=None):
     r.meta_prompts = "ood"
     if target == {"helpful"}:
         r.ood_prompt_dataset, r.ood_prompt_path, r.ood_prompt_split = (
-            "oasst1", "OpenAssistant/oasst1", "validation")
+            "oasst1",
+            "OpenAssistant/oasst1",
+            "validation",
+        )
         c.data.oasst_lang = "en"
     else:
         r.ood_prompt_dataset, r.ood_prompt_path, r.ood_prompt_split = (
-            "pku_saferlhf", "PKU-Alignment/PKU-SafeRLHF", "test")
+            "pku_saferlhf",
+            "PKU-Alignment/PKU-SafeRLHF",
+            "test",
+        )
     if "runlocal" in args:
         r.ood_prompt_path = ""  # no OOD sample ships with the repo: pass a local copy by flag
     return c

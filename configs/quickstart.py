@@ -18,8 +18,10 @@ def get_config(arg=None):
     args = dict(a.split("=", 1) for a in (arg or "").split(",") if a)
     unknown = set(args) - {"seeds", "fast"}
     if unknown:
-        raise ValueError(f"configs/quickstart.py: unknown argument(s) {sorted(unknown)}; "
-                         "use seeds=N and/or fast=1.")
+        raise ValueError(
+            f"configs/quickstart.py: unknown argument(s) {sorted(unknown)}; "
+            "use seeds=N and/or fast=1."
+        )
     c = config_lib.base_config()
     c.pipeline = ("rlhf",)
     c.seeds = int(args.get("seeds", 1))  # >1: the whole run per seed, reported as mean ± std

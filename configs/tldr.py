@@ -10,8 +10,6 @@ With local copies of those datasets (hub schema, any of json/jsonl/parquet) on a
     python -m metarm_jax.main --config=configs/tldr.py:runlocal --config.data.path=... (same keys)
 """
 
-from metarm_jax import config_lib
-
 
 def get_config(arg=None):
     if arg not in (None, "", "runlocal"):
@@ -20,15 +18,24 @@ def get_config(arg=None):
     import os
 
     spec = importlib.util.spec_from_file_location(
-        "_hh", os.path.join(os.path.dirname(__file__), "hh_rlhf.py"))
+        "_hh", os.path.join(os.path.dirname(__file__), "hh_rlhf.py")
+    )
     hh = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hh)
     c = hh.get_config(arg)  # the same model, mesh and paper hyper-parameters
     d = c.data
-    d.dataset, d.path, d.name = "summarize_from_feedback", "openai/summarize_from_feedback", "comparisons"
+    d.dataset, d.path, d.name = (
+        "summarize_from_feedback",
+        "openai/summarize_from_feedback",
+        "comparisons",
+    )
     d.split, d.eval_split = "train", "validation"
     d.sft_dataset, d.sft_path, d.sft_split = "tldr_sft", "CarperAI/openai_summarize_tldr", "train"
-    d.prompt_dataset, d.prompt_path, d.prompt_split = "tldr_sft", "CarperAI/openai_summarize_tldr", "train"
+    d.prompt_dataset, d.prompt_path, d.prompt_split = (
+        "tldr_sft",
+        "CarperAI/openai_summarize_tldr",
+        "train",
+    )
     d.sft_data_dir = d.data_dir = d.prompt_data_dir = ""
     c.rlhf.rounds = 5 if arg != "runlocal" else 2
     if arg == "runlocal":  # no TL;DR sample ships with the repo: pass local copies by flag

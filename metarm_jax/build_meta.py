@@ -40,18 +40,18 @@ MANIFEST = "manifest.json"
 def default_config() -> ml_collections.ConfigDict:
     """Keys of the build_meta stage; mounted as ``config.build_meta``."""
     c = ml_collections.ConfigDict()
-    c.policy_path = ""        # HF LlamaForCausalLM dir; "" = config.model (hf_path / preset)
-    c.policy_step = -1        # recorded on every row; -1 = trainer_state.json's global_step, else 0
-    c.round = 0               # iterative-RLHF round recorded on every row
+    c.policy_path = ""  # HF LlamaForCausalLM dir; "" = config.model (hf_path / preset)
+    c.policy_step = -1  # recorded on every row; -1 = trainer_state.json's global_step, else 0
+    c.round = 0  # iterative-RLHF round recorded on every row
     # Prompt source; "" = the data layer's prompt set (config.data.prompt_*).
-    c.prompt_dataset = ""     # a reader name of metarm_jax.data (e.g. 'prompts', 'oasst1')
+    c.prompt_dataset = ""  # a reader name of metarm_jax.data (e.g. 'prompts', 'oasst1')
     c.prompt_path = ""
     c.prompt_split = ""
-    c.max_prompts = 0         # 0 = all prompts
-    c.output_path = ""        # .jsonl/.jsonl.gz/.parquet; "" = data.meta_path, <workdir>/meta.jsonl
-    c.k = 5                   # responses per prompt (overrides config.sampling.num_samples)
-    c.chunk_size = 256        # prompts per chunk file (the unit of resume)
-    c.batch_size = 16         # prompts per sampler call (global; a multiple of data-parallel size)
+    c.max_prompts = 0  # 0 = all prompts
+    c.output_path = ""  # .jsonl/.jsonl.gz/.parquet; "" = data.meta_path, <workdir>/meta.jsonl
+    c.k = 5  # responses per prompt (overrides config.sampling.num_samples)
+    c.chunk_size = 256  # prompts per chunk file (the unit of resume)
+    c.batch_size = 16  # prompts per sampler call (global; a multiple of data-parallel size)
     return c
 
 
@@ -73,10 +73,22 @@ def _policy(config, mesh):
 
     bm = config.build_meta
     if bm.policy_path:
-        m = config.model if "model" in config else ml_collections.ConfigDict(
-            dict(dtype=None, param_dtype=None, remat=None, scan_layers=None))
-        model = hf.load_hf(bm.policy_path, head="lm", mesh=mesh, dtype=m.dtype,
-                           param_dtype=m.param_dtype, remat=m.remat, scan_layers=m.scan_layers)
+        m = (
+            config.model
+            if "model" in config
+            else ml_collections.ConfigDict(
+                dict(dtype=None, param_dtype=None, remat=None, scan_layers=None)
+            )
+        )
+        model = hf.load_hf(
+            bm.policy_path,
+            head="lm",
+            mesh=mesh,
+            dtype=m.dtype,
+            param_dtype=m.param_dtype,
+            remat=m.remat,
+            scan_layers=m.scan_layers,
+        )
         name = os.path.abspath(bm.policy_path)
     else:
         model = config_lib.build_model(config, "lm", mesh)
@@ -102,7 +114,8 @@ def _tokenizer(config, policy_path: str):
     if not path or not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
         raise ConfigError(
             "build_meta needs a tokenizer: config.data.tokenizer_path is empty and the policy "
-            f"directory {policy_path!r} has no tokenizer; set data.tokenizer_path.")
+            f"directory {policy_path!r} has no tokenizer; set data.tokenizer_path."
+        )
     return load_tokenizer(path)
 
 
@@ -113,10 +126,18 @@ def _prompts(config, tokenizer):
     dataset = bm.prompt_dataset or d.prompt_dataset
     path = bm.prompt_path or d.prompt_path
     split = bm.prompt_split or d.prompt_split
-    recs = load_prompts(dataset, path, split, name=d.prompt_name, data_dir=d.prompt_data_dir,
-                        on_bad_record=d.on_bad_record, max_skip_fraction=d.max_skip_fraction,
-                        conversation_format=d.conversation_format, tokenizer=tokenizer,
-                        oasst_lang=d.oasst_lang)
+    recs = load_prompts(
+        dataset,
+        path,
+        split,
+        name=d.prompt_name,
+        data_dir=d.prompt_data_dir,
+        on_bad_record=d.on_bad_record,
+        max_skip_fraction=d.max_skip_fraction,
+        conversation_format=d.conversation_format,
+        tokenizer=tokenizer,
+        oasst_lang=d.oasst_lang,
+    )
     if bm.max_prompts > 0:
         recs = recs[: bm.max_prompts]
     return list(recs), f"{dataset}:{path}:{split}"
@@ -128,12 +149,16 @@ def _fingerprint(**items) -> dict:
 
 def _check_manifest(chunk_dir: str, fp: dict) -> None:
     mpath = os.path.join(chunk_dir, MANIFEST)
-    chunks = [n for n in os.listdir(chunk_dir) if n.startswith("chunk-")] if os.path.isdir(
-        chunk_dir) else []
+    chunks = (
+        [n for n in os.listdir(chunk_dir) if n.startswith("chunk-")]
+        if os.path.isdir(chunk_dir)
+        else []
+    )
     if not os.path.exists(mpath):
         if chunks:
-            raise BuildMetaError(f"{chunk_dir}: chunk files but no {MANIFEST}; delete the folder "
-                                 "to start over.")
+            raise BuildMetaError(
+                f"{chunk_dir}: chunk files but no {MANIFEST}; delete the folder to start over."
+            )
         return
     with open(mpath) as f:
         old = json.load(f)["fingerprint"]
@@ -143,7 +168,8 @@ def _check_manifest(chunk_dir: str, fp: dict) -> None:
         raise BuildMetaError(
             f"{chunk_dir}: holds chunks of a different build_meta run ({k}: was {old.get(k)!r}, "
             f"now {fp.get(k)!r}; {len(diff)} setting(s) differ). Resuming would mix them: delete "
-            "the folder or set config.build_meta.output_path to a new file.")
+            "the folder or set config.build_meta.output_path to a new file."
+        )
 
 
 def _write_json_atomic(path: str, obj) -> None:
@@ -180,17 +206,18 @@ def _sample_chunk(model, tokenizer, spec, prompts, key, batch_size, gen_kw, stop
     k = gen_kw["num_samples"]
     out, bad = [], 0
     for j in range(0, len(feats), batch_size):
-        rows = [f["ids"] for f in feats[j: j + batch_size]]
+        rows = [f["ids"] for f in feats[j : j + batch_size]]
         n_real = len(rows)
         rows += [rows[-1]] * (batch_size - n_real)
         width = max(len(r) for r in rows)
         ids = np.full((batch_size, width), spec.pad_id, np.int32)
         mask = np.zeros((batch_size, width), np.int32)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = r
-            mask[i, width - len(r):] = 1
-        res = sampling.generate(model, ids, mask, jax.random.fold_in(key, j // batch_size),
-                                **gen_kw)
+            ids[i, width - len(r) :] = r
+            mask[i, width - len(r) :] = 1
+        res = sampling.generate(
+            model, ids, mask, jax.random.fold_in(key, j // batch_size), **gen_kw
+        )
         toks, msk = _host(res.tokens), _host(res.mask)
         for i in range(n_real):
             texts = []
@@ -212,8 +239,10 @@ def run(ctx) -> dict[str, Any]:
     bm = _sub(config, "build_meta", default_config)
     sc = _sub(config, "sampling", sampling.default_config)
     if bm.k < 1 or bm.chunk_size < 1 or bm.batch_size < 1:
-        raise ConfigError(f"config.build_meta: k={bm.k}, chunk_size={bm.chunk_size}, "
-                          f"batch_size={bm.batch_size} must all be >= 1.")
+        raise ConfigError(
+            f"config.build_meta: k={bm.k}, chunk_size={bm.chunk_size}, "
+            f"batch_size={bm.batch_size} must all be >= 1."
+        )
     output = bm.output_path or config.data.meta_path or os.path.join(ctx.workdir, "meta.jsonl")
     chunk_dir = output + ".chunks"
     lead = jax.process_index() == 0
@@ -222,27 +251,46 @@ def run(ctx) -> dict[str, Any]:
     model, policy_name, policy_step = _policy(config, mesh)
     tokenizer = _tokenizer(config, bm.policy_path or config.model.hf_path)
     if len(tokenizer) > model.cfg.vocab_size:
-        raise ConfigError(f"the tokenizer has {len(tokenizer)} tokens but the policy's vocabulary "
-                          f"is {model.cfg.vocab_size}; use the policy's own tokenizer.")
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the policy's vocabulary "
+            f"is {model.cfg.vocab_size}; use the policy's own tokenizer."
+        )
     spec = TokenSpec.from_config(config.data, tokenizer)
     prompts, source = _prompts(config, tokenizer)
 
     gen_kw = sampling.sampling_kwargs(sc)
-    gen_kw.update(num_samples=int(bm.k), eos_id=int(tokenizer.eos_token_id),
-                  pad_id=int(tokenizer.pad_token_id), mesh=mesh)
+    gen_kw.update(
+        num_samples=int(bm.k),
+        eos_id=int(tokenizer.eos_token_id),
+        pad_id=int(tokenizer.pad_token_id),
+        mesh=mesh,
+    )
     stops = {int(tokenizer.eos_token_id), *gen_kw["stop_token_ids"]}
     seed = int(sc.seed)
-    info = SamplingInfo(temperature=float(sc.temperature), top_p=float(sc.top_p),
-                        policy_step=policy_step, seed=seed, round=int(bm.round),
-                        repetition_penalty=float(sc.repetition_penalty),
-                        max_new_tokens=int(sc.max_new_tokens), policy=policy_name)
+    info = SamplingInfo(
+        temperature=float(sc.temperature),
+        top_p=float(sc.top_p),
+        policy_step=policy_step,
+        seed=seed,
+        round=int(bm.round),
+        repetition_penalty=float(sc.repetition_penalty),
+        max_new_tokens=int(sc.max_new_tokens),
+        policy=policy_name,
+    )
     digest = hashlib.sha256("\x00".join(p.prompt for p in prompts).encode()).hexdigest()
-    fp = _fingerprint(sampling={k: v for k, v in gen_kw.items() if k != "mesh"}, seed=seed,
-                      info=dataclasses.asdict(info), chunk_size=bm.chunk_size,
-                      batch_size=bm.batch_size,
-                      prompts=len(prompts), prompts_sha256=digest, source=source,
-                      max_prompt_length=spec.max_prompt_length, max_length=spec.max_length,
-                      add_bos=spec.bos_id is not None)
+    fp = _fingerprint(
+        sampling={k: v for k, v in gen_kw.items() if k != "mesh"},
+        seed=seed,
+        info=dataclasses.asdict(info),
+        chunk_size=bm.chunk_size,
+        batch_size=bm.batch_size,
+        prompts=len(prompts),
+        prompts_sha256=digest,
+        source=source,
+        max_prompt_length=spec.max_prompt_length,
+        max_length=spec.max_length,
+        add_bos=spec.bos_id is not None,
+    )
 
     n_chunks = -(-len(prompts) // bm.chunk_size)
     if lead:
@@ -263,18 +311,23 @@ def run(ctx) -> dict[str, Any]:
     for c in range(n_chunks):
         if c in done:
             continue
-        part = prompts[c * bm.chunk_size:(c + 1) * bm.chunk_size]
-        responses, bad = _sample_chunk(model, tokenizer, spec, part, jax.random.fold_in(base, c),
-                                       bm.batch_size, gen_kw, stops)
+        part = prompts[c * bm.chunk_size : (c + 1) * bm.chunk_size]
+        responses, bad = _sample_chunk(
+            model, tokenizer, spec, part, jax.random.fold_in(base, c), bm.batch_size, gen_kw, stops
+        )
         bad_utf8 += bad
         if lead:
-            rows = [meta_row(MetaExample(p.prompt, tuple(r), info))
-                    for p, r in zip(part, responses)]
+            rows = [
+                meta_row(MetaExample(p.prompt, tuple(r), info)) for p, r in zip(part, responses)
+            ]
             write_meta_dataset(chunk_path(c), rows)
             manifest["done"] = sorted(manifest["done"] + [c])
             _write_json_atomic(os.path.join(chunk_dir, MANIFEST), manifest)
-            print(f"[build_meta] chunk {c + 1}/{n_chunks}: {len(part)} prompts x {bm.k} "
-                  f"({time.time() - t0:.0f}s)", flush=True)
+            print(
+                f"[build_meta] chunk {c + 1}/{n_chunks}: {len(part)} prompts x {bm.k} "
+                f"({time.time() - t0:.0f}s)",
+                flush=True,
+            )
 
     if lead:
         rows = []
@@ -282,6 +335,14 @@ def run(ctx) -> dict[str, Any]:
             with open(chunk_path(c), encoding="utf-8") as f:
                 rows.extend(json.loads(line) for line in f if line.strip())
         write_meta_dataset(output, rows)
-    return dict(output=output, prompts=len(prompts), k=int(bm.k), chunks=n_chunks,
-                chunks_resumed=resumed, policy=policy_name, policy_step=policy_step,
-                responses_with_invalid_utf8=bad_utf8, seconds=round(time.time() - t0, 1))
+    return dict(
+        output=output,
+        prompts=len(prompts),
+        k=int(bm.k),
+        chunks=n_chunks,
+        chunks_resumed=resumed,
+        policy=policy_name,
+        policy_step=policy_step,
+        responses_with_invalid_utf8=bad_utf8,
+        seconds=round(time.time() - t0, 1),
+    )

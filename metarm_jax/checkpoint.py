@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import grain
 import jax
@@ -28,95 +29,101 @@ from metarm_jax.errors import UserError
 
 
 def _log(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(f"[metarm_jax] {msg}", flush=True)
+    if jax.process_index() == 0:
+        print(f"[metarm_jax] {msg}", flush=True)
 
 
 def abstract_like(tree: Any) -> Any:
-  """ShapeDtypeStructs (with shardings) of a pytree of jax.Arrays: a restore target."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+    """ShapeDtypeStructs (with shardings) of a pytree of jax.Arrays: a restore target."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
 class Checkpointer:
-  """Save / restore {train state, data iterators}; keeps the last ``keep``."""
+    """Save / restore {train state, data iterators}; keeps the last ``keep``."""
 
-  def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
-    self.keep = keep
-    self.async_save = async_save
-    self._manager = self._open()
-
-  def _open(self) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=self.keep, create=True, enable_async_checkpointing=self.async_save)
-    return ocp.CheckpointManager(self.directory, options=options)
-
-  # ------------------------------------------------------------------ queries
-
-  def all_steps(self) -> list[int]:
-    return sorted(self._manager.all_steps())
-
-  def latest_step(self) -> int | None:
-    steps = self.all_steps()
-    return steps[-1] if steps else None
-
-  def step_dir(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
-
-  # ------------------------------------------------------------------ save
-
-  def save(self, step: int, state: Any, iterators: Mapping[str, Any] = ()) -> None:
-    """Start saving ``state`` (a pytree of jax.Arrays) and each iterator's position at ``step``."""
-    items = {"state": ocp.args.StandardSave(state)}
-    for name, it in dict(iterators).items():
-      items[f"data_{name}"] = grain.checkpoint.CheckpointSave(it)
-    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
-
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
-
-  def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
-
-  # ------------------------------------------------------------------ restore
-
-  def restore_step(self, step: int, abstract_state: Any,
-                   iterators: Mapping[str, Any] = ()) -> Any:
-    """Restore one step: the state onto ``abstract_state``'s shardings; iterators in place."""
-    items = {"state": ocp.args.StandardRestore(abstract_state)}
-    for name, it in dict(iterators).items():
-      items[f"data_{name}"] = grain.checkpoint.CheckpointRestore(it)
-    return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
-
-  def restore_latest(self, abstract_state: Any,
-                     iterators: Mapping[str, Any] = ()) -> tuple[Any, int] | None:
-    """(state, step) from the newest checkpoint that restores, or None if there is none.
-
-    A checkpoint that fails is reported (with the reason), moved aside to
-    ``corrupt-<step>`` so the run can save that step again, and the previous one is tried.
-    """
-    failed = []
-    for step in reversed(self.all_steps()):
-      try:
-        state = self.restore_step(step, abstract_state, iterators)
-      except Exception as e:  # noqa: BLE001 -- any failure means "this checkpoint is unusable"
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        aside = os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}")
-        if jax.process_index() == 0:
-          os.rename(self.step_dir(step), aside)
-        _log(f"checkpoint {self.step_dir(step)} is incomplete or corrupt ({reason[:300]}); "
-             f"moved it to {aside} and trying the previous one.")
-        failed.append(step)
-        self._manager.close()
+    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.keep = keep
+        self.async_save = async_save
         self._manager = self._open()
-        continue
-      if failed:
-        _log(f"resumed from step {step} instead of {failed[0]}.")
-      return state, step
-    if failed:
-      raise UserError(
-          f"no checkpoint in {self.directory} could be restored (tried steps {failed}; they were "
-          f"moved aside as corrupt-<step>). Start a fresh run with another workdir, or remove "
-          f"{self.directory} to start over in this one.")
-    return None
+
+    def _open(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.keep, create=True, enable_async_checkpointing=self.async_save
+        )
+        return ocp.CheckpointManager(self.directory, options=options)
+
+    # ------------------------------------------------------------------ queries
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.all_steps()
+        return steps[-1] if steps else None
+
+    def step_dir(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    # ------------------------------------------------------------------ save
+
+    def save(self, step: int, state: Any, iterators: Mapping[str, Any] = ()) -> None:
+        """Start saving ``state`` (a pytree of jax.Arrays) and each iterator's position at ``step``."""
+        items = {"state": ocp.args.StandardSave(state)}
+        for name, it in dict(iterators).items():
+            items[f"data_{name}"] = grain.checkpoint.CheckpointSave(it)
+        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    # ------------------------------------------------------------------ restore
+
+    def restore_step(
+        self, step: int, abstract_state: Any, iterators: Mapping[str, Any] = ()
+    ) -> Any:
+        """Restore one step: the state onto ``abstract_state``'s shardings; iterators in place."""
+        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        for name, it in dict(iterators).items():
+            items[f"data_{name}"] = grain.checkpoint.CheckpointRestore(it)
+        return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+    def restore_latest(
+        self, abstract_state: Any, iterators: Mapping[str, Any] = ()
+    ) -> tuple[Any, int] | None:
+        """(state, step) from the newest checkpoint that restores, or None if there is none.
+
+        A checkpoint that fails is reported (with the reason), moved aside to
+        ``corrupt-<step>`` so the run can save that step again, and the previous one is tried.
+        """
+        failed = []
+        for step in reversed(self.all_steps()):
+            try:
+                state = self.restore_step(step, abstract_state, iterators)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                aside = os.path.join(self.directory, f"corrupt-{step}-{int(time.time())}")
+                if jax.process_index() == 0:
+                    os.rename(self.step_dir(step), aside)
+                _log(
+                    f"checkpoint {self.step_dir(step)} is incomplete or corrupt ({reason[:300]}); "
+                    f"moved it to {aside} and trying the previous one."
+                )
+                failed.append(step)
+                self._manager.close()
+                self._manager = self._open()
+                continue
+            if failed:
+                _log(f"resumed from step {step} instead of {failed[0]}.")
+            return state, step
+        if failed:
+            raise UserError(
+                f"no checkpoint in {self.directory} could be restored (tried steps {failed}; they were "
+                f"moved aside as corrupt-<step>). Start a fresh run with another workdir, or remove "
+                f"{self.directory} to start over in this one."
+            )
+        return None

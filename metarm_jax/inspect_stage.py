@@ -28,8 +28,10 @@ def run(ctx: StageContext) -> dict:
         print(f"{'parameter':24s} {'shape':22s} {'logical axes':44s} spec")
         for path, var in nnx.to_flat_state(state):
             x = var.get_value()
-            print(f"{'.'.join(map(str, path)):24s} {str(tuple(x.shape)):22s} "
-                  f"{str(var.get_metadata()['axes']):44s} {x.sharding.spec}")
+            print(
+                f"{'.'.join(map(str, path)):24s} {tuple(x.shape)!s:22s} "
+                f"{var.get_metadata()['axes']!s:44s} {x.sharding.spec}"
+            )
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
 
     # Each process makes its own slice of the global batch, as a data pipeline would.
@@ -56,9 +58,15 @@ def run(ctx: StageContext) -> dict:
         step_s = time.time() - t0
     finite = bool(jnp.isfinite(out).all())
     tokens = ic.batch_size * ic.seq_len
-    summary = dict(params=n_params, head=ic.head, output_shape=tuple(out.shape), finite=finite,
-                   load_s=round(load_s, 2), compile_s=round(compile_s, 2),
-                   forward_tokens_per_s=round(tokens / step_s, 1))
+    summary = dict(
+        params=n_params,
+        head=ic.head,
+        output_shape=tuple(out.shape),
+        finite=finite,
+        load_s=round(load_s, 2),
+        compile_s=round(compile_s, 2),
+        forward_tokens_per_s=round(tokens / step_s, 1),
+    )
     if not finite:
         raise FloatingPointError(f"inspect: the forward pass produced non-finite values: {summary}")
     return summary

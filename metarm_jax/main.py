@@ -18,8 +18,9 @@ from ml_collections import config_flags
 from metarm_jax import config_lib
 from metarm_jax.errors import ConfigError, UserError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file: path/to/config.py[:arg].",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file: path/to/config.py[:arg].", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
 
 
@@ -54,10 +55,14 @@ def maybe_initialize_distributed(dist) -> None:
         return
     if explicit:
         num = dist.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", "0"))
-        pid = dist.process_id if dist.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1"))
+        pid = (
+            dist.process_id if dist.process_id >= 0 else int(os.environ.get("JAX_PROCESS_ID", "-1"))
+        )
         if num <= 0 or pid < 0:
-            raise ConfigError("distributed: a coordinator address needs num_processes and process_id "
-                              "(config.distributed.* or JAX_NUM_PROCESSES/JAX_PROCESS_ID).")
+            raise ConfigError(
+                "distributed: a coordinator address needs num_processes and process_id "
+                "(config.distributed.* or JAX_NUM_PROCESSES/JAX_PROCESS_ID)."
+            )
         if jax.config.jax_platforms in (None, "", "cpu") and dist.cpu_collectives:
             jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
         jax.distributed.initialize(coordinator_address=explicit, num_processes=num, process_id=pid)
@@ -83,6 +88,7 @@ def with_seed_offset(config, offset: int):
                 shift(value)
             elif (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and value >= 0:
                 node[key] = value + offset
+
     shift(out)
     return out
 
@@ -101,8 +107,11 @@ def run_pipeline(config, mesh, workdir: str) -> dict:
             print(f"== stage {name}", flush=True)
         summary = stages.get(name)(ctx) or {}
         if jax.process_index() == 0:
-            print(f"== stage {name} done in {time.time() - t0:.1f}s: "
-                  f"{json.dumps(summary, default=str)}", flush=True)
+            print(
+                f"== stage {name} done in {time.time() - t0:.1f}s: "
+                f"{json.dumps(summary, default=str)}",
+                flush=True,
+            )
         out[name] = summary
     return out
 
@@ -127,15 +136,22 @@ def main(argv) -> None:
         mesh = sharding.make_mesh(dict(config.mesh))
         if jax.process_index() == 0:
             print("resolved config:\n" + str(config))
-            print(f"devices: {jax.device_count()} ({jax.devices()[0].platform}) on "
-                  f"{jax.process_count()} process(es); mesh {dict(mesh.shape)}; workdir {workdir}")
+            print(
+                f"devices: {jax.device_count()} ({jax.devices()[0].platform}) on "
+                f"{jax.process_count()} process(es); mesh {dict(mesh.shape)}; workdir {workdir}"
+            )
             os.makedirs(workdir, exist_ok=True)
             with open(os.path.join(workdir, "config.json"), "w") as f:
                 f.write(config.to_json_best_effort(indent=2))
         seeds = int(config.seeds)
-        runs = ([(config, workdir)] if seeds <= 1 else
-                [(with_seed_offset(config, i), os.path.join(workdir, f"seed{i}"))
-                 for i in range(seeds)])
+        runs = (
+            [(config, workdir)]
+            if seeds <= 1
+            else [
+                (with_seed_offset(config, i), os.path.join(workdir, f"seed{i}"))
+                for i in range(seeds)
+            ]
+        )
         per_seed = [run_pipeline(cfg, mesh, wd) for cfg, wd in runs]
         if seeds > 1 and jax.process_index() == 0:
             from metarm_jax.eval import report

@@ -35,30 +35,30 @@ from metarm_jax.errors import ConfigError
 
 def rlhf_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.rounds = 4                 # R (paper: 4 on HH-RLHF, 5 on TL;DR)
+    c.rounds = 4  # R (paper: 4 on HH-RLHF, 5 on TL;DR)
     # Each round's MetaRM starts from the previous round's RM ("previous", default: the meta
     # steps accumulate, as Algorithm 1 run round after round) or from the vanilla RM ("vanilla":
     # each round adapts r_0 to the newest policy only).
     c.rm_init = "previous"
-    c.meta_prompts = "train"     # "train": config.data.prompt_*; "ood": config.rlhf.ood_prompt_*
+    c.meta_prompts = "train"  # "train": config.data.prompt_*; "ood": config.rlhf.ood_prompt_*
     c.ood_prompt_dataset = "prompts"
     c.ood_prompt_path = ""
     c.ood_prompt_split = "test"
-    c.world = False              # write the synthetic world first and train on it (quickstart)
+    c.world = False  # write the synthetic world first and train on it (quickstart)
     # >0 and data.tokenizer_path empty: train a byte-level BPE tokenizer of this size on the
     # preference pairs first (runlocal variants; set model.vocab_size to the same number).
     c.tokenizer_vocab = 0
-    c.sft = True                 # train π_SFT (else config.model.hf_path is π_SFT)
-    c.rm_path = ""               # a trained vanilla RM to start from (skips the rm step)
+    c.sft = True  # train π_SFT (else config.model.hf_path is π_SFT)
+    c.rm_path = ""  # a trained vanilla RM to start from (skips the rm step)
     c.baselines = ("vanilla_ppo", "dpo")
     # Evaluation on held-out prompts (config.rlhf.eval_prompt_*), one sample per prompt.
-    c.eval_prompt_dataset = ""   # "" : config.data.prompt_dataset
-    c.eval_prompt_path = ""      # "" : config.data.prompt_path
+    c.eval_prompt_dataset = ""  # "" : config.data.prompt_dataset
+    c.eval_prompt_path = ""  # "" : config.data.prompt_path
     c.eval_prompt_split = "test"
-    c.eval_prompts = 100         # 0: all
-    c.eval_k = 4                 # samples per prompt for the |Δr| histogram (Figure 5)
-    c.judge = "auto"             # "gold" (synthetic world), "rm" (judge_rm_path), "auto"
-    c.judge_rm_path = ""         # an independent RM for the RM judge ("" : the vanilla RM)
+    c.eval_prompts = 100  # 0: all
+    c.eval_k = 4  # samples per prompt for the |Δr| histogram (Figure 5)
+    c.judge = "auto"  # "gold" (synthetic world), "rm" (judge_rm_path), "auto"
+    c.judge_rm_path = ""  # an independent RM for the RM judge ("" : the vanilla RM)
     c.tie_margin = 0.05
     return c
 
@@ -102,7 +102,7 @@ class Runner:
 def _jsonable(x):
     try:
         return float(x) if getattr(x, "ndim", 1) == 0 else x.tolist()
-    except Exception:  # noqa: BLE001
+    except Exception:
         return str(x)
 
 
@@ -123,12 +123,18 @@ def _world_overrides(runner: Runner) -> dict[str, Any]:
     pairs, prompts = os.path.dirname(paths["pairs_train"]), os.path.dirname(paths["prompts_train"])
     return {
         "data.tokenizer_path": paths["tokenizer"],
-        "data.dataset": "hh_rlhf", "data.path": pairs, "data.split": "train",
+        "data.dataset": "hh_rlhf",
+        "data.path": pairs,
+        "data.split": "train",
         "data.eval_split": "test",
-        "data.sft_dataset": "hh_rlhf", "data.sft_path": os.path.dirname(paths["sft_train"]),
+        "data.sft_dataset": "hh_rlhf",
+        "data.sft_path": os.path.dirname(paths["sft_train"]),
         "data.sft_split": "train",
-        "data.prompt_dataset": "prompts", "data.prompt_path": prompts, "data.prompt_split": "train",
-        "rlhf.eval_prompt_dataset": "prompts", "rlhf.eval_prompt_path": prompts,
+        "data.prompt_dataset": "prompts",
+        "data.prompt_path": prompts,
+        "data.prompt_split": "train",
+        "rlhf.eval_prompt_dataset": "prompts",
+        "rlhf.eval_prompt_path": prompts,
         "rlhf.eval_prompt_split": "test",
         "rlhf.ood_prompt_dataset": "prompts",
         "rlhf.ood_prompt_path": os.path.dirname(paths["prompts_ood"]),
@@ -144,9 +150,15 @@ def _tokenizer(runner: Runner) -> str:
     config, out = runner.ctx.config, runner.path("tokenizer")
     if not os.path.exists(os.path.join(out, "tokenizer.json")) and runner.lead:
         d = config.data
-        pairs = D.load_preference_pairs(d.dataset, d.path, d.split, name=d.name,
-                                        data_dir=d.data_dir, on_bad_record="skip",
-                                        max_skip_fraction=1.0)
+        pairs = D.load_preference_pairs(
+            d.dataset,
+            d.path,
+            d.split,
+            name=d.name,
+            data_dir=d.data_dir,
+            on_bad_record="skip",
+            max_skip_fraction=1.0,
+        )
         texts = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
         train_bpe_tokenizer(texts, int(config.rlhf.tokenizer_vocab), out)
     return out
@@ -160,8 +172,7 @@ def _export(summary: dict, kind: str) -> str:
 
 
 def _ppo_overrides(policy: str, ref: str, rm: str, iterations: int | None = None) -> dict:
-    out = {"ppo.policy_path": policy, "ppo.ref_path": ref, "ppo.rm_path": rm,
-           "ppo.critic_path": rm}
+    out = {"ppo.policy_path": policy, "ppo.ref_path": ref, "ppo.rm_path": rm, "ppo.critic_path": rm}
     if iterations is not None:
         out["ppo.iterations"] = iterations
     return out
@@ -170,11 +181,20 @@ def _ppo_overrides(policy: str, ref: str, rm: str, iterations: int | None = None
 def _sample(runner: Runner, name: str, policy: str, k: int, prompts: dict) -> str:
     """k samples per prompt from a policy (the build_meta stage: chunked, resumable)."""
     out = runner.path("samples", f"{name}.jsonl")
-    runner.step(os.path.join("samples", name), "build_meta", {
-        "build_meta.policy_path": policy, "build_meta.k": k, "build_meta.output_path": out,
-        "build_meta.prompt_dataset": prompts["dataset"], "build_meta.prompt_path": prompts["path"],
-        "build_meta.prompt_split": prompts["split"], "build_meta.max_prompts": prompts["max"],
-        "data.meta_path": ""})
+    runner.step(
+        os.path.join("samples", name),
+        "build_meta",
+        {
+            "build_meta.policy_path": policy,
+            "build_meta.k": k,
+            "build_meta.output_path": out,
+            "build_meta.prompt_dataset": prompts["dataset"],
+            "build_meta.prompt_path": prompts["path"],
+            "build_meta.prompt_split": prompts["split"],
+            "build_meta.max_prompts": prompts["max"],
+            "data.meta_path": "",
+        },
+    )
     return out
 
 
@@ -189,10 +209,14 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
     if rc.rm_init not in ("previous", "vanilla"):
         raise ConfigError(f"config.rlhf.rm_init={rc.rm_init!r}; expected 'previous' or 'vanilla'.")
     if rc.meta_prompts not in ("train", "ood"):
-        raise ConfigError(f"config.rlhf.meta_prompts={rc.meta_prompts!r}; expected 'train' or 'ood'.")
+        raise ConfigError(
+            f"config.rlhf.meta_prompts={rc.meta_prompts!r}; expected 'train' or 'ood'."
+        )
     if rc.meta_prompts == "ood" and not rc.ood_prompt_path:
-        raise ConfigError("config.rlhf.meta_prompts='ood' needs config.rlhf.ood_prompt_path (a hub "
-                          "name or a local copy of the OOD prompt set).")
+        raise ConfigError(
+            "config.rlhf.meta_prompts='ood' needs config.rlhf.ood_prompt_path (a hub "
+            "name or a local copy of the OOD prompt set)."
+        )
     runner = Runner(ctx)
     base = _world_overrides(runner) if rc.world else {}
     if base:  # later steps see the world's paths as if they were in the config
@@ -201,8 +225,9 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
         config, rc = ctx.config, ctx.config.rlhf
     d = config.data
     if not d.tokenizer_path and rc.tokenizer_vocab:
-        ctx = stages.StageContext(derive(config, {"data.tokenizer_path": _tokenizer(runner)}),
-                                  ctx.mesh, ctx.workdir)
+        ctx = stages.StageContext(
+            derive(config, {"data.tokenizer_path": _tokenizer(runner)}), ctx.mesh, ctx.workdir
+        )
         runner = Runner(ctx)
         config, rc, d = ctx.config, ctx.config.rlhf, ctx.config.data
 
@@ -213,33 +238,59 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
         raise ConfigError("config.rlhf.sft=False needs config.model.hf_path (the SFT policy).")
     rm0 = rc.rm_path or _export(runner.step("rm", "rm", {"model.hf_path": sft_path}), "rm")
 
-    meta_prompts = ({"dataset": d.prompt_dataset, "path": d.prompt_path, "split": d.prompt_split,
-                     "max": 0} if rc.meta_prompts == "train" else
-                    {"dataset": rc.ood_prompt_dataset, "path": rc.ood_prompt_path,
-                     "split": rc.ood_prompt_split, "max": 0})
-    eval_prompts = {"dataset": rc.eval_prompt_dataset or d.prompt_dataset,
-                    "path": rc.eval_prompt_path or d.prompt_path, "split": rc.eval_prompt_split,
-                    "max": int(rc.eval_prompts)}
+    meta_prompts = (
+        {"dataset": d.prompt_dataset, "path": d.prompt_path, "split": d.prompt_split, "max": 0}
+        if rc.meta_prompts == "train"
+        else {
+            "dataset": rc.ood_prompt_dataset,
+            "path": rc.ood_prompt_path,
+            "split": rc.ood_prompt_split,
+            "max": 0,
+        }
+    )
+    eval_prompts = {
+        "dataset": rc.eval_prompt_dataset or d.prompt_dataset,
+        "path": rc.eval_prompt_path or d.prompt_path,
+        "split": rc.eval_prompt_split,
+        "max": int(rc.eval_prompts),
+    }
 
     policy, rm = sft_path, rm0
     rounds = []
     for r in range(1, rc.rounds + 1):
         tag = f"round{r}"
         meta = runner.path(tag, "meta.jsonl")
-        runner.step(os.path.join(tag, "meta"), "build_meta", {
-            "build_meta.policy_path": policy, "build_meta.k": config.meta.k,
-            "build_meta.round": r, "build_meta.output_path": meta,
-            "build_meta.prompt_dataset": meta_prompts["dataset"],
-            "build_meta.prompt_path": meta_prompts["path"],
-            "build_meta.prompt_split": meta_prompts["split"], "data.meta_path": ""})
+        runner.step(
+            os.path.join(tag, "meta"),
+            "build_meta",
+            {
+                "build_meta.policy_path": policy,
+                "build_meta.k": config.meta.k,
+                "build_meta.round": r,
+                "build_meta.output_path": meta,
+                "build_meta.prompt_dataset": meta_prompts["dataset"],
+                "build_meta.prompt_path": meta_prompts["path"],
+                "build_meta.prompt_split": meta_prompts["split"],
+                "data.meta_path": "",
+            },
+        )
         start = rm if rc.rm_init == "previous" else rm0
-        metarm = runner.step(os.path.join(tag, "metarm"), "metarm",
-                             {"model.hf_path": start, "data.meta_path": meta})
+        metarm = runner.step(
+            os.path.join(tag, "metarm"), "metarm", {"model.hf_path": start, "data.meta_path": meta}
+        )
         rm = _export(metarm, "metarm")
         ppo = runner.step(os.path.join(tag, "ppo"), "ppo", _ppo_overrides(policy, sft_path, rm))
         policy = _export(ppo, "ppo")
-        rounds.append({"round": r, "policy": policy, "rm": rm, "meta": meta,
-                       "metarm_workdir": metarm["workdir"], "ppo_workdir": ppo["workdir"]})
+        rounds.append(
+            {
+                "round": r,
+                "policy": policy,
+                "rm": rm,
+                "meta": meta,
+                "metarm_workdir": metarm["workdir"],
+                "ppo_workdir": ppo["workdir"],
+            }
+        )
 
     baselines: dict[str, dict] = {}
     if "vanilla_ppo" in rc.baselines:
@@ -251,14 +302,26 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
         baselines["dpo"] = {"policy": _export(s, "dpo")}
 
     # Samples on held-out prompts: one per prompt for the judge, eval_k for the |Δr| histogram.
-    policies = {"sft": sft_path, **{f"round{x['round']}": x["policy"] for x in rounds},
-                **{k: v["policy"] for k, v in baselines.items()}}
-    samples = {name: _sample(runner, name, path, 1, eval_prompts) for name, path in policies.items()}
+    policies = {
+        "sft": sft_path,
+        **{f"round{x['round']}": x["policy"] for x in rounds},
+        **{k: v["policy"] for k, v in baselines.items()},
+    }
+    samples = {
+        name: _sample(runner, name, path, 1, eval_prompts) for name, path in policies.items()
+    }
     final = f"round{rc.rounds}"
     multi = _sample(runner, f"{final}_k{rc.eval_k}", policies[final], int(rc.eval_k), eval_prompts)
 
-    result = report_lib.build(ctx, rounds=rounds, baselines=baselines, samples=samples,
-                              multi_samples=multi, rm0=rm0, sft_path=sft_path,
-                              sft_workdir=sft["workdir"] if sft else None,
-                              rm0_workdir=None if rc.rm_path else runner.path("rm"))
+    result = report_lib.build(
+        ctx,
+        rounds=rounds,
+        baselines=baselines,
+        samples=samples,
+        multi_samples=multi,
+        rm0=rm0,
+        sft_path=sft_path,
+        sft_workdir=sft["workdir"] if sft else None,
+        rm0_workdir=None if rc.rm_path else runner.path("rm"),
+    )
     return result

@@ -40,7 +40,8 @@ a row do not depend on the batch padding, the mesh, or the other rows.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -61,24 +62,24 @@ class SamplingError(UserError):
 def default_config() -> ml_collections.ConfigDict:
     """Sampling defaults (the paper's PPO / meta-sampling settings); ``config.sampling``."""
     c = ml_collections.ConfigDict()
-    c.temperature = 0.8         # 0 = greedy
-    c.top_p = 0.9               # 1.0 = off
-    c.top_k = 0                 # 0 = off
+    c.temperature = 0.8  # 0 = greedy
+    c.top_p = 0.9  # 1.0 = off
+    c.top_k = 0  # 0 = off
     c.repetition_penalty = 1.1  # 1.0 = off; HF semantics
     c.max_new_tokens = 128
-    c.min_new_tokens = 0        # stop tokens are masked out before this many new tokens
-    c.num_samples = 1           # continuations per prompt (k for the meta dataset)
-    c.stop_token_ids = ()       # extra stop tokens besides the model's eos
-    c.prompt_bucket_min = 16    # prompt lengths are padded to max(this, next power of two)
+    c.min_new_tokens = 0  # stop tokens are masked out before this many new tokens
+    c.num_samples = 1  # continuations per prompt (k for the meta dataset)
+    c.stop_token_ids = ()  # extra stop tokens besides the model's eos
+    c.prompt_bucket_min = 16  # prompt lengths are padded to max(this, next power of two)
     c.seed = 0
     return c
 
 
 @struct.dataclass
 class SampleOutput:
-    tokens: jax.Array          # [N, T_new] int32, pad_id where mask == 0
-    mask: jax.Array            # [N, T_new] int32
-    logprobs: jax.Array        # [N, T_new] float32, 0 where mask == 0
+    tokens: jax.Array  # [N, T_new] int32, pad_id where mask == 0
+    mask: jax.Array  # [N, T_new] int32
+    logprobs: jax.Array  # [N, T_new] float32, 0 where mask == 0
     model_logprobs: jax.Array  # [N, T_new] float32, 0 where mask == 0
     logits: jax.Array | None = None  # [N, T_new, V] raw model logits (only with return_logits)
 
@@ -106,7 +107,7 @@ def _cutoff(x: jax.Array, weight: jax.Array, limit, iters: int = 32) -> jax.Arra
     """
     finite = jnp.isfinite(x)
     lo = jnp.min(jnp.where(finite, x, jnp.inf), -1, keepdims=True) - 1.0  # mass(lo) = total
-    hi = jnp.max(x, -1, keepdims=True)                                    # mass(hi) = 0
+    hi = jnp.max(x, -1, keepdims=True)  # mass(hi) = 0
 
     def halve(_, bounds):
         lo, hi = bounds
@@ -145,13 +146,14 @@ def sample_rows(keys: jax.Array, logits: jax.Array) -> jax.Array:
     """
     probs = jax.nn.softmax(logits, axis=-1)
     cdf = jnp.cumsum(probs, axis=-1)
-    u = 1.0 - jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)   # (0, 1]
+    u = 1.0 - jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)  # (0, 1]
     target = u[:, None] * cdf[:, -1:]
     return jnp.minimum(jnp.sum(cdf < target, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
 
 
-def process_logits(logits: jax.Array, seen: jax.Array, knobs: dict[str, jax.Array],
-                   stop_vocab: jax.Array, step) -> jax.Array:
+def process_logits(
+    logits: jax.Array, seen: jax.Array, knobs: dict[str, jax.Array], stop_vocab: jax.Array, step
+) -> jax.Array:
     """Raw logits [N, V] -> the logits sampled from (HF order; see the module docstring)."""
     x = apply_repetition_penalty(logits, seen, knobs["repetition_penalty"])
     early = step < knobs["min_new_tokens"]
@@ -166,17 +168,31 @@ def process_logits(logits: jax.Array, seen: jax.Array, knobs: dict[str, jax.Arra
 
 def _cache_constrain(cache: llama.KVCache) -> llama.KVCache:
     return llama.KVCache(
-        k=shd.constrain(cache.k, llama.CACHE_AXES), v=shd.constrain(cache.v, llama.CACHE_AXES),
+        k=shd.constrain(cache.k, llama.CACHE_AXES),
+        v=shd.constrain(cache.v, llama.CACHE_AXES),
         key_mask=shd.constrain(cache.key_mask, ("cache_batch", "cache_length")),
-        next_pos=shd.constrain(cache.next_pos, ("cache_batch",)), index=cache.index)
+        next_pos=shd.constrain(cache.next_pos, ("cache_batch",)),
+        index=cache.index,
+    )
 
 
 def _repeat_rows(x: jax.Array, n: int, axis: int) -> jax.Array:
     return x if n == 1 else jnp.repeat(x, n, axis=axis)
 
 
-def _sample(graphdef, state, ids, mask, rng, knobs, stop_ids, *, num_samples: int,
-            max_new_tokens: int, return_logits: bool):
+def _sample(
+    graphdef,
+    state,
+    ids,
+    mask,
+    rng,
+    knobs,
+    stop_ids,
+    *,
+    num_samples: int,
+    max_new_tokens: int,
+    return_logits: bool,
+):
     """ids/mask [B, T] left-padded -> buffers for B*num_samples rows (see SampleOutput)."""
     model = nnx.merge(graphdef, state)
     cfg = model.cfg
@@ -187,14 +203,19 @@ def _sample(graphdef, state, ids, mask, rng, knobs, stop_ids, *, num_samples: in
     # Prefill once per prompt; only the last position's logits are needed.
     cache = _cache_constrain(llama.init_cache(cfg, b, t + max_new_tokens))
     x, cache = model.hidden_states(ids, mask, cache)
-    logits = model.head_output(x[:, -1:], None)[:, 0]                       # [B, V]
+    logits = model.head_output(x[:, -1:], None)[:, 0]  # [B, V]
     seen = jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], ids].max(mask > 0)
 
     # Share the prompt's cache across its samples (prompt-major rows).
-    cache = _cache_constrain(llama.KVCache(
-        k=_repeat_rows(cache.k, num_samples, 1), v=_repeat_rows(cache.v, num_samples, 1),
-        key_mask=_repeat_rows(cache.key_mask, num_samples, 0),
-        next_pos=_repeat_rows(cache.next_pos, num_samples, 0), index=cache.index))
+    cache = _cache_constrain(
+        llama.KVCache(
+            k=_repeat_rows(cache.k, num_samples, 1),
+            v=_repeat_rows(cache.v, num_samples, 1),
+            key_mask=_repeat_rows(cache.key_mask, num_samples, 0),
+            next_pos=_repeat_rows(cache.next_pos, num_samples, 0),
+            index=cache.index,
+        )
+    )
     logits = shd.constrain(_repeat_rows(logits, num_samples, 0), ("batch", "act_vocab"))
     seen = shd.constrain(_repeat_rows(seen, num_samples, 0), ("batch", None))
 
@@ -204,13 +225,22 @@ def _sample(graphdef, state, ids, mask, rng, knobs, stop_ids, *, num_samples: in
     greedy = knobs["greedy"] > 0
 
     def batch_buf(dtype, fill, extra=()):
-        return shd.constrain(jnp.full((n, max_new_tokens) + extra, fill, dtype),
-                             ("batch", "length") + (("act_vocab",) if extra else ()))
+        return shd.constrain(
+            jnp.full((n, max_new_tokens) + extra, fill, dtype),
+            ("batch", "length") + (("act_vocab",) if extra else ()),
+        )
 
-    carry = dict(step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, seen=seen,
-                 done=jnp.zeros((n,), bool), tokens=batch_buf(jnp.int32, pad_id),
-                 mask=batch_buf(jnp.int32, 0), logprobs=batch_buf(jnp.float32, 0.0),
-                 model_logprobs=batch_buf(jnp.float32, 0.0))
+    carry = dict(
+        step=jnp.zeros((), jnp.int32),
+        cache=cache,
+        logits=logits,
+        seen=seen,
+        done=jnp.zeros((n,), bool),
+        tokens=batch_buf(jnp.int32, pad_id),
+        mask=batch_buf(jnp.int32, 0),
+        logprobs=batch_buf(jnp.float32, 0.0),
+        model_logprobs=batch_buf(jnp.float32, 0.0),
+    )
     if return_logits:
         carry["all_logits"] = batch_buf(jnp.float32, 0.0, (v,))
 
@@ -221,8 +251,11 @@ def _sample(graphdef, state, ids, mask, rng, knobs, stop_ids, *, num_samples: in
         step, done, logits = c["step"], c["done"], c["logits"]
         proc = process_logits(logits, c["seen"], knobs, stop_vocab, step)
         keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
-        tok = jax.lax.cond(greedy, lambda: jnp.argmax(proc, axis=-1).astype(jnp.int32),
-                           lambda: sample_rows(keys, proc))
+        tok = jax.lax.cond(
+            greedy,
+            lambda: jnp.argmax(proc, axis=-1).astype(jnp.int32),
+            lambda: sample_rows(keys, proc),
+        )
         lp = jnp.take_along_axis(jax.nn.log_softmax(proc), tok[:, None], -1)[:, 0]
         mlp = jnp.take_along_axis(jax.nn.log_softmax(logits), tok[:, None], -1)[:, 0]
         live = ~done
@@ -251,12 +284,18 @@ def _sample(graphdef, state, ids, mask, rng, knobs, stop_ids, *, num_samples: in
 _JIT_CACHE: dict[Any, Any] = {}
 
 
-def _jitted(graphdef, state, mesh: Mesh | None, num_samples: int, max_new_tokens: int,
-            return_logits: bool):
+def _jitted(
+    graphdef, state, mesh: Mesh | None, num_samples: int, max_new_tokens: int, return_logits: bool
+):
     key = (graphdef, jax.tree.structure(state), mesh, num_samples, max_new_tokens, return_logits)
     if key not in _JIT_CACHE:
-        fn = lambda *a: _sample(graphdef, *a, num_samples=num_samples,  # noqa: E731
-                                max_new_tokens=max_new_tokens, return_logits=return_logits)
+        fn = lambda *a: _sample(
+            graphdef,
+            *a,
+            num_samples=num_samples,
+            max_new_tokens=max_new_tokens,
+            return_logits=return_logits,
+        )
         if mesh is None:
             _JIT_CACHE[key] = jax.jit(fn)
         else:
@@ -265,9 +304,17 @@ def _jitted(graphdef, state, mesh: Mesh | None, num_samples: int, max_new_tokens
             if return_logits:
                 outs.append(shd.batch_sharding(mesh, 3))
             _JIT_CACHE[key] = jax.jit(
-                fn, in_shardings=(shd.state_shardings(mesh, state), shd.batch_sharding(mesh, 2),
-                                  shd.batch_sharding(mesh, 2), rep, rep, rep),
-                out_shardings=tuple(outs))
+                fn,
+                in_shardings=(
+                    shd.state_shardings(mesh, state),
+                    shd.batch_sharding(mesh, 2),
+                    shd.batch_sharding(mesh, 2),
+                    rep,
+                    rep,
+                    rep,
+                ),
+                out_shardings=tuple(outs),
+            )
     return _JIT_CACHE[key]
 
 
@@ -282,13 +329,13 @@ def bucket_length(n: int, minimum: int) -> int:
 
 def left_pack(ids: np.ndarray, mask: np.ndarray, width: int, pad_id: int):
     """Move every row's real tokens (mask 1, order kept) to the right end of a [B, width] array."""
-    order = np.argsort(mask > 0, axis=1, kind="stable")      # pads first, then real tokens
+    order = np.argsort(mask > 0, axis=1, kind="stable")  # pads first, then real tokens
     ids = np.take_along_axis(ids, order, 1)
     mask = np.take_along_axis(mask, order, 1)
     ids = np.where(mask > 0, ids, pad_id)
     t = ids.shape[1]
     if t >= width:
-        return ids[:, t - width:], mask[:, t - width:]
+        return ids[:, t - width :], mask[:, t - width :]
     pad = ((0, 0), (width - t, 0))
     return np.pad(ids, pad, constant_values=pad_id), np.pad(mask, pad)
 
@@ -309,16 +356,32 @@ def _split_model(model):
         if len(states) == 1:
             return graphdef, states[0]
         return nnx.split(nnx.merge(graphdef, *states))
-    raise SamplingError(f"generate(model=...): expected an nnx model or (graphdef, state), got "
-                        f"{type(model).__name__}.")
+    raise SamplingError(
+        f"generate(model=...): expected an nnx model or (graphdef, state), got "
+        f"{type(model).__name__}."
+    )
 
 
-def generate(model, prompt_ids, prompt_mask, rng, *, max_new_tokens: int = 128,
-             min_new_tokens: int = 0, temperature: float = 0.8, top_p: float = 0.9,
-             top_k: int = 0, repetition_penalty: float = 1.1, num_samples: int = 1,
-             eos_id: int | None = None, stop_token_ids: Sequence[int] = (),
-             pad_id: int | None = None, prompt_bucket_min: int = 16, mesh: Mesh | None = None,
-             return_logits: bool = False) -> SampleOutput:
+def generate(
+    model,
+    prompt_ids,
+    prompt_mask,
+    rng,
+    *,
+    max_new_tokens: int = 128,
+    min_new_tokens: int = 0,
+    temperature: float = 0.8,
+    top_p: float = 0.9,
+    top_k: int = 0,
+    repetition_penalty: float = 1.1,
+    num_samples: int = 1,
+    eos_id: int | None = None,
+    stop_token_ids: Sequence[int] = (),
+    pad_id: int | None = None,
+    prompt_bucket_min: int = 16,
+    mesh: Mesh | None = None,
+    return_logits: bool = False,
+) -> SampleOutput:
     """Sample ``num_samples`` continuations of each prompt (see the module docstring).
 
     model: an ``lm``-head ``llama.Llama`` or its ``(graphdef, state)``; used as is (no copy), so
@@ -341,25 +404,30 @@ def generate(model, prompt_ids, prompt_mask, rng, *, max_new_tokens: int = 128,
     if max_new_tokens < 1:
         raise SamplingError(f"max_new_tokens={max_new_tokens}; it must be >= 1.")
     if not 0 <= min_new_tokens <= max_new_tokens:
-        raise SamplingError(f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens="
-                            f"{max_new_tokens}].")
+        raise SamplingError(
+            f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens={max_new_tokens}]."
+        )
     if num_samples < 1:
         raise SamplingError(f"num_samples={num_samples}; it must be >= 1.")
     if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
         raise SamplingError(
             f"sampling settings temperature={temperature}, top_p={top_p}, top_k={top_k}, "
             f"repetition_penalty={repetition_penalty}: need temperature >= 0, 0 < top_p <= 1, "
-            "top_k >= 0 (0 = off), repetition_penalty > 0 (1 = off).")
+            "top_k >= 0 (0 = off), repetition_penalty > 0 (1 = off)."
+        )
 
     ids = np.asarray(jax.device_get(prompt_ids)).astype(np.int32)
     mask = np.asarray(jax.device_get(prompt_mask)).astype(np.int32)
     if ids.ndim != 2 or ids.shape != mask.shape:
-        raise SamplingError(f"prompt_ids {ids.shape} and prompt_mask {mask.shape} must both be "
-                            "[batch, length].")
+        raise SamplingError(
+            f"prompt_ids {ids.shape} and prompt_mask {mask.shape} must both be [batch, length]."
+        )
     lengths = (mask > 0).sum(1)
     if (lengths == 0).any():
-        raise SamplingError(f"prompt row {int(np.argmin(lengths))} has no real token (mask all "
-                            "0); every prompt needs at least one token (e.g. BOS).")
+        raise SamplingError(
+            f"prompt row {int(np.argmin(lengths))} has no real token (mask all "
+            "0); every prompt needs at least one token (e.g. BOS)."
+        )
     b = ids.shape[0]
     width = bucket_length(int(lengths.max()), prompt_bucket_min)
     ids, mask = left_pack(ids, mask, width, pad_id)
@@ -383,8 +451,11 @@ def generate(model, prompt_ids, prompt_mask, rng, *, max_new_tokens: int = 128,
         "pad_id": jnp.int32(pad_id),
         "greedy": jnp.int32(greedy),
     }
-    stops = sorted({int(eos_id)} | {int(s) for s in stop_token_ids}) if eos_id is not None \
+    stops = (
+        sorted({int(eos_id)} | {int(s) for s in stop_token_ids})
+        if eos_id is not None
         else sorted({int(s) for s in stop_token_ids})
+    )
     stop_ids = jnp.asarray(stops or [-1], jnp.int32)
     if isinstance(rng, (int, np.integer)):
         rng = jax.random.key(int(rng))
@@ -395,8 +466,9 @@ def generate(model, prompt_ids, prompt_mask, rng, *, max_new_tokens: int = 128,
     else:
         # Every process holds the whole prompt batch; each device takes its rows (multi-host too).
         sh = shd.batch_sharding(mesh, 2)
-        ids, mask = (jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx])
-                     for a in (ids, mask))
+        ids, mask = (
+            jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx]) for a in (ids, mask)
+        )
         with jax.set_mesh(mesh):
             outs = fn(state, ids, mask, rng, knobs, stop_ids)
     if b_pad != b:
@@ -406,10 +478,14 @@ def generate(model, prompt_ids, prompt_mask, rng, *, max_new_tokens: int = 128,
 
 def sampling_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """``generate`` keyword arguments from a ``config.sampling`` ConfigDict (seed excluded)."""
-    return dict(max_new_tokens=int(config.max_new_tokens),
-                min_new_tokens=int(config.min_new_tokens), temperature=float(config.temperature),
-                top_p=float(config.top_p), top_k=int(config.top_k),
-                repetition_penalty=float(config.repetition_penalty),
-                num_samples=int(config.num_samples),
-                stop_token_ids=tuple(int(s) for s in config.stop_token_ids),
-                prompt_bucket_min=int(config.prompt_bucket_min))
+    return dict(
+        max_new_tokens=int(config.max_new_tokens),
+        min_new_tokens=int(config.min_new_tokens),
+        temperature=float(config.temperature),
+        top_p=float(config.top_p),
+        top_k=int(config.top_k),
+        repetition_penalty=float(config.repetition_penalty),
+        num_samples=int(config.num_samples),
+        stop_token_ids=tuple(int(s) for s in config.stop_token_ids),
+        prompt_bucket_min=int(config.prompt_bucket_min),
+    )

@@ -9,12 +9,14 @@ critic, reference model, sampler KV cache and data batches all use this one tabl
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from metarm_jax.errors import UserError
 
@@ -25,7 +27,7 @@ BATCH_AXES = ("data", "fsdp")
 # logical axis -> mesh axis (or tuple of mesh axes, or None = replicated).
 RULES: tuple[tuple[str, Any], ...] = (
     # weights
-    ("layers", None),        # stacked decoder layers (scanned)
+    ("layers", None),  # stacked decoder layers (scanned)
     ("vocab", "tensor"),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -33,7 +35,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("head_dim", None),
     ("norm", None),
-    ("head_out", None),      # the scalar reward / value head's size-1 output dim
+    ("head_out", None),  # the scalar reward / value head's size-1 output dim
     # activations
     ("batch", BATCH_AXES),
     ("length", None),
@@ -64,7 +66,8 @@ def logical_to_spec(axes: Sequence[str | None], *, name: str = "<array>") -> P:
         if ax not in _RULES:
             raise ShardingError(
                 f"{name}: logical axis {ax!r} has no rule in metarm_jax.sharding.RULES "
-                f"(known: {sorted(_RULES)}); add a rule for it.")
+                f"(known: {sorted(_RULES)}); add a rule for it."
+            )
         spec.append(_RULES[ax])
     return P(*spec)
 
@@ -76,12 +79,19 @@ def _mesh_size(mesh: Mesh, entry) -> int:
     return math.prod(mesh.shape[n] for n in names)
 
 
-def named_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] | None = None,
-                   *, name: str = "<array>") -> NamedSharding:
+def named_sharding(
+    mesh: Mesh,
+    axes: Sequence[str | None],
+    shape: Sequence[int] | None = None,
+    *,
+    name: str = "<array>",
+) -> NamedSharding:
     """NamedSharding for an array with these logical axes; checks divisibility when shape given."""
     if shape is not None and len(shape) != len(axes):
-        raise ShardingError(f"{name}: shape {tuple(shape)} has {len(shape)} dims but logical axes "
-                            f"{tuple(axes)} name {len(axes)}.")
+        raise ShardingError(
+            f"{name}: shape {tuple(shape)} has {len(shape)} dims but logical axes "
+            f"{tuple(axes)} name {len(axes)}."
+        )
     spec = logical_to_spec(axes, name=name)
     if shape is not None:
         for dim, ax, entry in zip(shape, axes, spec):
@@ -90,7 +100,8 @@ def named_sharding(mesh: Mesh, axes: Sequence[str | None], shape: Sequence[int] 
                 raise ShardingError(
                     f"{name}: dimension {ax!r} of size {dim} is not divisible by mesh axes "
                     f"{entry!r} of total size {n} (mesh {dict(mesh.shape)}); choose a mesh whose "
-                    f"{entry!r} size divides {dim}.")
+                    f"{entry!r} size divides {dim}."
+                )
     return NamedSharding(mesh, spec)
 
 
@@ -104,15 +115,19 @@ def state_shardings(mesh: Mesh, state) -> Any:
     The result is a pytree prefix of ``state`` (one NamedSharding per Variable), usable as jit
     in/out shardings and with ``jax.device_put``.
     """
+
     def one(path, var):
         pname = jax.tree_util.keystr(path, simple=True, separator=".")
         if not _is_variable(var):
             raise ShardingError(f"{pname}: expected an nnx.Variable, got {type(var).__name__}.")
         axes = var.get_metadata().get("axes")
         if axes is None:
-            raise ShardingError(f"parameter {pname} declares no logical axes (axes=...); "
-                                "every weight must name its axes so the sharding table can place it.")
+            raise ShardingError(
+                f"parameter {pname} declares no logical axes (axes=...); "
+                "every weight must name its axes so the sharding table can place it."
+            )
         return named_sharding(mesh, axes, var.get_value().shape, name=f"parameter {pname}")
+
     return jax.tree_util.tree_map_with_path(one, state, is_leaf=_is_variable)
 
 
@@ -140,23 +155,29 @@ def resolve_mesh_shape(shape: Mapping[str, int], num_devices: int) -> tuple[int,
     if len(fill) > 1:
         raise ShardingError(f"mesh: at most one axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
     if any(s == 0 or s < -1 for s in sizes):
-        raise ShardingError(f"mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}.")
+        raise ShardingError(
+            f"mesh: sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}."
+        )
     known = math.prod(s for s in sizes if s != -1)
     if fill:
         if num_devices % known:
             raise ShardingError(
                 f"mesh: {dict(zip(MESH_AXES, sizes))} cannot fill {num_devices} devices "
-                f"({num_devices} is not divisible by {known}).")
+                f"({num_devices} is not divisible by {known})."
+            )
         sizes[fill[0]] = num_devices // known
     if math.prod(sizes) != num_devices:
         raise ShardingError(
             f"mesh: {dict(zip(MESH_AXES, sizes))} uses {math.prod(sizes)} devices but "
             f"{num_devices} are available; set the sizes so their product is {num_devices} "
-            f"(or use -1 for one axis).")
+            f"(or use -1 for one axis)."
+        )
     return tuple(sizes)
 
 
-def make_mesh(shape: Mapping[str, int] | None = None, devices: Iterable[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+    shape: Mapping[str, int] | None = None, devices: Iterable[jax.Device] | None = None
+) -> Mesh:
     """The ('data','fsdp','tensor') mesh. Works multi-host: uses all global devices by default.
 
     Axes are Auto (GSPMD propagation), so jit in/out shardings and sharding constraints drive

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import ml_collections
 from jax.sharding import Mesh
@@ -41,8 +42,9 @@ class UnknownStageError(ConfigError):
 def check_pipeline(pipeline) -> None:
     unknown = [s for s in pipeline if s not in STAGES]
     if unknown:
-        raise UnknownStageError(f"config.pipeline: unknown stage(s) {unknown}; the stages are "
-                                f"{sorted(STAGES)}.")
+        raise UnknownStageError(
+            f"config.pipeline: unknown stage(s) {unknown}; the stages are {sorted(STAGES)}."
+        )
 
 
 def get(name: str) -> Callable[[StageContext], dict[str, Any]]:

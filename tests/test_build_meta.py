@@ -33,7 +33,9 @@ def make_ctx(root, output):
     return StageContext(c, mesh, root)
 """
 
-KILLED_RUN = SETUP + r"""
+KILLED_RUN = (
+    SETUP
+    + r"""
 import sys, time
 root, output = sys.argv[1], sys.argv[2]
 _write = build_meta._write_json_atomic
@@ -45,11 +47,25 @@ build_meta._write_json_atomic = slow_write
 build_meta.run(make_ctx(root, output))
 print("FINISHED")
 """
+)
 
-PROMPTS = [f"Question {i}: how do I {w} a {o}?" for i, (w, o) in enumerate(
-    [("paint", "fence"), ("fix", "bike"), ("bake", "cake"), ("plant", "tree"), ("clean", "oven"),
-     ("tune", "guitar"), ("fold", "shirt"), ("wash", "car"), ("build", "shed"),
-     ("sharpen", "knife")])]
+PROMPTS = [
+    f"Question {i}: how do I {w} a {o}?"
+    for i, (w, o) in enumerate(
+        [
+            ("paint", "fence"),
+            ("fix", "bike"),
+            ("bake", "cake"),
+            ("plant", "tree"),
+            ("clean", "oven"),
+            ("tune", "guitar"),
+            ("fold", "shirt"),
+            ("wash", "car"),
+            ("build", "shed"),
+            ("sharpen", "knife"),
+        ]
+    )
+]
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +74,9 @@ def root(tmp_path_factory):
     from metarm_jax.models import hf, llama
 
     root = tmp_path_factory.mktemp("build_meta")
-    tok = train_bpe_tokenizer(PROMPTS * 3 + ["the a to of and in is it you that"], 300,
-                              str(root / "tok"))
+    tok = train_bpe_tokenizer(
+        PROMPTS * 3 + ["the a to of and in is it you that"], 300, str(root / "tok")
+    )
     model = llama.create(llama.preset("tiny", vocab_size=len(tok)), "lm", seed=3)
     hf.save_hf(model, str(root / "policy"), tokenizer=tok)
     with open(root / "prompts.jsonl", "w") as f:
@@ -85,14 +102,19 @@ def test_killed_and_resumed_run_is_byte_identical(root):
     # The same run in a real process, SIGKILLed once its first chunk file is on disk.
     killed = str(root / "killed" / "meta.jsonl")
     chunk0 = killed + ".chunks/chunk-00000.jsonl"
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(root), killed],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_RUN, str(root), killed],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while not os.path.exists(chunk0):
         if proc.poll() is not None or time.time() > deadline:
             proc.kill()
-            pytest.fail("the build_meta subprocess ended before writing a chunk:\n" +
-                        proc.stdout.read())
+            pytest.fail(
+                "the build_meta subprocess ended before writing a chunk:\n" + proc.stdout.read()
+            )
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -114,8 +136,15 @@ def test_killed_and_resumed_run_is_byte_identical(root):
         assert len(e.responses) == 3
         assert len(set(e.responses)) > 1  # samples of one prompt differ
         s = e.sampling
-        assert (s.temperature, s.top_p, s.repetition_penalty, s.seed, s.policy_step, s.round,
-                s.max_new_tokens) == (0.8, 0.9, 1.1, 11, 7, 2, 8)
+        assert (
+            s.temperature,
+            s.top_p,
+            s.repetition_penalty,
+            s.seed,
+            s.policy_step,
+            s.round,
+            s.max_new_tokens,
+        ) == (0.8, 0.9, 1.1, 11, 7, 2, 8)
         assert s.policy.endswith("policy")
 
 

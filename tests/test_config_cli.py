@@ -13,17 +13,32 @@ from tests.conftest import REPO
 
 
 def run_main(*args, devices=2, cwd=REPO):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
-    return subprocess.run([sys.executable, "-m", "metarm_jax.main", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "metarm_jax.main", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_quickstart_inspect_runs_with_overrides(tmp_path):
-    res = run_main("--config=configs/quickstart.py", f"--workdir={tmp_path}",
-                   "--config.pipeline=('inspect',)", "--config.mesh.data=1", "--config.mesh.fsdp=2",
-                   "--config.model.scan_layers=False",
-                   "--config.inspect.seq_len=16", "--config.model.preset=tiny_mha")
+    res = run_main(
+        "--config=configs/quickstart.py",
+        f"--workdir={tmp_path}",
+        "--config.pipeline=('inspect',)",
+        "--config.mesh.data=1",
+        "--config.mesh.fsdp=2",
+        "--config.model.scan_layers=False",
+        "--config.inspect.seq_len=16",
+        "--config.model.preset=tiny_mha",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["mesh"] == {"data": 1, "fsdp": 2, "tensor": 0 + 1}
@@ -39,27 +54,51 @@ def test_runlocal_variant_and_hf_checkpoint(tmp_path):
 
     ckpt = tmp_path / "ckpt"
     hf.save_hf(llama.create(llama.preset("tiny"), "reward"), str(ckpt))
-    res = run_main("--config=configs/hh_rlhf.py:runlocal", f"--workdir={tmp_path / 'run'}",
-                   f"--config.model.hf_path={ckpt}", "--config.inspect.head=reward",
-                   "--config.pipeline=('inspect',)")
+    res = run_main(
+        "--config=configs/hh_rlhf.py:runlocal",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.model.hf_path={ckpt}",
+        "--config.inspect.head=reward",
+        "--config.pipeline=('inspect',)",
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert '"head": "reward"' in res.stdout and '"output_shape": [8]' in res.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--config.model.presett=tiny"],
-     "error: --config.model.presett: unknown config key. Did you mean --config.model.preset?"),
-    (["--config.nope=1"], "error: --config.nope: unknown config key."),
-    (["--config.mesh.data=3"],
-     "error: config.mesh: {'data': 3, 'fsdp': 1, 'tensor': 1} uses 3 devices but 2 are available"),
-    (["--config.inspect.batch_size=7"],
-     "error: config.inspect.batch_size=7 is not a positive multiple of the data-parallel size 2"),
-    (["--config.model.hf_path=/no/such/dir"],
-     "error: config.model.hf_path='/no/such/dir': no such directory"),
-    (["--config.model.preset=llama3_8b"], "error: config.model.preset='llama3_8b': unknown preset"),
-    (["--config.pipeline=('inspect','nope')"], "error: config.pipeline: unknown stage(s) ['nope']"),
-    (["--config.inspect.batch_size=many"], "error: bad flag: flag --config.inspect.batch_size=many"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--config.model.presett=tiny"],
+            "error: --config.model.presett: unknown config key. Did you mean --config.model.preset?",
+        ),
+        (["--config.nope=1"], "error: --config.nope: unknown config key."),
+        (
+            ["--config.mesh.data=3"],
+            "error: config.mesh: {'data': 3, 'fsdp': 1, 'tensor': 1} uses 3 devices but 2 are available",
+        ),
+        (
+            ["--config.inspect.batch_size=7"],
+            "error: config.inspect.batch_size=7 is not a positive multiple of the data-parallel size 2",
+        ),
+        (
+            ["--config.model.hf_path=/no/such/dir"],
+            "error: config.model.hf_path='/no/such/dir': no such directory",
+        ),
+        (
+            ["--config.model.preset=llama3_8b"],
+            "error: config.model.preset='llama3_8b': unknown preset",
+        ),
+        (
+            ["--config.pipeline=('inspect','nope')"],
+            "error: config.pipeline: unknown stage(s) ['nope']",
+        ),
+        (
+            ["--config.inspect.batch_size=many"],
+            "error: bad flag: flag --config.inspect.batch_size=many",
+        ),
+    ],
+)
 def test_bad_config_gives_one_clear_line(tmp_path, args, message):
     res = run_main("--config=configs/quickstart.py", f"--workdir={tmp_path}", *args)
     assert res.returncode == 2
@@ -70,16 +109,23 @@ def test_bad_config_gives_one_clear_line(tmp_path, args, message):
 def test_missing_config_file():
     res = run_main("--config=configs/nope.py")
     assert res.returncode == 2
-    assert res.stderr.strip() == ("error: --config=configs/nope.py: file 'configs/nope.py' not "
-                                  "found (configs live in configs/*.py).")
+    assert res.stderr.strip() == (
+        "error: --config=configs/nope.py: file 'configs/nope.py' not "
+        "found (configs live in configs/*.py)."
+    )
 
 
 def test_validate_in_process():
     config = config_lib.load_config_file(str(REPO / "configs/hh_rlhf.py"))
     config_lib.validate(config, 8)  # fsdp=-1 fills 8 devices; batch 16 divides
     config.inspect.batch_size = 12
-    with pytest.raises(ConfigError, match="batch_size=12 is not a positive multiple of the "
-                                          "data-parallel size 8"):
+    with pytest.raises(
+        ConfigError, match="batch_size=12 is not a positive multiple of the data-parallel size 8"
+    ):
         config_lib.validate(config, 8)
-    assert config_lib.model_config(config_lib.load_config_file(
-        str(REPO / "configs/hh_rlhf.py"))).num_params("lm") == 6_738_415_616  # Llama-2-7B
+    assert (
+        config_lib.model_config(
+            config_lib.load_config_file(str(REPO / "configs/hh_rlhf.py"))
+        ).num_params("lm")
+        == 6_738_415_616
+    )  # Llama-2-7B

@@ -81,13 +81,15 @@ def test_j_hand_values():
     # k = 2: one pair, σ(ln 3) = 3/4, J = 2/4 · 3/4.
     np.testing.assert_allclose(losses.difference_loss(jnp.array([[0.0, LN3]])), 0.375, rtol=1e-6)
     # k = 3: pairs 3/4 + 3/4 + σ(0) = 2, J = 2/9 · 2.
-    np.testing.assert_allclose(losses.difference_loss(jnp.array([[0.0, LN3, LN3]])), 4 / 9,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.difference_loss(jnp.array([[0.0, LN3, LN3]])), 4 / 9, rtol=1e-6
+    )
     # The mean over prompts: (0.375 + 4/9) / 2 with the k = 2 prompt padded to k = 3.
     rewards = jnp.array([[0.0, 123.0, LN3], [0.0, LN3, LN3]])
     mask = jnp.array([[1, 0, 1], [1, 1, 1]])
-    np.testing.assert_allclose(losses.difference_loss(rewards, mask), (0.375 + 4 / 9) / 2,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.difference_loss(rewards, mask), (0.375 + 4 / 9) / 2, rtol=1e-6
+    )
 
 
 @pytest.mark.parametrize("k", [2, 3, 5, 8])
@@ -98,10 +100,10 @@ def test_j_matches_bruteforce(k, masked):
     rewards = rng.normal(scale=2.0, size=(m, k)).astype(np.float32)
     mask = rng.random((m, k)) < 0.6 if masked else np.ones((m, k), bool)
     if masked:
-        mask[0] = True               # at least one full prompt
-        mask[1] = False              # an empty prompt
+        mask[0] = True  # at least one full prompt
+        mask[1] = False  # an empty prompt
         mask[2] = False
-        mask[2, k - 1] = True        # a prompt with one real sample, not in position 0
+        mask[2, k - 1] = True  # a prompt with one real sample, not in position 0
     got = losses.difference_loss(jnp.asarray(rewards), jnp.asarray(mask))
     np.testing.assert_allclose(got, j_bruteforce(rewards, mask), rtol=1e-6)
     if not masked:
@@ -113,10 +115,11 @@ def test_j_padding_is_removed_not_scored():
     NaN/inf) change nothing and get zero gradient."""
     rng = np.random.default_rng(0)
     real = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
-    padded = jnp.concatenate([real, jnp.array([[jnp.nan, jnp.inf]] * 4)], axis=1)   # [4, 5]
+    padded = jnp.concatenate([real, jnp.array([[jnp.nan, jnp.inf]] * 4)], axis=1)  # [4, 5]
     mask = jnp.array([[1, 1, 1, 0, 0]] * 4)
-    np.testing.assert_allclose(losses.difference_loss(padded, mask),
-                               losses.difference_loss(real), rtol=1e-6)
+    np.testing.assert_allclose(
+        losses.difference_loss(padded, mask), losses.difference_loss(real), rtol=1e-6
+    )
     g = jax.grad(losses.difference_loss)(padded, mask)
     assert np.all(np.isfinite(g))
     np.testing.assert_array_equal(g[:, 3:], 0.0)

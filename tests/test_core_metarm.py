@@ -13,8 +13,8 @@ import torch
 
 from metarm_jax.core import losses, metarm
 
-V, D, H, T = 11, 6, 8, 7      # vocab, embedding, hidden, sequence length
-N, M, K = 3, 4, 3             # preference pairs, meta prompts, responses per meta prompt
+V, D, H, T = 11, 6, 8, 7  # vocab, embedding, hidden, sequence length
+N, M, K = 3, 4, 3  # preference pairs, meta prompts, responses per meta prompt
 
 
 # ------------------------------------------------------------------------------ tiny models
@@ -23,7 +23,7 @@ N, M, K = 3, 4, 3             # preference pairs, meta prompts, responses per me
 def jax_reward(params, ids, mask):
     """[B, T] ids and right-padded mask -> [B] rewards."""
     mask = mask.astype(params["emb"].dtype)
-    e = params["emb"][ids]                                                   # [B, T, D]
+    e = params["emb"][ids]  # [B, T, D]
     mean = (e * mask[..., None]).sum(1) / jnp.maximum(mask.sum(-1, keepdims=True), 1.0)
     last = jnp.maximum(mask.sum(-1).astype(jnp.int32) - 1, 0)
     e_last = jnp.take_along_axis(e, last[:, None, None], axis=1)[:, 0]
@@ -61,12 +61,17 @@ def torch_l(tp, b):
 
 def torch_meta_grads(params, pref, meta, eta, order):
     """Algorithm 1 in torch autograd; returns (grads, J(θ), L(θ'))."""
-    tp = {k: torch.tensor(np.asarray(v), dtype=torch.float64, requires_grad=True)
-          for k, v in params.items()}
+    tp = {
+        k: torch.tensor(np.asarray(v), dtype=torch.float64, requires_grad=True)
+        for k, v in params.items()
+    }
     tb = {k: torch.tensor(np.asarray(v)) for k, v in pref.items()}
     m, k, t = meta["input_ids"].shape
-    rewards = torch_reward(tp, torch.tensor(np.asarray(meta["input_ids"])).reshape(m * k, t),
-                           torch.tensor(np.asarray(meta["attention_mask"])).reshape(m * k, t))
+    rewards = torch_reward(
+        tp,
+        torch.tensor(np.asarray(meta["input_ids"])).reshape(m * k, t),
+        torch.tensor(np.asarray(meta["attention_mask"])).reshape(m * k, t),
+    )
     j = torch_j(rewards.reshape(m, k), np.asarray(meta["sample_mask"]))
     names = sorted(tp)
     grad_j = torch.autograd.grad(j, [tp[n] for n in names], create_graph=order == "second")
@@ -87,11 +92,13 @@ def torch_meta_grads(params, pref, meta, eta, order):
 
 def make_params(seed=0, dtype=jnp.float32):
     ks = jax.random.split(jax.random.key(seed), 5)
-    return {"emb": jax.random.normal(ks[0], (V, D), dtype),
-            "w1": jax.random.normal(ks[1], (2 * D, H), dtype) / np.sqrt(2 * D).astype(dtype),
-            "b1": 0.1 * jax.random.normal(ks[2], (H,), dtype),
-            "w2": jax.random.normal(ks[3], (H,), dtype),
-            "b2": jnp.zeros((), dtype)}
+    return {
+        "emb": jax.random.normal(ks[0], (V, D), dtype),
+        "w1": jax.random.normal(ks[1], (2 * D, H), dtype) / np.sqrt(2 * D).astype(dtype),
+        "b1": 0.1 * jax.random.normal(ks[2], (H,), dtype),
+        "w2": jax.random.normal(ks[3], (H,), dtype),
+        "b2": jnp.zeros((), dtype),
+    }
 
 
 def _right_padded(rng, shape):
@@ -108,8 +115,8 @@ def make_batches(seed=0):
     pref = {"chosen_ids": cw, "chosen_mask": cm, "rejected_ids": rj, "rejected_mask": rm}
     ids, att = _right_padded(rng, (M, K, T))
     sample_mask = np.ones((M, K), np.int32)
-    sample_mask[1, 2] = 0                       # a prompt with 2 real samples
-    sample_mask[3, 1:] = 0                      # a prompt with 1 real sample: left out of J
+    sample_mask[1, 2] = 0  # a prompt with 2 real samples
+    sample_mask[3, 1:] = 0  # a prompt with 1 real sample: left out of J
     meta = {"input_ids": ids, "attention_mask": att, "sample_mask": jnp.asarray(sample_mask)}
     return pref, meta
 
@@ -138,31 +145,36 @@ def test_first_order_equals_manual_composition():
     params, (pref, meta) = make_params(), make_batches()
     eta = 0.5
 
-    def j_manual(theta):   # per-sample reward calls, not the concatenated ones
-        r = jnp.stack([jax_reward(theta, meta["input_ids"][p], meta["attention_mask"][p])
-                       for p in range(M)])
+    def j_manual(theta):  # per-sample reward calls, not the concatenated ones
+        r = jnp.stack(
+            [jax_reward(theta, meta["input_ids"][p], meta["attention_mask"][p]) for p in range(M)]
+        )
         return losses.difference_loss(r, meta["sample_mask"])
 
     def l_manual(theta):
-        return losses.bt_loss(jax_reward(theta, pref["chosen_ids"], pref["chosen_mask"]),
-                              jax_reward(theta, pref["rejected_ids"], pref["rejected_mask"]))
+        return losses.bt_loss(
+            jax_reward(theta, pref["chosen_ids"], pref["chosen_mask"]),
+            jax_reward(theta, pref["rejected_ids"], pref["rejected_mask"]),
+        )
 
     grad_j = jax.jit(jax.grad(j_manual))(params)
     theta_prime = jax.tree.map(lambda p, g: p + eta * g, params, grad_j)
     expected = jax.jit(jax.grad(l_manual))(theta_prime)
 
     got, metrics = jax.jit(functools.partial(metarm.meta_grads, jax_reward, order="first"))(
-        params, pref, meta, eta)
+        params, pref, meta, eta
+    )
     assert_trees_close(got, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(metrics["meta/J"], j_manual(params), rtol=1e-6)
     np.testing.assert_allclose(metrics["loss"], l_manual(theta_prime), rtol=1e-6)
-    np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(tree_flat(expected)),
-                               rtol=1e-5)
-    np.testing.assert_allclose(metrics["meta/grad_J_norm"], np.linalg.norm(tree_flat(grad_j)),
-                               rtol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(tree_flat(expected)), rtol=1e-5)
+    np.testing.assert_allclose(
+        metrics["meta/grad_J_norm"], np.linalg.norm(tree_flat(grad_j)), rtol=1e-5
+    )
     a, b = tree_flat(grad_j), tree_flat(expected)
-    np.testing.assert_allclose(metrics["meta/cos_gradJ_grad"],
-                               a @ b / np.linalg.norm(a) / np.linalg.norm(b), rtol=1e-4)
+    np.testing.assert_allclose(
+        metrics["meta/cos_gradJ_grad"], a @ b / np.linalg.norm(a) / np.linalg.norm(b), rtol=1e-4
+    )
     # The ascent matters: a large η moves the gradient away from the vanilla one.
     vanilla, _ = jax.jit(functools.partial(metarm.vanilla_grads, jax_reward))(params, pref)
     assert np.linalg.norm(tree_flat(got) - tree_flat(vanilla)) > 1e-2 * np.linalg.norm(b)
@@ -179,7 +191,7 @@ def test_meta_grads_match_torch_autograd(order):
         got = jax.tree.map(np.asarray, got)
     expected, j, loss = torch_meta_grads(params, pref, meta, eta, order)
     assert_trees_close(got, expected, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(metrics["meta/J"], j, rtol=1e-6)        # metrics are float32
+    np.testing.assert_allclose(metrics["meta/J"], j, rtol=1e-6)  # metrics are float32
     np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-6)
 
 
@@ -206,13 +218,15 @@ def test_second_order_matches_finite_differences_and_differs_from_first():
         err2, err1 = [], []
         for _ in range(4):
             v = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape)), params)
-            fd = (f(jax.tree.map(lambda p, d: p + eps * d, params, v))
-                  - f(jax.tree.map(lambda p, d: p - eps * d, params, v))) / (2 * eps)
+            fd = (
+                f(jax.tree.map(lambda p, d: p + eps * d, params, v))
+                - f(jax.tree.map(lambda p, d: p - eps * d, params, v))
+            ) / (2 * eps)
             v_flat = tree_flat(v)
             err2.append(abs(tree_flat(g2) @ v_flat - float(fd)) / abs(float(fd)))
             err1.append(abs(tree_flat(g1) @ v_flat - float(fd)) / abs(float(fd)))
     assert max(err2) < 1e-7, err2
-    assert max(err1) > 1e-3, err1    # first order is a different (approximate) gradient
+    assert max(err1) > 1e-3, err1  # first order is a different (approximate) gradient
     diff = np.linalg.norm(tree_flat(g2) - tree_flat(g1))
     assert diff > 1e-3 * np.linalg.norm(tree_flat(g2))
 
@@ -249,11 +263,13 @@ def test_no_pairs_in_meta_batch_is_exactly_vanilla():
 def test_padding_sample_content_is_ignored(order):
     params, (pref, meta) = make_params(seed=5), make_batches(seed=5)
     rng = np.random.default_rng(5)
-    pad = ~np.asarray(meta["sample_mask"], bool)                      # [M, K]
+    pad = ~np.asarray(meta["sample_mask"], bool)  # [M, K]
     new_ids, new_att = _right_padded(rng, (M, K, T))
-    changed = dict(meta,
-                   input_ids=jnp.where(pad[..., None], new_ids, meta["input_ids"]),
-                   attention_mask=jnp.where(pad[..., None], new_att, meta["attention_mask"]))
+    changed = dict(
+        meta,
+        input_ids=jnp.where(pad[..., None], new_ids, meta["input_ids"]),
+        attention_mask=jnp.where(pad[..., None], new_att, meta["attention_mask"]),
+    )
     assert not np.array_equal(changed["input_ids"], meta["input_ids"])
     a, ma = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.5, order=order)
     b, mb = metarm.meta_grads(jax_reward, params, pref, changed, eta=0.5, order=order)
@@ -268,15 +284,17 @@ def test_padding_sample_content_is_ignored(order):
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_jit_matches_eager_with_traced_eta(order):
     params, (pref, meta) = make_params(seed=6), make_batches(seed=6)
-    step = jax.jit(functools.partial(metarm.meta_grads, jax_reward, order=order,
-                                     measure_j_prime=True))
+    step = jax.jit(
+        functools.partial(metarm.meta_grads, jax_reward, order=order, measure_j_prime=True)
+    )
     for eta in (0.5, 5e-6):
-        g_eager, m_eager = metarm.meta_grads(jax_reward, params, pref, meta, eta=eta, order=order,
-                                             measure_j_prime=True)
+        g_eager, m_eager = metarm.meta_grads(
+            jax_reward, params, pref, meta, eta=eta, order=order, measure_j_prime=True
+        )
         g_jit, m_jit = step(params, pref, meta, jnp.float32(eta))
         assert_trees_close(g_jit, g_eager, rtol=1e-5, atol=1e-7)
         assert_trees_close(m_jit, m_eager, rtol=1e-5, atol=1e-7)
-    assert step._cache_size() == 1          # eta traced: one compile for both values
+    assert step._cache_size() == 1  # eta traced: one compile for both values
 
 
 # ------------------------------------------------------------------------------ metrics, API, cost
@@ -288,10 +306,11 @@ def test_j_prime_and_linear_gain():
     _, metrics = metarm.meta_grads(jax_reward, params, pref, meta, eta=eta, measure_j_prime=True)
     grad_j = jax.grad(lambda t: metarm.meta_loss(jax_reward, t, meta))(params)
     theta_prime = jax.tree.map(lambda p, g: p + eta * g, params, grad_j)
-    np.testing.assert_allclose(metrics["meta/J_prime"],
-                               metarm.meta_loss(jax_reward, theta_prime, meta), rtol=1e-6)
+    np.testing.assert_allclose(
+        metrics["meta/J_prime"], metarm.meta_loss(jax_reward, theta_prime, meta), rtol=1e-6
+    )
     gain = metrics["meta/J_prime"] - metrics["meta/J"]
-    assert gain > 0                                                   # the ascent raised J
+    assert gain > 0  # the ascent raised J
     np.testing.assert_allclose(gain, metrics["meta/J_gain_linear"], rtol=0.05)
     assert all(v.dtype == jnp.float32 and v.shape == () for v in metrics.values())
     _, default = metarm.meta_grads(jax_reward, params, pref, meta, eta=eta)
@@ -317,18 +336,25 @@ def test_first_order_flops_are_the_batch_ratio():
     """Compiled FLOPs of a first-order meta step / vanilla step <= 1.1 × (2n + m·k) / 2n."""
     n, m, k, t = 8, 8, 5, 16
     ks = jax.random.split(jax.random.key(0), 3)
-    params = {"emb": jax.random.normal(ks[0], (V, 32)),
-              "w1": jax.random.normal(ks[1], (32, 64)) / 6, "w2": jax.random.normal(ks[2], (64,))}
+    params = {
+        "emb": jax.random.normal(ks[0], (V, 32)),
+        "w1": jax.random.normal(ks[1], (32, 64)) / 6,
+        "w2": jax.random.normal(ks[2], (64,)),
+    }
 
-    def per_token_reward(p, ids, mask):       # matmul-dominated, like a transformer
+    def per_token_reward(p, ids, mask):  # matmul-dominated, like a transformer
         h = jnp.tanh(p["emb"][ids] @ p["w1"])
         mask = mask.astype(h.dtype)[..., None]
         return ((h * mask).sum(1) / jnp.maximum(mask.sum(1), 1.0)) @ p["w2"]
 
     rng = np.random.default_rng(0)
     ids, att = _right_padded(rng, (2, n, t))
-    pref = {"chosen_ids": ids[0], "chosen_mask": att[0], "rejected_ids": ids[1],
-            "rejected_mask": att[1]}
+    pref = {
+        "chosen_ids": ids[0],
+        "chosen_mask": att[0],
+        "rejected_ids": ids[1],
+        "rejected_mask": att[1],
+    }
     mids, matt = _right_padded(rng, (m, k, t))
     meta = {"input_ids": mids, "attention_mask": matt, "sample_mask": jnp.ones((m, k))}
 
@@ -337,8 +363,9 @@ def test_first_order_flops_are_the_batch_ratio():
         return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
     vanilla = flops(lambda p, b: metarm.vanilla_grads(per_token_reward, p, b), params, pref)
-    meta_step = flops(lambda p, b, s, e: metarm.meta_grads(per_token_reward, p, b, s, e),
-                      params, pref, meta, 5e-6)
+    meta_step = flops(
+        lambda p, b, s, e: metarm.meta_grads(per_token_reward, p, b, s, e), params, pref, meta, 5e-6
+    )
     assert meta_step / vanilla <= 1.1 * (2 * n + m * k) / (2 * n), meta_step / vanilla
 
 
@@ -387,7 +414,8 @@ def test_errors_are_explicit():
         short = dict(pref, rejected_ids=pref["rejected_ids"][:, 1:])
         metarm.vanilla_grads(jax_reward, params, short)
     with pytest.raises(ValueError, match=r"\[m, k, T\]"):
-        metarm.meta_grads(jax_reward, params, pref, dict(meta, input_ids=meta["input_ids"][0]),
-                          eta=0.1)
+        metarm.meta_grads(
+            jax_reward, params, pref, dict(meta, input_ids=meta["input_ids"][0]), eta=0.1
+        )
     with pytest.raises(ValueError, match="one scalar per sequence"):
         metarm.vanilla_grads(lambda p, i, m: jax_reward(p, i, m)[:, None], params, pref)

@@ -27,7 +27,7 @@ def batch():
     # prompt positions 0..1, response 2..(2+len), right-padded
     mask = np.zeros((b, t), np.float32)
     for row, length in enumerate([4, 1, 2]):
-        mask[row, 2:2 + length] = 1
+        mask[row, 2 : 2 + length] = 1
     return logits, tokens, mask
 
 
@@ -54,15 +54,15 @@ def test_entropy_matches_numpy_and_uniform_is_log_v(batch):
     h = -(np.exp(lp) * lp).sum(-1)
     np.testing.assert_allclose(pl.token_entropy(logits), h, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(pl.entropy(logits, mask), h[mask == 1].mean(), rtol=1e-5)
-    np.testing.assert_allclose(pl.logprobs_and_entropy(logits, tokens)[1], h, rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(pl.logprobs_and_entropy(logits, tokens)[1], h, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(pl.entropy(jnp.zeros((2, 3, 11))), math.log(11), rtol=1e-6)
 
 
 def test_sequence_logprobs_sums_over_mask():
     tok = jnp.array([[-1.0, -2.0, -4.0], [-0.5, -8.0, jnp.nan]])
-    np.testing.assert_allclose(pl.sequence_logprobs(tok, jnp.array([[1, 0, 1], [1, 1, 0]])),
-                               [-5.0, -8.5])
+    np.testing.assert_allclose(
+        pl.sequence_logprobs(tok, jnp.array([[1, 0, 1], [1, 1, 0]])), [-5.0, -8.5]
+    )
 
 
 def test_next_token_targets_alignment():
@@ -70,7 +70,7 @@ def test_next_token_targets_alignment():
     ids = jnp.array([[5, 6, 7, 8], [1, 2, 3, 4]])
     mask = jnp.array([[0, 0, 1, 1], [0, 1, 1, 0]])
     lg, tg, tm = pl.next_token_targets(logits, ids, mask)
-    np.testing.assert_array_equal(lg, logits[:, :3])       # logits at t predict ids at t+1
+    np.testing.assert_array_equal(lg, logits[:, :3])  # logits at t predict ids at t+1
     np.testing.assert_array_equal(tg, [[6, 7, 8], [2, 3, 4]])
     np.testing.assert_array_equal(tm, [[0, 1, 1], [1, 1, 0]])
 
@@ -82,8 +82,8 @@ def test_sft_loss_matches_torch_cross_entropy_with_ignore_index(batch):
     logits, tokens, mask = batch
     labels = torch.tensor(np.where(mask == 1, tokens, -100), dtype=torch.long)
     expected = torch.nn.functional.cross_entropy(
-        torch.tensor(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1),
-        ignore_index=-100).item()
+        torch.tensor(logits).reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
+    ).item()
     loss, m = pl.sft_loss(logits, tokens, mask)
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     assert float(m["sft/num_tokens"]) == mask.sum() == 7
@@ -95,8 +95,8 @@ def test_sft_loss_ignores_prompt_labels_and_uses_response_labels(batch):
     logits, tokens, mask = batch
     base, _ = pl.sft_loss(logits, tokens, mask)
     prompt_changed = tokens.copy()
-    prompt_changed[0, 0] = (tokens[0, 0] + 1) % logits.shape[-1]   # a prompt position
-    prompt_changed[1, 5] = -100                                      # a padding position
+    prompt_changed[0, 0] = (tokens[0, 0] + 1) % logits.shape[-1]  # a prompt position
+    prompt_changed[1, 5] = -100  # a padding position
     assert float(pl.sft_loss(logits, prompt_changed, mask)[0]) == float(base)
     response_changed = tokens.copy()
     response_changed[0, 3] = (tokens[0, 3] + 1) % logits.shape[-1]  # a response position
@@ -111,10 +111,10 @@ def test_sft_loss_empty_mask_is_zero_not_nan(batch):
 # ------------------------------------------------------------------------------ DPO
 
 # Fixed summed log-probs of 3 pairs.
-PW = np.array([-10.0, -20.0, -5.0], np.float32)   # log π_θ(y_w|x)
-PL = np.array([-12.0, -18.0, -5.0], np.float32)   # log π_θ(y_l|x)
-RW = np.array([-11.0, -19.0, -6.0], np.float32)   # log π_ref(y_w|x)
-RL = np.array([-11.0, -19.0, -6.0], np.float32)   # log π_ref(y_l|x)
+PW = np.array([-10.0, -20.0, -5.0], np.float32)  # log π_θ(y_w|x)
+PL = np.array([-12.0, -18.0, -5.0], np.float32)  # log π_θ(y_l|x)
+RW = np.array([-11.0, -19.0, -6.0], np.float32)  # log π_ref(y_w|x)
+RL = np.array([-11.0, -19.0, -6.0], np.float32)  # log π_ref(y_l|x)
 # h = (π_w - ref_w) - (π_l - ref_l) = [1 - (-1), -1 - 1, 1 - 1] = [2, -2, 0]
 
 
@@ -133,7 +133,7 @@ def test_dpo_loss_equals_published_formula():
     np.testing.assert_allclose(m["dpo/reward_chosen"], beta * (1.0 - 1.0 + 1.0) / 3, rtol=1e-6)
     np.testing.assert_allclose(m["dpo/reward_rejected"], beta * (-1.0 + 1.0 + 1.0) / 3, rtol=1e-6)
     np.testing.assert_allclose(m["dpo/reward_margin"], beta * 0.0, atol=1e-7)
-    np.testing.assert_allclose(m["dpo/accuracy"], 1.0 / 3)   # h = 0 (tie) counts as wrong
+    np.testing.assert_allclose(m["dpo/accuracy"], 1.0 / 3)  # h = 0 (tie) counts as wrong
 
 
 def test_dpo_default_beta_is_0p1():
@@ -143,15 +143,21 @@ def test_dpo_default_beta_is_0p1():
 
 def test_dpo_label_smoothing_is_cdpo():
     beta, eps = 0.5, 0.2
-    expected = sum(-(1 - eps) * log_sigmoid(beta * h) - eps * log_sigmoid(-beta * h)
-                   for h in (2.0, -2.0, 0.0)) / 3
+    expected = (
+        sum(
+            -(1 - eps) * log_sigmoid(beta * h) - eps * log_sigmoid(-beta * h)
+            for h in (2.0, -2.0, 0.0)
+        )
+        / 3
+    )
     loss, _ = pl.dpo_loss(PW, PL, RW, RL, beta=beta, label_smoothing=eps)
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
 
 
 def test_dpo_gradient_raises_chosen_and_lowers_rejected():
     g_w, g_l = jax.grad(lambda w, l: pl.dpo_loss(w, l, RW, RL)[0], argnums=(0, 1))(
-        jnp.asarray(PW), jnp.asarray(PL))
+        jnp.asarray(PW), jnp.asarray(PL)
+    )
     # d/dπ_w = -β σ(-βh) / n, d/dπ_l = +β σ(-βh) / n
     sig = np.array([1 / (1 + math.exp(0.1 * h)) for h in (2.0, -2.0, 0.0)])
     np.testing.assert_allclose(g_w, -0.1 * sig / 3, rtol=1e-5)
@@ -171,8 +177,10 @@ def test_every_function_jits(batch):
         "sequence_logprobs": (pl.sequence_logprobs, (logits[..., 0], mask)),
         "next_token_targets": (pl.next_token_targets, (logits, tokens, mask)),
         "sft_loss": (pl.sft_loss, (logits, tokens, mask)),
-        "dpo_loss": (functools.partial(pl.dpo_loss, beta=0.1, label_smoothing=0.1),
-                     (PW, PL, RW, RL)),
+        "dpo_loss": (
+            functools.partial(pl.dpo_loss, beta=0.1, label_smoothing=0.1),
+            (PW, PL, RW, RL),
+        ),
         "masked_var": (pl.masked_var, (logits[..., 0], mask)),
     }
     for name, (fn, args) in cases.items():

@@ -68,20 +68,26 @@ def test_gae_defaults_are_gamma1_lambda095():
     mask = right_padded_mask([3, 5], 5)
     rewards, values = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
     adv, _ = ppo.gae(rewards, values, mask)
-    np.testing.assert_allclose(adv, gae_reference_trl(rewards, values, mask, 1.0, 0.95)[0],
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        adv, gae_reference_trl(rewards, values, mask, 1.0, 0.95)[0], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_gae_skips_holes_and_left_padding_and_ignores_garbage_at_pads():
     rng = np.random.default_rng(2)
-    mask = np.array([[0, 0, 1, 1, 1, 1],      # left-padded
-                     [1, 1, 0, 1, 0, 1],      # holes
-                     [1, 1, 1, 0, 0, 0],      # right-padded
-                     [0, 0, 0, 0, 0, 0]], np.float32)
+    mask = np.array(
+        [
+            [0, 0, 1, 1, 1, 1],  # left-padded
+            [1, 1, 0, 1, 0, 1],  # holes
+            [1, 1, 1, 0, 0, 0],  # right-padded
+            [0, 0, 0, 0, 0, 0],
+        ],
+        np.float32,
+    )
     rewards = rng.normal(size=mask.shape).astype(np.float32)
     values = rng.normal(size=mask.shape).astype(np.float32)
     adv_ref, ret_ref = gae_reference_compressed(rewards, values, mask, 0.9, 0.95)
-    rewards[mask == 0] = np.nan                 # pads must be selected away, not multiplied
+    rewards[mask == 0] = np.nan  # pads must be selected away, not multiplied
     values[mask == 0] = np.inf
     adv, ret = ppo.gae(rewards, values, mask, gamma=0.9, lam=0.95)
     np.testing.assert_allclose(adv, adv_ref, rtol=1e-5, atol=1e-5)
@@ -92,8 +98,13 @@ def test_gae_skips_holes_and_left_padding_and_ignores_garbage_at_pads():
 def test_gae_hand_values():
     # One row, 2 real tokens, γ=1, λ=0.5: A_1 = r_1 - V_1 = 1 - 0.5 = 0.5;
     # A_0 = r_0 + V_1 - V_0 + 0.5·A_1 = 0 + 0.5 - 2 + 0.25 = -1.25.
-    adv, ret = ppo.gae(jnp.array([[0.0, 1.0, 9.0]]), jnp.array([[2.0, 0.5, 9.0]]),
-                       jnp.array([[1, 1, 0]]), gamma=1.0, lam=0.5)
+    adv, ret = ppo.gae(
+        jnp.array([[0.0, 1.0, 9.0]]),
+        jnp.array([[2.0, 0.5, 9.0]]),
+        jnp.array([[1, 1, 0]]),
+        gamma=1.0,
+        lam=0.5,
+    )
     np.testing.assert_allclose(adv, [[-1.25, 0.5, 0.0]], rtol=1e-6)
     np.testing.assert_allclose(ret, [[0.75, 1.0, 0.0]], rtol=1e-6)
 
@@ -107,7 +118,7 @@ def test_whiten_matches_numpy(shift_mean):
     x = (3.0 + 2.0 * rng.normal(size=(4, 6))).astype(np.float32)
     mask = right_padded_mask([6, 2, 5, 3], 6)
     real = x[mask == 1].astype(np.float64)
-    mean, var = real.mean(), real.var(ddof=1)        # TRL: unbiased variance
+    mean, var = real.mean(), real.var(ddof=1)  # TRL: unbiased variance
     expected = (x - mean) / np.sqrt(var + 1e-8) + (0.0 if shift_mean else mean)
     expected = np.where(mask == 1, expected, 0.0)
     out = ppo.whiten(x, mask, shift_mean=shift_mean)
@@ -124,11 +135,14 @@ LOGP = np.array([[-1.0, -2.0, -0.5]], np.float32)
 REF = np.array([[-1.5, -2.0, 0.5]], np.float32)  # d = logp - ref = [0.5, 0, -1]
 
 
-@pytest.mark.parametrize("estimator,expected", [
-    ("k1", [0.5, 0.0, -1.0]),
-    ("k2", [0.125, 0.0, 0.5]),                                    # d²/2
-    ("k3", [math.exp(-0.5) - 0.5, 0.0, math.e - 2.0]),            # exp(-d) + d - 1
-])
+@pytest.mark.parametrize(
+    "estimator,expected",
+    [
+        ("k1", [0.5, 0.0, -1.0]),
+        ("k2", [0.125, 0.0, 0.5]),  # d²/2
+        ("k3", [math.exp(-0.5) - 0.5, 0.0, math.e - 2.0]),  # exp(-d) + d - 1
+    ],
+)
 def test_kl_estimators_hand_values(estimator, expected):
     kl = ppo.kl_per_token(LOGP, REF, estimator=estimator)
     np.testing.assert_allclose(kl, [expected], rtol=1e-6, atol=1e-7)
@@ -137,10 +151,14 @@ def test_kl_estimators_hand_values(estimator, expected):
 def test_kl_default_is_k1_and_clip_and_mask():
     np.testing.assert_allclose(ppo.kl_per_token(LOGP, REF), [[0.5, 0.0, -1.0]])
     np.testing.assert_allclose(ppo.kl_per_token(LOGP, REF, clip=0.6), [[0.5, 0.0, -0.6]])
-    np.testing.assert_allclose(ppo.kl_per_token(LOGP, REF, estimator="k3", clip=0.6),
-                               [[math.exp(-0.5) - 0.5, 0.0, 0.6]], rtol=1e-6)
-    np.testing.assert_allclose(ppo.kl_per_token(LOGP, REF, jnp.array([[1, 1, 0]])),
-                               [[0.5, 0.0, 0.0]])
+    np.testing.assert_allclose(
+        ppo.kl_per_token(LOGP, REF, estimator="k3", clip=0.6),
+        [[math.exp(-0.5) - 0.5, 0.0, 0.6]],
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        ppo.kl_per_token(LOGP, REF, jnp.array([[1, 1, 0]])), [[0.5, 0.0, 0.0]]
+    )
 
 
 @pytest.mark.parametrize("estimator", ppo.KL_ESTIMATORS)
@@ -178,8 +196,9 @@ def test_policy_loss_hand_values():
     np.testing.assert_allclose(m["ppo/clipfrac"], 0.4, rtol=1e-6)
     logs = [math.log(r) for r in (1.5, 0.5, 1.0, 1.1, 0.7)]
     np.testing.assert_allclose(m["ppo/approx_kl_k1"], -sum(logs) / 5, rtol=1e-5)  # ≈ 0.109809
-    np.testing.assert_allclose(m["ppo/approx_kl_k2"], 0.5 * sum(l * l for l in logs) / 5,
-                               rtol=1e-5)                                         # ≈ 0.075452
+    np.testing.assert_allclose(
+        m["ppo/approx_kl_k2"], 0.5 * sum(l * l for l in logs) / 5, rtol=1e-5
+    )  # ≈ 0.075452
     np.testing.assert_allclose(m["ppo/ratio_mean"], (1.5 + 0.5 + 1.0 + 1.1 + 0.7) / 5, rtol=1e-6)
 
 
@@ -187,8 +206,9 @@ def test_policy_loss_gradient_is_zero_on_clipped_and_masked_tokens():
     # d/dlogp of -A·ratio = -A·ratio; divided by 5 real tokens; 0 where the clip is active.
     logp = jnp.asarray(np.log(RATIO), jnp.float32)
     g = jax.grad(lambda lp: ppo.policy_loss(lp, jnp.zeros_like(lp), ADV, MASK)[0])(logp)
-    np.testing.assert_allclose(g, [[0.0, -0.5 / 5, 2.0 / 5], [1.1 / 5, 0.0, 0.0]],
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        g, [[0.0, -0.5 / 5, 2.0 / 5], [1.1 / 5, 0.0, 0.0]], rtol=1e-5, atol=1e-7
+    )
 
 
 def test_policy_loss_clip_eps_is_configurable():
@@ -211,8 +231,9 @@ def test_value_loss_hand_values():
     np.testing.assert_allclose(m["ppo/value_loss"], 1.174, rtol=1e-5)
     np.testing.assert_allclose(m["ppo/value_clipfrac"], 0.4, rtol=1e-6)
     g = jax.grad(lambda v: ppo.value_loss(v, V_OLD, RET, MASK)[0])(jnp.asarray(V_NEW))
-    np.testing.assert_allclose(g, [[0.0, 1.1 / 5, 0.0], [-0.5 / 5, -3.0 / 5, 0.0]],
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        g, [[0.0, 1.1 / 5, 0.0], [-0.5 / 5, -3.0 / 5, 0.0]], rtol=1e-5, atol=1e-7
+    )
 
 
 def test_explained_variance_matches_numpy():
@@ -231,18 +252,22 @@ def test_token_rewards_score_on_last_real_token_right_padded():
     lengths = [3, 1, 4, 0]
     mask = right_padded_mask(lengths, 4)
     scores = np.array([2.0, -1.0, 3.0, 7.0], np.float32)
-    kl = np.ones((4, 4), np.float32)          # -β·KL = -0.05 on every real token
-    r = ppo.token_rewards(scores, kl, mask)   # default β = 0.05
-    expected = np.array([[-0.05, -0.05, 1.95, 0.0],
-                         [-1.05, 0.0, 0.0, 0.0],
-                         [-0.05, -0.05, -0.05, 2.95],
-                         [0.0, 0.0, 0.0, 0.0]])      # empty row: no score anywhere
+    kl = np.ones((4, 4), np.float32)  # -β·KL = -0.05 on every real token
+    r = ppo.token_rewards(scores, kl, mask)  # default β = 0.05
+    expected = np.array(
+        [
+            [-0.05, -0.05, 1.95, 0.0],
+            [-1.05, 0.0, 0.0, 0.0],
+            [-0.05, -0.05, -0.05, 2.95],
+            [0.0, 0.0, 0.0, 0.0],
+        ]
+    )  # empty row: no score anywhere
     np.testing.assert_allclose(r, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_token_rewards_uses_kl_estimate_and_beta():
     logp, ref = jnp.array([[-1.0, -2.0, -3.0]]), jnp.array([[-1.5, -1.0, -3.0]])
-    kl = ppo.kl_per_token(logp, ref)          # [0.5, -1, 0]
+    kl = ppo.kl_per_token(logp, ref)  # [0.5, -1, 0]
     r = ppo.token_rewards(jnp.array([1.0]), kl, jnp.array([[1, 1, 0]]), beta=0.1)
     np.testing.assert_allclose(r, [[-0.05, 0.1 + 1.0, 0.0]], rtol=1e-6)
 
@@ -272,8 +297,9 @@ def test_normalize_and_clip_scores():
     state = ppo.update_moments(ppo.RunningMoments.init(), x)
     std, mean = x.std(), x.mean()
     np.testing.assert_allclose(ppo.normalize_scores(x, state), x / std, rtol=1e-5)
-    np.testing.assert_allclose(ppo.normalize_scores(x, state, subtract_mean=True),
-                               (x - mean) / std, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ppo.normalize_scores(x, state, subtract_mean=True), (x - mean) / std, rtol=1e-5, atol=1e-6
+    )
     # Fewer than two scores seen: pass-through.
     one = ppo.update_moments(ppo.RunningMoments.init(), jnp.array([5.0]))
     np.testing.assert_allclose(ppo.normalize_scores(x, one), x, rtol=1e-6)
@@ -306,9 +332,9 @@ def test_reward_difference_stats_match_bruteforce_double_loop():
     rng = np.random.default_rng(5)
     scores = rng.normal(size=(6, 5)).astype(np.float32)
     mask = np.ones((6, 5), bool)
-    mask[1, 3:] = False          # a prompt with 3 roll-outs
-    mask[4, 1:] = False          # a prompt with 1 roll-out: no pairs
-    scores[~mask] = np.nan       # padding must not leak
+    mask[1, 3:] = False  # a prompt with 3 roll-outs
+    mask[4, 1:] = False  # a prompt with 1 roll-out: no pairs
+    scores[~mask] = np.nan  # padding must not leak
     edges = np.linspace(0.0, 2.5, 6).astype(np.float32)  # some |Δ| > 2.5 fall outside
     diffs, hist = shift_bruteforce(scores, mask, edges)
     out = jax.jit(ppo.reward_difference_stats)(scores, edges, mask)
@@ -321,8 +347,9 @@ def test_reward_difference_stats_match_bruteforce_double_loop():
 
 def test_reward_difference_stats_hand_values():
     # prompt 0: |0-1|, |0-3|, |1-3| = 1, 3, 2; prompt 1: 0, 3, 3.  mean 2, var 4/3.
-    out = ppo.reward_difference_stats(jnp.array([[0.0, 1.0, 3.0], [2.0, 2.0, 5.0]]),
-                                      jnp.array([0.0, 1.0, 2.0, jnp.inf]))
+    out = ppo.reward_difference_stats(
+        jnp.array([[0.0, 1.0, 3.0], [2.0, 2.0, 5.0]]), jnp.array([0.0, 1.0, 2.0, jnp.inf])
+    )
     np.testing.assert_allclose(out["mean"], 2.0)
     np.testing.assert_allclose(out["var"], 4.0 / 3.0, rtol=1e-6)
     np.testing.assert_array_equal(out["hist"], [1, 1, 4])
@@ -340,9 +367,11 @@ def test_every_function_jits():
     scores = jax.random.normal(k[4], (b,))
     for est in ppo.KL_ESTIMATORS:
         f = jax.jit(functools.partial(ppo.kl_per_token, estimator=est, clip=0.8))
-        np.testing.assert_allclose(f(logp, ref, mask),
-                                   ppo.kl_per_token(logp, ref, mask, estimator=est, clip=0.8),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            f(logp, ref, mask),
+            ppo.kl_per_token(logp, ref, mask, estimator=est, clip=0.8),
+            rtol=1e-6,
+        )
     jitted = {
         "token_rewards": (ppo.token_rewards, (scores, logp - ref, mask), {"beta": 0.05}),
         "clip_rewards": (ppo.clip_rewards, (scores, 0.5), {}),
@@ -352,10 +381,16 @@ def test_every_function_jits():
         "value_loss": (ppo.value_loss, (vals, adv, logp, mask), {"clip_eps": 0.2}),
         "explained_variance": (ppo.explained_variance, (vals, logp, mask), {}),
         "update_moments": (ppo.update_moments, (ppo.RunningMoments.init(), scores), {}),
-        "normalize_scores": (ppo.normalize_scores,
-                             (scores, ppo.update_moments(ppo.RunningMoments.init(), scores)), {}),
-        "reward_difference_stats": (ppo.reward_difference_stats,
-                                    (vals, jnp.linspace(0.0, 3.0, 7)), {}),
+        "normalize_scores": (
+            ppo.normalize_scores,
+            (scores, ppo.update_moments(ppo.RunningMoments.init(), scores)),
+            {},
+        ),
+        "reward_difference_stats": (
+            ppo.reward_difference_stats,
+            (vals, jnp.linspace(0.0, 3.0, 7)),
+            {},
+        ),
     }
     for name, (fn, args, kwargs) in jitted.items():
         eager = fn(*args, **kwargs)

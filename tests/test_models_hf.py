@@ -24,11 +24,22 @@ CONFIGS = [
 
 def hf_config(kv, tied, theta, eps, head_dim, **kw):
     return transformers.LlamaConfig(
-        vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=kv, tie_word_embeddings=tied,
-        rope_parameters={"rope_type": "default", "rope_theta": theta}, rms_norm_eps=eps,
-        head_dim=head_dim or None, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
-        initializer_range=0.2, **kw)
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=kv,
+        tie_word_embeddings=tied,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+        rms_norm_eps=eps,
+        head_dim=head_dim or None,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.2,
+        **kw,
+    )
 
 
 def make_hf(cls, cfg, seed, path):
@@ -51,20 +62,32 @@ def batches():
     right = np.where(right_mask, ids, PAD)
     # the same sequences, pushed to the right end
     left = np.stack([np.roll(r, 9 - n) for r, n in zip(right, lengths)])
-    return {"none": none, "right": (right, right_mask), "left": (left, (left != PAD).astype(np.int64))}
+    return {
+        "none": none,
+        "right": (right, right_mask),
+        "left": (left, (left != PAD).astype(np.int64)),
+    }
 
 
 def torch_logits(model, ids, mask):
     pos = np.maximum(mask.cumsum(-1) - 1, 0)  # what HF generate passes for padded batches
     with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                     position_ids=torch.tensor(pos)).logits.float().numpy()
+        return (
+            model(
+                input_ids=torch.tensor(ids),
+                attention_mask=torch.tensor(mask),
+                position_ids=torch.tensor(pos),
+            )
+            .logits.float()
+            .numpy()
+        )
 
 
 @pytest.mark.parametrize("name,kv,tied,theta,eps,head_dim", CONFIGS)
 def test_lm_logits_match_hf(tmp_path, name, kv, tied, theta, eps, head_dim):
-    ref = make_hf(transformers.LlamaForCausalLM, hf_config(kv, tied, theta, eps, head_dim), 1,
-                  tmp_path)
+    ref = make_hf(
+        transformers.LlamaForCausalLM, hf_config(kv, tied, theta, eps, head_dim), 1, tmp_path
+    )
     ours = hf.load_hf(str(tmp_path), "lm")
     assert ours.cfg.rope_theta == theta and ours.cfg.num_kv_heads == kv
     assert ours.cfg.tie_word_embeddings == tied
@@ -94,9 +117,15 @@ def test_rewards_match_hf_sequence_classification(tmp_path, name, kv, tied, thet
     rm = hf.load_hf(str(tmp_path), "reward")
     for pad_side, (ids, mask) in batches().items():
         with torch.no_grad():  # HF finds the last non-pad token from pad_token_id
-            want = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                       position_ids=torch.tensor(np.maximum(mask.cumsum(-1) - 1, 0))
-                       ).logits[:, 0].numpy()
+            want = (
+                ref(
+                    input_ids=torch.tensor(ids),
+                    attention_mask=torch.tensor(mask),
+                    position_ids=torch.tensor(np.maximum(mask.cumsum(-1) - 1, 0)),
+                )
+                .logits[:, 0]
+                .numpy()
+            )
         got = np.asarray(rm(jnp.asarray(ids), jnp.asarray(mask)))
         assert got.shape == (3,)
         np.testing.assert_allclose(got, want, atol=1e-4, err_msg=pad_side)
@@ -119,9 +148,14 @@ def _params(model):
     return {".".join(map(str, k)): np.asarray(v.get_value()) for k, v in flat}
 
 
-@pytest.mark.parametrize("head,cls", [("lm", transformers.LlamaForCausalLM),
-                                      ("reward", transformers.LlamaForSequenceClassification),
-                                      ("value", transformers.LlamaForTokenClassification)])
+@pytest.mark.parametrize(
+    "head,cls",
+    [
+        ("lm", transformers.LlamaForCausalLM),
+        ("reward", transformers.LlamaForSequenceClassification),
+        ("value", transformers.LlamaForTokenClassification),
+    ],
+)
 def test_export_loads_in_transformers_with_same_outputs(tmp_path, head, cls):
     model = llama.create(llama.preset("tiny", vocab_size=97, pad_token_id=PAD), head, seed=5)
     hf.save_hf(model, str(tmp_path / "out"))
@@ -194,11 +228,16 @@ def test_misshapen_tensor_error_names_it(tmp_path):
     hf.save_hf(llama.create(llama.preset("tiny"), "lm"), str(tmp_path))
 
     def cut(t):
-        t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][:8]
+        t["model.layers.0.self_attn.k_proj.weight"] = t["model.layers.0.self_attn.k_proj.weight"][
+            :8
+        ]
+
     _rewrite(tmp_path, cut)
-    with pytest.raises(hf.CheckpointError,
-                       match=r"'model.layers.0.self_attn.k_proj.weight' has shape \(8, 64\), "
-                             r"expected \(32, 64\)"):
+    with pytest.raises(
+        hf.CheckpointError,
+        match=r"'model.layers.0.self_attn.k_proj.weight' has shape \(8, 64\), "
+        r"expected \(32, 64\)",
+    ):
         hf.load_hf(str(tmp_path), "lm")
 
 
@@ -212,8 +251,9 @@ def test_missing_directory_and_pickle_only_checkpoint(tmp_path):
         hf.load_hf(str(tmp_path))
 
 
-@pytest.mark.parametrize("remat,scan", [("full", True), ("dots", False), ("dots_no_batch", True),
-                                        ("none", False)])
+@pytest.mark.parametrize(
+    "remat,scan", [("full", True), ("dots", False), ("dots_no_batch", True), ("none", False)]
+)
 def test_remat_and_scan_policies_do_not_change_numbers(remat, scan):
     import jax
 
@@ -224,11 +264,17 @@ def test_remat_and_scan_policies_do_not_change_numbers(remat, scan):
 
         def loss(p):
             return jnp.mean(nnx.merge(graphdef, p)(ids, mask) ** 2)
+
         return jax.jit(jax.value_and_grad(loss))(params)
 
     ref_l, ref_g = loss_and_grads(llama.preset("tiny"))
     l, g = loss_and_grads(llama.preset("tiny", remat=remat, scan_layers=scan))
     np.testing.assert_allclose(float(l), float(ref_l), rtol=1e-6)
     for (path, a), (_, b) in zip(nnx.to_flat_state(g), nnx.to_flat_state(ref_g)):
-        np.testing.assert_allclose(np.asarray(a.get_value()), np.asarray(b.get_value()),
-                                   rtol=1e-5, atol=1e-8, err_msg=str(path))
+        np.testing.assert_allclose(
+            np.asarray(a.get_value()),
+            np.asarray(b.get_value()),
+            rtol=1e-5,
+            atol=1e-8,
+            err_msg=str(path),
+        )

@@ -22,16 +22,35 @@ def test_two_processes_share_one_mesh(tmp_path):
     port = _free_port()
     procs = []
     for pid in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                   JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-                   JAX_PROCESS_ID=str(pid))
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "metarm_jax.main", "--config=configs/quickstart.py",
-             f"--workdir={tmp_path / 'run'}", f"--config.model.hf_path={ckpt}",
-             "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2",
-             "--config.pipeline=('inspect',)"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(pid),
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "metarm_jax.main",
+                    "--config=configs/quickstart.py",
+                    f"--workdir={tmp_path / 'run'}",
+                    f"--config.model.hf_path={ckpt}",
+                    "--config.mesh.data=2",
+                    "--config.mesh.fsdp=2",
+                    "--config.mesh.tensor=2",
+                    "--config.pipeline=('inspect',)",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = []
     for p in procs:
         try:
@@ -41,7 +60,7 @@ def test_two_processes_share_one_mesh(tmp_path):
                 q.kill()
             raise
         outs.append((p.returncode, out, err))
-    for rc, out, err in outs:
+    for rc, _, err in outs:
         assert rc == 0, err[-3000:]
     lead = outs[0][1]
     assert "devices: 8 (cpu) on 2 process(es); mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in lead

@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from metarm_jax import config_lib, sharding, stages
 from metarm_jax.data.synthetic import world_config, write_world
@@ -31,33 +30,48 @@ from metarm_jax.train import ppo
 from metarm_jax.train.ppo_config import ppo_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TARGET = 6          # token id of symbol w00
+TARGET = 6  # token id of symbol w00
 VOCAB = 54
 E = 32
 
 
 def toy_cfg(**kw) -> llama.LlamaConfig:
-    return llama.LlamaConfig(vocab_size=VOCAB, hidden_size=E, intermediate_size=64, num_layers=1,
-                             num_heads=4, num_kv_heads=4, max_position_embeddings=128, **kw)
+    return llama.LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=E,
+        intermediate_size=64,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=4,
+        max_position_embeddings=128,
+        **kw,
+    )
 
 
 def target_fraction_rm() -> llama.Llama:
     """The constructed reward model (see the module docstring)."""
     model = llama.create(toy_cfg(), "reward", seed=0)
     emb = np.zeros((VOCAB, E), np.float32)
-    emb[np.arange(VOCAB), 2 + np.arange(VOCAB) % (E - 2)] = 1.0      # one-hot, never dims 0/1
+    emb[np.arange(VOCAB), 2 + np.arange(VOCAB) % (E - 2)] = 1.0  # one-hot, never dims 0/1
     emb[TARGET] = 0.0
     emb[TARGET, 0] = 1.0
     L = model.layers
-    zeros = lambda v: np.zeros(v[...].shape, np.float32)             # noqa: E731
+    zeros = lambda v: np.zeros(v[...].shape, np.float32)
     v = zeros(L.v)
-    v[0, 0, 0, 0] = 1.0                                              # head 0 reads channel 0
+    v[0, 0, 0, 0] = 1.0  # head 0 reads channel 0
     o = zeros(L.o)
-    o[0, 0, 0, 1] = 1.0 / np.sqrt(E)                                 # ... writes channel 1
+    o[0, 0, 0, 1] = 1.0 / np.sqrt(E)  # ... writes channel 1
     score = np.zeros((E, 1), np.float32)
     score[1, 0] = 1.0
-    for name, val in (("q", zeros(L.q)), ("k", zeros(L.k)), ("v", v), ("o", o),
-                      ("gate", zeros(L.gate)), ("up", zeros(L.up)), ("down", zeros(L.down))):
+    for name, val in (
+        ("q", zeros(L.q)),
+        ("k", zeros(L.k)),
+        ("v", v),
+        ("o", o),
+        ("gate", zeros(L.gate)),
+        ("up", zeros(L.up)),
+        ("down", zeros(L.down)),
+    ):
         getattr(L, name)[...] = jnp.asarray(val)
     model.embed[...] = jnp.asarray(emb)
     model.score[...] = jnp.asarray(score)
@@ -65,15 +79,20 @@ def target_fraction_rm() -> llama.Llama:
 
 
 def expected_score(frac: np.ndarray) -> np.ndarray:
-    return np.sqrt(E) * frac / np.sqrt(1 + frac ** 2)
+    return np.sqrt(E) * frac / np.sqrt(1 + frac**2)
 
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_toy")
     wc = world_config()
-    for key in ("num_sft", "num_train_pairs", "num_test_pairs", "num_eval_prompts",
-                "num_ood_prompts"):
+    for key in (
+        "num_sft",
+        "num_train_pairs",
+        "num_test_pairs",
+        "num_eval_prompts",
+        "num_ood_prompts",
+    ):
         wc[key] = 8
     wc.num_train_prompts = 256
     paths = write_world(str(root / "world"), wc)
@@ -114,11 +133,12 @@ def read_metrics(workdir) -> list[dict]:
 
 def test_constructed_rm_scores_the_target_fraction(toy):
     rm = hf.load_hf(toy["rm"], "reward")
-    ids = np.array([[1, 4, 7, 8, 5, TARGET, TARGET, 9, 2],
-                    [0, 0, 1, 4, 7, 5, 10, 11, 2]], np.int32)
+    ids = np.array([[1, 4, 7, 8, 5, TARGET, TARGET, 9, 2], [0, 0, 1, 4, 7, 5, 10, 11, 2]], np.int32)
     mask = (ids != 0).astype(np.int32)
     frac = np.array([2 / 9, 0.0])
-    np.testing.assert_allclose(np.asarray(rm(ids, mask)), expected_score(frac), atol=1e-3)  # RMSNorm eps
+    np.testing.assert_allclose(
+        np.asarray(rm(ids, mask)), expected_score(frac), atol=1e-3
+    )  # RMSNorm eps
 
 
 @pytest.fixture(scope="module")
@@ -128,8 +148,13 @@ def learned(toy, tmp_path_factory):
     mesh = sharding.make_mesh(dict(config.mesh))
     t0 = time.time()
     summary = ppo.run_ppo(stages.StageContext(config=config, mesh=mesh, workdir=workdir))
-    return {"workdir": workdir, "summary": summary, "rows": read_metrics(workdir),
-            "seconds": time.time() - t0, "config": config}
+    return {
+        "workdir": workdir,
+        "summary": summary,
+        "rows": read_metrics(workdir),
+        "seconds": time.time() - t0,
+        "config": config,
+    }
 
 
 def test_ppo_raises_the_reward_with_bounded_kl(learned):
@@ -138,8 +163,10 @@ def test_ppo_raises_the_reward_with_bounded_kl(learned):
     scores = np.array([r["rollout/score_mean"] for r in rows])
     kls = np.array([r["rollout/kl"] for r in rows])
     start, end = scores[:3].mean(), scores[-3:].mean()
-    print(f"\nPPO toy: score {start:.3f} -> {end:.3f}; KL (sum over tokens) first {kls[0]:.4f}, "
-          f"max {kls.max():.3f}, last {kls[-1]:.3f}; {learned['seconds']:.1f}s")
+    print(
+        f"\nPPO toy: score {start:.3f} -> {end:.3f}; KL (sum over tokens) first {kls[0]:.4f}, "
+        f"max {kls.max():.3f}, last {kls[-1]:.3f}; {learned['seconds']:.1f}s"
+    )
     assert end > start + 0.5 and end > 2 * start, scores
     assert np.all(np.isfinite(kls)) and kls.max() < 10.0, kls
     # critic warm-up: no actor update in the first 2 iterations, updates afterwards
@@ -168,7 +195,7 @@ def test_shift_signal_in_metrics(learned):
     assert len(rows) == p.iterations
     pairs = p.queries_per_iteration * p.rollouts_per_query * (p.rollouts_per_query - 1) // 2
     for r in rows:
-        assert len(r["shift/absdiff_hist"]) == p.shift_hist_bins + 1          # + overflow bin
+        assert len(r["shift/absdiff_hist"]) == p.shift_hist_bins + 1  # + overflow bin
         assert sum(r["shift/absdiff_hist"]) == pairs == r["shift/num_pairs"]
         values = np.asarray(r["shift/absdiff"])
         assert values.shape == (pairs,) and np.all(values >= 0)
@@ -180,6 +207,7 @@ def test_shift_signal_in_metrics(learned):
 
 def test_gated_actor_keeps_adam_state():
     import optax
+
     opt = ppo.two_optimizers(optax.adam(0.1), optax.adam(0.1))
     params = {"actor": jnp.ones(3), "critic": jnp.ones(2)}
     state = opt.init(params)
@@ -219,29 +247,42 @@ def test_resume_after_sigkill_is_bitwise_exact(toy, tmp_path):
     script.write_text(DRIVER.format(tests=str(REPO / "tests"), toy=toy_paths))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     ref_dir, kill_dir = str(tmp_path / "ref"), str(tmp_path / "killed")
-    done = subprocess.run([sys.executable, str(script), ref_dir], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), ref_dir], env=env, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0 and "DONE" in done.stdout, done.stderr[-3000:]
 
-    proc = subprocess.Popen([sys.executable, str(script), kill_dir], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), kill_dir],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     ckpts = pathlib.Path(kill_dir, "ppo", "checkpoints")
     deadline = time.time() + 240
     killed_at = None
     while time.time() < deadline and proc.poll() is None:
         steps = [int(p.name) for p in ckpts.glob("[0-9]*") if p.name.isdigit()]
-        if steps and max(steps) >= 4:          # 2 iterations of 2 steps done and saved
+        if steps and max(steps) >= 4:  # 2 iterations of 2 steps done and saved
             proc.send_signal(signal.SIGKILL)
             killed_at = max(steps)
             break
         time.sleep(0.02)
     proc.wait(timeout=60)
-    assert killed_at is not None, "the run ended before it could be killed: " + proc.stdout.read()[-2000:]
+    assert killed_at is not None, (
+        "the run ended before it could be killed: " + proc.stdout.read()[-2000:]
+    )
     assert proc.returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(kill_dir, "export", "ppo"))
 
-    resumed = subprocess.run([sys.executable, str(script), kill_dir], env=env,
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, str(script), kill_dir],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0 and "DONE" in resumed.stdout, resumed.stderr[-3000:]
     assert "resuming ppo" in resumed.stdout + resumed.stderr
     assert _export_bytes(kill_dir) == _export_bytes(ref_dir)

@@ -17,13 +17,28 @@ FAST = "--config=configs/quickstart.py:fast=1"
 
 
 def _env():
-    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return dict(
+        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
+    )
 
 
 def _run(workdir, *args, timeout=900):
-    res = subprocess.run([sys.executable, "-m", "metarm_jax.main", FAST, f"--workdir={workdir}",
-                          "--config.train.progress=False", *args],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metarm_jax.main",
+            FAST,
+            f"--workdir={workdir}",
+            "--config.train.progress=False",
+            *args,
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     return res
 
@@ -42,11 +57,22 @@ def _report(workdir) -> dict:
 def test_quickstart_report_has_every_table_and_figure(seed0):
     workdir, stdout = seed0
     md = (workdir / "report.md").read_text()
-    for heading in ("## In plain words", "## Table 1: each MetaRM round vs SFT", "## Table 2: best round",
-                    "## Mean rewards of held-out samples", "Figure 1", "Figure 4", "Figure 5"):
+    for heading in (
+        "## In plain words",
+        "## Table 1: each MetaRM round vs SFT",
+        "## Table 2: best round",
+        "## Mean rewards of held-out samples",
+        "Figure 1",
+        "Figure 4",
+        "Figure 5",
+    ):
         assert heading in md, heading
-    for png in ("fig1_reward_diff_variance.png", "fig4_rm_accuracy.png",
-                "fig5_reward_diff_hist.png", "fig_rewards.png"):
+    for png in (
+        "fig1_reward_diff_variance.png",
+        "fig4_rm_accuracy.png",
+        "fig5_reward_diff_hist.png",
+        "fig_rewards.png",
+    ):
         assert (workdir / png).stat().st_size > 10_000, png  # a real plot, not an empty canvas
         assert f"]({png})" in md
     rep = _report(workdir)
@@ -78,10 +104,23 @@ def test_numbers_come_from_the_run_and_change_with_the_seed(seed0, tmp_path):
 def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
     workdir, _ = seed0
     # checkpoint every PPO iteration so that there is one to resume from mid-stage
-    cmd = [sys.executable, "-m", "metarm_jax.main", FAST, f"--workdir={tmp_path}",
-           "--config.train.progress=False", "--config.ppo.save_every=1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "metarm_jax.main",
+        FAST,
+        f"--workdir={tmp_path}",
+        "--config.train.progress=False",
+        "--config.ppo.save_every=1",
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=REPO,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     ckpt = tmp_path / "round2" / "ppo" / "ppo" / "checkpoints"
     deadline = time.time() + 600
     try:
@@ -109,12 +148,28 @@ def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
     env = dict(_env(), METARM_SHARED_DIR=str(shared_dir))
     # runlocal, shortened further for CI: one round, few steps; every stage still runs for real.
     res = subprocess.run(
-        [sys.executable, "-m", "metarm_jax.main", "--config=configs/hh_rlhf.py:runlocal",
-         f"--workdir={tmp_path}", "--config.train.progress=False", "--config.rlhf.rounds=1",
-         "--config.train.steps=10", "--config.train.eval_every=10", "--config.sft.epochs=0.1",
-         "--config.ppo.iterations=2", "--config.dpo.steps=4", "--config.build_meta.max_prompts=32",
-         "--config.rlhf.eval_prompts=16"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "metarm_jax.main",
+            "--config=configs/hh_rlhf.py:runlocal",
+            f"--workdir={tmp_path}",
+            "--config.train.progress=False",
+            "--config.rlhf.rounds=1",
+            "--config.train.steps=10",
+            "--config.train.eval_every=10",
+            "--config.sft.epochs=0.1",
+            "--config.ppo.iterations=2",
+            "--config.dpo.steps=4",
+            "--config.build_meta.max_prompts=32",
+            "--config.rlhf.eval_prompts=16",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     rep = _report(tmp_path)
     assert rep["prompts"] == 16 and set(rep["table1"]) == {"round1"}

@@ -39,8 +39,8 @@ def left_padded(vocab, lengths=LENGTHS, seed=0, pad_id=0):
     ids = np.full((len(lengths), t), pad_id, np.int64)
     mask = np.zeros((len(lengths), t), np.int64)
     for i, n in enumerate(lengths):
-        ids[i, t - n:] = rs.randint(3, vocab, n)
-        mask[i, t - n:] = 1
+        ids[i, t - n :] = rs.randint(3, vocab, n)
+        mask[i, t - n :] = 1
     return ids, mask
 
 
@@ -48,9 +48,15 @@ def hf_greedy(hf_model, ids, mask, **kw):
     import torch
 
     with torch.inference_mode():
-        out = hf_model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                                do_sample=False, max_new_tokens=MAX_NEW, pad_token_id=0, **kw)
-    new = out[:, ids.shape[1]:].numpy()
+        out = hf_model.generate(
+            torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=MAX_NEW,
+            pad_token_id=0,
+            **kw,
+        )
+    new = out[:, ids.shape[1] :].numpy()
     return np.pad(new, ((0, 0), (0, MAX_NEW - new.shape[1])), constant_values=0)
 
 
@@ -61,8 +67,16 @@ def hf_greedy(hf_model, ids, mask, **kw):
 def test_greedy_matches_hf(tiny, hf_model, penalty):
     cfg, model, _ = tiny
     ids, mask = left_padded(cfg.vocab_size)
-    out = sampling.generate(model, ids, mask, 0, max_new_tokens=MAX_NEW, temperature=0.0,
-                            repetition_penalty=penalty, eos_id=None)
+    out = sampling.generate(
+        model,
+        ids,
+        mask,
+        0,
+        max_new_tokens=MAX_NEW,
+        temperature=0.0,
+        repetition_penalty=penalty,
+        eos_id=None,
+    )
     ref = hf_greedy(hf_model, ids, mask, repetition_penalty=penalty, eos_token_id=None)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
     assert np.asarray(out.mask).all()
@@ -71,14 +85,31 @@ def test_greedy_matches_hf(tiny, hf_model, penalty):
 def test_greedy_eos_stopping_matches_hf(tiny, hf_model):
     cfg, model, _ = tiny
     ids, mask = left_padded(cfg.vocab_size)
-    free = np.asarray(sampling.generate(model, ids, mask, 0, max_new_tokens=MAX_NEW,
-                                        temperature=0.0, repetition_penalty=1.1,
-                                        eos_id=None).tokens)
+    free = np.asarray(
+        sampling.generate(
+            model,
+            ids,
+            mask,
+            0,
+            max_new_tokens=MAX_NEW,
+            temperature=0.0,
+            repetition_penalty=1.1,
+            eos_id=None,
+        ).tokens
+    )
     # An eos that greedy hits early in some row but not first in every row.
     eos = int(free[1, 2])
     assert eos not in free[1, :2]
-    out = sampling.generate(model, ids, mask, 0, max_new_tokens=MAX_NEW, temperature=0.0,
-                            repetition_penalty=1.1, eos_id=eos)
+    out = sampling.generate(
+        model,
+        ids,
+        mask,
+        0,
+        max_new_tokens=MAX_NEW,
+        temperature=0.0,
+        repetition_penalty=1.1,
+        eos_id=eos,
+    )
     ref = hf_greedy(hf_model, ids, mask, repetition_penalty=1.1, eos_token_id=eos)
     tokens, got_mask = np.asarray(out.tokens), np.asarray(out.mask)
     np.testing.assert_array_equal(tokens, ref)
@@ -89,16 +120,33 @@ def test_greedy_eos_stopping_matches_hf(tiny, hf_model):
     assert got_mask[1].sum() == 3 and tokens[1, 2] == eos and (tokens[1, 3:] == 0).all()
 
     # min_new_tokens suppresses the eos until then, as HF's MinNewTokensLengthLogitsProcessor.
-    out = sampling.generate(model, ids, mask, 0, max_new_tokens=MAX_NEW, min_new_tokens=5,
-                            temperature=0.0, repetition_penalty=1.1, eos_id=eos)
-    ref = hf_greedy(hf_model, ids, mask, repetition_penalty=1.1, eos_token_id=eos,
-                    min_new_tokens=5)
+    out = sampling.generate(
+        model,
+        ids,
+        mask,
+        0,
+        max_new_tokens=MAX_NEW,
+        min_new_tokens=5,
+        temperature=0.0,
+        repetition_penalty=1.1,
+        eos_id=eos,
+    )
+    ref = hf_greedy(hf_model, ids, mask, repetition_penalty=1.1, eos_token_id=eos, min_new_tokens=5)
     np.testing.assert_array_equal(np.asarray(out.tokens), ref)
     assert np.asarray(out.mask)[1].sum() >= 5
 
     # Extra stop tokens stop like eos.
-    out = sampling.generate(model, ids, mask, 0, max_new_tokens=MAX_NEW, temperature=0.0,
-                            repetition_penalty=1.1, eos_id=None, stop_token_ids=[eos])
+    out = sampling.generate(
+        model,
+        ids,
+        mask,
+        0,
+        max_new_tokens=MAX_NEW,
+        temperature=0.0,
+        repetition_penalty=1.1,
+        eos_id=None,
+        stop_token_ids=[eos],
+    )
     np.testing.assert_array_equal(np.asarray(out.tokens), tokens)
 
 
@@ -108,7 +156,7 @@ def test_right_padded_prompts_are_repacked(tiny):
     right_ids = np.zeros_like(ids)
     right_mask = np.zeros_like(mask)
     for i, n in enumerate(LENGTHS):
-        right_ids[i, :n] = ids[i, ids.shape[1] - n:]
+        right_ids[i, :n] = ids[i, ids.shape[1] - n :]
         right_mask[i, :n] = 1
     a = sampling.generate(model, ids, mask, 3, max_new_tokens=MAX_NEW)
     b = sampling.generate(model, right_ids, right_mask, 3, max_new_tokens=MAX_NEW)
@@ -121,16 +169,26 @@ def test_right_padded_prompts_are_repacked(tiny):
 def test_cache_decoding_matches_full_forward(tiny):
     cfg, model, _ = tiny
     ids, mask = left_padded(cfg.vocab_size)
-    out = sampling.generate(model, ids, mask, 1, max_new_tokens=MAX_NEW, temperature=0.8,
-                            top_p=0.9, repetition_penalty=1.1, num_samples=2,
-                            return_logits=True, prompt_bucket_min=4)
+    out = sampling.generate(
+        model,
+        ids,
+        mask,
+        1,
+        max_new_tokens=MAX_NEW,
+        temperature=0.8,
+        top_p=0.9,
+        repetition_penalty=1.1,
+        num_samples=2,
+        return_logits=True,
+        prompt_bucket_min=4,
+    )
     tokens, logits = np.asarray(out.tokens), np.asarray(out.logits)
     full_ids = np.concatenate([np.repeat(ids, 2, 0), tokens], 1)
     full_mask = np.concatenate([np.repeat(mask, 2, 0), np.asarray(out.mask)], 1)
     full = np.asarray(model(jnp.asarray(full_ids), jnp.asarray(full_mask)))
     t = ids.shape[1]
-    ref = full[:, t - 1: t - 1 + MAX_NEW]                       # logits that predict each new token
-    live = np.asarray(out.mask) > 0                             # after a stop token: ignored
+    ref = full[:, t - 1 : t - 1 + MAX_NEW]  # logits that predict each new token
+    live = np.asarray(out.mask) > 0  # after a stop token: ignored
     assert live.sum() > 0.8 * live.size
     np.testing.assert_allclose(logits[live], ref[live], atol=2e-5, rtol=1e-5)
     ref_lp = np.take_along_axis(jax.nn.log_softmax(ref), tokens[..., None], -1)[..., 0]
@@ -150,26 +208,43 @@ def np_process(logits, seen, penalty, temperature, top_k, top_p):
         x = np.where(x < kth, -np.inf, x)
     if top_p < 1:
         for r in range(x.shape[0]):
-            order = np.argsort(x[r])                            # ascending
+            order = np.argsort(x[r])  # ascending
             p = np.exp(x[r, order] - x[r, order].max())
             p /= p.sum()
             remove = np.cumsum(p) <= 1 - top_p
-            remove[-1] = False                                  # min_tokens_to_keep = 1
+            remove[-1] = False  # min_tokens_to_keep = 1
             x[r, order[remove]] = -np.inf
     return x
 
 
-@pytest.mark.parametrize("penalty,temperature,top_k,top_p", [
-    (1.0, 1.0, 0, 1.0), (1.1, 0.8, 0, 0.9), (1.3, 1.0, 5, 1.0), (1.1, 0.7, 8, 0.6),
-    (1.0, 1.5, 0, 0.3), (1.0, 1.0, 1, 1.0), (1.0, 1.0, 0, 0.01)])
+@pytest.mark.parametrize(
+    "penalty,temperature,top_k,top_p",
+    [
+        (1.0, 1.0, 0, 1.0),
+        (1.1, 0.8, 0, 0.9),
+        (1.3, 1.0, 5, 1.0),
+        (1.1, 0.7, 8, 0.6),
+        (1.0, 1.5, 0, 0.3),
+        (1.0, 1.0, 1, 1.0),
+        (1.0, 1.0, 0, 0.01),
+    ],
+)
 def test_filters_match_numpy(penalty, temperature, top_k, top_p):
     rs = np.random.RandomState(1)
     logits = (rs.randn(6, 40) * 2).astype(np.float32)
     seen = rs.rand(6, 40) < 0.3
-    knobs = dict(repetition_penalty=jnp.float32(penalty), temperature=jnp.float32(temperature),
-                 top_k=jnp.int32(top_k), top_p=jnp.float32(top_p), min_new_tokens=jnp.int32(0))
-    got = np.asarray(sampling.process_logits(jnp.asarray(logits), jnp.asarray(seen), knobs,
-                                             jnp.zeros((40,), bool), 0))
+    knobs = dict(
+        repetition_penalty=jnp.float32(penalty),
+        temperature=jnp.float32(temperature),
+        top_k=jnp.int32(top_k),
+        top_p=jnp.float32(top_p),
+        min_new_tokens=jnp.int32(0),
+    )
+    got = np.asarray(
+        sampling.process_logits(
+            jnp.asarray(logits), jnp.asarray(seen), knobs, jnp.zeros((40,), bool), 0
+        )
+    )
     ref = np_process(logits, seen, penalty, temperature, top_k, top_p)
     np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
     fin = np.isfinite(ref)
@@ -178,8 +253,19 @@ def test_filters_match_numpy(penalty, temperature, top_k, top_p):
 
 
 # Chi-square critical values at p = 0.001 by degrees of freedom.
-CHI2_999 = {1: 10.83, 2: 13.82, 3: 16.27, 4: 18.47, 5: 20.52, 6: 22.46, 7: 24.32, 8: 26.12,
-            9: 27.88, 10: 29.59, 11: 31.26}
+CHI2_999 = {
+    1: 10.83,
+    2: 13.82,
+    3: 16.27,
+    4: 18.47,
+    5: 20.52,
+    6: 22.46,
+    7: 24.32,
+    8: 26.12,
+    9: 27.88,
+    10: 29.59,
+    11: 31.26,
+}
 
 
 def chi_square(counts, probs):
@@ -194,11 +280,17 @@ def test_sampled_frequencies_follow_filtered_distribution():
     logits = rs.randn(v).astype(np.float32) * 1.5
     seen = np.zeros(v, bool)
     seen[[0, 3]] = True
-    knobs = dict(repetition_penalty=jnp.float32(1.1), temperature=jnp.float32(0.8),
-                 top_k=jnp.int32(0), top_p=jnp.float32(0.9), min_new_tokens=jnp.int32(0))
+    knobs = dict(
+        repetition_penalty=jnp.float32(1.1),
+        temperature=jnp.float32(0.8),
+        top_k=jnp.int32(0),
+        top_p=jnp.float32(0.9),
+        min_new_tokens=jnp.int32(0),
+    )
     batch = jnp.broadcast_to(jnp.asarray(logits), (n, v))
-    proc = sampling.process_logits(batch, jnp.broadcast_to(jnp.asarray(seen), (n, v)), knobs,
-                                   jnp.zeros((v,), bool), 0)
+    proc = sampling.process_logits(
+        batch, jnp.broadcast_to(jnp.asarray(seen), (n, v)), knobs, jnp.zeros((v,), bool), 0
+    )
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(7), jnp.arange(n))
     tokens = np.asarray(sampling.sample_rows(keys, proc))
     counts = np.bincount(tokens, minlength=v)
@@ -223,8 +315,9 @@ def test_sampled_frequencies_follow_filtered_distribution():
 def test_seeds_and_num_samples(tiny):
     cfg, model, _ = tiny
     ids, mask = left_padded(cfg.vocab_size)
-    kw = dict(max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.95, repetition_penalty=1.1,
-              num_samples=3)
+    kw = dict(
+        max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.95, repetition_penalty=1.1, num_samples=3
+    )
     a = sampling.generate(model, ids, mask, jax.random.key(5), **kw)
     b = sampling.generate(model, ids, mask, jax.random.key(5), **kw)
     c = sampling.generate(model, ids, mask, jax.random.key(6), **kw)
@@ -234,7 +327,7 @@ def test_seeds_and_num_samples(tiny):
     np.testing.assert_array_equal(np.asarray(a.logprobs), np.asarray(b.logprobs))
     assert (ta != tc).any(axis=1).all()
     for i in range(len(LENGTHS)):  # a prompt's continuations differ from each other
-        rows = ta[3 * i: 3 * i + 3]
+        rows = ta[3 * i : 3 * i + 3]
         assert len({r.tobytes() for r in rows}) == 3
     lp, mlp = np.asarray(a.logprobs), np.asarray(a.model_logprobs)
     assert (lp <= 0).all() and (mlp <= 0).all() and np.isfinite(lp).all()
@@ -253,8 +346,7 @@ def test_bucketing_and_errors(tiny):
     with pytest.raises(sampling.SamplingError, match="top_p"):
         sampling.generate(model, ids, np.ones_like(ids), 0, top_p=0.0)
     cfgd = sampling.default_config()
-    assert (cfgd.temperature, cfgd.top_p, cfgd.top_k, cfgd.repetition_penalty) == (0.8, 0.9, 0,
-                                                                                   1.1)
+    assert (cfgd.temperature, cfgd.top_p, cfgd.top_k, cfgd.repetition_penalty) == (0.8, 0.9, 0, 1.1)
     assert sampling.sampling_kwargs(cfgd)["num_samples"] == cfgd.num_samples
 
 
@@ -291,9 +383,14 @@ def test_sharded_equals_single_device():
     if len(jax.devices()) == 8:
         exec(compile(SHARDED_SCRIPT, "<sharded>", "exec"), {})
         return
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") +
-                          " --xla_force_host_platform_device_count=8").strip())
-    res = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True,
-                         text=True, timeout=600)
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=(
+            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+        ).strip(),
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
     assert "SHARDED_OK" in res.stdout, res.stdout + res.stderr

@@ -56,8 +56,16 @@ make_config = _ns["make_config"]
 def world(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("world")
     cfg = synthetic.world_config()
-    cfg.update(dict(num_sft=600, num_train_pairs=64, num_test_pairs=64, num_train_prompts=32,
-                    num_eval_prompts=16, num_ood_prompts=16))
+    cfg.update(
+        dict(
+            num_sft=600,
+            num_train_pairs=64,
+            num_test_pairs=64,
+            num_train_prompts=32,
+            num_eval_prompts=16,
+            num_ood_prompts=16,
+        )
+    )
     synthetic.write_world(str(root), cfg)
     return str(root)
 
@@ -86,8 +94,8 @@ def test_stage_train_config_overrides_only_the_stage_keys():
     c = config_lib.base_config()
     c.sft = sft_config()
     t = stage_train_config(c.train, c.sft)
-    assert (t.lr, t.epochs, t.schedule) == (2e-5, 2.0, "linear")   # the paper's SFT
-    assert c.train.lr == 5e-6                                       # the RM's, untouched
+    assert (t.lr, t.epochs, t.schedule) == (2e-5, 2.0, "linear")  # the paper's SFT
+    assert c.train.lr == 5e-6  # the RM's, untouched
     assert t.clip_norm == c.train.clip_norm and t.optimizer == c.train.optimizer  # shared
     assert "warmup_epochs" not in t and "beta" not in t
 
@@ -111,7 +119,9 @@ def test_sft_loss_ignores_prompt_labels():
     loss, grads = run(ids)
     # Hand computation: mean over the 5 response targets of -log softmax(table[t-1])[ids[t]].
     logp = np.asarray(jax.nn.log_softmax(table, axis=-1))
-    want = -np.mean([logp[t - 1, ids[b, t]] for b in range(2) for t in range(1, T) if loss_mask[b, t]])
+    want = -np.mean(
+        [logp[t - 1, ids[b, t]] for b in range(2) for t in range(1, T) if loss_mask[b, t]]
+    )
     np.testing.assert_allclose(loss, want, rtol=1e-6)
     # Positions whose targets are prompt (or pad) tokens get exactly no gradient.
     assert np.all(grads[[0, 1, 2, 7]] == 0)  # targets 1..3 are prompt in both rows; 7 predicts none
@@ -131,6 +141,7 @@ def test_sft_step_on_data_layer_batch_matches_numpy(world):
     """The real model on a real SFT batch: the step's loss is the numpy mean NLL of the response
     tokens (those after the last '\\n\\nAssistant:' marker, and the EOS); pad ids change nothing."""
     from metarm_jax import data as D
+
     config = make_config(world)
     tok = D.load_tokenizer(config.data.tokenizer_path)
     batch = next(D.sft_iterator(config.data, tok, shuffle=False, num_epochs=1))
@@ -147,8 +158,12 @@ def test_sft_step_on_data_layer_batch_matches_numpy(world):
     _, m = step(params, {"sft": batch}, jax.random.key(0))
     logits = jax.jit(logits_fn)(params, ids, attn)
     logp = np.asarray(jax.nn.log_softmax(logits, axis=-1), np.float64)
-    nll = [-logp[b, t - 1, ids[b, t]] for b in range(len(ids)) for t in range(1, ids.shape[1])
-           if lm[b, t]]
+    nll = [
+        -logp[b, t - 1, ids[b, t]]
+        for b in range(len(ids))
+        for t in range(1, ids.shape[1])
+        if lm[b, t]
+    ]
     np.testing.assert_allclose(float(m["loss"]), np.mean(nll), rtol=1e-5)
     assert float(m["num_tokens"]) == lm[:, 1:].sum()
     padded = dict(batch, input_ids=np.where(attn > 0, ids, 7))  # other ids in the padding
@@ -165,9 +180,11 @@ def test_sft_stage_learns_and_exports_a_causal_lm(world, tmp_path):
     t0 = time.time()
     out = sft.run_sft(_ctx(config, tmp_path))
     after = {k.removeprefix("eval/"): v for k, v in out.items() if k.startswith("eval/")}
-    print(f"\nSFT 40 steps ({time.time() - t0:.0f}s): val loss {before['loss']:.3f} -> "
-          f"{after['loss']:.3f}, token accuracy {before['token_accuracy']:.3f} -> "
-          f"{after['token_accuracy']:.3f} ({after['tokens']:.0f} val tokens)")
+    print(
+        f"\nSFT 40 steps ({time.time() - t0:.0f}s): val loss {before['loss']:.3f} -> "
+        f"{after['loss']:.3f}, token accuracy {before['token_accuracy']:.3f} -> "
+        f"{after['token_accuracy']:.3f} ({after['tokens']:.0f} val tokens)"
+    )
     assert after["loss"] < before["loss"] - 1.0
     assert after["token_accuracy"] > before["token_accuracy"] + 0.03
     rows = _rows(tmp_path / "sft" / "metrics.jsonl")
@@ -178,17 +195,25 @@ def test_sft_stage_learns_and_exports_a_causal_lm(world, tmp_path):
 def _check_export_matches_transformers(export_dir, world):
     torch = pytest.importorskip("torch")
     import transformers
+
     from metarm_jax.models import hf
+
     assert os.path.isfile(os.path.join(export_dir, "tokenizer.json"))
     ours = hf.load_hf(str(export_dir), head="lm")
-    theirs = transformers.LlamaForCausalLM.from_pretrained(str(export_dir),
-                                                           dtype=torch.float32).eval()
+    theirs = transformers.LlamaForCausalLM.from_pretrained(
+        str(export_dir), dtype=torch.float32
+    ).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(export_dir))
-    enc = tok(["\n\nHuman: w01 w02 w03\n\nAssistant: w04 w05", "\n\nHuman: w09\n\nAssistant:"],
-              padding=True, return_tensors="np")
+    enc = tok(
+        ["\n\nHuman: w01 w02 w03\n\nAssistant: w04 w05", "\n\nHuman: w09\n\nAssistant:"],
+        padding=True,
+        return_tensors="np",
+    )
     with torch.no_grad():
-        want = theirs(input_ids=torch.tensor(enc["input_ids"], dtype=torch.long),
-                      attention_mask=torch.tensor(enc["attention_mask"])).logits.numpy()
+        want = theirs(
+            input_ids=torch.tensor(enc["input_ids"], dtype=torch.long),
+            attention_mask=torch.tensor(enc["attention_mask"]),
+        ).logits.numpy()
     got = np.asarray(ours(jnp.asarray(enc["input_ids"]), jnp.asarray(enc["attention_mask"])))
     real = enc["attention_mask"] > 0
     np.testing.assert_allclose(got[real], want[real], rtol=1e-4, atol=1e-4)
@@ -202,8 +227,10 @@ def _check_export_matches_transformers(export_dir, world):
 def _prompt_length_masks(batch):
     """The masks a prompt length gives: real tokens after the last '\\n\\nAssistant:' marker."""
     out = []
-    for ids, mask in ((batch["chosen_ids"], batch["chosen_mask"]),
-                      (batch["rejected_ids"], batch["rejected_mask"])):
+    for ids, mask in (
+        (batch["chosen_ids"], batch["chosen_mask"]),
+        (batch["rejected_ids"], batch["rejected_mask"]),
+    ):
         real = np.where(mask > 0, ids, -1)
         last = np.array([np.flatnonzero(r == synthetic.ASSISTANT_ID)[-1] for r in real])
         col = np.arange(ids.shape[1])[None]
@@ -223,6 +250,7 @@ def test_dpo_response_masks_give_the_prompt_length_loss(world):
     """The common-prefix masks (no prompt length in the batch) give the same DPO loss, margin and
     accuracy as the masks from the true prompt length, for right and left padding."""
     from metarm_jax import data as D
+
     config = make_config(world)
     tok = D.load_tokenizer(config.data.tokenizer_path)
     batch = dict(next(D.preference_iterator(config.data, tok, shuffle=False, num_epochs=1)))
@@ -235,8 +263,15 @@ def test_dpo_response_masks_give_the_prompt_length_loss(world):
             rej[i, rl[0]] = batch["chosen_ids"][i, cw[0]]
             break
     batch["rejected_ids"] = rej
-    left = dict(zip(dpo.PAIR_KEYS, (*_to_left_padding(batch["chosen_ids"], batch["chosen_mask"]),
-                                    *_to_left_padding(rej, batch["rejected_mask"]))))
+    left = dict(
+        zip(
+            dpo.PAIR_KEYS,
+            (
+                *_to_left_padding(batch["chosen_ids"], batch["chosen_mask"]),
+                *_to_left_padding(rej, batch["rejected_mask"]),
+            ),
+        )
+    )
     got_w, got_l = jax.device_get(dpo.response_masks(batch))
     left_w, left_l = jax.device_get(dpo.response_masks(left))
     # The masks agree except on shared first response tokens (inside the true mask only).
@@ -257,8 +292,9 @@ def test_dpo_response_masks_give_the_prompt_length_loss(world):
         loss, m = f(params, with_masks(b, w, l))
         np.testing.assert_allclose(float(loss), float(loss_true), rtol=1e-5)
         # margin = β·h, h a difference of sums of ~-40: f32 rounding of β·40 is ~1e-4
-        np.testing.assert_allclose(float(m["dpo/reward_margin"]),
-                                   float(m_true["dpo/reward_margin"]), atol=1e-3)
+        np.testing.assert_allclose(
+            float(m["dpo/reward_margin"]), float(m_true["dpo/reward_margin"]), atol=1e-3
+        )
         assert float(m["dpo/accuracy"]) == float(m_true["dpo/accuracy"])
         assert float(m["dpo/reward_chosen"]) != float(m_true["dpo/reward_chosen"])
 
@@ -272,11 +308,13 @@ def test_dpo_stage_starts_at_log2_and_raises_the_margin(world, tmp_path):
     out = dpo.run_dpo(_ctx(config, tmp_path))
     rows = _rows(tmp_path / "dpo" / "metrics.jsonl")
     first, last5 = rows[0], rows[-5:]
-    print(f"\nDPO 20 steps ({time.time() - t0:.0f}s): step-1 loss {first['loss']!r} "
-          f"(log 2 = {math.log(2)!r}); train margin (last 5 steps) "
-          f"{np.mean([r['reward_margin'] for r in last5]):.3f}; eval on the 64 pairs: loss "
-          f"{out['eval/loss']:.4f} margin {out['eval/reward_margin']:.3f} "
-          f"accuracy {out['eval/accuracy']:.3f}")
+    print(
+        f"\nDPO 20 steps ({time.time() - t0:.0f}s): step-1 loss {first['loss']!r} "
+        f"(log 2 = {math.log(2)!r}); train margin (last 5 steps) "
+        f"{np.mean([r['reward_margin'] for r in last5]):.3f}; eval on the 64 pairs: loss "
+        f"{out['eval/loss']:.4f} margin {out['eval/reward_margin']:.3f} "
+        f"accuracy {out['eval/accuracy']:.3f}"
+    )
     # Exactly log 2 in float32. The implicit rewards are 0 up to ~1e-8: XLA fuses the policy's
     # forward (which feeds the backward) differently from the reference's.
     assert first["loss"] == float(np.float32(math.log(2)))
@@ -291,6 +329,7 @@ def test_dpo_reference_stays_bitwise_unchanged_and_resume_is_exact(world, tmp_pa
     reference is bitwise the same and the policy moved; 2 steps, then a restart in the same
     workdir to 4 (resume from the checkpoint) gives bitwise the policy of the straight run."""
     from metarm_jax import data as D
+
     config = make_config(world)
     tok = D.load_tokenizer(config.data.tokenizer_path)
     t = stage_train_config(config.train, config.dpo)
@@ -302,17 +341,26 @@ def test_dpo_reference_stays_bitwise_unchanged_and_resume_is_exact(world, tmp_pa
         start = jax.device_get({"policy": policy, "ref": ref})
         with jax.set_mesh(_mesh()):
             params, summary = loop.train(
-                t, mesh=_mesh(), workdir=str(workdir), params={"policy": policy, "ref": ref},
-                step_fn=dpo.dpo_step(logits_fn, 0.1), seed=0,
+                t,
+                mesh=_mesh(),
+                workdir=str(workdir),
+                params={"policy": policy, "ref": ref},
+                step_fn=dpo.dpo_step(logits_fn, 0.1),
+                seed=0,
                 batches={"pref": D.preference_iterator(config.data, tok, num_epochs=0)},
-                total_steps=steps, optimizer=dpo.frozen_ref_optimizer(opt), schedule=sched)
+                total_steps=steps,
+                optimizer=dpo.frozen_ref_optimizer(opt),
+                schedule=sched,
+            )
         return start, jax.device_get(params), summary
 
     start, straight, _ = run(tmp_path / "straight", 4)
     for a, b in zip(jax.tree.leaves(start["ref"]), jax.tree.leaves(straight["ref"])):
         assert a.dtype == jnp.bfloat16 and np.array_equal(a.view(np.uint16), b.view(np.uint16))
-    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(start["policy"]),
-                                                        jax.tree.leaves(straight["policy"])))
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(start["policy"]), jax.tree.leaves(straight["policy"]))
+    )
     run(tmp_path / "resumed", 2)
     _, resumed, summary = run(tmp_path / "resumed", 4)
     assert summary["resumed_from"] == 2
@@ -344,11 +392,20 @@ def _driver(tmp_path, world, workdir, slow=0.0, wait=True):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     # One CPU device; the runs share a compilation cache (the later ones load the first's code).
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
-    proc = subprocess.Popen([sys.executable, str(script), world, str(workdir), str(slow)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        XLA_FLAGS="",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(script), world, str(workdir), str(slow)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     if wait:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-3000:]
@@ -367,21 +424,38 @@ def test_sft_sigkill_then_resume_is_bitwise_identical(world, tmp_path):
     assert_same_exports(tmp_path / "straight", killed, "sft")
 
 
-@pytest.mark.skipif(not {"sft", "dpo"} <= set(stages.STAGES),
-                    reason="the lead has not registered the sft/dpo stages in stages.STAGES yet")
+@pytest.mark.skipif(
+    not {"sft", "dpo"} <= set(stages.STAGES),
+    reason="the lead has not registered the sft/dpo stages in stages.STAGES yet",
+)
 def test_sft_then_dpo_from_main(world, tmp_path):
     cfg = tmp_path / "sft_dpo.py"
-    cfg.write_text(CONFIG_SRC + textwrap.dedent(f"""
+    cfg.write_text(
+        CONFIG_SRC
+        + textwrap.dedent(f"""
         def get_config():
             c = make_config({world!r})
             c.pipeline = ("sft", "dpo")
             c.sft.steps, c.dpo.steps, c.dpo.init = 4, 3, "sft"
             return c
-    """))
+    """)
+    )
     env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="")
-    res = subprocess.run([sys.executable, "-m", "metarm_jax.main", f"--config={cfg}",
-                          f"--workdir={tmp_path / 'run'}", "--config.dpo.beta=0.2"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "metarm_jax.main",
+            f"--config={cfg}",
+            f"--workdir={tmp_path / 'run'}",
+            "--config.dpo.beta=0.2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     for stage in ("sft", "dpo"):
         assert os.path.isfile(tmp_path / "run" / "export" / stage / "model.safetensors")

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from metarm_jax import sharding
 from metarm_jax.models import hf, llama
@@ -78,8 +79,9 @@ def test_layout_and_numbers_match_one_device(checkpoint, reference, shape):
     flat_ref = dict(nnx.to_flat_state(ref_g))
     for path, var in nnx.to_flat_state(g):
         a, b = np.asarray(var.get_value()), np.asarray(flat_ref[path].get_value())
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * max(1.0, np.abs(b).max()),
-                                   err_msg=str(path))
+        np.testing.assert_allclose(
+            a, b, rtol=1e-4, atol=1e-6 * max(1.0, np.abs(b).max()), err_msg=str(path)
+        )
 
 
 def test_random_init_is_created_sharded():
@@ -93,15 +95,19 @@ def test_random_init_is_created_sharded():
 
 
 def test_unknown_logical_axis_is_a_loud_error():
-    with pytest.raises(sharding.ShardingError, match=r"layers.foo: logical axis 'experts' has no rule"):
+    with pytest.raises(
+        sharding.ShardingError, match=r"layers.foo: logical axis 'experts' has no rule"
+    ):
         sharding.logical_to_spec(("experts", "embed"), name="layers.foo")
 
 
 def test_indivisible_weight_names_the_parameter():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 4})
     # tiny has 2 kv heads: they cannot be split 4 ways
-    with pytest.raises(sharding.ShardingError,
-                       match=r"parameter layers.k: dimension 'kv_heads' of size 2 is not divisible"):
+    with pytest.raises(
+        sharding.ShardingError,
+        match=r"parameter layers.k: dimension 'kv_heads' of size 2 is not divisible",
+    ):
         llama.create(llama.preset("tiny"), "lm", mesh=mesh)
 
 

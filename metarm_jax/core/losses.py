@@ -73,12 +73,14 @@ def validate_meta_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int):
         raise ValueError(
             f"meta.k (responses sampled per meta prompt) must be an int >= 2, got {k!r} "
-            f"({type(k).__name__}). Set e.g. --config.meta.k=5 (the paper's value).")
+            f"({type(k).__name__}). Set e.g. --config.meta.k=5 (the paper's value)."
+        )
     if k < 2:
         raise ValueError(
             f"meta.k (responses sampled per meta prompt) must be >= 2, got {k}: the difference "
             f"loss J compares pairs of responses to the same prompt, so with k={k} it has no "
-            f"pairs and MetaRM degenerates to the vanilla RM. Set e.g. --config.meta.k=5.")
+            f"pairs and MetaRM degenerates to the vanilla RM. Set e.g. --config.meta.k=5."
+        )
     return k
 
 
@@ -107,15 +109,17 @@ def difference_loss(rewards: jax.Array, sample_mask: jax.Array | None = None) ->
         sample_mask = jnp.ones(rewards.shape, bool)
     sample_mask = jnp.asarray(sample_mask).astype(bool)
     if sample_mask.shape != rewards.shape:
-        raise ValueError(f"difference_loss: sample_mask shape {sample_mask.shape} != rewards "
-                         f"shape {rewards.shape}; both must be [m, k].")
+        raise ValueError(
+            f"difference_loss: sample_mask shape {sample_mask.shape} != rewards "
+            f"shape {rewards.shape}; both must be [m, k]."
+        )
     k = rewards.shape[1]
-    r = jnp.where(sample_mask, rewards, 0.0)                        # padding can't leak NaN/inf
-    diff = jnp.abs(r[:, :, None] - r[:, None, :])                    # [m, k, k] |r_i - r_j|
-    upper = jnp.triu(jnp.ones((k, k), bool), k=1)                   # i < j
+    r = jnp.where(sample_mask, rewards, 0.0)  # padding can't leak NaN/inf
+    diff = jnp.abs(r[:, :, None] - r[:, None, :])  # [m, k, k] |r_i - r_j|
+    upper = jnp.triu(jnp.ones((k, k), bool), k=1)  # i < j
     pairs = upper[None] & sample_mask[:, :, None] & sample_mask[:, None, :]
     pair_sum = jnp.sum(jnp.where(pairs, jax.nn.sigmoid(diff), 0.0), axis=(1, 2))  # [m]
-    k_p = jnp.sum(sample_mask, axis=1).astype(r.dtype)               # [m] real samples
+    k_p = jnp.sum(sample_mask, axis=1).astype(r.dtype)  # [m] real samples
     scored = k_p >= 2
     j_p = jnp.where(scored, 2.0 * pair_sum / jnp.maximum(k_p, 1.0) ** 2, 0.0)
     return jnp.sum(j_p) / jnp.maximum(jnp.sum(scored).astype(r.dtype), 1.0)

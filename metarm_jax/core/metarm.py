@@ -19,7 +19,8 @@ edge (e.g. `nnx.merge(graphdef, params, rest)(...)`); `params` is any pytree of 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,24 +40,30 @@ ORDERS = ("first", "second")
 # --------------------------------------------------------------------------------------------
 
 
-def _call_reward_fn(reward_fn: RewardFn, params: PyTree, ids: jax.Array,
-                    mask: jax.Array, what: str) -> jax.Array:
+def _call_reward_fn(
+    reward_fn: RewardFn, params: PyTree, ids: jax.Array, mask: jax.Array, what: str
+) -> jax.Array:
     rewards = reward_fn(params, ids, mask)
     if rewards.shape != ids.shape[:1]:
-        raise ValueError(f"reward_fn must return one scalar per sequence, shape [{ids.shape[0]}], "
-                         f"for the {what} batch of input_ids {ids.shape}; got {rewards.shape}.")
+        raise ValueError(
+            f"reward_fn must return one scalar per sequence, shape [{ids.shape[0]}], "
+            f"for the {what} batch of input_ids {ids.shape}; got {rewards.shape}."
+        )
     return rewards
 
 
-def pair_rewards(reward_fn: RewardFn, params: PyTree,
-                 pref_batch: Batch) -> tuple[jax.Array, jax.Array]:
+def pair_rewards(
+    reward_fn: RewardFn, params: PyTree, pref_batch: Batch
+) -> tuple[jax.Array, jax.Array]:
     """Rewards (r_w [n], r_l [n]) of a preference batch, from ONE reward_fn call on [2n, T]."""
     cw, rj = pref_batch["chosen_ids"], pref_batch["rejected_ids"]
     if cw.ndim != 2 or cw.shape != rj.shape:
-        raise ValueError(f"pref_batch: chosen_ids {cw.shape} and rejected_ids {rj.shape} must both "
-                         f"be [n, T] with the same T; pad both sides of a pair to one length.")
+        raise ValueError(
+            f"pref_batch: chosen_ids {cw.shape} and rejected_ids {rj.shape} must both "
+            f"be [n, T] with the same T; pad both sides of a pair to one length."
+        )
     n = cw.shape[0]
-    ids = jnp.concatenate([cw, rj], axis=0)                                        # [2n, T]
+    ids = jnp.concatenate([cw, rj], axis=0)  # [2n, T]
     mask = jnp.concatenate([pref_batch["chosen_mask"], pref_batch["rejected_mask"]], axis=0)
     rewards = _call_reward_fn(reward_fn, params, ids, mask, "preference")
     return rewards[:n], rewards[n:]
@@ -68,11 +75,14 @@ def meta_rewards(reward_fn: RewardFn, params: PyTree, meta_batch: Batch) -> jax.
     finite reward; `difference_loss` then drops them."""
     ids, mask = meta_batch["input_ids"], meta_batch["attention_mask"]
     if ids.ndim != 3 or mask.shape != ids.shape:
-        raise ValueError(f"meta_batch: input_ids {ids.shape} and attention_mask {mask.shape} must "
-                         f"both be [m, k, T].")
+        raise ValueError(
+            f"meta_batch: input_ids {ids.shape} and attention_mask {mask.shape} must "
+            f"both be [m, k, T]."
+        )
     m, k, t = ids.shape
-    rewards = _call_reward_fn(reward_fn, params, ids.reshape(m * k, t), mask.reshape(m * k, t),
-                              "meta")
+    rewards = _call_reward_fn(
+        reward_fn, params, ids.reshape(m * k, t), mask.reshape(m * k, t), "meta"
+    )
     return rewards.reshape(m, k)
 
 
@@ -81,15 +91,18 @@ def meta_rewards(reward_fn: RewardFn, params: PyTree, meta_batch: Batch) -> jax.
 # --------------------------------------------------------------------------------------------
 
 
-def preference_loss(reward_fn: RewardFn, params: PyTree,
-                    pref_batch: Batch) -> tuple[jax.Array, Metrics]:
+def preference_loss(
+    reward_fn: RewardFn, params: PyTree, pref_batch: Batch
+) -> tuple[jax.Array, Metrics]:
     """L_θ(X_t), the Bradley-Terry loss, with (float32) accuracy and reward stats as aux.
     An optional `margin` [n] in pref_batch is subtracted from r_w - r_l."""
     r_w, r_l = pair_rewards(reward_fn, params, pref_batch)
     loss = losses.bt_loss(r_w, r_l, pref_batch.get("margin"))
-    aux = {"loss": loss.astype(jnp.float32),
-           "accuracy": losses.preference_accuracy(r_w, r_l),
-           **losses.reward_stats(r_w, r_l)}
+    aux = {
+        "loss": loss.astype(jnp.float32),
+        "accuracy": losses.preference_accuracy(r_w, r_l),
+        **losses.reward_stats(r_w, r_l),
+    }
     return loss, aux
 
 
@@ -101,8 +114,9 @@ def meta_loss(reward_fn: RewardFn, params: PyTree, meta_batch: Batch) -> jax.Arr
 
 def ascend(params: PyTree, grads: PyTree, eta: float | jax.Array) -> PyTree:
     """θ + η·g, leaf by leaf in each param's own dtype (η = 0 returns θ bit for bit)."""
-    return jax.tree.map(lambda p, g: p + jnp.asarray(eta, p.dtype) * g.astype(p.dtype),
-                        params, grads)
+    return jax.tree.map(
+        lambda p, g: p + jnp.asarray(eta, p.dtype) * g.astype(p.dtype), params, grads
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,18 +124,24 @@ def ascend(params: PyTree, grads: PyTree, eta: float | jax.Array) -> PyTree:
 # --------------------------------------------------------------------------------------------
 
 
-def vanilla_grads(reward_fn: RewardFn, params: PyTree,
-                  pref_batch: Batch) -> tuple[PyTree, Metrics]:
+def vanilla_grads(reward_fn: RewardFn, params: PyTree, pref_batch: Batch) -> tuple[PyTree, Metrics]:
     """The plain RM step's gradient ∇_θ L_θ(X_t), and metrics at θ."""
     (_, metrics), g = jax.value_and_grad(
-        lambda theta: preference_loss(reward_fn, theta, pref_batch), has_aux=True)(params)
+        lambda theta: preference_loss(reward_fn, theta, pref_batch), has_aux=True
+    )(params)
     metrics["grad_norm"] = _norm(g)
     return g, metrics
 
 
-def meta_grads(reward_fn: RewardFn, params: PyTree, pref_batch: Batch, meta_batch: Batch,
-               eta: float | jax.Array, order: str = "first",
-               measure_j_prime: bool = False) -> tuple[PyTree, Metrics]:
+def meta_grads(
+    reward_fn: RewardFn,
+    params: PyTree,
+    pref_batch: Batch,
+    meta_batch: Batch,
+    eta: float | jax.Array,
+    order: str = "first",
+    measure_j_prime: bool = False,
+) -> tuple[PyTree, Metrics]:
     """One MetaRM gradient (Algorithm 1); the caller applies it with its optimizer.
 
     Returns `(g, metrics)`, g with the structure and dtypes of params. Metrics (float32 scalars):
@@ -141,33 +161,38 @@ def meta_grads(reward_fn: RewardFn, params: PyTree, pref_batch: Batch, meta_batc
     """
     if order not in ORDERS:
         raise ValueError(f"meta order must be one of {ORDERS} (config.meta.order), got {order!r}.")
-    J = lambda theta: meta_loss(reward_fn, theta, meta_batch)        # J_θ(X_s)
+    J = lambda theta: meta_loss(reward_fn, theta, meta_batch)  # J_θ(X_s)
     L = lambda theta: preference_loss(reward_fn, theta, pref_batch)  # L_θ(X_t), with metrics
 
     def meta_process(theta):
-        j, grad_j = jax.value_and_grad(J)(theta)                     # ∇_θ J_θ(X_s)
-        theta_prime = ascend(theta, grad_j, eta)                     # θ' = θ + η ∇_θ J_θ(X_s)
+        j, grad_j = jax.value_and_grad(J)(theta)  # ∇_θ J_θ(X_s)
+        theta_prime = ascend(theta, grad_j, eta)  # θ' = θ + η ∇_θ J_θ(X_s)
         return theta_prime, (j, grad_j)
 
-    if order == "first":                                             # g = ∇_θ' L_θ'(X_t)
+    if order == "first":  # g = ∇_θ' L_θ'(X_t)
         theta_prime, (j, grad_j) = meta_process(params)
         (_, metrics), g = jax.value_and_grad(L, has_aux=True)(theta_prime)
-    else:                                                            # g = ∇_θ L_θ'(X_t)
-        def outer(theta):                                            # L_{θ + η ∇J(θ)}(X_t)
+    else:  # g = ∇_θ L_θ'(X_t)
+
+        def outer(theta):  # L_{θ + η ∇J(θ)}(X_t)
             theta_prime, meta_aux = meta_process(theta)
             loss, aux = L(theta_prime)
             return loss, (aux, meta_aux, theta_prime)
-        (_, (metrics, (j, grad_j), theta_prime)), g = jax.value_and_grad(
-            outer, has_aux=True)(params)
+
+        (_, (metrics, (j, grad_j), theta_prime)), g = jax.value_and_grad(outer, has_aux=True)(
+            params
+        )
 
     grad_j_norm, g_norm = _norm(grad_j), _norm(g)
-    metrics.update({
-        "grad_norm": g_norm,
-        "meta/J": j.astype(jnp.float32),
-        "meta/grad_J_norm": grad_j_norm,
-        "meta/J_gain_linear": jnp.asarray(eta, jnp.float32) * grad_j_norm ** 2,
-        "meta/cos_gradJ_grad": _cosine(grad_j, g, grad_j_norm, g_norm),
-    })
+    metrics.update(
+        {
+            "grad_norm": g_norm,
+            "meta/J": j.astype(jnp.float32),
+            "meta/grad_J_norm": grad_j_norm,
+            "meta/J_gain_linear": jnp.asarray(eta, jnp.float32) * grad_j_norm**2,
+            "meta/cos_gradJ_grad": _cosine(grad_j, g, grad_j_norm, g_norm),
+        }
+    )
     if measure_j_prime:
         metrics["meta/J_prime"] = J(jax.lax.stop_gradient(theta_prime)).astype(jnp.float32)
     return g, metrics
@@ -179,8 +204,13 @@ def meta_grads(reward_fn: RewardFn, params: PyTree, pref_batch: Batch, meta_batc
 
 
 def _dot(a: PyTree, b: PyTree) -> jax.Array:
-    return sum((jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
-                for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))), jnp.float32(0))
+    return sum(
+        (
+            jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+        ),
+        jnp.float32(0),
+    )
 
 
 def _norm(a: PyTree) -> jax.Array:

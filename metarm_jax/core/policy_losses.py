@@ -37,8 +37,10 @@ def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:
         return jnp.ones(jnp.shape(like), bool)
     mask = jnp.asarray(mask)
     if mask.shape != jnp.shape(like):
-        raise ValueError(f"mask shape {mask.shape} != values shape {jnp.shape(like)}; masks are "
-                         f"[B, T] with 1 on the tokens that count (e.g. response tokens).")
+        raise ValueError(
+            f"mask shape {mask.shape} != values shape {jnp.shape(like)}; masks are "
+            f"[B, T] with 1 on the tokens that count (e.g. response tokens)."
+        )
     return mask.astype(bool)
 
 
@@ -77,8 +79,9 @@ def masked_var(x: jax.Array, mask: jax.Array | None, unbiased: bool = True) -> j
 # --------------------------------------------------------------------------------------------
 
 
-def next_token_targets(logits: jax.Array, input_ids: jax.Array,
-                       mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def next_token_targets(
+    logits: jax.Array, input_ids: jax.Array, mask: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Align a causal LM's outputs with its targets: logits[:, t] predicts input_ids[:, t+1].
 
     Args: logits [B, T, V], input_ids [B, T], mask [B, T] (1 on the tokens to score as targets,
@@ -96,8 +99,10 @@ def logprobs_of(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     """
     logits = upcast(logits)
     if tokens.shape != logits.shape[:-1]:
-        raise ValueError(f"logprobs_of: tokens {tokens.shape} must be logits {logits.shape} "
-                         f"without the vocab axis.")
+        raise ValueError(
+            f"logprobs_of: tokens {tokens.shape} must be logits {logits.shape} "
+            f"without the vocab axis."
+        )
     picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
 
@@ -133,8 +138,9 @@ def sequence_logprobs(token_logp: jax.Array, mask: jax.Array) -> jax.Array:
 # --------------------------------------------------------------------------------------------
 
 
-def sft_loss(logits: jax.Array, labels: jax.Array,
-             loss_mask: jax.Array) -> tuple[jax.Array, Metrics]:
+def sft_loss(
+    logits: jax.Array, labels: jax.Array, loss_mask: jax.Array
+) -> tuple[jax.Array, Metrics]:
     """Masked token cross-entropy: mean of -log π(labels) over the real response tokens.
 
     Args:
@@ -148,13 +154,15 @@ def sft_loss(logits: jax.Array, labels: jax.Array,
       `sft/loss`, `sft/num_tokens`, `sft/token_accuracy` (argmax == label, over the mask).
     """
     mask = as_mask(loss_mask, labels)
-    safe_labels = jnp.where(mask, labels, 0)       # out-of-range pad ids can't break the gather
+    safe_labels = jnp.where(mask, labels, 0)  # out-of-range pad ids can't break the gather
     nll = -logprobs_of(logits, safe_labels)
     loss = masked_mean(nll, mask)
     correct = (jnp.argmax(logits, axis=-1) == safe_labels).astype(jnp.float32)
-    metrics = {"sft/loss": loss.astype(jnp.float32),
-               "sft/num_tokens": masked_count(mask),
-               "sft/token_accuracy": masked_mean(correct, mask).astype(jnp.float32)}
+    metrics = {
+        "sft/loss": loss.astype(jnp.float32),
+        "sft/num_tokens": masked_count(mask),
+        "sft/token_accuracy": masked_mean(correct, mask).astype(jnp.float32),
+    }
     return loss, metrics
 
 
@@ -163,10 +171,15 @@ def sft_loss(logits: jax.Array, labels: jax.Array,
 # --------------------------------------------------------------------------------------------
 
 
-def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array,
-             ref_chosen: jax.Array, ref_rejected: jax.Array, *,
-             beta: float | jax.Array = DPO_BETA,
-             label_smoothing: float | jax.Array = 0.0) -> tuple[jax.Array, Metrics]:
+def dpo_loss(
+    policy_chosen: jax.Array,
+    policy_rejected: jax.Array,
+    ref_chosen: jax.Array,
+    ref_rejected: jax.Array,
+    *,
+    beta: float | jax.Array = DPO_BETA,
+    label_smoothing: float | jax.Array = 0.0,
+) -> tuple[jax.Array, Metrics]:
     """DPO (Rafailov et al. 2023, Eq. 7):  L = -mean log σ(β[(π_w - ref_w) - (π_l - ref_l)]).
 
     Args:
@@ -187,16 +200,18 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array,
     """
     pw, pl, rw, rl = (upcast(a) for a in (policy_chosen, policy_rejected, ref_chosen, ref_rejected))
     beta = jnp.asarray(beta, pw.dtype)
-    chosen_reward = beta * (pw - rw)                                 # implicit reward of y_w
+    chosen_reward = beta * (pw - rw)  # implicit reward of y_w
     rejected_reward = beta * (pl - rl)
-    logits = chosen_reward - rejected_reward                          # β·h
+    logits = chosen_reward - rejected_reward  # β·h
     eps = jnp.asarray(label_smoothing, pw.dtype)
     per_pair = -(1.0 - eps) * jax.nn.log_sigmoid(logits) - eps * jax.nn.log_sigmoid(-logits)
     loss = jnp.mean(per_pair)
     f32 = lambda v: v.astype(jnp.float32)
-    metrics = {"dpo/loss": f32(loss),
-               "dpo/reward_chosen": f32(jnp.mean(chosen_reward)),
-               "dpo/reward_rejected": f32(jnp.mean(rejected_reward)),
-               "dpo/reward_margin": f32(jnp.mean(logits)),
-               "dpo/accuracy": jnp.mean((chosen_reward > rejected_reward).astype(jnp.float32))}
+    metrics = {
+        "dpo/loss": f32(loss),
+        "dpo/reward_chosen": f32(jnp.mean(chosen_reward)),
+        "dpo/reward_rejected": f32(jnp.mean(rejected_reward)),
+        "dpo/reward_margin": f32(jnp.mean(logits)),
+        "dpo/accuracy": jnp.mean((chosen_reward > rejected_reward).astype(jnp.float32)),
+    }
     return loss, metrics

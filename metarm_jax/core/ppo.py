@@ -30,17 +30,23 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from metarm_jax.core.policy_losses import (as_mask, masked_count, masked_mean, masked_sum,
-                                           masked_var, upcast)
+from metarm_jax.core.policy_losses import (
+    as_mask,
+    masked_count,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    upcast,
+)
 
 Metrics = dict[str, jax.Array]
 
-KL_BETA = 0.05          # token-level KL penalty coefficient (paper, PPO)
+KL_BETA = 0.05  # token-level KL penalty coefficient (paper, PPO)
 KL_ESTIMATORS = ("k1", "k2", "k3")
-GAMMA = 1.0             # no discounting within a response (TRL, paper)
-LAMBDA = 0.95           # GAE λ (TRL default)
-CLIP_EPS = 0.2          # PPO ratio clip ε
-VALUE_CLIP_EPS = 0.2    # value clip ε_v (TRL `cliprange_value`)
+GAMMA = 1.0  # no discounting within a response (TRL, paper)
+LAMBDA = 0.95  # GAE λ (TRL default)
+CLIP_EPS = 0.2  # PPO ratio clip ε
+VALUE_CLIP_EPS = 0.2  # value clip ε_v (TRL `cliprange_value`)
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,8 +54,14 @@ VALUE_CLIP_EPS = 0.2    # value clip ε_v (TRL `cliprange_value`)
 # --------------------------------------------------------------------------------------------
 
 
-def kl_per_token(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array | None = None, *,
-                 estimator: str = "k1", clip: float | None = None) -> jax.Array:
+def kl_per_token(
+    logp: jax.Array,
+    ref_logp: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    estimator: str = "k1",
+    clip: float | None = None,
+) -> jax.Array:
     """Per-token KL(π ‖ π_ref) estimate from sampled-token log-probs: [B, T] -> [B, T].
 
     With d = logp - ref_logp (tokens sampled from π), Schulman's estimators:
@@ -61,8 +73,10 @@ def kl_per_token(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array | None = 
     reward clipping; default None = off). Masked positions are 0.
     """
     if estimator not in KL_ESTIMATORS:
-        raise ValueError(f"KL estimator must be one of {KL_ESTIMATORS} (config.ppo.kl_estimator), "
-                         f"got {estimator!r}.")
+        raise ValueError(
+            f"KL estimator must be one of {KL_ESTIMATORS} (config.ppo.kl_estimator), "
+            f"got {estimator!r}."
+        )
     logp, ref_logp = upcast(logp), upcast(ref_logp)
     d = logp - ref_logp
     if estimator == "k1":
@@ -70,7 +84,7 @@ def kl_per_token(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array | None = 
     elif estimator == "k2":
         kl = 0.5 * jnp.square(d)
     else:
-        kl = jnp.expm1(-d) + d                                       # exp(-d) - 1 + d, accurate
+        kl = jnp.expm1(-d) + d  # exp(-d) - 1 + d, accurate
     if clip is not None:
         kl = jnp.clip(kl, -clip, clip)
     return jnp.where(as_mask(mask, kl), kl, 0.0)
@@ -85,13 +99,14 @@ def last_token_onehot(mask: jax.Array) -> jax.Array:
     """[B, T] bool, True at the LAST real position of each row (all False for an empty row)."""
     m = jnp.asarray(mask).astype(bool)
     t = m.shape[-1]
-    last = t - 1 - jnp.argmax(m[..., ::-1], axis=-1)                  # [B]
+    last = t - 1 - jnp.argmax(m[..., ::-1], axis=-1)  # [B]
     onehot = jnp.arange(t)[None, :] == last[:, None]
     return onehot & jnp.any(m, axis=-1, keepdims=True)
 
 
-def token_rewards(scores: jax.Array, kl: jax.Array, mask: jax.Array, *,
-                  beta: float | jax.Array = KL_BETA) -> jax.Array:
+def token_rewards(
+    scores: jax.Array, kl: jax.Array, mask: jax.Array, *, beta: float | jax.Array = KL_BETA
+) -> jax.Array:
     """Per-token RLHF rewards (Ziegler et al. 2019; TRL):  r_t = -β·KL_t, plus the RM score on the
     last real response token.
 
@@ -127,12 +142,13 @@ class RunningMoments(NamedTuple):
     A pytree of three float32 scalars: checkpoint it with the trainer state. Float32 counts are
     exact up to 2^24 ≈ 16.7M scores.
     """
+
     count: jax.Array
     mean: jax.Array
     m2: jax.Array
 
     @classmethod
-    def init(cls) -> "RunningMoments":
+    def init(cls) -> RunningMoments:
         z = jnp.zeros((), jnp.float32)
         return cls(count=z, mean=z, m2=z)
 
@@ -144,8 +160,9 @@ class RunningMoments(NamedTuple):
         return jnp.sqrt(self.var(ddof))
 
 
-def update_moments(state: RunningMoments, x: jax.Array,
-                   mask: jax.Array | None = None) -> RunningMoments:
+def update_moments(
+    state: RunningMoments, x: jax.Array, mask: jax.Array | None = None
+) -> RunningMoments:
     """Fold a batch x (any shape; `mask` keeps only some entries) into the running moments, with
     Chan et al.'s parallel update (exact merge of two (count, mean, M2) summaries):
         δ = mean_b - mean_a,  n = n_a + n_b,
@@ -160,13 +177,16 @@ def update_moments(state: RunningMoments, x: jax.Array,
     n = state.count + n_b
     delta = mean_b - state.mean
     safe_n = jnp.maximum(n, 1.0)
-    return RunningMoments(count=n,
-                          mean=state.mean + delta * n_b / safe_n,
-                          m2=state.m2 + m2_b + jnp.square(delta) * state.count * n_b / safe_n)
+    return RunningMoments(
+        count=n,
+        mean=state.mean + delta * n_b / safe_n,
+        m2=state.m2 + m2_b + jnp.square(delta) * state.count * n_b / safe_n,
+    )
 
 
-def normalize_scores(scores: jax.Array, state: RunningMoments, *, subtract_mean: bool = False,
-                     eps: float = 1e-8) -> jax.Array:
+def normalize_scores(
+    scores: jax.Array, state: RunningMoments, *, subtract_mean: bool = False, eps: float = 1e-8
+) -> jax.Array:
     """Scale RM scores by the running std: s / (std + eps), and optionally centre them first
     ((s - mean) / (std + eps), `subtract_mean=True`). Default: scale only (TRL's
     `use_score_scaling` without `use_score_norm`), keeping the sign meaningful.
@@ -185,9 +205,14 @@ def normalize_scores(scores: jax.Array, state: RunningMoments, *, subtract_mean:
 # --------------------------------------------------------------------------------------------
 
 
-def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, *,
-        gamma: float | jax.Array = GAMMA,
-        lam: float | jax.Array = LAMBDA) -> tuple[jax.Array, jax.Array]:
+def gae(
+    rewards: jax.Array,
+    values: jax.Array,
+    mask: jax.Array,
+    *,
+    gamma: float | jax.Array = GAMMA,
+    lam: float | jax.Array = LAMBDA,
+) -> tuple[jax.Array, jax.Array]:
     """Generalised advantage estimation (Schulman et al. 2016), a reverse `lax.scan` over time.
 
         δ_t = r_t + γ·V_{t+1} - V_t,      A_t = δ_t + γλ·A_{t+1},      R_t = A_t + V_t
@@ -210,7 +235,7 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, *,
     gl = gamma * jnp.asarray(lam, dtype)
 
     def step(carry, xs):
-        next_v, next_a = carry                                       # at the next real token
+        next_v, next_a = carry  # at the next real token
         r_t, v_t, m_t = xs
         a_t = r_t + gamma * next_v - v_t + gl * next_a
         carry = (jnp.where(m_t, v_t, next_v), jnp.where(m_t, a_t, next_a))
@@ -222,8 +247,9 @@ def gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, *,
     return adv, jnp.where(m, adv + v, 0.0)
 
 
-def whiten(x: jax.Array, mask: jax.Array | None = None, *, shift_mean: bool = True,
-           eps: float = 1e-8) -> jax.Array:
+def whiten(
+    x: jax.Array, mask: jax.Array | None = None, *, shift_mean: bool = True, eps: float = 1e-8
+) -> jax.Array:
     """(x - mean) / sqrt(var + eps) over the real tokens (TRL's `masked_whiten`: unbiased var).
     `shift_mean=False` adds the mean back (unit variance, original mean). Default True.
     Masked positions are 0 in the output."""
@@ -241,8 +267,14 @@ def whiten(x: jax.Array, mask: jax.Array | None = None, *, shift_mean: bool = Tr
 # --------------------------------------------------------------------------------------------
 
 
-def policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
-                clip_eps: float | jax.Array = CLIP_EPS) -> tuple[jax.Array, Metrics]:
+def policy_loss(
+    logp: jax.Array,
+    old_logp: jax.Array,
+    advantages: jax.Array,
+    mask: jax.Array,
+    *,
+    clip_eps: float | jax.Array = CLIP_EPS,
+) -> tuple[jax.Array, Metrics]:
     """Clipped surrogate (Schulman et al. 2017), as a loss to minimise:
 
         ratio = exp(logp - old_logp),
@@ -257,23 +289,30 @@ def policy_loss(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mas
     logp, old_logp = upcast(logp), jax.lax.stop_gradient(upcast(old_logp))
     adv = jax.lax.stop_gradient(upcast(advantages))
     m = as_mask(mask, logp)
-    log_ratio = jnp.where(m, logp - old_logp, 0.0)                   # pads can't overflow exp
+    log_ratio = jnp.where(m, logp - old_logp, 0.0)  # pads can't overflow exp
     ratio = jnp.exp(log_ratio)
     pg1 = -adv * ratio
     pg2 = -adv * jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
     loss = masked_mean(jnp.maximum(pg1, pg2), m)
     sg = jax.lax.stop_gradient
-    metrics = {"ppo/policy_loss": loss.astype(jnp.float32),
-               "ppo/clipfrac": masked_mean((pg2 > pg1).astype(jnp.float32), m),
-               "ppo/approx_kl_k1": sg(masked_mean(-log_ratio, m)).astype(jnp.float32),
-               "ppo/approx_kl_k2": sg(0.5 * masked_mean(jnp.square(log_ratio), m)
-                                      ).astype(jnp.float32),
-               "ppo/ratio_mean": sg(masked_mean(ratio, m)).astype(jnp.float32)}
+    metrics = {
+        "ppo/policy_loss": loss.astype(jnp.float32),
+        "ppo/clipfrac": masked_mean((pg2 > pg1).astype(jnp.float32), m),
+        "ppo/approx_kl_k1": sg(masked_mean(-log_ratio, m)).astype(jnp.float32),
+        "ppo/approx_kl_k2": sg(0.5 * masked_mean(jnp.square(log_ratio), m)).astype(jnp.float32),
+        "ppo/ratio_mean": sg(masked_mean(ratio, m)).astype(jnp.float32),
+    }
     return loss, metrics
 
 
-def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array, *,
-               clip_eps: float | jax.Array = VALUE_CLIP_EPS) -> tuple[jax.Array, Metrics]:
+def value_loss(
+    values: jax.Array,
+    old_values: jax.Array,
+    returns: jax.Array,
+    mask: jax.Array,
+    *,
+    clip_eps: float | jax.Array = VALUE_CLIP_EPS,
+) -> tuple[jax.Array, Metrics]:
     """Clipped value loss (PPO2 / TRL):
 
         v_clip = clip(v, v_old - ε_v, v_old + ε_v)
@@ -293,15 +332,19 @@ def value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mas
     v_clip = jnp.clip(v, v_old - clip_eps, v_old + clip_eps)
     l1, l2 = jnp.square(v - ret), jnp.square(v_clip - ret)
     loss = 0.5 * masked_mean(jnp.maximum(l1, l2), m)
-    metrics = {"ppo/value_loss": loss.astype(jnp.float32),
-               "ppo/value_clipfrac": masked_mean((l2 > l1).astype(jnp.float32), m),
-               "ppo/explained_variance": jax.lax.stop_gradient(
-                   explained_variance(v, ret, m)).astype(jnp.float32)}
+    metrics = {
+        "ppo/value_loss": loss.astype(jnp.float32),
+        "ppo/value_clipfrac": masked_mean((l2 > l1).astype(jnp.float32), m),
+        "ppo/explained_variance": jax.lax.stop_gradient(explained_variance(v, ret, m)).astype(
+            jnp.float32
+        ),
+    }
     return loss, metrics
 
 
-def explained_variance(values: jax.Array, returns: jax.Array,
-                       mask: jax.Array | None = None) -> jax.Array:
+def explained_variance(
+    values: jax.Array, returns: jax.Array, mask: jax.Array | None = None
+) -> jax.Array:
     """1 - Var[R - V] / Var[R] over real tokens (population variances). 1 = perfect critic,
     0 = no better than a constant, < 0 = worse. Returns 0 (not NaN, which would trip a NaN
     guard) when Var[R] = 0."""
@@ -317,8 +360,9 @@ def explained_variance(values: jax.Array, returns: jax.Array,
 # --------------------------------------------------------------------------------------------
 
 
-def reward_difference_stats(scores: jax.Array, bin_edges: jax.Array,
-                            sample_mask: jax.Array | None = None) -> Metrics:
+def reward_difference_stats(
+    scores: jax.Array, bin_edges: jax.Array, sample_mask: jax.Array | None = None
+) -> Metrics:
     """Statistics of |r_i - r_j|, i < j, over roll-outs of the SAME prompt.
 
     Args:
@@ -337,7 +381,7 @@ def reward_difference_stats(scores: jax.Array, bin_edges: jax.Array,
     m = as_mask(sample_mask, s)
     k = s.shape[1]
     s = jnp.where(m, s, 0.0)
-    diff = jnp.abs(s[:, :, None] - s[:, None, :])                     # [P, K, K]
+    diff = jnp.abs(s[:, :, None] - s[:, None, :])  # [P, K, K]
     pairs = jnp.triu(jnp.ones((k, k), bool), 1)[None] & m[:, :, None] & m[:, None, :]
     n = masked_count(pairs)
     mean = masked_mean(diff, pairs)

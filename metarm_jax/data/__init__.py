@@ -7,28 +7,54 @@ Names are imported lazily, so `from metarm_jax.data.config import data_config` s
 import importlib
 
 _EXPORTS = {
-    'config': ('data_config',),
-    'features': ('TokenSpec', 'tokenize_meta', 'tokenize_pairs', 'tokenize_prompts',
-                 'tokenize_sft'),
-    'pipeline': ('make_iter_dataset', 'meta_iterator', 'preference_iterator', 'prompt_iterator',
-                 'restore_iterator_state', 'save_iterator_state', 'sft_iterator'),
-    'readers': ('load_meta_examples', 'load_preference_pairs', 'load_prompts',
-                'load_sft_examples', 'write_meta_dataset'),
-    'records': ('DataError', 'MetaExample', 'PreferencePair', 'PromptExample', 'Records',
-                'SamplingInfo', 'SFTExample', 'SkipReport', 'Source'),
-    'tokenizer': ('load_tokenizer', 'train_bpe_tokenizer'),
+    "config": ("data_config",),
+    "features": (
+        "TokenSpec",
+        "tokenize_meta",
+        "tokenize_pairs",
+        "tokenize_prompts",
+        "tokenize_sft",
+    ),
+    "pipeline": (
+        "make_iter_dataset",
+        "meta_iterator",
+        "preference_iterator",
+        "prompt_iterator",
+        "restore_iterator_state",
+        "save_iterator_state",
+        "sft_iterator",
+    ),
+    "readers": (
+        "load_meta_examples",
+        "load_preference_pairs",
+        "load_prompts",
+        "load_sft_examples",
+        "write_meta_dataset",
+    ),
+    "records": (
+        "DataError",
+        "MetaExample",
+        "PreferencePair",
+        "PromptExample",
+        "Records",
+        "SamplingInfo",
+        "SFTExample",
+        "SkipReport",
+        "Source",
+    ),
+    "tokenizer": ("load_tokenizer", "train_bpe_tokenizer"),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
 
 
 def __getattr__(name):
-  if name in _WHERE:
-    value = getattr(importlib.import_module(f'{__name__}.{_WHERE[name]}'), name)
-    globals()[name] = value
-    return value
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-  return __all__
+    return __all__

@@ -14,7 +14,7 @@ the restored iterator yields exactly the next batch.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import grain
 import numpy as np
@@ -23,224 +23,388 @@ from metarm_jax.data import features as F
 from metarm_jax.data import readers
 from metarm_jax.data.records import DataError
 
-SEQ_KEYS = ('chosen_ids', 'chosen_mask', 'rejected_ids', 'rejected_mask', 'input_ids',
-            'attention_mask', 'loss_mask')
+SEQ_KEYS = (
+    "chosen_ids",
+    "chosen_mask",
+    "rejected_ids",
+    "rejected_mask",
+    "input_ids",
+    "attention_mask",
+    "loss_mask",
+)
 
 
 class _Features:
-  """The tokenized examples as a grain source (grain wants a stable __repr__)."""
+    """The tokenized examples as a grain source (grain wants a stable __repr__)."""
 
-  def __init__(self, items: Sequence, name: str):
-    self.items, self.name = items, name
+    def __init__(self, items: Sequence, name: str):
+        self.items, self.name = items, name
 
-  def __len__(self):
-    return len(self.items)
+    def __len__(self):
+        return len(self.items)
 
-  def __getitem__(self, i):
-    return self.items[i]
+    def __getitem__(self, i):
+        return self.items[i]
 
-  def __repr__(self):
-    return f'_Features({self.name!r}, n={len(self.items)})'
+    def __repr__(self):
+        return f"_Features({self.name!r}, n={len(self.items)})"
 
 
 class _PadTo:
-  """Index i of the stream, or PAD_ROW past its end (fills the last global batch)."""
+    """Index i of the stream, or PAD_ROW past its end (fills the last global batch)."""
 
-  def __init__(self, ds, n_real: int):
-    self.ds, self.n_real = ds, n_real
+    def __init__(self, ds, n_real: int):
+        self.ds, self.n_real = ds, n_real
 
-  def __call__(self, i):
-    return self.ds[i] if i < self.n_real else F.PAD_ROW
+    def __call__(self, i):
+        return self.ds[i] if i < self.n_real else F.PAD_ROW
 
-  def __repr__(self):
-    return f'_PadTo(n_real={self.n_real})'
+    def __repr__(self):
+        return f"_PadTo(n_real={self.n_real})"
 
 
 class ToGlobal:
-  """Local numpy batch -> dict of global jax.Arrays sharded over ('data','fsdp')."""
+    """Local numpy batch -> dict of global jax.Arrays sharded over ('data','fsdp')."""
 
-  def __init__(self, mesh, pad_id: int, pad_side: str):
-    self.mesh, self.pad_id, self.pad_side = mesh, pad_id, pad_side
+    def __init__(self, mesh, pad_id: int, pad_side: str):
+        self.mesh, self.pad_id, self.pad_side = mesh, pad_id, pad_side
 
-  def __repr__(self):
-    return f'ToGlobal({dict(self.mesh.shape)}, pad_id={self.pad_id}, {self.pad_side})'
+    def __repr__(self):
+        return f"ToGlobal({dict(self.mesh.shape)}, pad_id={self.pad_id}, {self.pad_side})"
 
-  def __call__(self, batch: dict) -> dict:
-    import jax  # pylint: disable=g-import-not-at-top
-    from metarm_jax.sharding import batch_sharding  # pylint: disable=g-import-not-at-top
-    if jax.process_count() > 1:
-      batch = self._same_length_on_all_hosts(batch)
-    return {k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
-            for k, v in batch.items()}
+    def __call__(self, batch: dict) -> dict:
+        import jax  # pylint: disable=g-import-not-at-top
 
-  def _same_length_on_all_hosts(self, batch):
-    """Hosts bucket their own slice; pad every host's T to the largest (one small all-gather)."""
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    key = next(k for k in SEQ_KEYS if k in batch)
-    t = batch[key].shape[-1]
-    T = int(np.max(multihost_utils.process_allgather(np.asarray(t, np.int32))))
-    if T == t:
-      return batch
-    out = dict(batch)
-    for k in SEQ_KEYS:
-      if k in out:
-        v = out[k]
-        width = [(0, 0)] * (v.ndim - 1) + [(0, T - t) if self.pad_side == 'right' else (T - t, 0)]
-        out[k] = np.pad(v, width, constant_values=self.pad_id if k.endswith('_ids') else 0)
-    return out
+        from metarm_jax.sharding import batch_sharding  # pylint: disable=g-import-not-at-top
+
+        if jax.process_count() > 1:
+            batch = self._same_length_on_all_hosts(batch)
+        return {
+            k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
+            for k, v in batch.items()
+        }
+
+    def _same_length_on_all_hosts(self, batch):
+        """Hosts bucket their own slice; pad every host's T to the largest (one small all-gather)."""
+        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+        key = next(k for k in SEQ_KEYS if k in batch)
+        t = batch[key].shape[-1]
+        T = int(np.max(multihost_utils.process_allgather(np.asarray(t, np.int32))))
+        if t == T:
+            return batch
+        out = dict(batch)
+        for k in SEQ_KEYS:
+            if k in out:
+                v = out[k]
+                width = [(0, 0)] * (v.ndim - 1) + [
+                    (0, T - t) if self.pad_side == "right" else (T - t, 0)
+                ]
+                out[k] = np.pad(v, width, constant_values=self.pad_id if k.endswith("_ids") else 0)
+        return out
 
 
-def make_iter_dataset(feats: Sequence, collate: F.Collate, *, batch_size: int, seed: int,
-                      shuffle: bool = True, num_epochs: int | None = 1,
-                      drop_remainder: bool = True, shard_index: int | None = None,
-                      shard_count: int | None = None, mesh=None, num_threads: int = 2,
-                      prefetch_buffer_size: int = 4, name: str = 'data') -> grain.IterDataset:
-  """Batches of `feats` through `collate`; `batch_size` is global (all hosts together).
+def make_iter_dataset(
+    feats: Sequence,
+    collate: F.Collate,
+    *,
+    batch_size: int,
+    seed: int,
+    shuffle: bool = True,
+    num_epochs: int | None = 1,
+    drop_remainder: bool = True,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+    mesh=None,
+    num_threads: int = 2,
+    prefetch_buffer_size: int = 4,
+    name: str = "data",
+) -> grain.IterDataset:
+    """Batches of `feats` through `collate`; `batch_size` is global (all hosts together).
 
-  shard_index/shard_count default to jax.process_index()/process_count(); pass them to
-  simulate hosts. With `mesh`, batches are global jax.Arrays; without, local numpy dicts.
-  num_epochs 0/None repeats forever. drop_remainder=False pads the last batch (example_mask).
-  """
-  if shard_index is None or shard_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
-    shard_index, shard_count = jax.process_index(), jax.process_count()
-  if not feats:
-    raise DataError(f'{name}: no examples to batch.')
-  if batch_size % shard_count:
-    raise DataError(f'{name}: global batch size {batch_size} is not divisible by the number of '
-                    f'hosts {shard_count}.')
-  ds = grain.MapDataset.source(_Features(feats, name))
-  if shuffle:
-    ds = ds.shuffle(seed=int(seed))  # a fresh permutation every epoch
-  ds = ds.repeat(num_epochs or None)
-  if num_epochs:
-    n_batches = len(ds) // batch_size if drop_remainder else math.ceil(len(ds) / batch_size)
-    if n_batches == 0:
-      raise DataError(f'{name}: {len(feats)} examples x {num_epochs} epochs is less than one '
-                      f'global batch of {batch_size}; lower the batch size or set '
-                      'drop_remainder=False.')
-    if drop_remainder:
-      ds = ds[:n_batches * batch_size]  # every host gets the same number of batches
-    else:
-      ds = grain.MapDataset.range(n_batches * batch_size).map(_PadTo(ds, len(ds)))
-  ds = ds[shard_index::shard_count]
-  ds = ds.batch(batch_size // shard_count, drop_remainder=True, batch_fn=collate)
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
-                                            prefetch_buffer_size=prefetch_buffer_size))
-  if mesh is not None:  # on the caller's thread, in step on every host
-    side = 'left' if collate.kind == 'prompt' else collate.spec.pad_side
-    it = it.map(ToGlobal(mesh, collate.spec.pad_id, side))
-  return it
+    shard_index/shard_count default to jax.process_index()/process_count(); pass them to
+    simulate hosts. With `mesh`, batches are global jax.Arrays; without, local numpy dicts.
+    num_epochs 0/None repeats forever. drop_remainder=False pads the last batch (example_mask).
+    """
+    if shard_index is None or shard_count is None:
+        import jax  # pylint: disable=g-import-not-at-top
+
+        shard_index, shard_count = jax.process_index(), jax.process_count()
+    if not feats:
+        raise DataError(f"{name}: no examples to batch.")
+    if batch_size % shard_count:
+        raise DataError(
+            f"{name}: global batch size {batch_size} is not divisible by the number of "
+            f"hosts {shard_count}."
+        )
+    ds = grain.MapDataset.source(_Features(feats, name))
+    if shuffle:
+        ds = ds.shuffle(seed=int(seed))  # a fresh permutation every epoch
+    ds = ds.repeat(num_epochs or None)
+    if num_epochs:
+        n_batches = len(ds) // batch_size if drop_remainder else math.ceil(len(ds) / batch_size)
+        if n_batches == 0:
+            raise DataError(
+                f"{name}: {len(feats)} examples x {num_epochs} epochs is less than one "
+                f"global batch of {batch_size}; lower the batch size or set "
+                "drop_remainder=False."
+            )
+        if drop_remainder:
+            ds = ds[: n_batches * batch_size]  # every host gets the same number of batches
+        else:
+            ds = grain.MapDataset.range(n_batches * batch_size).map(_PadTo(ds, len(ds)))
+    ds = ds[shard_index::shard_count]
+    ds = ds.batch(batch_size // shard_count, drop_remainder=True, batch_fn=collate)
+    it = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
+    )
+    if mesh is not None:  # on the caller's thread, in step on every host
+        side = "left" if collate.kind == "prompt" else collate.spec.pad_side
+        it = it.map(ToGlobal(mesh, collate.spec.pad_id, side))
+    return it
 
 
 # ----------------------------------------------------------------------------------------------
 # From config (`config.data`): records -> tokens -> iterator. Each returns a grain
 # DatasetIterator with `.skip_report`, `.num_examples` (and `.records` for prompt iterators).
 
-def _iterator(cfg, tokenizer, feats, collate, *, batch_size, seed, mesh, shard_index,
-              shard_count, shuffle, num_epochs, drop_remainder, name):
-  drop = cfg.drop_remainder if drop_remainder is None else drop_remainder
-  collate.with_example_mask = not drop
-  ds = make_iter_dataset(
-      feats, collate, batch_size=batch_size, seed=seed,
-      shuffle=cfg.shuffle if shuffle is None else shuffle,
-      num_epochs=cfg.num_epochs if num_epochs is None else num_epochs, drop_remainder=drop,
-      shard_index=shard_index, shard_count=shard_count, mesh=mesh, num_threads=cfg.num_threads,
-      prefetch_buffer_size=cfg.prefetch_buffer_size, name=name)
-  it = iter(ds)
-  it.skip_report = getattr(feats, 'skip_report', None)
-  it.num_examples = len(feats)  # after all skips: what one epoch holds
-  return it
+
+def _iterator(
+    cfg,
+    tokenizer,
+    feats,
+    collate,
+    *,
+    batch_size,
+    seed,
+    mesh,
+    shard_index,
+    shard_count,
+    shuffle,
+    num_epochs,
+    drop_remainder,
+    name,
+):
+    drop = cfg.drop_remainder if drop_remainder is None else drop_remainder
+    collate.with_example_mask = not drop
+    ds = make_iter_dataset(
+        feats,
+        collate,
+        batch_size=batch_size,
+        seed=seed,
+        shuffle=cfg.shuffle if shuffle is None else shuffle,
+        num_epochs=cfg.num_epochs if num_epochs is None else num_epochs,
+        drop_remainder=drop,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        mesh=mesh,
+        num_threads=cfg.num_threads,
+        prefetch_buffer_size=cfg.prefetch_buffer_size,
+        name=name,
+    )
+    it = iter(ds)
+    it.skip_report = getattr(feats, "skip_report", None)
+    it.num_examples = len(feats)  # after all skips: what one epoch holds
+    return it
 
 
 def _load_kwargs(cfg, tokenizer):
-  return dict(on_bad_record=cfg.on_bad_record, max_skip_fraction=cfg.max_skip_fraction,
-              conversation_format=cfg.conversation_format, tokenizer=tokenizer,
-              oasst_lang=cfg.oasst_lang)
+    return dict(
+        on_bad_record=cfg.on_bad_record,
+        max_skip_fraction=cfg.max_skip_fraction,
+        conversation_format=cfg.conversation_format,
+        tokenizer=tokenizer,
+        oasst_lang=cfg.oasst_lang,
+    )
 
 
-def preference_iterator(cfg, tokenizer, *, records=None, split: str | None = None, mesh=None,
-                        shard_index=None, shard_count=None, shuffle=None, num_epochs=None,
-                        drop_remainder=None):
-  """Preference batches (chosen_ids, chosen_mask, rejected_ids, rejected_mask: [n, T])."""
-  if records is None:
-    records = readers.load_preference_pairs(
-        cfg.dataset, cfg.path, split or cfg.split, name=cfg.name, data_dir=cfg.data_dir,
-        pku_preference=cfg.pku_preference, **_load_kwargs(cfg, tokenizer))
-  spec = F.TokenSpec.from_config(cfg, tokenizer)
-  feats = F.tokenize_pairs(records, tokenizer, spec)
-  return _iterator(cfg, tokenizer, feats, F.CollatePairs(spec), batch_size=cfg.pref_batch_size,
-                   seed=cfg.pref_seed, mesh=mesh, shard_index=shard_index,
-                   shard_count=shard_count, shuffle=shuffle, num_epochs=num_epochs,
-                   drop_remainder=drop_remainder, name='preference')
+def preference_iterator(
+    cfg,
+    tokenizer,
+    *,
+    records=None,
+    split: str | None = None,
+    mesh=None,
+    shard_index=None,
+    shard_count=None,
+    shuffle=None,
+    num_epochs=None,
+    drop_remainder=None,
+):
+    """Preference batches (chosen_ids, chosen_mask, rejected_ids, rejected_mask: [n, T])."""
+    if records is None:
+        records = readers.load_preference_pairs(
+            cfg.dataset,
+            cfg.path,
+            split or cfg.split,
+            name=cfg.name,
+            data_dir=cfg.data_dir,
+            pku_preference=cfg.pku_preference,
+            **_load_kwargs(cfg, tokenizer),
+        )
+    spec = F.TokenSpec.from_config(cfg, tokenizer)
+    feats = F.tokenize_pairs(records, tokenizer, spec)
+    return _iterator(
+        cfg,
+        tokenizer,
+        feats,
+        F.CollatePairs(spec),
+        batch_size=cfg.pref_batch_size,
+        seed=cfg.pref_seed,
+        mesh=mesh,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        drop_remainder=drop_remainder,
+        name="preference",
+    )
 
 
-def meta_iterator(cfg, tokenizer, *, records=None, mesh=None, shard_index=None,
-                  shard_count=None, shuffle=None, num_epochs=None, drop_remainder=None):
-  """Meta batches (input_ids, attention_mask: [m, k, T]; sample_mask: [m, k]); own seed."""
-  if records is None:
-    records = readers.load_meta_examples(cfg.meta_path, k=cfg.meta_k,
-                                         on_bad_record=cfg.on_bad_record,
-                                         max_skip_fraction=cfg.max_skip_fraction)
-  spec = F.TokenSpec.from_config(cfg, tokenizer)
-  feats = F.tokenize_meta(records, tokenizer, spec)
-  return _iterator(cfg, tokenizer, feats, F.CollateMeta(spec, k=cfg.meta_k),
-                   batch_size=cfg.meta_batch_size, seed=cfg.meta_seed, mesh=mesh,
-                   shard_index=shard_index, shard_count=shard_count, shuffle=shuffle,
-                   num_epochs=num_epochs, drop_remainder=drop_remainder, name='meta')
+def meta_iterator(
+    cfg,
+    tokenizer,
+    *,
+    records=None,
+    mesh=None,
+    shard_index=None,
+    shard_count=None,
+    shuffle=None,
+    num_epochs=None,
+    drop_remainder=None,
+):
+    """Meta batches (input_ids, attention_mask: [m, k, T]; sample_mask: [m, k]); own seed."""
+    if records is None:
+        records = readers.load_meta_examples(
+            cfg.meta_path,
+            k=cfg.meta_k,
+            on_bad_record=cfg.on_bad_record,
+            max_skip_fraction=cfg.max_skip_fraction,
+        )
+    spec = F.TokenSpec.from_config(cfg, tokenizer)
+    feats = F.tokenize_meta(records, tokenizer, spec)
+    return _iterator(
+        cfg,
+        tokenizer,
+        feats,
+        F.CollateMeta(spec, k=cfg.meta_k),
+        batch_size=cfg.meta_batch_size,
+        seed=cfg.meta_seed,
+        mesh=mesh,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        drop_remainder=drop_remainder,
+        name="meta",
+    )
 
 
-def sft_iterator(cfg, tokenizer, *, records=None, split: str | None = None, mesh=None,
-                 shard_index=None, shard_count=None, shuffle=None, num_epochs=None,
-                 drop_remainder=None):
-  """SFT batches (input_ids, attention_mask, loss_mask: [n, T])."""
-  if records is None:
-    records = readers.load_sft_examples(
-        cfg.sft_dataset, cfg.sft_path, split or cfg.sft_split, name=cfg.sft_name,
-        data_dir=cfg.sft_data_dir, **_load_kwargs(cfg, tokenizer))
-  spec = F.TokenSpec.from_config(cfg, tokenizer)
-  feats = F.tokenize_sft(records, tokenizer, spec)
-  return _iterator(cfg, tokenizer, feats, F.CollateSFT(spec), batch_size=cfg.sft_batch_size,
-                   seed=cfg.sft_seed, mesh=mesh, shard_index=shard_index,
-                   shard_count=shard_count, shuffle=shuffle, num_epochs=num_epochs,
-                   drop_remainder=drop_remainder, name='sft')
+def sft_iterator(
+    cfg,
+    tokenizer,
+    *,
+    records=None,
+    split: str | None = None,
+    mesh=None,
+    shard_index=None,
+    shard_count=None,
+    shuffle=None,
+    num_epochs=None,
+    drop_remainder=None,
+):
+    """SFT batches (input_ids, attention_mask, loss_mask: [n, T])."""
+    if records is None:
+        records = readers.load_sft_examples(
+            cfg.sft_dataset,
+            cfg.sft_path,
+            split or cfg.sft_split,
+            name=cfg.sft_name,
+            data_dir=cfg.sft_data_dir,
+            **_load_kwargs(cfg, tokenizer),
+        )
+    spec = F.TokenSpec.from_config(cfg, tokenizer)
+    feats = F.tokenize_sft(records, tokenizer, spec)
+    return _iterator(
+        cfg,
+        tokenizer,
+        feats,
+        F.CollateSFT(spec),
+        batch_size=cfg.sft_batch_size,
+        seed=cfg.sft_seed,
+        mesh=mesh,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        drop_remainder=drop_remainder,
+        name="sft",
+    )
 
 
-def prompt_iterator(cfg, tokenizer, *, records=None, split: str | None = None, mesh=None,
-                    shard_index=None, shard_count=None, shuffle=None, num_epochs=None,
-                    drop_remainder=None):
-  """Left-padded prompt batches (input_ids, attention_mask: [n, T]; prompt_index: [n]).
+def prompt_iterator(
+    cfg,
+    tokenizer,
+    *,
+    records=None,
+    split: str | None = None,
+    mesh=None,
+    shard_index=None,
+    shard_count=None,
+    shuffle=None,
+    num_epochs=None,
+    drop_remainder=None,
+):
+    """Left-padded prompt batches (input_ids, attention_mask: [n, T]; prompt_index: [n]).
 
-  `it.records[prompt_index]` is the PromptExample (text, source) of each row.
-  """
-  if records is None:
-    records = readers.load_prompts(
-        cfg.prompt_dataset, cfg.prompt_path, split or cfg.prompt_split, name=cfg.prompt_name,
-        data_dir=cfg.prompt_data_dir, **_load_kwargs(cfg, tokenizer))
-  spec = F.TokenSpec.from_config(cfg, tokenizer)
-  feats = F.tokenize_prompts(records, tokenizer, spec)
-  it = _iterator(cfg, tokenizer, feats, F.CollatePrompts(spec),
-                 batch_size=cfg.prompt_batch_size, seed=cfg.prompt_seed, mesh=mesh,
-                 shard_index=shard_index, shard_count=shard_count, shuffle=shuffle,
-                 num_epochs=num_epochs, drop_remainder=drop_remainder, name='prompt')
-  it.records = records
-  return it
+    `it.records[prompt_index]` is the PromptExample (text, source) of each row.
+    """
+    if records is None:
+        records = readers.load_prompts(
+            cfg.prompt_dataset,
+            cfg.prompt_path,
+            split or cfg.prompt_split,
+            name=cfg.prompt_name,
+            data_dir=cfg.prompt_data_dir,
+            **_load_kwargs(cfg, tokenizer),
+        )
+    spec = F.TokenSpec.from_config(cfg, tokenizer)
+    feats = F.tokenize_prompts(records, tokenizer, spec)
+    it = _iterator(
+        cfg,
+        tokenizer,
+        feats,
+        F.CollatePrompts(spec),
+        batch_size=cfg.prompt_batch_size,
+        seed=cfg.prompt_seed,
+        mesh=mesh,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        drop_remainder=drop_remainder,
+        name="prompt",
+    )
+    it.records = records
+    return it
 
 
 # ----------------------------------------------------------------------------------------------
 # Orbax checkpointing of iterator state (the lead's checkpoint manager can put
 # grain.checkpoint.CheckpointSave(it) into its Composite args instead).
 
+
 def _checkpointer():
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  return ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+    return ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
 
 
 def save_iterator_state(directory: str, iterator) -> None:
-  """Writes the iterator's position under `directory` (one json per process) through orbax."""
-  _checkpointer().save(directory, args=grain.checkpoint.CheckpointSave(iterator), force=True)
+    """Writes the iterator's position under `directory` (one json per process) through orbax."""
+    _checkpointer().save(directory, args=grain.checkpoint.CheckpointSave(iterator), force=True)
 
 
 def restore_iterator_state(directory: str, iterator):
-  """Sets `iterator` (built from the same data and config) to the saved position; returns it."""
-  return _checkpointer().restore(directory, args=grain.checkpoint.CheckpointRestore(iterator))
+    """Sets `iterator` (built from the same data and config) to the saved position; returns it."""
+    return _checkpointer().restore(directory, args=grain.checkpoint.CheckpointRestore(iterator))

@@ -29,406 +29,469 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import ml_collections
 import numpy as np
 
 from metarm_jax.data.formats import ASSISTANT, HUMAN
 
-PAD, BOS, EOS, UNK = '<pad>', '<s>', '</s>', '<unk>'
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 PAD_ID, BOS_ID, EOS_ID, UNK_ID, HUMAN_ID, ASSISTANT_ID = range(6)
 FIRST_SYMBOL_ID = 6
 MAX_VOCAB = 96  # a tiny Llama's embedding table; the world refuses to grow past it
-_SPACE = '\u2581'  # Metaspace marker: vocab entry of symbol 'w03' is '\u2581w03'
+_SPACE = "\u2581"  # Metaspace marker: vocab entry of symbol 'w03' is '\u2581w03'
 
 # A sequence of symbols: text ("w01 w02"), symbol indices, or (for gold_ids) token ids.
-Seq = Union[str, Sequence[int], np.ndarray]
+Seq = str | Sequence[int] | np.ndarray
 
 
 def world_config() -> ml_collections.ConfigDict:
-  """Every knob of the world; the lead mounts it as `config.world`. See docs/synthetic.md."""
-  c = ml_collections.ConfigDict()
-  # Vocabulary and topics.
-  c.num_symbols = 48  # symbols w00..w47 -> token ids 6..53 (vocab size 54)
-  c.num_groups = 4  # topics of num_symbols // num_groups consecutive symbols
-  # Prompts: length range (inclusive) and the probability that a token is from the topic.
-  c.prompt_len = (4, 12)
-  c.topic_purity = 0.75
-  c.ood_prompt_len = (8, 12)  # the shifted (OOD) prompt distribution
-  c.ood_topic_purity = 0.5
-  # Base (pre-SFT) responses.
-  c.response_len = (1, 16)  # inclusive
-  c.base_good_frac = (0.0, 1.0)  # per response, P(token from G(x)) ~ U(lo, hi)
-  c.saturated_good_frac = (0.9, 1.0)  # a policy that has saturated the coarse part
-  c.base_sorted_prob = 0.3  # a response is sorted (random direction) with this probability
-  c.base_repeat_prob = 0.1  # each token repeats its predecessor with this probability
-  # Gold reward g = sum_k weight_k * part_k, every part in [0, 1].
-  c.coarse_cap = 0.75  # coarse = min(good fraction / coarse_cap, 1)
-  c.w_coarse = 1.0
-  c.w_order = 0.3
-  c.w_norep = 0.2
-  c.w_length = 0.2
-  c.length_offset = 0  # target length = len(prompt) + length_offset
-  c.length_tolerance = 4.0
-  # Preference labels: Bradley-Terry on g (0 = always the gold order).
-  c.bt_temperature = 0.1
-  # Sizes of the files write_world writes.
-  c.num_sft = 4000
-  c.num_train_pairs = 4000
-  c.num_test_pairs = 500
-  c.num_train_prompts = 2000
-  c.num_eval_prompts = 200  # held out (judges, win rates)
-  c.num_ood_prompts = 200
-  c.seed = 0
-  return c
+    """Every knob of the world; the lead mounts it as `config.world`. See docs/synthetic.md."""
+    c = ml_collections.ConfigDict()
+    # Vocabulary and topics.
+    c.num_symbols = 48  # symbols w00..w47 -> token ids 6..53 (vocab size 54)
+    c.num_groups = 4  # topics of num_symbols // num_groups consecutive symbols
+    # Prompts: length range (inclusive) and the probability that a token is from the topic.
+    c.prompt_len = (4, 12)
+    c.topic_purity = 0.75
+    c.ood_prompt_len = (8, 12)  # the shifted (OOD) prompt distribution
+    c.ood_topic_purity = 0.5
+    # Base (pre-SFT) responses.
+    c.response_len = (1, 16)  # inclusive
+    c.base_good_frac = (0.0, 1.0)  # per response, P(token from G(x)) ~ U(lo, hi)
+    c.saturated_good_frac = (0.9, 1.0)  # a policy that has saturated the coarse part
+    c.base_sorted_prob = 0.3  # a response is sorted (random direction) with this probability
+    c.base_repeat_prob = 0.1  # each token repeats its predecessor with this probability
+    # Gold reward g = sum_k weight_k * part_k, every part in [0, 1].
+    c.coarse_cap = 0.75  # coarse = min(good fraction / coarse_cap, 1)
+    c.w_coarse = 1.0
+    c.w_order = 0.3
+    c.w_norep = 0.2
+    c.w_length = 0.2
+    c.length_offset = 0  # target length = len(prompt) + length_offset
+    c.length_tolerance = 4.0
+    # Preference labels: Bradley-Terry on g (0 = always the gold order).
+    c.bt_temperature = 0.1
+    # Sizes of the files write_world writes.
+    c.num_sft = 4000
+    c.num_train_pairs = 4000
+    c.num_test_pairs = 500
+    c.num_train_prompts = 2000
+    c.num_eval_prompts = 200  # held out (judges, win rates)
+    c.num_ood_prompts = 200
+    c.seed = 0
+    return c
 
 
 def _sigmoid(x):
-  return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for large |x|
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for large |x|
 
 
 @dataclasses.dataclass
 class Components:
-  """The gold reward and its parts, each [B] float64."""
-  gold: np.ndarray
-  coarse: np.ndarray
-  order: np.ndarray
-  norep: np.ndarray
-  length: np.ndarray
-  good_frac: np.ndarray  # the coarse part before the cap
+    """The gold reward and its parts, each [B] float64."""
+
+    gold: np.ndarray
+    coarse: np.ndarray
+    order: np.ndarray
+    norep: np.ndarray
+    length: np.ndarray
+    good_frac: np.ndarray  # the coarse part before the cap
 
 
 class World:
-  """Symbols, prompt and response samplers, the gold reward and BT labels of one config."""
+    """Symbols, prompt and response samplers, the gold reward and BT labels of one config."""
 
-  def __init__(self, cfg: ml_collections.ConfigDict | None = None):
-    cfg = world_config() if cfg is None else cfg
-    self.cfg = cfg
-    v, g = int(cfg.num_symbols), int(cfg.num_groups)
-    if v < 2 or g < 1 or v % g or v // g < 2:
-      raise ValueError(f'world.num_symbols={v} must be a multiple of world.num_groups={g} with '
-                       'at least 2 symbols per group.')
-    if FIRST_SYMBOL_ID + v > MAX_VOCAB:
-      raise ValueError(f'world.num_symbols={v} gives {FIRST_SYMBOL_ID + v} token ids; keep it '
-                       f'<= {MAX_VOCAB - FIRST_SYMBOL_ID} so the tiny model stays small.')
-    for key in ('prompt_len', 'ood_prompt_len', 'response_len'):
-      lo, hi = cfg[key]
-      if not 1 <= lo <= hi:
-        raise ValueError(f'world.{key}={tuple(cfg[key])} must be (lo, hi) with 1 <= lo <= hi.')
-    if cfg.coarse_cap <= 0 or cfg.coarse_cap > 1 or cfg.length_tolerance <= 0:
-      raise ValueError('world.coarse_cap must be in (0, 1] and world.length_tolerance > 0.')
-    self.num_symbols, self.num_groups, self.group_size = v, g, v // g
-    width = len(str(v - 1))
-    self.symbols = tuple(f'w{i:0{max(2, width)}d}' for i in range(v))
-    self._index = {s: i for i, s in enumerate(self.symbols)}
-    self.vocab_size = FIRST_SYMBOL_ID + v
+    def __init__(self, cfg: ml_collections.ConfigDict | None = None):
+        cfg = world_config() if cfg is None else cfg
+        self.cfg = cfg
+        v, g = int(cfg.num_symbols), int(cfg.num_groups)
+        if v < 2 or g < 1 or v % g or v // g < 2:
+            raise ValueError(
+                f"world.num_symbols={v} must be a multiple of world.num_groups={g} with "
+                "at least 2 symbols per group."
+            )
+        if FIRST_SYMBOL_ID + v > MAX_VOCAB:
+            raise ValueError(
+                f"world.num_symbols={v} gives {FIRST_SYMBOL_ID + v} token ids; keep it "
+                f"<= {MAX_VOCAB - FIRST_SYMBOL_ID} so the tiny model stays small."
+            )
+        for key in ("prompt_len", "ood_prompt_len", "response_len"):
+            lo, hi = cfg[key]
+            if not 1 <= lo <= hi:
+                raise ValueError(
+                    f"world.{key}={tuple(cfg[key])} must be (lo, hi) with 1 <= lo <= hi."
+                )
+        if cfg.coarse_cap <= 0 or cfg.coarse_cap > 1 or cfg.length_tolerance <= 0:
+            raise ValueError("world.coarse_cap must be in (0, 1] and world.length_tolerance > 0.")
+        self.num_symbols, self.num_groups, self.group_size = v, g, v // g
+        width = len(str(v - 1))
+        self.symbols = tuple(f"w{i:0{max(2, width)}d}" for i in range(v))
+        self._index = {s: i for i, s in enumerate(self.symbols)}
+        self.vocab_size = FIRST_SYMBOL_ID + v
 
-  # --- text <-> symbols --------------------------------------------------------------------------
+    # --- text <-> symbols --------------------------------------------------------------------------
 
-  def render(self, seq: Sequence[int]) -> str:
-    """Symbol indices -> 'w03 w17'."""
-    return ' '.join(self.symbols[int(i)] for i in seq)
+    def render(self, seq: Sequence[int]) -> str:
+        """Symbol indices -> 'w03 w17'."""
+        return " ".join(self.symbols[int(i)] for i in seq)
 
-  def parse(self, text: str, *, junk: bool = True) -> np.ndarray:
-    """Text -> symbol indices; HH markers are dropped; other unknown words are -1 (junk) or,
-    with junk=False, dropped (how prompts are read)."""
-    text = text.replace(HUMAN, ' ').replace(ASSISTANT, ' ')
-    out = [self._index.get(w, -1) for w in text.split()]
-    return np.asarray([i for i in out if junk or i >= 0], np.int64)
+    def parse(self, text: str, *, junk: bool = True) -> np.ndarray:
+        """Text -> symbol indices; HH markers are dropped; other unknown words are -1 (junk) or,
+        with junk=False, dropped (how prompts are read)."""
+        text = text.replace(HUMAN, " ").replace(ASSISTANT, " ")
+        out = [self._index.get(w, -1) for w in text.split()]
+        return np.asarray([i for i in out if junk or i >= 0], np.int64)
 
-  def ids_to_symbols(self, ids: Sequence[int]) -> np.ndarray:
-    """Token ids -> symbol indices (-1 for a non-symbol id)."""
-    s = np.asarray(ids, np.int64) - FIRST_SYMBOL_ID
-    return np.where((s >= 0) & (s < self.num_symbols), s, -1)
+    def ids_to_symbols(self, ids: Sequence[int]) -> np.ndarray:
+        """Token ids -> symbol indices (-1 for a non-symbol id)."""
+        s = np.asarray(ids, np.int64) - FIRST_SYMBOL_ID
+        return np.where((s >= 0) & (s < self.num_symbols), s, -1)
 
-  def symbols_to_ids(self, seq: Sequence[int]) -> np.ndarray:
-    return np.asarray(seq, np.int64) + FIRST_SYMBOL_ID
+    def symbols_to_ids(self, seq: Sequence[int]) -> np.ndarray:
+        return np.asarray(seq, np.int64) + FIRST_SYMBOL_ID
 
-  # --- the hidden structure ----------------------------------------------------------------------
+    # --- the hidden structure ----------------------------------------------------------------------
 
-  def good_group(self, prompt: Seq) -> int:
-    """The topic of a prompt: its most frequent group (ties: the lowest index)."""
-    return int(self._groups(*_pack([self._as_prompt(prompt)]))[0])
+    def good_group(self, prompt: Seq) -> int:
+        """The topic of a prompt: its most frequent group (ties: the lowest index)."""
+        return int(self._groups(*_pack([self._as_prompt(prompt)]))[0])
 
-  def good_set(self, prompt: Seq) -> np.ndarray:
-    """G(x): the symbol indices of the prompt's topic."""
-    g = self.good_group(prompt)
-    return np.arange(g * self.group_size, (g + 1) * self.group_size)
+    def good_set(self, prompt: Seq) -> np.ndarray:
+        """G(x): the symbol indices of the prompt's topic."""
+        g = self.good_group(prompt)
+        return np.arange(g * self.group_size, (g + 1) * self.group_size)
 
-  def _groups(self, s: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """[B, L] prompt symbols (mask m) -> [B] majority group."""
-    ok = m & (s >= 0)
-    onehot = (s[..., None] // self.group_size == np.arange(self.num_groups)) & ok[..., None]
-    return onehot.sum(1).argmax(-1)
+    def _groups(self, s: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """[B, L] prompt symbols (mask m) -> [B] majority group."""
+        ok = m & (s >= 0)
+        onehot = (s[..., None] // self.group_size == np.arange(self.num_groups)) & ok[..., None]
+        return onehot.sum(1).argmax(-1)
 
-  # --- sampling ----------------------------------------------------------------------------------
+    # --- sampling ----------------------------------------------------------------------------------
 
-  def sample_prompts(self, rng: np.random.Generator, n: int, *, ood: bool = False,
-                     exclude: set[str] | None = None) -> list[np.ndarray]:
-    """n distinct prompts (symbol indices) whose topic is unique (no tie for the majority).
+    def sample_prompts(
+        self,
+        rng: np.random.Generator,
+        n: int,
+        *,
+        ood: bool = False,
+        exclude: set[str] | None = None,
+    ) -> list[np.ndarray]:
+        """n distinct prompts (symbol indices) whose topic is unique (no tie for the majority).
 
-    Train: length ~ U(prompt_len), each token from the topic w.p. topic_purity, else uniform.
-    OOD:   the same with ood_prompt_len / ood_topic_purity (longer, more mixed prompts).
-    `exclude`: prompt texts not to produce (e.g. the held-out sets); updated in place.
-    """
-    c = self.cfg
-    lo, hi = c.ood_prompt_len if ood else c.prompt_len
-    purity = c.ood_topic_purity if ood else c.topic_purity
-    seen = set() if exclude is None else exclude
-    out, tries = [], 0
-    while len(out) < n:
-      tries += 1
-      if tries > 100 * n + 1000:
-        raise ValueError(f'could not draw {n} distinct prompts; widen world.prompt_len or '
-                         'world.num_symbols.')
-      length = int(rng.integers(lo, hi + 1))
-      topic = int(rng.integers(self.num_groups))
-      in_topic = rng.random(length) < purity
-      p = np.where(in_topic, topic * self.group_size + rng.integers(self.group_size, size=length),
-                   rng.integers(self.num_symbols, size=length))
-      counts = np.bincount(p // self.group_size, minlength=self.num_groups)
-      if (counts == counts.max()).sum() > 1:
-        continue  # ambiguous topic
-      text = self.render(p)
-      if text in seen:
-        continue
-      seen.add(text)
-      out.append(p.astype(np.int64))
-    return out
+        Train: length ~ U(prompt_len), each token from the topic w.p. topic_purity, else uniform.
+        OOD:   the same with ood_prompt_len / ood_topic_purity (longer, more mixed prompts).
+        `exclude`: prompt texts not to produce (e.g. the held-out sets); updated in place.
+        """
+        c = self.cfg
+        lo, hi = c.ood_prompt_len if ood else c.prompt_len
+        purity = c.ood_topic_purity if ood else c.topic_purity
+        seen = set() if exclude is None else exclude
+        out, tries = [], 0
+        while len(out) < n:
+            tries += 1
+            if tries > 100 * n + 1000:
+                raise ValueError(
+                    f"could not draw {n} distinct prompts; widen world.prompt_len or "
+                    "world.num_symbols."
+                )
+            length = int(rng.integers(lo, hi + 1))
+            topic = int(rng.integers(self.num_groups))
+            in_topic = rng.random(length) < purity
+            p = np.where(
+                in_topic,
+                topic * self.group_size + rng.integers(self.group_size, size=length),
+                rng.integers(self.num_symbols, size=length),
+            )
+            counts = np.bincount(p // self.group_size, minlength=self.num_groups)
+            if (counts == counts.max()).sum() > 1:
+                continue  # ambiguous topic
+            text = self.render(p)
+            if text in seen:
+                continue
+            seen.add(text)
+            out.append(p.astype(np.int64))
+        return out
 
-  def sample_responses(self, rng: np.random.Generator, prompts: Sequence[Seq], *,
-                       good_frac: tuple[float, float] | None = None) -> list[np.ndarray]:
-    """One response per prompt from the base distribution (symbol indices).
+    def sample_responses(
+        self,
+        rng: np.random.Generator,
+        prompts: Sequence[Seq],
+        *,
+        good_frac: tuple[float, float] | None = None,
+    ) -> list[np.ndarray]:
+        """One response per prompt from the base distribution (symbol indices).
 
-    Per response: q ~ U(good_frac) (default world.base_good_frac); length ~ U(response_len); each
-    token is from G(x) w.p. q, else from the other symbols; each token repeats its predecessor
-    w.p. base_repeat_prob; the whole response is sorted (random direction) w.p. base_sorted_prob.
-    `good_frac=world.saturated_good_frac` gives a coarse-saturated policy's responses.
-    """
-    c = self.cfg
-    qlo, qhi = c.base_good_frac if good_frac is None else good_frac
-    lo, hi = c.response_len
-    out = []
-    for prompt in prompts:
-      good = self.good_set(prompt)
-      bad = np.setdiff1d(np.arange(self.num_symbols), good)
-      q = rng.uniform(qlo, qhi)
-      length = int(rng.integers(lo, hi + 1))
-      y = np.where(rng.random(length) < q, rng.choice(good, size=length),
-                   rng.choice(bad, size=length))
-      for i in range(1, length):
-        if rng.random() < c.base_repeat_prob:
-          y[i] = y[i - 1]
-      if rng.random() < c.base_sorted_prob:
-        y = np.sort(y)
-        if rng.random() < 0.5:
-          y = y[::-1]
-      out.append(y.astype(np.int64))
-    return out
+        Per response: q ~ U(good_frac) (default world.base_good_frac); length ~ U(response_len); each
+        token is from G(x) w.p. q, else from the other symbols; each token repeats its predecessor
+        w.p. base_repeat_prob; the whole response is sorted (random direction) w.p. base_sorted_prob.
+        `good_frac=world.saturated_good_frac` gives a coarse-saturated policy's responses.
+        """
+        c = self.cfg
+        qlo, qhi = c.base_good_frac if good_frac is None else good_frac
+        lo, hi = c.response_len
+        out = []
+        for prompt in prompts:
+            good = self.good_set(prompt)
+            bad = np.setdiff1d(np.arange(self.num_symbols), good)
+            q = rng.uniform(qlo, qhi)
+            length = int(rng.integers(lo, hi + 1))
+            y = np.where(
+                rng.random(length) < q, rng.choice(good, size=length), rng.choice(bad, size=length)
+            )
+            for i in range(1, length):
+                if rng.random() < c.base_repeat_prob:
+                    y[i] = y[i - 1]
+            if rng.random() < c.base_sorted_prob:
+                y = np.sort(y)
+                if rng.random() < 0.5:
+                    y = y[::-1]
+            out.append(y.astype(np.int64))
+        return out
 
-  # --- the gold reward ---------------------------------------------------------------------------
+    # --- the gold reward ---------------------------------------------------------------------------
 
-  def _as_prompt(self, x: Seq) -> np.ndarray:
-    return self.parse(x, junk=False) if isinstance(x, str) else np.asarray(x, np.int64)
+    def _as_prompt(self, x: Seq) -> np.ndarray:
+        return self.parse(x, junk=False) if isinstance(x, str) else np.asarray(x, np.int64)
 
-  def _as_response(self, y: Seq) -> np.ndarray:
-    return self.parse(y) if isinstance(y, str) else np.asarray(y, np.int64)
+    def _as_response(self, y: Seq) -> np.ndarray:
+        return self.parse(y) if isinstance(y, str) else np.asarray(y, np.int64)
 
-  def components(self, prompts: Sequence[Seq], responses: Sequence[Seq]) -> Components:
-    """The gold reward and its parts for B (prompt, response) pairs.
+    def components(self, prompts: Sequence[Seq], responses: Sequence[Seq]) -> Components:
+        """The gold reward and its parts for B (prompt, response) pairs.
 
-    prompts / responses: texts ('w01 w02', HH markers allowed in prompts) or symbol-index
-    sequences (-1 = junk). For token-id arrays use `components_ids`.
-    """
-    if len(prompts) != len(responses):
-      raise ValueError(f'{len(prompts)} prompts but {len(responses)} responses.')
-    px, pm = _pack([self._as_prompt(x) for x in prompts])
-    ry, rm = _pack([self._as_response(y) for y in responses])
-    return self._components(px, pm, ry, rm)
+        prompts / responses: texts ('w01 w02', HH markers allowed in prompts) or symbol-index
+        sequences (-1 = junk). For token-id arrays use `components_ids`.
+        """
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses.")
+        px, pm = _pack([self._as_prompt(x) for x in prompts])
+        ry, rm = _pack([self._as_response(y) for y in responses])
+        return self._components(px, pm, ry, rm)
 
-  def components_ids(self, prompt_ids: np.ndarray, response_ids: np.ndarray,
-                     prompt_mask: np.ndarray | None = None,
-                     response_mask: np.ndarray | None = None) -> Components:
-    """The same from token ids: prompt_ids [B, P], response_ids [B, R] (world token ids).
+    def components_ids(
+        self,
+        prompt_ids: np.ndarray,
+        response_ids: np.ndarray,
+        prompt_mask: np.ndarray | None = None,
+        response_mask: np.ndarray | None = None,
+    ) -> Components:
+        """The same from token ids: prompt_ids [B, P], response_ids [B, R] (world token ids).
 
-    Masks default to `ids != <pad>`. Non-symbol prompt tokens (BOS, HH markers) are ignored; a
-    response ends at its first EOS (excluded); other non-symbol response tokens are junk.
-    """
-    prompt_ids, response_ids = np.asarray(prompt_ids), np.asarray(response_ids)
-    pm = prompt_ids != PAD_ID if prompt_mask is None else np.asarray(prompt_mask, bool)
-    rm = response_ids != PAD_ID if response_mask is None else np.asarray(response_mask, bool)
-    rm = rm & (np.cumsum(response_ids == EOS_ID, axis=-1) == 0)
-    px = self.ids_to_symbols(prompt_ids)
-    return self._components(px, pm & (px >= 0), self.ids_to_symbols(response_ids), rm)
+        Masks default to `ids != <pad>`. Non-symbol prompt tokens (BOS, HH markers) are ignored; a
+        response ends at its first EOS (excluded); other non-symbol response tokens are junk.
+        """
+        prompt_ids, response_ids = np.asarray(prompt_ids), np.asarray(response_ids)
+        pm = prompt_ids != PAD_ID if prompt_mask is None else np.asarray(prompt_mask, bool)
+        rm = response_ids != PAD_ID if response_mask is None else np.asarray(response_mask, bool)
+        rm = rm & (np.cumsum(response_ids == EOS_ID, axis=-1) == 0)
+        px = self.ids_to_symbols(prompt_ids)
+        return self._components(px, pm & (px >= 0), self.ids_to_symbols(response_ids), rm)
 
-  def gold(self, prompts: Sequence[Seq], responses: Sequence[Seq]) -> np.ndarray:
-    """g(x, y) [B] on texts or symbol-index sequences."""
-    return self.components(prompts, responses).gold
+    def gold(self, prompts: Sequence[Seq], responses: Sequence[Seq]) -> np.ndarray:
+        """g(x, y) [B] on texts or symbol-index sequences."""
+        return self.components(prompts, responses).gold
 
-  def gold_ids(self, prompt_ids, response_ids, prompt_mask=None, response_mask=None) -> np.ndarray:
-    """g(x, y) [B] on token-id arrays (see components_ids)."""
-    return self.components_ids(prompt_ids, response_ids, prompt_mask, response_mask).gold
+    def gold_ids(
+        self, prompt_ids, response_ids, prompt_mask=None, response_mask=None
+    ) -> np.ndarray:
+        """g(x, y) [B] on token-id arrays (see components_ids)."""
+        return self.components_ids(prompt_ids, response_ids, prompt_mask, response_mask).gold
 
-  @property
-  def max_gold(self) -> float:
-    c = self.cfg
-    return float(c.w_coarse + c.w_order + c.w_norep + c.w_length)
+    @property
+    def max_gold(self) -> float:
+        c = self.cfg
+        return float(c.w_coarse + c.w_order + c.w_norep + c.w_length)
 
-  def _components(self, px, pm, ry, rm) -> Components:
-    """px [B, P] prompt symbols (pm: real), ry [B, R] response symbols (-1 junk; rm: real)."""
-    c = self.cfg
-    b = px.shape[0]
-    pm = pm & (px >= 0)
-    rm = rm.astype(bool)
-    n = rm.sum(-1).astype(np.float64)  # response length, junk included
-    nz = np.maximum(n, 1.0)
-    sym = rm & (ry >= 0)
-    # coarse: fraction of tokens in the prompt's topic, capped.
-    topic = self._groups(px, pm)
-    good = sym & (ry // self.group_size == topic[:, None])
-    good_frac = np.where(n > 0, good.sum(-1) / nz, 0.0)
-    coarse = np.minimum(good_frac / c.coarse_cap, 1.0)
-    # order: adjacent pairs stepping in the prompt's direction (first <= last: ascending).
-    plen = pm.sum(-1)
-    if px.shape[1]:  # first and last real prompt symbol (prompts may be left-padded)
-      first = px[np.arange(b), np.argmax(pm, -1)]
-      last = px[np.arange(b), px.shape[1] - 1 - np.argmax(pm[:, ::-1], -1)]
-    else:
-      first = last = np.zeros(b, np.int64)
-    ascending = first <= last
-    if ry.shape[1] > 1:
-      pair = sym[:, 1:] & sym[:, :-1]
-      step = np.where(ascending[:, None], ry[:, 1:] > ry[:, :-1], ry[:, 1:] < ry[:, :-1])
-      order = np.where(n > 1, (pair & step).sum(-1) / np.maximum(n - 1, 1), 0.0)
-    else:
-      order = np.zeros(b)
-    # norep: distinct symbols / length.
-    hits = np.zeros((b, self.num_symbols), bool)
-    rows = np.broadcast_to(np.arange(b)[:, None], ry.shape)
-    hits[rows[sym], ry[sym]] = True
-    norep = np.where(n > 0, hits.sum(-1) / nz, 0.0)
-    # length: near len(prompt) + offset.
-    target = plen + c.length_offset
-    length = np.maximum(0.0, 1.0 - np.abs(n - target) / c.length_tolerance)
-    gold = (c.w_coarse * coarse + c.w_order * order + c.w_norep * norep + c.w_length * length)
-    return Components(gold, coarse, order, norep, length, good_frac)
+    def _components(self, px, pm, ry, rm) -> Components:
+        """px [B, P] prompt symbols (pm: real), ry [B, R] response symbols (-1 junk; rm: real)."""
+        c = self.cfg
+        b = px.shape[0]
+        pm = pm & (px >= 0)
+        rm = rm.astype(bool)
+        n = rm.sum(-1).astype(np.float64)  # response length, junk included
+        nz = np.maximum(n, 1.0)
+        sym = rm & (ry >= 0)
+        # coarse: fraction of tokens in the prompt's topic, capped.
+        topic = self._groups(px, pm)
+        good = sym & (ry // self.group_size == topic[:, None])
+        good_frac = np.where(n > 0, good.sum(-1) / nz, 0.0)
+        coarse = np.minimum(good_frac / c.coarse_cap, 1.0)
+        # order: adjacent pairs stepping in the prompt's direction (first <= last: ascending).
+        plen = pm.sum(-1)
+        if px.shape[1]:  # first and last real prompt symbol (prompts may be left-padded)
+            first = px[np.arange(b), np.argmax(pm, -1)]
+            last = px[np.arange(b), px.shape[1] - 1 - np.argmax(pm[:, ::-1], -1)]
+        else:
+            first = last = np.zeros(b, np.int64)
+        ascending = first <= last
+        if ry.shape[1] > 1:
+            pair = sym[:, 1:] & sym[:, :-1]
+            step = np.where(ascending[:, None], ry[:, 1:] > ry[:, :-1], ry[:, 1:] < ry[:, :-1])
+            order = np.where(n > 1, (pair & step).sum(-1) / np.maximum(n - 1, 1), 0.0)
+        else:
+            order = np.zeros(b)
+        # norep: distinct symbols / length.
+        hits = np.zeros((b, self.num_symbols), bool)
+        rows = np.broadcast_to(np.arange(b)[:, None], ry.shape)
+        hits[rows[sym], ry[sym]] = True
+        norep = np.where(n > 0, hits.sum(-1) / nz, 0.0)
+        # length: near len(prompt) + offset.
+        target = plen + c.length_offset
+        length = np.maximum(0.0, 1.0 - np.abs(n - target) / c.length_tolerance)
+        gold = c.w_coarse * coarse + c.w_order * order + c.w_norep * norep + c.w_length * length
+        return Components(gold, coarse, order, norep, length, good_frac)
 
-  # --- preference labels -------------------------------------------------------------------------
+    # --- preference labels -------------------------------------------------------------------------
 
-  def label_pairs(self, prompts: Sequence[Seq], responses_a: Sequence[Seq],
-                  responses_b: Sequence[Seq], rng: np.random.Generator,
-                  temperature: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Bradley-Terry labels on the gold reward: (a_wins bool [n], P(a wins) [n]).
+    def label_pairs(
+        self,
+        prompts: Sequence[Seq],
+        responses_a: Sequence[Seq],
+        responses_b: Sequence[Seq],
+        rng: np.random.Generator,
+        temperature: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Bradley-Terry labels on the gold reward: (a_wins bool [n], P(a wins) [n]).
 
-    P(a > b) = sigmoid((g_a - g_b) / temperature); temperature 0 gives the gold order (an exact
-    tie: a coin flip). Default temperature: world.bt_temperature. Texts or symbol indices.
-    """
-    t = self.cfg.bt_temperature if temperature is None else float(temperature)
-    if t < 0:
-      raise ValueError(f'BT temperature must be >= 0, got {t}.')
-    d = self.gold(prompts, responses_a) - self.gold(prompts, responses_b)
-    if t == 0:
-      tie = np.abs(d) <= 1e-9  # equal up to float rounding
-      p = np.where(tie, 0.5, np.where(d > 0, 1.0, 0.0))
-    else:
-      p = _sigmoid(d / t)
-    return rng.random(len(d)) < p, p
+        P(a > b) = sigmoid((g_a - g_b) / temperature); temperature 0 gives the gold order (an exact
+        tie: a coin flip). Default temperature: world.bt_temperature. Texts or symbol indices.
+        """
+        t = self.cfg.bt_temperature if temperature is None else float(temperature)
+        if t < 0:
+            raise ValueError(f"BT temperature must be >= 0, got {t}.")
+        d = self.gold(prompts, responses_a) - self.gold(prompts, responses_b)
+        if t == 0:
+            tie = np.abs(d) <= 1e-9  # equal up to float rounding
+            p = np.where(tie, 0.5, np.where(d > 0, 1.0, 0.0))
+        else:
+            p = _sigmoid(d / t)
+        return rng.random(len(d)) < p, p
 
 
-def label_pairs(prompts: Sequence[Seq], responses_a: Sequence[Seq], responses_b: Sequence[Seq],
-                rng: np.random.Generator, temperature: float | None = None, *,
-                world: World | None = None) -> tuple[np.ndarray, np.ndarray]:
-  """`World.label_pairs` of `world` (default: World(world_config()))."""
-  return (world or World()).label_pairs(prompts, responses_a, responses_b, rng, temperature)
+def label_pairs(
+    prompts: Sequence[Seq],
+    responses_a: Sequence[Seq],
+    responses_b: Sequence[Seq],
+    rng: np.random.Generator,
+    temperature: float | None = None,
+    *,
+    world: World | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`World.label_pairs` of `world` (default: World(world_config()))."""
+    return (world or World()).label_pairs(prompts, responses_a, responses_b, rng, temperature)
 
 
 def _pack(seqs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-  """Variable-length int sequences -> ([B, L] values (pad -1), [B, L] bool mask)."""
-  width = max([len(s) for s in seqs], default=0)
-  vals = np.full((len(seqs), width), -1, np.int64)
-  mask = np.zeros((len(seqs), width), bool)
-  for i, s in enumerate(seqs):
-    vals[i, :len(s)] = s
-    mask[i, :len(s)] = True
-  return vals, mask
+    """Variable-length int sequences -> ([B, L] values (pad -1), [B, L] bool mask)."""
+    width = max([len(s) for s in seqs], default=0)
+    vals = np.full((len(seqs), width), -1, np.int64)
+    mask = np.zeros((len(seqs), width), bool)
+    for i, s in enumerate(seqs):
+        vals[i, : len(s)] = s
+        mask[i, : len(s)] = True
+    return vals, mask
 
 
 # ------------------------------------------------------------------------------------------------
 # The tokenizer.
 
+
 def world_tokenizer(out_dir: str, world: World | None = None):
-  """Writes the world's HF tokenizer to `out_dir` (save_pretrained) and returns it loaded.
+    """Writes the world's HF tokenizer to `out_dir` (save_pretrained) and returns it loaded.
 
-  A `tokenizers` WordLevel model over exactly <pad> <s> </s> <unk>, the HH markers and the
-  symbols. The markers '\\n\\nHuman:' / '\\n\\nAssistant:' are added tokens (matched before
-  pre-tokenization, one id each); the rest is split at spaces by Metaspace, so ' w03' and 'w03'
-  are both the one token '\u2581w03'. decode(encode(t)) == t for world text that does not
-  start with a space (a reply ' w03 w04' decodes to 'w03 w04'; hh_reply adds the space back).
-  """
-  from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
-  from transformers import AutoTokenizer, PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+    A `tokenizers` WordLevel model over exactly <pad> <s> </s> <unk>, the HH markers and the
+    symbols. The markers '\\n\\nHuman:' / '\\n\\nAssistant:' are added tokens (matched before
+    pre-tokenization, one id each); the rest is split at spaces by Metaspace, so ' w03' and 'w03'
+    are both the one token '\u2581w03'. decode(encode(t)) == t for world text that does not
+    start with a space (a reply ' w03 w04' decodes to 'w03 w04'; hh_reply adds the space back).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
 
-  world = world or World()
-  vocab = {PAD: PAD_ID, BOS: BOS_ID, EOS: EOS_ID, UNK: UNK_ID, HUMAN: HUMAN_ID,
-           ASSISTANT: ASSISTANT_ID}
-  for i, s in enumerate(world.symbols):
-    vocab[_SPACE + s] = FIRST_SYMBOL_ID + i
-  tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-  tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme='always')
-  tok.decoder = decoders.Metaspace(replacement=_SPACE, prepend_scheme='always')
-  tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                          for t in (PAD, BOS, EOS, UNK)])
-  tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (HUMAN, ASSISTANT)])
-  fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS,
-                                 eos_token=EOS, unk_token=UNK, clean_up_tokenization_spaces=False)
-  os.makedirs(out_dir, exist_ok=True)
-  fast.save_pretrained(out_dir)
-  loaded = AutoTokenizer.from_pretrained(out_dir)
-  if len(loaded) != world.vocab_size:
-    raise AssertionError(f'{out_dir}: tokenizer has {len(loaded)} ids, expected '
-                         f'{world.vocab_size}.')
-  return loaded
+    world = world or World()
+    vocab = {
+        PAD: PAD_ID,
+        BOS: BOS_ID,
+        EOS: EOS_ID,
+        UNK: UNK_ID,
+        HUMAN: HUMAN_ID,
+        ASSISTANT: ASSISTANT_ID,
+    }
+    for i, s in enumerate(world.symbols):
+        vocab[_SPACE + s] = FIRST_SYMBOL_ID + i
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=_SPACE, prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement=_SPACE, prepend_scheme="always")
+    tok.add_special_tokens(
+        [AddedToken(t, special=True, normalized=False) for t in (PAD, BOS, EOS, UNK)]
+    )
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in (HUMAN, ASSISTANT)])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token=PAD,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
+    )
+    os.makedirs(out_dir, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    loaded = AutoTokenizer.from_pretrained(out_dir)
+    if len(loaded) != world.vocab_size:
+        raise AssertionError(
+            f"{out_dir}: tokenizer has {len(loaded)} ids, expected {world.vocab_size}."
+        )
+    return loaded
 
 
 # ------------------------------------------------------------------------------------------------
 # Files.
 
+
 def hh_transcript(prompt: str, response: str) -> str:
-  """'\\n\\nHuman: <prompt>\\n\\nAssistant: <response>' (the hh_rlhf row format)."""
-  return f'{HUMAN} {prompt}{ASSISTANT} {response}'
+    """'\\n\\nHuman: <prompt>\\n\\nAssistant: <response>' (the hh_rlhf row format)."""
+    return f"{HUMAN} {prompt}{ASSISTANT} {response}"
 
 
 # Independent random streams per artifact: changing one size does not change the others.
-_STREAMS = {'eval_prompts': 1, 'ood_prompts': 2, 'train_prompts': 3, 'sft': 4, 'train_pairs': 5,
-            'test_pairs': 6}
+_STREAMS = {
+    "eval_prompts": 1,
+    "ood_prompts": 2,
+    "train_prompts": 3,
+    "sft": 4,
+    "train_pairs": 5,
+    "test_pairs": 6,
+}
 
 
 def _rng(seed: int, stream: str) -> np.random.Generator:
-  return np.random.default_rng([int(seed), _STREAMS[stream]])
+    return np.random.default_rng([int(seed), _STREAMS[stream]])
 
 
 def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    for r in rows:
-      f.write(json.dumps(r) + '\n')
-  os.replace(tmp, path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
 
 
 def _distinct_pair(world, rng, prompts):
-  """Two base responses per prompt that differ (the HH reader skips identical transcripts)."""
-  a = world.sample_responses(rng, prompts)
-  b = world.sample_responses(rng, prompts)
-  for i, p in enumerate(prompts):
-    while np.array_equal(a[i], b[i]):
-      b[i] = world.sample_responses(rng, [p])[0]
-  return a, b
+    """Two base responses per prompt that differ (the HH reader skips identical transcripts)."""
+    a = world.sample_responses(rng, prompts)
+    b = world.sample_responses(rng, prompts)
+    for i, p in enumerate(prompts):
+        while np.array_equal(a[i], b[i]):
+            b[i] = world.sample_responses(rng, [p])[0]
+    return a, b
 
 
 def write_world(out_dir: str, cfg: ml_collections.ConfigDict | None = None) -> dict[str, str]:
-  """Writes the world's files under out_dir; returns {name: path}. Deterministic in cfg.seed.
+    """Writes the world's files under out_dir; returns {name: path}. Deterministic in cfg.seed.
 
     tokenizer/              world_tokenizer (data.tokenizer_path)
     sft/train.jsonl         hh_rlhf rows: chosen = prompt + one base response (the SFT target),
@@ -439,73 +502,102 @@ def write_world(out_dir: str, cfg: ml_collections.ConfigDict | None = None) -> d
     prompts/test.jsonl      held-out prompts (judges); disjoint from every other prompt file
     prompts_ood/test.jsonl  shifted-distribution prompts; disjoint from the rest
     world.json              the config and summary figures
-  """
-  world = World(cfg)
-  cfg = world.cfg
-  paths = {'tokenizer': os.path.join(out_dir, 'tokenizer'),
-           'sft_train': os.path.join(out_dir, 'sft', 'train.jsonl'),
-           'pairs_train': os.path.join(out_dir, 'pairs', 'train.jsonl'),
-           'pairs_test': os.path.join(out_dir, 'pairs', 'test.jsonl'),
-           'prompts_train': os.path.join(out_dir, 'prompts', 'train.jsonl'),
-           'prompts_eval': os.path.join(out_dir, 'prompts', 'test.jsonl'),
-           'prompts_ood': os.path.join(out_dir, 'prompts_ood', 'test.jsonl'),
-           'world': os.path.join(out_dir, 'world.json')}
-  world_tokenizer(paths['tokenizer'], world)
+    """
+    world = World(cfg)
+    cfg = world.cfg
+    paths = {
+        "tokenizer": os.path.join(out_dir, "tokenizer"),
+        "sft_train": os.path.join(out_dir, "sft", "train.jsonl"),
+        "pairs_train": os.path.join(out_dir, "pairs", "train.jsonl"),
+        "pairs_test": os.path.join(out_dir, "pairs", "test.jsonl"),
+        "prompts_train": os.path.join(out_dir, "prompts", "train.jsonl"),
+        "prompts_eval": os.path.join(out_dir, "prompts", "test.jsonl"),
+        "prompts_ood": os.path.join(out_dir, "prompts_ood", "test.jsonl"),
+        "world": os.path.join(out_dir, "world.json"),
+    }
+    world_tokenizer(paths["tokenizer"], world)
 
-  held_out: set[str] = set()
-  eval_prompts = world.sample_prompts(_rng(cfg.seed, 'eval_prompts'), cfg.num_eval_prompts,
-                                      exclude=held_out)
-  ood_prompts = world.sample_prompts(_rng(cfg.seed, 'ood_prompts'), cfg.num_ood_prompts, ood=True,
-                                     exclude=held_out)
-  train_prompts = world.sample_prompts(_rng(cfg.seed, 'train_prompts'), cfg.num_train_prompts,
-                                       exclude=set(held_out))
-  for name, ps in (('prompts_train', train_prompts), ('prompts_eval', eval_prompts),
-                   ('prompts_ood', ood_prompts)):
-    _write_jsonl(paths[name], [{'prompt': world.render(p)} for p in ps])
+    held_out: set[str] = set()
+    eval_prompts = world.sample_prompts(
+        _rng(cfg.seed, "eval_prompts"), cfg.num_eval_prompts, exclude=held_out
+    )
+    ood_prompts = world.sample_prompts(
+        _rng(cfg.seed, "ood_prompts"), cfg.num_ood_prompts, ood=True, exclude=held_out
+    )
+    train_prompts = world.sample_prompts(
+        _rng(cfg.seed, "train_prompts"), cfg.num_train_prompts, exclude=set(held_out)
+    )
+    for name, ps in (
+        ("prompts_train", train_prompts),
+        ("prompts_eval", eval_prompts),
+        ("prompts_ood", ood_prompts),
+    ):
+        _write_jsonl(paths[name], [{"prompt": world.render(p)} for p in ps])
 
-  rng = _rng(cfg.seed, 'sft')
-  sft_prompts = world.sample_prompts(rng, cfg.num_sft, exclude=set(held_out))
-  a, b = _distinct_pair(world, rng, sft_prompts)
-  _write_jsonl(paths['sft_train'], [
-      {'chosen': hh_transcript(world.render(x), world.render(y)),
-       'rejected': hh_transcript(world.render(x), world.render(z))}
-      for x, y, z in zip(sft_prompts, a, b)])
+    rng = _rng(cfg.seed, "sft")
+    sft_prompts = world.sample_prompts(rng, cfg.num_sft, exclude=set(held_out))
+    a, b = _distinct_pair(world, rng, sft_prompts)
+    _write_jsonl(
+        paths["sft_train"],
+        [
+            {
+                "chosen": hh_transcript(world.render(x), world.render(y)),
+                "rejected": hh_transcript(world.render(x), world.render(z)),
+            }
+            for x, y, z in zip(sft_prompts, a, b)
+        ],
+    )
 
-  stats = {}
-  for split in ('train', 'test'):
-    rng = _rng(cfg.seed, f'{split}_pairs')
-    n = cfg.num_train_pairs if split == 'train' else cfg.num_test_pairs
-    world_rows, agree = _pair_rows(world, rng, n, held_out)
-    _write_jsonl(paths[f'pairs_{split}'], world_rows)
-    stats[f'pairs_{split}_label_gold_agreement'] = round(float(agree), 4)
-  with open(paths['world'], 'w', encoding='utf-8') as f:
-    json.dump({'config': cfg.to_dict(), 'vocab_size': world.vocab_size,
-               'max_gold': world.max_gold, **stats}, f, indent=1, default=list)
-  return paths
+    stats = {}
+    for split in ("train", "test"):
+        rng = _rng(cfg.seed, f"{split}_pairs")
+        n = cfg.num_train_pairs if split == "train" else cfg.num_test_pairs
+        world_rows, agree = _pair_rows(world, rng, n, held_out)
+        _write_jsonl(paths[f"pairs_{split}"], world_rows)
+        stats[f"pairs_{split}_label_gold_agreement"] = round(float(agree), 4)
+    with open(paths["world"], "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "config": cfg.to_dict(),
+                "vocab_size": world.vocab_size,
+                "max_gold": world.max_gold,
+                **stats,
+            },
+            f,
+            indent=1,
+            default=list,
+        )
+    return paths
 
 
 def _pair_rows(world, rng, n, held_out):
-  """n BT-labelled HH rows on training-distribution prompts (none held out), base responses.
+    """n BT-labelled HH rows on training-distribution prompts (none held out), base responses.
 
-  Returns (rows, fraction of rows whose chosen side has the higher gold reward).
-  """
-  prompts = world.sample_prompts(rng, n, exclude=set(held_out))
-  a, b = _distinct_pair(world, rng, prompts)
-  a_wins, _ = world.label_pairs(prompts, a, b, rng)
-  ga, gb = world.gold(prompts, a), world.gold(prompts, b)
-  rows, agree = [], 0
-  for i, x in enumerate(prompts):
-    w, l, gw, gl = (a[i], b[i], ga[i], gb[i]) if a_wins[i] else (b[i], a[i], gb[i], ga[i])
-    text = world.render(x)
-    rows.append({'chosen': hh_transcript(text, world.render(w)),
-                 'rejected': hh_transcript(text, world.render(l)),
-                 'gold_chosen': round(float(gw), 6), 'gold_rejected': round(float(gl), 6)})
-    agree += bool(gw > gl)
-  return rows, agree / max(n, 1)
+    Returns (rows, fraction of rows whose chosen side has the higher gold reward).
+    """
+    prompts = world.sample_prompts(rng, n, exclude=set(held_out))
+    a, b = _distinct_pair(world, rng, prompts)
+    a_wins, _ = world.label_pairs(prompts, a, b, rng)
+    ga, gb = world.gold(prompts, a), world.gold(prompts, b)
+    rows, agree = [], 0
+    for i, x in enumerate(prompts):
+        w, l, gw, gl = (a[i], b[i], ga[i], gb[i]) if a_wins[i] else (b[i], a[i], gb[i], ga[i])
+        text = world.render(x)
+        rows.append(
+            {
+                "chosen": hh_transcript(text, world.render(w)),
+                "rejected": hh_transcript(text, world.render(l)),
+                "gold_chosen": round(float(gw), 6),
+                "gold_rejected": round(float(gl), 6),
+            }
+        )
+        agree += bool(gw > gl)
+    return rows, agree / max(n, 1)
 
 
 def gold_monitor(config):
-  """PPO roll-out monitor (config.ppo.monitor): the gold reward of sampled token ids."""
-  world = World(config.world)
-  return lambda prompt_ids, prompt_mask, response_ids, response_mask: world.gold_ids(
-      prompt_ids, response_ids, prompt_mask, response_mask)
+    """PPO roll-out monitor (config.ppo.monitor): the gold reward of sampled token ids."""
+    world = World(config.world)
+    return lambda prompt_ids, prompt_mask, response_ids, response_mask: world.gold_ids(
+        prompt_ids, response_ids, prompt_mask, response_mask
+    )

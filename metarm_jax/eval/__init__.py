@@ -2,4 +2,4 @@
 
 from metarm_jax.eval.judges import GoldJudge, Judge, JudgeResult, RewardModelJudge, ScoreJudge
 
-__all__ = ['GoldJudge', 'Judge', 'JudgeResult', 'RewardModelJudge', 'ScoreJudge']
+__all__ = ["GoldJudge", "Judge", "JudgeResult", "RewardModelJudge", "ScoreJudge"]

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-SHIFT_VAR = "shift/absdiff_var"        # logged by the ppo stage every iteration
+SHIFT_VAR = "shift/absdiff_var"  # logged by the ppo stage every iteration
 PPO_X = "rollout/iteration"
 PROXY, GOLD = "rollout/score_mean", "rollout/monitor_mean"
 
@@ -34,8 +34,9 @@ def read_metrics(path: str) -> list[dict]:
 
 
 def series(rows: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
-    pts = [(r.get(x, i), r[key]) for i, r in enumerate(rows)
-           if isinstance(r.get(key), (int, float))]
+    pts = [
+        (r.get(x, i), r[key]) for i, r in enumerate(rows) if isinstance(r.get(key), (int, float))
+    ]
     if not pts:
         return np.zeros(0), np.zeros(0)
     s, v = zip(*pts)
@@ -56,7 +57,9 @@ class RewardScorer:
         reward_fn, self.params = rm.split_model(hf.load_hf(rm_path, "reward", mesh=mesh))
         self.meta_rewards = jax.jit(lambda p, b: metarm.meta_rewards(reward_fn, p, b))
 
-    def score(self, prompts: list[str], responses: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self, prompts: list[str], responses: list[list[str]]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """rewards [m, k] and sample_mask [m, k] for k responses per prompt."""
         from metarm_jax import config_lib
         from metarm_jax import data as D
@@ -65,17 +68,28 @@ class RewardScorer:
 
         k = max(len(r) for r in responses)
         dcfg = config_lib.derive(self.config.data, {"meta_k": k})
-        info = SamplingInfo(temperature=0.0, top_p=1.0, policy_step=0, seed=0, round=0,
-                            repetition_penalty=1.0, max_new_tokens=0, policy="eval")
+        info = SamplingInfo(
+            temperature=0.0,
+            top_p=1.0,
+            policy_step=0,
+            seed=0,
+            round=0,
+            repetition_penalty=1.0,
+            max_new_tokens=0,
+            policy="eval",
+        )
         recs = [MetaExample(p, tuple(r), info) for p, r in zip(prompts, responses)]
-        it = D.meta_iterator(dcfg, self.tok, records=recs, shuffle=False, num_epochs=1,
-                             drop_remainder=False)
+        it = D.meta_iterator(
+            dcfg, self.tok, records=recs, shuffle=False, num_epochs=1, drop_remainder=False
+        )
         with jax.set_mesh(self.mesh):
             scored = list(rm.meta_scores(self.meta_rewards, self.params, self.mesh, it))
         rewards = np.concatenate([r for r, _ in scored])
         if len(rewards) != len(prompts):  # a dropped row would shift every later score
-            raise RuntimeError(f"report: scored {len(rewards)} of {len(prompts)} prompts; some "
-                               "samples did not fit data.max_length (raise it).")
+            raise RuntimeError(
+                f"report: scored {len(rewards)} of {len(prompts)} prompts; some "
+                "samples did not fit data.max_length (raise it)."
+            )
         return rewards, np.concatenate([m for _, m in scored])
 
     def score_fn(self, prompts: list[str], responses: list[str]) -> np.ndarray:
@@ -93,9 +107,18 @@ def _fmt_result(res) -> str:
     return f"{res.win} / {res.tie} / {res.lose}"
 
 
-def build(ctx, *, rounds: list[dict], baselines: dict, samples: dict[str, str],
-          multi_samples: str, rm0: str, sft_path: str, sft_workdir: str | None,
-          rm0_workdir: str | None) -> dict[str, Any]:
+def build(
+    ctx,
+    *,
+    rounds: list[dict],
+    baselines: dict,
+    samples: dict[str, str],
+    multi_samples: str,
+    rm0: str,
+    sft_path: str,
+    sft_workdir: str | None,
+    rm0_workdir: str | None,
+) -> dict[str, Any]:
     """Judge, tabulate and plot; write report.md / report.json / fig*.png into ctx.workdir."""
     from metarm_jax.eval import judges
 
@@ -123,7 +146,8 @@ def build(ctx, *, rounds: list[dict], baselines: dict, samples: dict[str, str],
         scorer = RewardScorer(config, mesh, rc.judge_rm_path) if rc.judge_rm_path else rm0_scorer
         judge = judges.RewardModelJudge(scorer.score_fn, tie_margin=rc.tie_margin)
         judge_name = f"reward model {rc.judge_rm_path or rm0}" + (
-            "" if rc.judge_rm_path else " (the vanilla RM: not independent of training)")
+            "" if rc.judge_rm_path else " (the vanilla RM: not independent of training)"
+        )
 
     def vs(a, b):
         return judge.compare(prompts, first[a], first[b])
@@ -137,8 +161,10 @@ def build(ctx, *, rounds: list[dict], baselines: dict, samples: dict[str, str],
     # Mean rewards of each policy's held-out samples.
     rewards = {}
     for name, resp in first.items():
-        row = {"proxy_vanilla_rm": float(np.mean(rm0_scorer.score_fn(prompts, resp))),
-               "proxy_last_metarm": float(np.mean(last_rm.score_fn(prompts, resp)))}
+        row = {
+            "proxy_vanilla_rm": float(np.mean(rm0_scorer.score_fn(prompts, resp))),
+            "proxy_last_metarm": float(np.mean(last_rm.score_fn(prompts, resp))),
+        }
         if world is not None:
             row["gold"] = float(np.mean(world.gold(prompts, resp)))
         rewards[name] = row
@@ -150,39 +176,55 @@ def build(ctx, *, rounds: list[dict], baselines: dict, samples: dict[str, str],
     from metarm_jax.train.rm import abs_differences
 
     d_vanilla, d_meta = abs_differences(r0, m0), abs_differences(rl, ml)
-    fig5 = {"vanilla_rm": {"mean": float(d_vanilla.mean()), "var": float(d_vanilla.var())},
-            "metarm": {"mean": float(d_meta.mean()), "var": float(d_meta.var())}}
+    fig5 = {
+        "vanilla_rm": {"mean": float(d_vanilla.mean()), "var": float(d_vanilla.var())},
+        "metarm": {"mean": float(d_meta.mean()), "var": float(d_meta.var())},
+    }
 
     # Curves from the stages' metrics.
-    ppo_rows = {f"round{x['round']}": read_metrics(os.path.join(x["ppo_workdir"], "ppo",
-                                                                "metrics.jsonl"))
-                for x in rounds}
+    ppo_rows = {
+        f"round{x['round']}": read_metrics(os.path.join(x["ppo_workdir"], "ppo", "metrics.jsonl"))
+        for x in rounds
+    }
     if "vanilla_ppo" in baselines:
-        ppo_rows["vanilla_ppo"] = read_metrics(os.path.join(baselines["vanilla_ppo"]["ppo_workdir"],
-                                                            "ppo", "metrics.jsonl"))
-    rm_rows = {f"round{x['round']}": read_metrics(os.path.join(x["metarm_workdir"], "metarm",
-                                                               "metrics.jsonl"))
-               for x in rounds}
+        ppo_rows["vanilla_ppo"] = read_metrics(
+            os.path.join(baselines["vanilla_ppo"]["ppo_workdir"], "ppo", "metrics.jsonl")
+        )
+    rm_rows = {
+        f"round{x['round']}": read_metrics(
+            os.path.join(x["metarm_workdir"], "metarm", "metrics.jsonl")
+        )
+        for x in rounds
+    }
     if rm0_workdir:
         rm_rows["vanilla_rm"] = read_metrics(os.path.join(rm0_workdir, "rm", "metrics.jsonl"))
 
     result = {
-        "judge": judge_name, "tie_margin": rc.tie_margin, "prompts": len(prompts),
+        "judge": judge_name,
+        "tie_margin": rc.tie_margin,
+        "prompts": len(prompts),
         "best_round": best,
-        "table1": {k: v.as_metrics("") | {"counts": [v.win, v.tie, v.lose]}
-                   for k, v in table1.items()},
-        "table2": {k: v.as_metrics("") | {"counts": [v.win, v.tie, v.lose]}
-                   for k, v in table2.items()},
-        "rewards": rewards, "fig5": fig5,
+        "table1": {
+            k: v.as_metrics("") | {"counts": [v.win, v.tie, v.lose]} for k, v in table1.items()
+        },
+        "table2": {
+            k: v.as_metrics("") | {"counts": [v.win, v.tie, v.lose]} for k, v in table2.items()
+        },
+        "rewards": rewards,
+        "fig5": fig5,
     }
     if lead:
         figs = _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards)
         _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best)
         print(_console_tables(table1, table2, rewards, best, judge_name))
-    return {"report": os.path.join(workdir, "report.md"), "best_round": best,
-            "table1": {k: [v.win, v.tie, v.lose] for k, v in table1.items()},
-            "table2": {k: [v.win, v.tie, v.lose] for k, v in table2.items()},
-            "rewards": rewards, "fig5": fig5}
+    return {
+        "report": os.path.join(workdir, "report.md"),
+        "best_round": best,
+        "table1": {k: [v.win, v.tie, v.lose] for k, v in table1.items()},
+        "table2": {k: [v.win, v.tie, v.lose] for k, v in table2.items()},
+        "rewards": rewards,
+        "fig5": fig5,
+    }
 
 
 def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards) -> dict[str, str]:
@@ -199,7 +241,7 @@ def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards) -> dict[str, 
             offsets[name] = total
             x, _ = series(ppo_rows[name], SHIFT_VAR, PPO_X)
             total += (x.max() + 1) if len(x) else 0
-    shift = lambda name, s: s + offsets.get(name, 0.0)  # noqa: E731
+    shift = lambda name, s: s + offsets.get(name, 0.0)
     # Figure 1
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in ppo_rows.items():
@@ -248,7 +290,13 @@ def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards) -> dict[str, 
         line = a2.plot(shift(name, s), v, label=f"{name} proxy")[0] if len(s) else None
         s, v = series(rows, GOLD, PPO_X)
         if len(s):
-            a2.plot(shift(name, s), v, ls=":", color=line.get_color() if line else None, label=f"{name} gold")
+            a2.plot(
+                shift(name, s),
+                v,
+                ls=":",
+                color=line.get_color() if line else None,
+                label=f"{name} gold",
+            )
     a2.set_xlabel("PPO iteration")
     a2.set_title("reward over PPO (proxy: the RM PPO optimises)")
     a2.legend(fontsize=7)
@@ -282,11 +330,16 @@ def _verdict(res) -> str:
 
 
 def _verdicts(table1, table2, best) -> list[str]:
-    out = [f"{name} {_verdict(res)} against SFT ({res.win} / {res.tie} / {res.lose})."
-           for name, res in table1.items()]
-    out += [f"The best round, {best}, {_verdict(res)} against {name} "
-            f"({res.win} / {res.tie} / {res.lose})." for name, res in table2.items()
-            if name != "sft"]
+    out = [
+        f"{name} {_verdict(res)} against SFT ({res.win} / {res.tie} / {res.lose})."
+        for name, res in table1.items()
+    ]
+    out += [
+        f"The best round, {best}, {_verdict(res)} against {name} "
+        f"({res.win} / {res.tie} / {res.lose})."
+        for name, res in table2.items()
+        if name != "sft"
+    ]
     return out
 
 
@@ -296,33 +349,48 @@ def _console_tables(table1, table2, rewards, best, judge_name) -> str:
     lines += [f"Table 2: {best} vs baselines"]
     lines += [f"  vs {k:12s} win/tie/lose {_fmt_result(v)}" for k, v in table2.items()]
     lines += ["Mean rewards of held-out samples:"]
-    lines += [f"  {k:12s} " + "  ".join(f"{kk} {vv:+.3f}" for kk, vv in v.items())
-              for k, v in rewards.items()]
+    lines += [
+        f"  {k:12s} " + "  ".join(f"{kk} {vv:+.3f}" for kk, vv in v.items())
+        for k, v in rewards.items()
+    ]
     return "\n".join(lines)
 
 
 def _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best):
-    lines = ["# Iterative RLHF with MetaRM: report", "",
-             f"Judge: {judge_name}; tie margin {result['tie_margin']}; "
-             f"{result['prompts']} held-out prompts; one sample per prompt per policy.", ""]
+    lines = [
+        "# Iterative RLHF with MetaRM: report",
+        "",
+        f"Judge: {judge_name}; tie margin {result['tie_margin']}; "
+        f"{result['prompts']} held-out prompts; one sample per prompt per policy.",
+        "",
+    ]
     lines += ["## In plain words", ""] + [f"- {line}" for line in _verdicts(table1, table2, best)]
     lines += ["", "## Table 1: each MetaRM round vs SFT", ""] + _table(table1, "policy vs SFT")
     lines += ["", f"## Table 2: best round ({best}) vs baselines", ""]
     lines += _table(table2, f"{best} vs") + ["", "## Mean rewards of held-out samples", ""]
     keys = list(next(iter(rewards.values())))
     lines += ["| policy | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    lines += [f"| {k} | " + " | ".join(f"{v[kk]:.4f}" for kk in keys) + " |"
-              for k, v in rewards.items()]
-    lines += ["", "Gold is the synthetic world's hidden reward (where there is one); the proxies "
-              "are the vanilla RM and the last round's MetaRM. A proxy that rises while gold "
-              "does not is over-optimisation.", "",
-              "## Figure 5: |Δr| on the final policy's samples", "",
-              f"vanilla RM: mean {fig5['vanilla_rm']['mean']:.4f}, var {fig5['vanilla_rm']['var']:.4f}; "
-              f"MetaRM: mean {fig5['metarm']['mean']:.4f}, var {fig5['metarm']['var']:.4f}.", ""]
-    for key, title in (("fig1", "Figure 1: variance of reward differences over PPO"),
-                       ("fig4", "Figure 4: RM validation accuracy"),
-                       ("fig5", "Figure 5: histogram of |Δr|"),
-                       ("rewards", "Rewards by policy and over PPO")):
+    lines += [
+        f"| {k} | " + " | ".join(f"{v[kk]:.4f}" for kk in keys) + " |" for k, v in rewards.items()
+    ]
+    lines += [
+        "",
+        "Gold is the synthetic world's hidden reward (where there is one); the proxies "
+        "are the vanilla RM and the last round's MetaRM. A proxy that rises while gold "
+        "does not is over-optimisation.",
+        "",
+        "## Figure 5: |Δr| on the final policy's samples",
+        "",
+        f"vanilla RM: mean {fig5['vanilla_rm']['mean']:.4f}, var {fig5['vanilla_rm']['var']:.4f}; "
+        f"MetaRM: mean {fig5['metarm']['mean']:.4f}, var {fig5['metarm']['var']:.4f}.",
+        "",
+    ]
+    for key, title in (
+        ("fig1", "Figure 1: variance of reward differences over PPO"),
+        ("fig4", "Figure 4: RM validation accuracy"),
+        ("fig5", "Figure 5: histogram of |Δr|"),
+        ("rewards", "Rewards by policy and over PPO"),
+    ):
         lines += [f"### {title}", "", f"![{key}]({figs[key]})", ""]
     with open(os.path.join(workdir, "report.md"), "w") as f:
         f.write("\n".join(lines))
@@ -334,7 +402,9 @@ def _flatten(prefix: str, x, out: dict) -> None:
     if isinstance(x, dict):
         for k, v in x.items():
             _flatten(f"{prefix}.{k}" if prefix else k, v, out)
-    elif isinstance(x, (list, tuple)) and len(x) == 3 and ("table1" in prefix or "table2" in prefix):
+    elif (
+        isinstance(x, (list, tuple)) and len(x) == 3 and ("table1" in prefix or "table2" in prefix)
+    ):
         for k, v in zip(("win", "tie", "lose"), x):
             out[f"{prefix}.{k}"] = v
     elif isinstance(x, (int, float)) and not isinstance(x, bool):
@@ -346,18 +416,33 @@ def aggregate_seeds(workdir: str, per_seed: list[dict]) -> str:
     flat = []
     for run in per_seed:
         f: dict = {}
-        _flatten("", {k: v for k, v in run.get("rlhf", {}).items()
-                      if k in ("table1", "table2", "rewards", "fig5")}, f)
+        _flatten(
+            "",
+            {
+                k: v
+                for k, v in run.get("rlhf", {}).items()
+                if k in ("table1", "table2", "rewards", "fig5")
+            },
+            f,
+        )
         flat.append(f)
     keys = [k for k in flat[0] if all(k in f for f in flat)]
     best = [run.get("rlhf", {}).get("best_round") for run in per_seed]
-    lines = [f"# Quickstart over {len(per_seed)} seeds: mean ± std", "",
-             f"Best round per seed: {best} (Table 2 compares each seed's own best round).", "",
-             "| quantity | mean | std | per seed |", "|---|---|---|---|"]
+    lines = [
+        f"# Quickstart over {len(per_seed)} seeds: mean ± std",
+        "",
+        f"Best round per seed: {best} (Table 2 compares each seed's own best round).",
+        "",
+        "| quantity | mean | std | per seed |",
+        "|---|---|---|---|",
+    ]
     for k in keys:
         v = np.asarray([f[k] for f in flat])
-        lines.append(f"| {k} | {v.mean():.4g} | {v.std(ddof=1):.3g} | "
-                     + ", ".join(f"{x:.4g}" for x in v) + " |")
+        lines.append(
+            f"| {k} | {v.mean():.4g} | {v.std(ddof=1):.3g} | "
+            + ", ".join(f"{x:.4g}" for x in v)
+            + " |"
+        )
     text = "\n".join(lines)
     with open(os.path.join(workdir, "seeds.md"), "w") as f:
         f.write(text + "\n")

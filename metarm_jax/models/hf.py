@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+
 import jax
 import numpy as np
 from flax import nnx
@@ -46,25 +47,34 @@ class CheckpointError(UserError):
 def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> llama.LlamaConfig:
     """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype/param_dtype/remat/scan."""
     if hf_cfg.get("model_type", "llama") != "llama":
-        raise CheckpointError(f"{source}: model_type={hf_cfg.get('model_type')!r}; only 'llama' "
-                              "checkpoints are supported.")
+        raise CheckpointError(
+            f"{source}: model_type={hf_cfg.get('model_type')!r}; only 'llama' "
+            "checkpoints are supported."
+        )
     rope = hf_cfg.get("rope_parameters") or {}
     scaling = hf_cfg.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
     if rope_type not in ("default", None):
-        raise CheckpointError(f"{source}: rope_type={rope_type!r} is not supported (only the "
-                              "default rotary embedding of Llama-2).")
+        raise CheckpointError(
+            f"{source}: rope_type={rope_type!r} is not supported (only the "
+            "default rotary embedding of Llama-2)."
+        )
     for flag in ("attention_bias", "mlp_bias"):
         if hf_cfg.get(flag):
-            raise CheckpointError(f"{source}: {flag}=true is not supported (Llama-2 has no biases).")
+            raise CheckpointError(
+                f"{source}: {flag}=true is not supported (Llama-2 has no biases)."
+            )
     theta = rope.get("rope_theta", hf_cfg.get("rope_theta", 10000.0))
     try:
         cfg = llama.LlamaConfig(
-            vocab_size=hf_cfg["vocab_size"], hidden_size=hf_cfg["hidden_size"],
+            vocab_size=hf_cfg["vocab_size"],
+            hidden_size=hf_cfg["hidden_size"],
             intermediate_size=hf_cfg["intermediate_size"],
-            num_layers=hf_cfg["num_hidden_layers"], num_heads=hf_cfg["num_attention_heads"],
+            num_layers=hf_cfg["num_hidden_layers"],
+            num_heads=hf_cfg["num_attention_heads"],
             num_kv_heads=hf_cfg.get("num_key_value_heads") or hf_cfg["num_attention_heads"],
-            head_dim=hf_cfg.get("head_dim") or 0, rope_theta=float(theta),
+            head_dim=hf_cfg.get("head_dim") or 0,
+            rope_theta=float(theta),
             rms_norm_eps=hf_cfg.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=bool(hf_cfg.get("tie_word_embeddings", False)),
             max_position_embeddings=hf_cfg.get("max_position_embeddings", 4096),
@@ -74,8 +84,9 @@ def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> ll
             eos_token_id=_first(hf_cfg.get("eos_token_id", 2)),
         )
     except KeyError as e:
-        raise CheckpointError(f"{source}: missing key {e.args[0]!r}, needed to build a Llama "
-                              "config.") from None
+        raise CheckpointError(
+            f"{source}: missing key {e.args[0]!r}, needed to build a Llama config."
+        ) from None
     return cfg.replace(**{k: v for k, v in policy.items() if v is not None})
 
 
@@ -88,16 +99,23 @@ def config_to_hf(cfg: llama.LlamaConfig, head: str = "lm"):
     import transformers
 
     kw = dict(
-        vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
-        head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_kv_heads,
+        head_dim=cfg.head_dim,
+        rms_norm_eps=cfg.rms_norm_eps,
         max_position_embeddings=cfg.max_position_embeddings,
-        initializer_range=cfg.initializer_range, tie_word_embeddings=cfg.tie_word_embeddings,
-        pad_token_id=cfg.pad_token_id, bos_token_id=cfg.bos_token_id,
+        initializer_range=cfg.initializer_range,
+        tie_word_embeddings=cfg.tie_word_embeddings,
+        pad_token_id=cfg.pad_token_id,
+        bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id,
         rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        architectures=[ARCHITECTURES[head]], dtype=cfg.param_dtype,
+        architectures=[ARCHITECTURES[head]],
+        dtype=cfg.param_dtype,
     )
     if head != "lm":
         kw["num_labels"] = 1
@@ -110,8 +128,8 @@ def config_to_hf(cfg: llama.LlamaConfig, head: str = "lm"):
 
 @dataclass(frozen=True)
 class _Map:
-    hf_name: str   # may contain {i} (layer index) and {prefix}
-    kind: str      # how our layout relates to HF's, see _read_region / _to_hf
+    hf_name: str  # may contain {i} (layer index) and {prefix}
+    kind: str  # how our layout relates to HF's, see _read_region / _to_hf
     stacked: bool = False
 
 
@@ -140,7 +158,7 @@ def weight_map(cfg: llama.LlamaConfig, head: str) -> dict[str, _Map]:
 
 def _norm_slices(index: tuple, shape: tuple) -> list[slice]:
     out = [slice(*s.indices(n)) for s, n in zip(index, shape)]
-    return out + [slice(0, n) for n in shape[len(out):]]
+    return out + [slice(0, n) for n in shape[len(out) :]]
 
 
 def _hf_shape(kind: str, our_shape: tuple) -> tuple:
@@ -151,7 +169,7 @@ def _hf_shape(kind: str, our_shape: tuple) -> tuple:
     if kind == "split_out":  # ours [E, H, D]  <-  HF [H*D, E]
         e, h, d = our_shape
         return (h * d, e)
-    if kind == "split_in":   # ours [H, D, E]  <-  HF [E, H*D]
+    if kind == "split_in":  # ours [H, D, E]  <-  HF [E, H*D]
         h, d, e = our_shape
         return (e, h * d)
     raise AssertionError(kind)
@@ -166,12 +184,12 @@ def _read_region(sl, kind: str, our_shape: tuple, region: list[slice]) -> np.nda
     if kind == "split_out":
         se, sh, sd = region
         d = our_shape[2]
-        rows = np.asarray(sl[sh.start * d: sh.stop * d, se])            # [h*D, e]
+        rows = np.asarray(sl[sh.start * d : sh.stop * d, se])  # [h*D, e]
         return rows.reshape(sh.stop - sh.start, d, -1)[:, sd].transpose(2, 0, 1)
     if kind == "split_in":
         sh, sd, se = region
         d = our_shape[1]
-        cols = np.asarray(sl[se, sh.start * d: sh.stop * d])            # [e, h*D]
+        cols = np.asarray(sl[se, sh.start * d : sh.stop * d])  # [e, h*D]
         return cols.reshape(cols.shape[0], sh.stop - sh.start, d)[:, :, sd].transpose(1, 2, 0)
     raise AssertionError(kind)
 
@@ -211,13 +229,20 @@ class _SafetensorsDir:
             self.files = {k: os.path.join(path, v) for k, v in wm.items()}
         elif os.path.exists(single):
             with safe_open(single, "numpy") as f:
-                self.files = {k: single for k in f.keys()}
+                self.files = dict.fromkeys(f.keys(), single)
         else:
             bins = [n for n in os.listdir(path) if n.endswith((".bin", ".pt", ".pth"))]
-            hint = (f" Found {bins}: pickle checkpoints are not loaded (unsafe); convert them with "
-                    "transformers' save_pretrained(safe_serialization=True).") if bins else ""
-            raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json."
-                                  + hint)
+            hint = (
+                (
+                    f" Found {bins}: pickle checkpoints are not loaded (unsafe); convert them with "
+                    "transformers' save_pretrained(safe_serialization=True)."
+                )
+                if bins
+                else ""
+            )
+            raise CheckpointError(
+                f"{path}: no model.safetensors or model.safetensors.index.json." + hint
+            )
         self._handles: dict[str, object] = {}
 
     def __contains__(self, name: str) -> bool:
@@ -236,25 +261,39 @@ def _prefix(st: _SafetensorsDir) -> str:
     for p in ("model.", ""):
         if f"{p}embed_tokens.weight" in st:
             return p
-    raise CheckpointError("checkpoint has no 'model.embed_tokens.weight' (nor 'embed_tokens.weight'):"
-                          " is this a Llama checkpoint?")
+    raise CheckpointError(
+        "checkpoint has no 'model.embed_tokens.weight' (nor 'embed_tokens.weight'):"
+        " is this a Llama checkpoint?"
+    )
 
 
 def read_config(path: str) -> dict:
     if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint directory {path!r} does not exist; pass a local HF model "
-                              "directory (config.json + *.safetensors).")
+        raise CheckpointError(
+            f"checkpoint directory {path!r} does not exist; pass a local HF model "
+            "directory (config.json + *.safetensors)."
+        )
     cfg_path = os.path.join(path, "config.json")
     if not os.path.exists(cfg_path):
-        raise CheckpointError(f"{cfg_path}: not found; an HF checkpoint directory needs config.json.")
+        raise CheckpointError(
+            f"{cfg_path}: not found; an HF checkpoint directory needs config.json."
+        )
     with open(cfg_path) as f:
         return json.load(f)
 
 
-def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
-            param_dtype: str | None = None, remat: str | None = None,
-            scan_layers: bool | None = None, init_missing_head: bool = True,
-            seed: int = 0) -> llama.Llama:
+def load_hf(
+    path: str,
+    head: str = "lm",
+    *,
+    mesh=None,
+    dtype: str | None = None,
+    param_dtype: str | None = None,
+    remat: str | None = None,
+    scan_layers: bool | None = None,
+    init_missing_head: bool = True,
+    seed: int = 0,
+) -> llama.Llama:
     """Load an HF Llama checkpoint directory into a (sharded) NNX model with the given head.
 
     A ``reward``/``value`` head missing from the checkpoint (e.g. starting an RM from an SFT
@@ -262,8 +301,14 @@ def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
     ``init_missing_head``; any other missing or misshapen tensor is an error naming it.
     """
     hf_cfg = read_config(path)
-    cfg = config_from_hf(hf_cfg, source=os.path.join(path, "config.json"), dtype=dtype,
-                         param_dtype=param_dtype, remat=remat, scan_layers=scan_layers)
+    cfg = config_from_hf(
+        hf_cfg,
+        source=os.path.join(path, "config.json"),
+        dtype=dtype,
+        param_dtype=param_dtype,
+        remat=remat,
+        scan_layers=scan_layers,
+    )
     st = _SafetensorsDir(path)
     prefix = _prefix(st)
 
@@ -271,8 +316,9 @@ def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
     graphdef, abs_state = nnx.split(abstract)
     if mesh is None:
         dev = SingleDeviceSharding(jax.devices()[0])
-        shardings = jax.tree.map(lambda _: dev, abs_state,
-                                 is_leaf=lambda x: isinstance(x, nnx.Variable))
+        shardings = jax.tree.map(
+            lambda _: dev, abs_state, is_leaf=lambda x: isinstance(x, nnx.Variable)
+        )
     else:
         shardings = state_shardings(mesh, abs_state)
     wmap = weight_map(cfg, head)
@@ -284,40 +330,55 @@ def load_hf(path: str, head: str = "lm", *, mesh=None, dtype: str | None = None,
         shape, want = var.get_value().shape, cfg.weight_dtype
         sharding: NamedSharding = flat_shard[path_t]
         m = wmap[name]
-        layer_names = ([m.hf_name.format(prefix=prefix, i=i) for i in range(cfg.num_layers)]
-                       if m.stacked else [m.hf_name.format(prefix=prefix)])
+        layer_names = (
+            [m.hf_name.format(prefix=prefix, i=i) for i in range(cfg.num_layers)]
+            if m.stacked
+            else [m.hf_name.format(prefix=prefix)]
+        )
         per_layer_shape = shape[1:] if m.stacked else shape
         absent = [n for n in layer_names if n not in st]
         if absent:
             if name in _HEAD_PARAMS and init_missing_head and len(absent) == len(layer_names):
                 missing_head.append(layer_names[0])
-                value = (np.zeros(shape) if name == "score_bias" else cfg.initializer_range *
-                         np.random.default_rng(seed).standard_normal(shape))
+                value = (
+                    np.zeros(shape)
+                    if name == "score_bias"
+                    else cfg.initializer_range * np.random.default_rng(seed).standard_normal(shape)
+                )
                 out[path_t] = jax.device_put(value.astype(want), sharding)
                 continue
-            raise CheckpointError(f"{path}: tensor {absent[0]!r} is missing (needed for "
-                                  f"parameter {name!r} of a {ARCHITECTURES[head]}).")
+            raise CheckpointError(
+                f"{path}: tensor {absent[0]!r} is missing (needed for "
+                f"parameter {name!r} of a {ARCHITECTURES[head]})."
+            )
         expected = _hf_shape(m.kind, per_layer_shape)
         for n in layer_names:
             got = tuple(st.slice(n).get_shape())
             if got != expected:
-                raise CheckpointError(f"{path}: tensor {n!r} has shape {got}, expected {expected} "
-                                      "from config.json.")
+                raise CheckpointError(
+                    f"{path}: tensor {n!r} has shape {got}, expected {expected} from config.json."
+                )
 
         def callback(index, m=m, names=layer_names, pls=per_layer_shape, shape=shape, want=want):
             region = _norm_slices(index, shape)
             if not m.stacked:
                 return _read_region(st.slice(names[0]), m.kind, pls, region).astype(want)
-            parts = [_read_region(st.slice(names[i]), m.kind, pls, region[1:])
-                     for i in range(region[0].start, region[0].stop)]
+            parts = [
+                _read_region(st.slice(names[i]), m.kind, pls, region[1:])
+                for i in range(region[0].start, region[0].stop)
+            ]
             return np.stack(parts).astype(want)
 
         out[path_t] = jax.make_array_from_callback(shape, sharding, callback)
     if missing_head:
-        how = {"score.weight": f"normal(std={cfg.initializer_range}), seed {seed}",
-               "score.bias": "zeros"}
-        print(f"[metarm_jax] {path}: not in the checkpoint, initialised: "
-              + "; ".join(f"{n} with {how.get(n, 'defaults')}" for n in missing_head))
+        how = {
+            "score.weight": f"normal(std={cfg.initializer_range}), seed {seed}",
+            "score.bias": "zeros",
+        }
+        print(
+            f"[metarm_jax] {path}: not in the checkpoint, initialised: "
+            + "; ".join(f"{n} with {how.get(n, 'defaults')}" for n in missing_head)
+        )
     state = abs_state
     for path_t, var in nnx.to_flat_state(state):
         var.set_value(out[path_t])
@@ -337,8 +398,14 @@ def _host_value(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def save_hf(model: llama.Llama, out_dir: str, *, dtype: str | None = None, tokenizer=None,
-            max_shard_bytes: int = 5 * 2**30) -> None:
+def save_hf(
+    model: llama.Llama,
+    out_dir: str,
+    *,
+    dtype: str | None = None,
+    tokenizer=None,
+    max_shard_bytes: int = 5 * 2**30,
+) -> None:
     """Write ``model`` as an HF checkpoint directory (config.json + safetensors, sharded with an
     index when larger than ``max_shard_bytes``). Only process 0 writes; all must call it."""
     from safetensors.numpy import save_file
@@ -359,8 +426,11 @@ def save_hf(model: llama.Llama, out_dir: str, *, dtype: str | None = None, token
         value = _host_value(var.get_value())
         if not writer:
             continue
-        items = ([(m.hf_name.format(prefix=prefix, i=i), value[i]) for i in range(cfg.num_layers)]
-                 if m.stacked else [(m.hf_name.format(prefix=prefix), value)])
+        items = (
+            [(m.hf_name.format(prefix=prefix, i=i), value[i]) for i in range(cfg.num_layers)]
+            if m.stacked
+            else [(m.hf_name.format(prefix=prefix), value)]
+        )
         for hf_name, v in items:
             t = np.ascontiguousarray(_to_hf(m.kind, v).astype(np_dtype))
             if size and size + t.nbytes > max_shard_bytes:
@@ -382,9 +452,14 @@ def save_hf(model: llama.Llama, out_dir: str, *, dtype: str | None = None, token
                 weight_map_json[k] = fn
                 total += v.nbytes
         with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map_json}, f,
-                      indent=2)
-    config_to_hf(cfg.replace(param_dtype=np_dtype.name if np_dtype.name in llama.DTYPES
-                             else cfg.param_dtype), head).save_pretrained(out_dir)
+            json.dump(
+                {"metadata": {"total_size": total}, "weight_map": weight_map_json}, f, indent=2
+            )
+    config_to_hf(
+        cfg.replace(
+            param_dtype=np_dtype.name if np_dtype.name in llama.DTYPES else cfg.param_dtype
+        ),
+        head,
+    ).save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)

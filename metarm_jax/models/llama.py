@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -51,24 +52,26 @@ class LlamaConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     # Execution policy (not part of the checkpoint).
-    dtype: str = "float32"        # compute dtype
+    dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the weights
-    remat: str = "none"           # one of REMAT_POLICIES
+    remat: str = "none"  # one of REMAT_POLICIES
     scan_layers: bool = True
 
     def __post_init__(self):
         if self.head_dim == 0:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
-                             f"num_kv_heads={self.num_kv_heads} (grouped-query attention).")
+            raise ValueError(
+                f"num_heads={self.num_heads} must be a multiple of "
+                f"num_kv_heads={self.num_kv_heads} (grouped-query attention)."
+            )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ValueError(f"{key}={getattr(self, key)!r}; expected one of {sorted(DTYPES)}.")
 
-    def replace(self, **kw) -> "LlamaConfig":
+    def replace(self, **kw) -> LlamaConfig:
         return dataclasses.replace(self, **kw)
 
     @property
@@ -140,9 +143,12 @@ def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> KVCach
     dtype = cfg.compute_dtype if dtype is None else dtype
     shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
     return KVCache(
-        k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
         key_mask=jnp.zeros((batch, max_len), jnp.int32),
-        next_pos=jnp.zeros((batch,), jnp.int32), index=jnp.zeros((), jnp.int32))
+        next_pos=jnp.zeros((batch,), jnp.int32),
+        index=jnp.zeros((), jnp.int32),
+    )
 
 
 CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", None)
@@ -176,8 +182,8 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotate-half rotary embedding (HF convention). x: [B, T, H, D], positions: [B, T]."""
     d = x.shape[-1]
     inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
-    freqs = positions.astype(jnp.float32)[..., None] * inv_freq            # [B, T, D/2]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]          # [B, T, 1, D]
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, D]
     cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
     x1, x2 = jnp.split(x, 2, axis=-1)
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
@@ -195,8 +201,13 @@ class Block(nnx.Module):
     """One decoder layer; created with a leading ``layers`` axis of size ``stack``."""
 
     def __init__(self, cfg: LlamaConfig, stack: int, rngs: nnx.Rngs | None):
-        e, f, h, kvh, d = (cfg.hidden_size, cfg.intermediate_size, cfg.num_heads,
-                           cfg.num_kv_heads, cfg.head_dim)
+        e, f, h, kvh, d = (
+            cfg.hidden_size,
+            cfg.intermediate_size,
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
         L, dt = (stack,), cfg.weight_dtype
         w = nnx.initializers.normal(cfg.initializer_range)
         self.attn_norm = _param(rngs, _ones, L + (e,), ("layers", "norm"), dt)
@@ -210,8 +221,16 @@ class Block(nnx.Module):
         self.down = _param(rngs, w, L + (f, e), ("layers", "mlp", "embed"), dt)
 
 
-def block_apply(cfg: LlamaConfig, p: dict[str, jax.Array], x: jax.Array, positions: jax.Array,
-                query_slots: jax.Array, key_mask: jax.Array, kv: tuple | None, index):
+def block_apply(
+    cfg: LlamaConfig,
+    p: dict[str, jax.Array],
+    x: jax.Array,
+    positions: jax.Array,
+    query_slots: jax.Array,
+    key_mask: jax.Array,
+    kv: tuple | None,
+    index,
+):
     """One decoder layer on per-layer weights ``p``.
 
     x: [B, T, E]; positions: [B, T]; query_slots: [T] cache slots of the queries;
@@ -241,12 +260,13 @@ def block_apply(cfg: LlamaConfig, p: dict[str, jax.Array], x: jax.Array, positio
     qg = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dt)).astype(jnp.float32)
     scores = scores / math.sqrt(cfg.head_dim)
-    causal = jnp.arange(s)[None, :] <= query_slots[:, None]                # [T, S]
-    allowed = causal[None] & (key_mask[:, None, :] > 0)                   # [B, T, S]
+    causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
+    allowed = causal[None] & (key_mask[:, None, :] > 0)  # [B, T, S]
     scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    attn = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(b, t, cfg.num_heads,
-                                                                          cfg.head_dim)
+    attn = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(
+        b, t, cfg.num_heads, cfg.head_dim
+    )
     x = x + jnp.einsum("bthd,hde->bte", attn, p["o"].astype(dt))
     x = constrain(x, ("batch", "length", "act_embed"))
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
@@ -281,12 +301,20 @@ class Llama(nnx.Module):
 
     # ---------------------------------------------------------------- backbone
 
-    def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    def hidden_states(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, E] and the updated cache (None without a cache)."""
         cfg = self.cfg
         b, t = input_ids.shape
-        mask = jnp.ones((b, t), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+        mask = (
+            jnp.ones((b, t), jnp.int32)
+            if attention_mask is None
+            else attention_mask.astype(jnp.int32)
+        )
         if cache is None:
             positions = positions_from_mask(mask)
             query_slots = jnp.arange(t)
@@ -311,13 +339,16 @@ class Llama(nnx.Module):
         # The stacked cache rides in the carry (updated in place), never in xs/ys (copied).
         kv_all = None if cache is None else (cache.k, cache.v)
         if cfg.scan_layers:
+
             def body(carry, xs):
                 x, kv = carry
                 p, i = xs
                 x, kv = layer(x, p, None if kv is None else (*kv, i))
                 return (x, kv), None
-            (x, new_kv), _ = jax.lax.scan(body, (x, kv_all),
-                                          (layer_params, jnp.arange(cfg.num_layers)))
+
+            (x, new_kv), _ = jax.lax.scan(
+                body, (x, kv_all), (layer_params, jnp.arange(cfg.num_layers))
+            )
         else:
             new_kv = kv_all
             for i in range(cfg.num_layers):
@@ -326,8 +357,13 @@ class Llama(nnx.Module):
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
         new_cache = None
         if cache is not None:
-            new_cache = KVCache(k=new_kv[0], v=new_kv[1], key_mask=key_mask,
-                                next_pos=cache.next_pos + mask.sum(-1), index=index + t)
+            new_cache = KVCache(
+                k=new_kv[0],
+                v=new_kv[1],
+                key_mask=key_mask,
+                next_pos=cache.next_pos + mask.sum(-1),
+                index=index + t,
+            )
         return x, new_cache
 
     # ---------------------------------------------------------------- heads
@@ -351,8 +387,12 @@ class Llama(nnx.Module):
         values = (x @ self.score[...].astype(dt))[..., 0] + self.score_bias[...].astype(dt)[0]
         return values.astype(jnp.float32)
 
-    def forward(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+    def forward(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
         """Head output and the updated KV cache (cache in, cache out)."""
         x, cache = self.hidden_states(input_ids, attention_mask, cache)
         return self.head_output(x, attention_mask), cache

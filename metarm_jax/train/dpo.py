@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ from metarm_jax.errors import ConfigError
 from metarm_jax.models import hf, llama
 from metarm_jax.train import loop, optim
 from metarm_jax.train.policy_config import stage_train_config
-from metarm_jax.train.sft import global_norm, check_vocab, split_lm
+from metarm_jax.train.sft import check_vocab, global_norm, split_lm
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
@@ -79,11 +80,12 @@ def response_masks(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array
     cj, cmj = _left_justify(ci, cm), _left_justify(cm, cm)
     rj, rmj = _left_justify(ri, rm), _left_justify(rm, rm)
     same = (cj == rj) & (cmj > 0) & (rmj > 0)
-    prefix = jnp.sum(jnp.cumprod(same.astype(jnp.int32), axis=1), axis=1)        # [n]
+    prefix = jnp.sum(jnp.cumprod(same.astype(jnp.int32), axis=1), axis=1)  # [n]
 
     def after(mask):
-        pos = jnp.cumsum(mask > 0, axis=1) - 1                                       # real index
+        pos = jnp.cumsum(mask > 0, axis=1) - 1  # real index
         return ((mask > 0) & (pos >= prefix[:, None])).astype(jnp.int32)
+
     return after(cm), after(rm)
 
 
@@ -95,7 +97,7 @@ def pair_logprobs(logits_fn, params, batch) -> tuple[jax.Array, jax.Array]:
     mask = jnp.concatenate([batch["chosen_mask"], batch["rejected_mask"]])
     resp = jnp.concatenate([resp_w, resp_l])
     logits, targets, tmask = pl.next_token_targets(logits_fn(params, ids, mask), ids, resp)
-    seq = pl.sequence_logprobs(pl.logprobs_of(logits, targets), tmask)            # [2n]
+    seq = pl.sequence_logprobs(pl.logprobs_of(logits, targets), tmask)  # [2n]
     return seq[:n], seq[n:]
 
 
@@ -108,8 +110,9 @@ def dpo_loss_on_batch(logits_fn, params, batch, beta, label_smoothing):
     ref = jax.lax.stop_gradient(params["ref"])
     ref_w, ref_l = pair_logprobs(logits_fn, ref, batch)
     pi_w, pi_l = pair_logprobs(logits_fn, params["policy"], batch)
-    loss, metrics = pl.dpo_loss(pi_w, pi_l, ref_w, ref_l, beta=beta,
-                                label_smoothing=label_smoothing)
+    loss, metrics = pl.dpo_loss(
+        pi_w, pi_l, ref_w, ref_l, beta=beta, label_smoothing=label_smoothing
+    )
     metrics["dpo/logp_chosen"] = jnp.mean(pi_w)
     metrics["dpo/logp_rejected"] = jnp.mean(pi_l)
     return loss, metrics
@@ -117,23 +120,31 @@ def dpo_loss_on_batch(logits_fn, params, batch, beta, label_smoothing):
 
 def dpo_step(logits_fn, beta: float, label_smoothing: float = 0.0) -> loop.StepFn:
     """g = ∇_θ L_DPO(θ; batch["pref"]); the reference's gradient is 0 (it is frozen)."""
+
     def step_fn(params, batch, rng):
         del rng
         (loss, m), g = jax.value_and_grad(
-            lambda p: dpo_loss_on_batch(logits_fn, {"policy": p, "ref": params["ref"]},
-                                        batch["pref"], beta, label_smoothing),
-            has_aux=True)(params["policy"])
+            lambda p: dpo_loss_on_batch(
+                logits_fn, {"policy": p, "ref": params["ref"]}, batch["pref"], beta, label_smoothing
+            ),
+            has_aux=True,
+        )(params["policy"])
         grads = {"policy": g, "ref": jax.tree.map(jnp.zeros_like, params["ref"])}
-        metrics = {"loss": loss, **{k.removeprefix("dpo/"): v for k, v in m.items() if k != "dpo/loss"},
-                   "grad_norm": global_norm(g)}
+        metrics = {
+            "loss": loss,
+            **{k.removeprefix("dpo/"): v for k, v in m.items() if k != "dpo/loss"},
+            "grad_norm": global_norm(g),
+        }
         return grads, metrics
+
     return step_fn
 
 
 def frozen_ref_optimizer(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
     """``optimizer`` on params["policy"]; params["ref"] gets a zero update and no state."""
-    return optax.multi_transform({"policy": optimizer, "ref": optax.set_to_zero()},
-                                 {"policy": "policy", "ref": "ref"})
+    return optax.multi_transform(
+        {"policy": optimizer, "ref": optax.set_to_zero()}, {"policy": "policy", "ref": "ref"}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,26 +156,33 @@ def frozen_ref_optimizer(optimizer: optax.GradientTransformation) -> optax.Gradi
 class DPOData:
     train: dict[str, Any]  # {"pref": checkpointable grain iterator, repeating}
     num_pairs: int
-    val: Batches           # a fresh pass over the validation pairs (with example_mask)
+    val: Batches  # a fresh pass over the validation pairs (with example_mask)
     tokenizer: Any
 
 
 def layer_data(config) -> DPOData:
     from metarm_jax import data as D
+
     d = config.data
     if not d.tokenizer_path:
-        raise ConfigError("the dpo stage needs config.data.tokenizer_path (a local HF tokenizer "
-                          "directory).")
+        raise ConfigError(
+            "the dpo stage needs config.data.tokenizer_path (a local HF tokenizer directory)."
+        )
     tok = D.load_tokenizer(d.tokenizer_path)
     pref = D.preference_iterator(d, tok, num_epochs=0)  # the loop decides when to stop
-    val = lambda: D.preference_iterator(d, tok, split=d.eval_split, shuffle=False, num_epochs=1,
-                                        drop_remainder=False)
+    val = lambda: D.preference_iterator(
+        d, tok, split=d.eval_split, shuffle=False, num_epochs=1, drop_remainder=False
+    )
     return DPOData(train={"pref": pref}, num_pairs=pref.num_examples, val=val, tokenizer=tok)
 
 
 def make_eval_fn(logits_fn, mesh, val: Batches, beta: float, eval_batches: int = 0) -> loop.EvalFn:
-    both = jax.jit(lambda p, b: (pair_logprobs(logits_fn, p["policy"], b),
-                                 pair_logprobs(logits_fn, p["ref"], b)))
+    both = jax.jit(
+        lambda p, b: (
+            pair_logprobs(logits_fn, p["policy"], b),
+            pair_logprobs(logits_fn, p["ref"], b),
+        )
+    )
 
     def eval_fn(params) -> dict[str, Any]:
         cols = [[], [], [], []]
@@ -173,17 +191,23 @@ def make_eval_fn(logits_fn, mesh, val: Batches, beta: float, eval_batches: int =
                 break
             keep = np.asarray(b.get("example_mask", np.ones(len(b["chosen_ids"]), np.int32))) > 0
             (pw, plo), (rw, rl) = jax.device_get(
-                both(params, loop.global_batch(mesh, {k: b[k] for k in PAIR_KEYS})))
+                both(params, loop.global_batch(mesh, {k: b[k] for k in PAIR_KEYS}))
+            )
             for col, v in zip(cols, (pw, plo, rw, rl)):
                 col.append(np.asarray(v)[keep])
         pw, plo, rw, rl = (jnp.asarray(np.concatenate(c)) for c in cols)
         loss, m = pl.dpo_loss(pw, plo, rw, rl, beta=beta)
-        return {"loss": float(loss), "accuracy": float(m["dpo/accuracy"]),
-                "reward_margin": float(m["dpo/reward_margin"]),
-                "reward_chosen": float(m["dpo/reward_chosen"]),
-                "reward_rejected": float(m["dpo/reward_rejected"]),
-                "logp_chosen": float(jnp.mean(pw)), "logp_rejected": float(jnp.mean(plo)),
-                "pairs": float(len(pw))}
+        return {
+            "loss": float(loss),
+            "accuracy": float(m["dpo/accuracy"]),
+            "reward_margin": float(m["dpo/reward_margin"]),
+            "reward_chosen": float(m["dpo/reward_chosen"]),
+            "reward_rejected": float(m["dpo/reward_rejected"]),
+            "logp_chosen": float(jnp.mean(pw)),
+            "logp_rejected": float(jnp.mean(plo)),
+            "pairs": float(len(pw)),
+        }
+
     return eval_fn
 
 
@@ -200,12 +224,16 @@ def start_config(config, workdir: str) -> ml_collections.ConfigDict:
     if init == "model":
         return out
     if init != "sft":
-        raise ConfigError(f"config.dpo.init={init!r}; expected 'model' (config.model) or 'sft' "
-                          "(<workdir>/export/sft).")
+        raise ConfigError(
+            f"config.dpo.init={init!r}; expected 'model' (config.model) or 'sft' "
+            "(<workdir>/export/sft)."
+        )
     path = os.path.join(workdir, "export", "sft")
     if not os.path.isfile(os.path.join(path, "config.json")):
-        raise ConfigError(f"config.dpo.init='sft' but {path} holds no SFT export; run the sft "
-                          "stage first (pipeline ('sft', 'dpo')) or set config.dpo.init='model'.")
+        raise ConfigError(
+            f"config.dpo.init='sft' but {path} holds no SFT export; run the sft "
+            "stage first (pipeline ('sft', 'dpo')) or set config.dpo.init='model'."
+        )
     out.model.hf_path = path
     return out
 
@@ -217,8 +245,9 @@ def reference_params(config, mesh, dtype: str):
     _, ref = split_lm(ref_model)
     if dtype:
         if dtype not in llama.DTYPES:
-            raise ConfigError(f"config.dpo.ref_dtype={dtype!r}; expected '' or one of "
-                              f"{sorted(llama.DTYPES)}.")
+            raise ConfigError(
+                f"config.dpo.ref_dtype={dtype!r}; expected '' or one of {sorted(llama.DTYPES)}."
+            )
         ref = jax.tree.map(lambda x: x.astype(llama.DTYPES[dtype]), ref)
     return ref
 
@@ -229,11 +258,13 @@ def run_dpo(ctx) -> dict[str, Any]:
     s = config.dpo
     t = stage_train_config(config.train, s)
     data = layer_data(config)
-    total = int(t.steps) or int(math.floor(t.epochs * data.num_pairs / config.data.pref_batch_size))
+    total = int(t.steps) or math.floor(t.epochs * data.num_pairs / config.data.pref_batch_size)
     if total < 1:
-        raise ConfigError(f"dpo: the run has 0 steps ({data.num_pairs} pairs x dpo.epochs="
-                          f"{t.epochs} / data.pref_batch_size={config.data.pref_batch_size}); "
-                          "set dpo.steps or dpo.epochs.")
+        raise ConfigError(
+            f"dpo: the run has 0 steps ({data.num_pairs} pairs x dpo.epochs="
+            f"{t.epochs} / data.pref_batch_size={config.data.pref_batch_size}); "
+            "set dpo.steps or dpo.epochs."
+        )
     start = start_config(config, ctx.workdir)
     with jax.set_mesh(mesh):
         model = config_lib.build_model(start, "lm", mesh)
@@ -242,11 +273,19 @@ def run_dpo(ctx) -> dict[str, Any]:
         params = {"policy": policy, "ref": reference_params(start, mesh, s.ref_dtype)}
         optimizer, schedule = optim.optimizer(t, total)
         params, summary = loop.train(
-            t, mesh=mesh, workdir=os.path.join(ctx.workdir, "dpo"), params=params,
-            step_fn=dpo_step(logits_fn, s.beta, s.label_smoothing), seed=config.seed,
-            batches=data.train, total_steps=total, optimizer=frozen_ref_optimizer(optimizer),
+            t,
+            mesh=mesh,
+            workdir=os.path.join(ctx.workdir, "dpo"),
+            params=params,
+            step_fn=dpo_step(logits_fn, s.beta, s.label_smoothing),
+            seed=config.seed,
+            batches=data.train,
+            total_steps=total,
+            optimizer=frozen_ref_optimizer(optimizer),
             schedule=schedule,
-            eval_fn=make_eval_fn(logits_fn, mesh, data.val, s.beta, t.eval_batches), desc="dpo")
+            eval_fn=make_eval_fn(logits_fn, mesh, data.val, s.beta, t.eval_batches),
+            desc="dpo",
+        )
         nnx.update(model, params["policy"])
         if s.export:
             out = os.path.join(ctx.workdir, "export", "dpo")

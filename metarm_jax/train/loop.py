@@ -25,10 +25,10 @@ Train state (a dict pytree, all jax.Arrays; this is what a checkpoint holds besi
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,34 +47,34 @@ EvalFn = Callable[[PyTree], Mapping[str, Any]]
 
 
 class TrainingDiverged(UserError):
-  """Too many non-finite steps in a row; the last good checkpoint is kept."""
+    """Too many non-finite steps in a row; the last good checkpoint is kept."""
 
 
 class StateSource:
-  """A batch source computed from the train state: on-policy roll-outs (PPO).
+    """A batch source computed from the train state: on-policy roll-outs (PPO).
 
-  ``next_batch(params, step)`` returns the global batch of ``step`` (host numpy, or global
-  jax.Arrays already laid out by :func:`metarm_jax.sharding.batch_sharding`), given the params
-  the step is about to update. ``pop_metrics()`` returns metrics to log in that step's row
-  (e.g. roll-out statistics; {} when there are none). ``get_state() -> bytes`` and
-  ``set_state(bytes)`` are its checkpointed position (saved with the data iterators through
-  grain's orbax handler, which also calls ``start_prefetch()`` after a restore).
-  """
+    ``next_batch(params, step)`` returns the global batch of ``step`` (host numpy, or global
+    jax.Arrays already laid out by :func:`metarm_jax.sharding.batch_sharding`), given the params
+    the step is about to update. ``pop_metrics()`` returns metrics to log in that step's row
+    (e.g. roll-out statistics; {} when there are none). ``get_state() -> bytes`` and
+    ``set_state(bytes)`` are its checkpointed position (saved with the data iterators through
+    grain's orbax handler, which also calls ``start_prefetch()`` after a restore).
+    """
 
-  def next_batch(self, params: PyTree, step: int) -> PyTree:
-    raise NotImplementedError
+    def next_batch(self, params: PyTree, step: int) -> PyTree:
+        raise NotImplementedError
 
-  def pop_metrics(self) -> Mapping[str, Any]:
-    return {}
+    def pop_metrics(self) -> Mapping[str, Any]:
+        return {}
 
-  def get_state(self) -> bytes:
-    raise NotImplementedError
+    def get_state(self) -> bytes:
+        raise NotImplementedError
 
-  def set_state(self, state: bytes) -> None:
-    raise NotImplementedError
+    def set_state(self, state: bytes) -> None:
+        raise NotImplementedError
 
-  def start_prefetch(self) -> None:
-    pass
+    def start_prefetch(self) -> None:
+        pass
 
 
 # --------------------------------------------------------------------------------------------
@@ -83,124 +83,157 @@ class StateSource:
 
 
 def split_micro(x: jax.Array, num_micro: int) -> jax.Array:
-  """[B, ...] -> [A, B/A, ...]; micro-batch i holds rows i, i+A, i+2A, ...
+    """[B, ...] -> [A, B/A, ...]; micro-batch i holds rows i, i+A, i+2A, ...
 
-  Strided rather than contiguous so that each micro-batch keeps the batch's data-parallel
-  layout (row blocks stay on their devices): no communication to split.
-  """
-  b = x.shape[0]
-  return jnp.swapaxes(x.reshape(b // num_micro, num_micro, *x.shape[1:]), 0, 1)
+    Strided rather than contiguous so that each micro-batch keeps the batch's data-parallel
+    layout (row blocks stay on their devices): no communication to split.
+    """
+    b = x.shape[0]
+    return jnp.swapaxes(x.reshape(b // num_micro, num_micro, *x.shape[1:]), 0, 1)
 
 
-def accumulate(step_fn: StepFn, params: PyTree, batch: PyTree, rng: jax.Array,
-               num_micro: int) -> tuple[PyTree, dict[str, jax.Array]]:
-  """Mean of step_fn's grads and metrics over ``num_micro`` micro-batches (lax.scan).
+def accumulate(
+    step_fn: StepFn, params: PyTree, batch: PyTree, rng: jax.Array, num_micro: int
+) -> tuple[PyTree, dict[str, jax.Array]]:
+    """Mean of step_fn's grads and metrics over ``num_micro`` micro-batches (lax.scan).
 
-  Equal to the full-batch grads for any loss that is a mean over the batch's rows (the
-  preference, SFT and DPO losses). For MetaRM each micro-batch takes its own ascent step
-  θ' = θ + η∇J(micro meta batch), i.e. accumulation averages per-micro-batch meta gradients.
-  """
-  if num_micro == 1:
-    return step_fn(params, batch, rng)
-  micro = jax.tree.map(lambda x: split_micro(x, num_micro), batch)
-  grads0 = jax.tree.map(jnp.zeros_like, params)
-  metrics_shape = jax.eval_shape(
-      lambda: step_fn(params, jax.tree.map(lambda x: x[0], micro), rng)[1])
-  metrics0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics_shape)
+    Equal to the full-batch grads for any loss that is a mean over the batch's rows (the
+    preference, SFT and DPO losses). For MetaRM each micro-batch takes its own ascent step
+    θ' = θ + η∇J(micro meta batch), i.e. accumulation averages per-micro-batch meta gradients.
+    """
+    if num_micro == 1:
+        return step_fn(params, batch, rng)
+    micro = jax.tree.map(lambda x: split_micro(x, num_micro), batch)
+    grads0 = jax.tree.map(jnp.zeros_like, params)
+    metrics_shape = jax.eval_shape(
+        lambda: step_fn(params, jax.tree.map(lambda x: x[0], micro), rng)[1]
+    )
+    metrics0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), metrics_shape)
 
-  def body(carry, xs):
-    g_sum, m_sum = carry
-    i, mb = xs
-    g, m = step_fn(params, mb, jax.random.fold_in(rng, i))
-    g_sum = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_sum, g)
-    m_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), m_sum, m)
-    return (g_sum, m_sum), None
+    def body(carry, xs):
+        g_sum, m_sum = carry
+        i, mb = xs
+        g, m = step_fn(params, mb, jax.random.fold_in(rng, i))
+        g_sum = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_sum, g)
+        m_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), m_sum, m)
+        return (g_sum, m_sum), None
 
-  (g_sum, m_sum), _ = jax.lax.scan(body, (grads0, metrics0), (jnp.arange(num_micro), micro))
-  return (jax.tree.map(lambda g: g / num_micro, g_sum),
-          jax.tree.map(lambda m: m / num_micro, m_sum))
+    (g_sum, m_sum), _ = jax.lax.scan(body, (grads0, metrics0), (jnp.arange(num_micro), micro))
+    return (
+        jax.tree.map(lambda g: g / num_micro, g_sum),
+        jax.tree.map(lambda m: m / num_micro, m_sum),
+    )
 
 
 def all_finite(*trees: PyTree) -> jax.Array:
-  leaves = [x for t in trees for x in jax.tree.leaves(t)]
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    leaves = [x for t in trees for x in jax.tree.leaves(t)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
-def init_state(params: PyTree, optimizer: optax.GradientTransformation, seed: int,
-               shardings: PyTree) -> dict[str, Any]:
-  """The train state at step 0, laid out on ``shardings`` (see :func:`state_shardings`)."""
-  def make(params):
-    return {"params": params, "opt_state": optimizer.init(params),
+def init_state(
+    params: PyTree, optimizer: optax.GradientTransformation, seed: int, shardings: PyTree
+) -> dict[str, Any]:
+    """The train state at step 0, laid out on ``shardings`` (see :func:`state_shardings`)."""
+
+    def make(params):
+        return {
+            "params": params,
+            "opt_state": optimizer.init(params),
             "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(seed)),
-            "nonfinite": jnp.zeros((), jnp.int32), "streak": jnp.zeros((), jnp.int32)}
-  return jax.jit(make, out_shardings=shardings)(params)
+            "nonfinite": jnp.zeros((), jnp.int32),
+            "streak": jnp.zeros((), jnp.int32),
+        }
+
+    return jax.jit(make, out_shardings=shardings)(params)
 
 
 def state_shardings(mesh: Mesh, params: PyTree, optimizer: optax.GradientTransformation) -> PyTree:
-  """Shardings of the train state, from the one sharding table.
+    """Shardings of the train state, from the one sharding table.
 
-  Params carry their logical axes; optax keeps the nnx.Variable nodes (and so the axes) in its
-  moment trees, so Adam's mu/nu are placed exactly like their params; scalars are replicated.
-  """
-  def place(x):
-    if isinstance(x, nnx.Variable):
-      return shd.state_shardings(mesh, x)
-    return shd.replicated(mesh)
-  opt_shape = jax.eval_shape(optimizer.init, params)
-  rep = shd.replicated(mesh)
-  return {"params": shd.state_shardings(mesh, params),
-          "opt_state": jax.tree.map(place, opt_shape, is_leaf=lambda x: isinstance(x, nnx.Variable)),
-          "step": rep, "rng": rep, "nonfinite": rep, "streak": rep}
+    Params carry their logical axes; optax keeps the nnx.Variable nodes (and so the axes) in its
+    moment trees, so Adam's mu/nu are placed exactly like their params; scalars are replicated.
+    """
+
+    def place(x):
+        if isinstance(x, nnx.Variable):
+            return shd.state_shardings(mesh, x)
+        return shd.replicated(mesh)
+
+    opt_shape = jax.eval_shape(optimizer.init, params)
+    rep = shd.replicated(mesh)
+    return {
+        "params": shd.state_shardings(mesh, params),
+        "opt_state": jax.tree.map(place, opt_shape, is_leaf=lambda x: isinstance(x, nnx.Variable)),
+        "step": rep,
+        "rng": rep,
+        "nonfinite": rep,
+        "streak": rep,
+    }
 
 
-def make_train_step(step_fn: StepFn, optimizer: optax.GradientTransformation,
-                    schedule: optax.Schedule | None, num_micro: int = 1):
-  """The (un-jitted) train step: state, batch -> state, metrics.
+def make_train_step(
+    step_fn: StepFn,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule | None,
+    num_micro: int = 1,
+):
+    """The (un-jitted) train step: state, batch -> state, metrics.
 
-  A step whose loss or gradients are not all finite leaves params and optimizer state as they
-  were (selected with jnp.where, so the decision stays on device), and counts itself.
-  """
-  def train_step(state, batch):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-    grads, metrics = accumulate(step_fn, state["params"], batch, rng, num_micro)
-    finite = all_finite(metrics["loss"], grads)
-    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-    skipped = (~finite).astype(jnp.int32)
-    new = {"params": keep(params, state["params"]),
-           "opt_state": keep(opt_state, state["opt_state"]),
-           "step": state["step"] + 1, "rng": state["rng"],
-           "nonfinite": state["nonfinite"] + skipped,
-           "streak": jnp.where(finite, 0, state["streak"] + 1)}
-    metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
-    metrics.update(skipped=skipped, nonfinite=new["nonfinite"], streak=new["streak"])
-    if schedule is not None:
-      # the lr this update used: the optimizer counts applied (not skipped) updates
-      metrics["lr"] = jnp.asarray(schedule(state["step"] - state["nonfinite"]), jnp.float32)
-    return new, metrics
-  return train_step
+    A step whose loss or gradients are not all finite leaves params and optimizer state as they
+    were (selected with jnp.where, so the decision stays on device), and counts itself.
+    """
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        grads, metrics = accumulate(step_fn, state["params"], batch, rng, num_micro)
+        finite = all_finite(metrics["loss"], grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        skipped = (~finite).astype(jnp.int32)
+        new = {
+            "params": keep(params, state["params"]),
+            "opt_state": keep(opt_state, state["opt_state"]),
+            "step": state["step"] + 1,
+            "rng": state["rng"],
+            "nonfinite": state["nonfinite"] + skipped,
+            "streak": jnp.where(finite, 0, state["streak"] + 1),
+        }
+        metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
+        metrics.update(skipped=skipped, nonfinite=new["nonfinite"], streak=new["streak"])
+        if schedule is not None:
+            # the lr this update used: the optimizer counts applied (not skipped) updates
+            metrics["lr"] = jnp.asarray(schedule(state["step"] - state["nonfinite"]), jnp.float32)
+        return new, metrics
+
+    return train_step
 
 
 def jit_train_step(train_step, mesh: Mesh, shardings: PyTree, batch_example: PyTree):
-  """jax.jit with the state placed by ``shardings`` (donated) and batches split over data axes."""
-  batch_sh = jax.tree.map(lambda x: shd.batch_sharding(mesh, np.ndim(x)), batch_example)
-  return jax.jit(train_step, in_shardings=(shardings, batch_sh),
-                 out_shardings=(shardings, shd.replicated(mesh)), donate_argnums=0)
+    """jax.jit with the state placed by ``shardings`` (donated) and batches split over data axes."""
+    batch_sh = jax.tree.map(lambda x: shd.batch_sharding(mesh, np.ndim(x)), batch_example)
+    return jax.jit(
+        train_step,
+        in_shardings=(shardings, batch_sh),
+        out_shardings=(shardings, shd.replicated(mesh)),
+        donate_argnums=0,
+    )
 
 
 def global_batch(mesh: Mesh, batch: PyTree) -> PyTree:
-  """Host batch (this process's rows) -> global jax.Arrays split over the data axes.
+    """Host batch (this process's rows) -> global jax.Arrays split over the data axes.
 
-  A leaf that is already a jax.Array (a StateSource's device batch) is a global array: it is
-  only placed on the batch sharding (a no-op when it is there already)."""
-  def one(x):
-    sh = shd.batch_sharding(mesh, np.ndim(x))
-    if isinstance(x, jax.Array):
-      return jax.device_put(x, sh)
-    return jax.make_array_from_process_local_data(sh, np.asarray(x))
-  return jax.tree.map(one, batch)
+    A leaf that is already a jax.Array (a StateSource's device batch) is a global array: it is
+    only placed on the batch sharding (a no-op when it is there already)."""
+
+    def one(x):
+        sh = shd.batch_sharding(mesh, np.ndim(x))
+        if isinstance(x, jax.Array):
+            return jax.device_put(x, sh)
+        return jax.make_array_from_process_local_data(sh, np.asarray(x))
+
+    return jax.tree.map(one, batch)
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,45 +242,50 @@ def global_batch(mesh: Mesh, batch: PyTree) -> PyTree:
 
 
 def _to_host(v):
-  a = np.asarray(jax.device_get(v))
-  return float(a) if a.ndim == 0 else a
+    a = np.asarray(jax.device_get(v))
+    return float(a) if a.ndim == 0 else a
 
 
 class MetricsWriter:
-  """One row per logged step to ``metrics.jsonl`` and TensorBoard; arrays become histograms."""
+    """One row per logged step to ``metrics.jsonl`` and TensorBoard; arrays become histograms."""
 
-  def __init__(self, workdir: str, *, resume_step: int = 0):
-    self.enabled = jax.process_index() == 0
-    if not self.enabled:
-      return
-    from tensorboardX import SummaryWriter
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(self.path):  # drop rows a resumed run is about to write again
-      with open(self.path) as f:
-        rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-      with open(self.path, "w") as f:
-        f.writelines(rows)
-    self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+    def __init__(self, workdir: str, *, resume_step: int = 0):
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        from tensorboardX import SummaryWriter
 
-  def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
-    if not self.enabled:
-      return
-    row = {"step": int(step), "time": time.time()}
-    for k, v in metrics.items():
-      v = _to_host(v)
-      if isinstance(v, float):
-        row[prefix + k] = v
-        self.tb.add_scalar(prefix + k, v, step)
-      else:
-        row[prefix + k] = v.tolist()
-        if v.size:
-          self.tb.add_histogram(prefix + k, v, step)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        if os.path.exists(self.path):  # drop rows a resumed run is about to write again
+            with open(self.path) as f:
+                rows = [
+                    line
+                    for line in f
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step
+                ]
+            with open(self.path, "w") as f:
+                f.writelines(rows)
+        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
 
-  def close(self) -> None:
-    if self.enabled:
-      self.tb.close()
+    def write(self, step: int, metrics: Mapping[str, Any], prefix: str = "") -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), "time": time.time()}
+        for k, v in metrics.items():
+            v = _to_host(v)
+            if isinstance(v, float):
+                row[prefix + k] = v
+                self.tb.add_scalar(prefix + k, v, step)
+            else:
+                row[prefix + k] = v.tolist()
+                if v.size:
+                    self.tb.add_histogram(prefix + k, v, step)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def close(self) -> None:
+        if self.enabled:
+            self.tb.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,106 +294,150 @@ class MetricsWriter:
 
 
 def _check_batch_sizes(mesh: Mesh, batch: PyTree, num_micro: int) -> None:
-  dp = shd.dp_size(mesh)
-  for path, x in jax.tree_util.tree_leaves_with_path(batch):
-    name = jax.tree_util.keystr(path, simple=True, separator=".")
-    b = np.shape(x)[0] * (1 if isinstance(x, jax.Array) else jax.process_count())
-    if b % num_micro or (b // num_micro) % dp:
-      raise ConfigError(
-          f"batch {name!r}: global size {b} must split into train.grad_accum={num_micro} "
-          f"micro-batches whose size is divisible by the {dp} data-parallel devices "
-          f"(mesh {dict(mesh.shape)}); choose a batch size that is a multiple of {num_micro * dp}.")
+    dp = shd.dp_size(mesh)
+    for path, x in jax.tree_util.tree_leaves_with_path(batch):
+        name = jax.tree_util.keystr(path, simple=True, separator=".")
+        b = np.shape(x)[0] * (1 if isinstance(x, jax.Array) else jax.process_count())
+        if b % num_micro or (b // num_micro) % dp:
+            raise ConfigError(
+                f"batch {name!r}: global size {b} must split into train.grad_accum={num_micro} "
+                f"micro-batches whose size is divisible by the {dp} data-parallel devices "
+                f"(mesh {dict(mesh.shape)}); choose a batch size that is a multiple of {num_micro * dp}."
+            )
 
 
-def train(cfg, *, mesh: Mesh, workdir: str, params: PyTree, step_fn: StepFn, seed: int,
-          batches: Mapping[str, Iterator], total_steps: int,
-          optimizer: optax.GradientTransformation, schedule: optax.Schedule | None = None,
-          eval_fn: EvalFn | None = None, desc: str = "train") -> tuple[PyTree, dict[str, Any]]:
-  """Run ``total_steps`` optimizer steps (resuming from ``workdir/checkpoints``); returns the
-  final params and a summary. ``cfg`` is ``config.train`` (grad_accum, eval_every, log_every,
-  save_every, keep, async_checkpoints, nan_patience, progress); ``seed`` seeds the step rng."""
-  os.makedirs(workdir, exist_ok=True)
-  num_micro = int(cfg.grad_accum)
-  if num_micro < 1:
-    raise ConfigError(f"train.grad_accum must be >= 1, got {num_micro}.")
-  shardings = state_shardings(mesh, params, optimizer)
-  state = init_state(params, optimizer, seed, shardings)
-  del params
+def train(
+    cfg,
+    *,
+    mesh: Mesh,
+    workdir: str,
+    params: PyTree,
+    step_fn: StepFn,
+    seed: int,
+    batches: Mapping[str, Iterator],
+    total_steps: int,
+    optimizer: optax.GradientTransformation,
+    schedule: optax.Schedule | None = None,
+    eval_fn: EvalFn | None = None,
+    desc: str = "train",
+) -> tuple[PyTree, dict[str, Any]]:
+    """Run ``total_steps`` optimizer steps (resuming from ``workdir/checkpoints``); returns the
+    final params and a summary. ``cfg`` is ``config.train`` (grad_accum, eval_every, log_every,
+    save_every, keep, async_checkpoints, nan_patience, progress); ``seed`` seeds the step rng."""
+    os.makedirs(workdir, exist_ok=True)
+    num_micro = int(cfg.grad_accum)
+    if num_micro < 1:
+        raise ConfigError(f"train.grad_accum must be >= 1, got {num_micro}.")
+    shardings = state_shardings(mesh, params, optimizer)
+    state = init_state(params, optimizer, seed, shardings)
+    del params
 
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep,
-                      async_save=cfg.async_checkpoints)
-  restored = ckpt.restore_latest(abstract_like(state), batches)
-  start = 0
-  if restored is not None:
-    state, start = restored
-    if jax.process_index() == 0:
-      print(f"[metarm_jax] resuming {desc} from {ckpt.step_dir(start)} (step {start}/{total_steps}).",
-            flush=True)
-  writer = MetricsWriter(workdir, resume_step=start)
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=cfg.keep, async_save=cfg.async_checkpoints
+    )
+    restored = ckpt.restore_latest(abstract_like(state), batches)
+    start = 0
+    if restored is not None:
+        state, start = restored
+        if jax.process_index() == 0:
+            print(
+                f"[metarm_jax] resuming {desc} from {ckpt.step_dir(start)} (step {start}/{total_steps}).",
+                flush=True,
+            )
+    writer = MetricsWriter(workdir, resume_step=start)
 
-  def evaluate(step):
-    if eval_fn is None:
-      return {}
-    results = dict(eval_fn(state["params"]))
-    writer.write(step, results, prefix="eval/")
-    return results
+    def evaluate(step):
+        if eval_fn is None:
+            return {}
+        results = dict(eval_fn(state["params"]))
+        writer.write(step, results, prefix="eval/")
+        return results
 
-  from tqdm.auto import tqdm
-  bar = tqdm(total=total_steps, initial=start, desc=desc, dynamic_ncols=True,
-             disable=not (cfg.progress and jax.process_index() == 0))
-  step_jit = None
-  last_metrics: dict[str, float] = {}
-  eval_results: dict[str, Any] = {}
-  pending = None  # (step, device metrics) of the step before, read while the next one runs
+    from tqdm.auto import tqdm
 
-  def drain(pending):
-    step, metrics, extra = pending
-    host = {k: _to_host(v) for k, v in metrics.items()}
-    if extra or (cfg.log_every and (step % cfg.log_every == 0 or step == total_steps)):
-      writer.write(step, {**host, **extra})  # a source's metrics (roll-outs) are always logged
-    bar.set_postfix(loss=f"{host['loss']:.4f}", skipped=int(host["nonfinite"]), refresh=False)
-    if host["streak"] >= cfg.nan_patience:
-      ckpt.wait()
-      last = ckpt.latest_step()
-      where = (f"the last good checkpoint is {ckpt.step_dir(last)} (step {last})"
-               if last is not None else "no checkpoint was saved yet")
-      raise TrainingDiverged(
-          f"{desc}: stopped at step {step}: {int(host['streak'])} steps in a row had a non-finite "
-          f"loss or gradient (each was skipped; {int(host['nonfinite'])} in all, limit "
-          f"train.nan_patience={cfg.nan_patience}); {where}. Lower train.lr or "
-          f"train.clip_norm, or check the data.")
-    return host
+    bar = tqdm(
+        total=total_steps,
+        initial=start,
+        desc=desc,
+        dynamic_ncols=True,
+        disable=not (cfg.progress and jax.process_index() == 0),
+    )
+    step_jit = None
+    last_metrics: dict[str, float] = {}
+    eval_results: dict[str, Any] = {}
+    pending = None  # (step, device metrics) of the step before, read while the next one runs
 
-  try:
-    for step in range(start, total_steps):
-      host_batch = {name: (it.next_batch(state["params"], step) if isinstance(it, StateSource)
-                           else next(it)) for name, it in batches.items()}
-      extra = {k: v for it in batches.values() if isinstance(it, StateSource)
-               for k, v in it.pop_metrics().items()}
-      if step_jit is None:
-        _check_batch_sizes(mesh, host_batch, num_micro)
-        step_jit = jit_train_step(make_train_step(step_fn, optimizer, schedule, num_micro),
-                                  mesh, shardings, host_batch)
-      state, metrics = step_jit(state, global_batch(mesh, host_batch))
-      if pending is not None:
-        last_metrics = drain(pending)
-      pending = (step + 1, metrics, extra)
-      bar.update(1)
-      done = step + 1
-      if (cfg.save_every and done % cfg.save_every == 0) or done == total_steps:
-        ckpt.save(done, state, batches)
-      if (cfg.eval_every and done % cfg.eval_every == 0) or done == total_steps:
-        eval_results = evaluate(done)
-    if pending is not None:
-      last_metrics = drain(pending)
-    if start >= total_steps and eval_fn is not None:
-      eval_results = evaluate(start)
-  finally:
-    bar.close()
-    writer.close()
-    ckpt.close()
-  summary = {"steps": total_steps, "resumed_from": start,
-             "skipped": int(jax.device_get(state["nonfinite"])),
-             **{f"train/{k}": v for k, v in last_metrics.items() if isinstance(v, float)},
-             **{f"eval/{k}": v for k, v in eval_results.items() if np.ndim(v) == 0}}
-  return state["params"], summary
+    def drain(pending):
+        step, metrics, extra = pending
+        host = {k: _to_host(v) for k, v in metrics.items()}
+        if extra or (cfg.log_every and (step % cfg.log_every == 0 or step == total_steps)):
+            writer.write(
+                step, {**host, **extra}
+            )  # a source's metrics (roll-outs) are always logged
+        bar.set_postfix(loss=f"{host['loss']:.4f}", skipped=int(host["nonfinite"]), refresh=False)
+        if host["streak"] >= cfg.nan_patience:
+            ckpt.wait()
+            last = ckpt.latest_step()
+            where = (
+                f"the last good checkpoint is {ckpt.step_dir(last)} (step {last})"
+                if last is not None
+                else "no checkpoint was saved yet"
+            )
+            raise TrainingDiverged(
+                f"{desc}: stopped at step {step}: {int(host['streak'])} steps in a row had a non-finite "
+                f"loss or gradient (each was skipped; {int(host['nonfinite'])} in all, limit "
+                f"train.nan_patience={cfg.nan_patience}); {where}. Lower train.lr or "
+                f"train.clip_norm, or check the data."
+            )
+        return host
+
+    try:
+        for step in range(start, total_steps):
+            host_batch = {
+                name: (
+                    it.next_batch(state["params"], step)
+                    if isinstance(it, StateSource)
+                    else next(it)
+                )
+                for name, it in batches.items()
+            }
+            extra = {
+                k: v
+                for it in batches.values()
+                if isinstance(it, StateSource)
+                for k, v in it.pop_metrics().items()
+            }
+            if step_jit is None:
+                _check_batch_sizes(mesh, host_batch, num_micro)
+                step_jit = jit_train_step(
+                    make_train_step(step_fn, optimizer, schedule, num_micro),
+                    mesh,
+                    shardings,
+                    host_batch,
+                )
+            state, metrics = step_jit(state, global_batch(mesh, host_batch))
+            if pending is not None:
+                last_metrics = drain(pending)
+            pending = (step + 1, metrics, extra)
+            bar.update(1)
+            done = step + 1
+            if (cfg.save_every and done % cfg.save_every == 0) or done == total_steps:
+                ckpt.save(done, state, batches)
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == total_steps:
+                eval_results = evaluate(done)
+        if pending is not None:
+            last_metrics = drain(pending)
+        if start >= total_steps and eval_fn is not None:
+            eval_results = evaluate(start)
+    finally:
+        bar.close()
+        writer.close()
+        ckpt.close()
+    summary = {
+        "steps": total_steps,
+        "resumed_from": start,
+        "skipped": int(jax.device_get(state["nonfinite"])),
+        **{f"train/{k}": v for k, v in last_metrics.items() if isinstance(v, float)},
+        **{f"eval/{k}": v for k, v in eval_results.items() if np.ndim(v) == 0},
+    }
+    return state["params"], summary

@@ -20,11 +20,13 @@ def sft_config() -> ml_collections.ConfigDict:
     c.steps = 0  # optimizer steps; 0: epochs x training examples / data.sft_batch_size
     c.epochs = 2.0
     c.lr = 2e-5
-    c.schedule = 'linear'  # constant | linear | cosine (decay after warm-up)
+    c.schedule = "linear"  # constant | linear | cosine (decay after warm-up)
     c.warmup = 0.0  # as train.warmup (steps if >= 1, else a fraction of the run); see warmup_epochs
     c.end_lr_factor = 0.0  # linear decay to zero
     # --- SFT only ---
-    c.warmup_epochs = 0.3  # > 0: warm-up of round(warmup_epochs x steps per epoch) steps (wins over warmup)
+    c.warmup_epochs = (
+        0.3  # > 0: warm-up of round(warmup_epochs x steps per epoch) steps (wins over warmup)
+    )
     c.val_holdout = 0  # > 0: hold out the last N training examples for validation;
     #                    0: validate on split data.eval_split of data.sft_path
     c.export = True  # write workdir/export/sft (HF LlamaForCausalLM + tokenizer)
@@ -39,25 +41,28 @@ def dpo_config() -> ml_collections.ConfigDict:
     c.steps = 0  # optimizer steps; 0: epochs x training pairs / data.pref_batch_size
     c.epochs = 1.0
     c.lr = 1e-6
-    c.schedule = 'constant'
+    c.schedule = "constant"
     c.warmup = 150.0  # steps if >= 1, else a fraction of the run
     c.end_lr_factor = 0.0
     # --- DPO only ---
     c.beta = 0.1  # β of the implicit KL constraint (DPO paper); NOT the PPO KL β (0.05)
     c.label_smoothing = 0.0  # ε of conservative DPO; 0: plain DPO
-    c.init = 'model'  # where policy and reference start: 'model' (config.model) | 'sft'
+    c.init = "model"  # where policy and reference start: 'model' (config.model) | 'sft'
     #                   (<workdir>/export/sft, written by the sft stage of the same run)
-    c.ref_dtype = ''  # storage dtype of the frozen reference: '' (= model.param_dtype) | bfloat16 | float32
+    c.ref_dtype = (
+        ""  # storage dtype of the frozen reference: '' (= model.param_dtype) | bfloat16 | float32
+    )
     c.export = True  # write workdir/export/dpo (HF LlamaForCausalLM + tokenizer)
     return c
 
 
-def stage_train_config(train: ml_collections.ConfigDict,
-                       stage: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def stage_train_config(
+    train: ml_collections.ConfigDict, stage: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
     """A copy of `train` (config.train) with the keys that `stage` (config.sft, config.dpo, ...)
     also has set to the stage's values. Neither input is changed."""
     out = ml_collections.ConfigDict(train.to_dict())
-    for key in stage.keys():
+    for key in stage:
         if key in out:
             out[key] = stage[key]
     return out

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +62,7 @@ def split(model: nnx.Module):
 
     def apply(p, input_ids, attention_mask):
         return nnx.merge(graphdef, p)(input_ids, attention_mask)
+
     return apply, graphdef, params
 
 
@@ -69,7 +70,7 @@ def response_slice(x: jax.Array, num_response: int) -> jax.Array:
     """Outputs at the positions that PREDICT the last ``num_response`` tokens: [B, T, ...] ->
     [B, Tn, ...] (position t-1 predicts token t; a value V(s_t) lives where its logits do)."""
     t = x.shape[1]
-    return x[:, t - num_response - 1: t - 1]
+    return x[:, t - num_response - 1 : t - 1]
 
 
 def response_logprobs(lm_apply, params, ids, mask, num_response: int):
@@ -86,17 +87,32 @@ def response_logprobs(lm_apply, params, ids, mask, num_response: int):
 def make_score_fn(lm_apply, ref_apply, value_apply, rm_apply):
     """Roll-out scoring: (actor, ref, critic, rm params, ids [N, T], mask [N, T], Tn) ->
     {score [N], old_logp, ref_logp, values [N, Tn]}; one jitted forward of each model."""
+
     def score(actor, ref, critic, rm, ids, mask, num_response):
         old_logp, _ = response_logprobs(lm_apply, actor, ids, mask, num_response)
         ref_logp, _ = response_logprobs(ref_apply, ref, ids, mask, num_response)
         values = response_slice(value_apply(critic, ids, mask), num_response)
-        return {"score": rm_apply(rm, ids, mask).astype(jnp.float32), "old_logp": old_logp,
-                "ref_logp": ref_logp, "values": values.astype(jnp.float32)}
+        return {
+            "score": rm_apply(rm, ids, mask).astype(jnp.float32),
+            "old_logp": old_logp,
+            "ref_logp": ref_logp,
+            "values": values.astype(jnp.float32),
+        }
+
     return jax.jit(score, static_argnums=6)
 
 
-def advantages(pcfg, moments: core.RunningMoments, score, old_logp, ref_logp, values, rmask,
-               num_queries: int, bin_edges):
+def advantages(
+    pcfg,
+    moments: core.RunningMoments,
+    score,
+    old_logp,
+    ref_logp,
+    values,
+    rmask,
+    num_queries: int,
+    bin_edges,
+):
     """Rewards, GAE and the roll-out statistics (pure; jitted by the caller).
 
     score [N], old_logp/ref_logp/values/rmask [N, Tn]; rows are prompt-major (N = Q·R).
@@ -106,11 +122,11 @@ def advantages(pcfg, moments: core.RunningMoments, score, old_logp, ref_logp, va
     if pcfg["reward_norm"] == "none":
         s = score
     else:
-        s = core.normalize_scores(score, moments,
-                                  subtract_mean=pcfg["reward_norm"] == "standard")
+        s = core.normalize_scores(score, moments, subtract_mean=pcfg["reward_norm"] == "standard")
     s = core.clip_rewards(s, pcfg["reward_clip"] or None)
-    kl = core.kl_per_token(old_logp, ref_logp, rmask, estimator=pcfg["kl_estimator"],
-                           clip=pcfg["kl_clip"] or None)
+    kl = core.kl_per_token(
+        old_logp, ref_logp, rmask, estimator=pcfg["kl_estimator"], clip=pcfg["kl_clip"] or None
+    )
     rewards = core.token_rewards(s, kl, rmask, beta=pcfg["kl_beta"])
     adv, ret = core.gae(rewards, values, rmask, gamma=pcfg["gamma"], lam=pcfg["lam"])
     if pcfg["whiten_advantages"]:
@@ -119,17 +135,21 @@ def advantages(pcfg, moments: core.RunningMoments, score, old_logp, ref_logp, va
     shift = core.reward_difference_stats(score.reshape(num_queries, -1), bin_edges)
     f32 = lambda x: jnp.asarray(x, jnp.float32)
     metrics = {
-        "rollout/score_mean": f32(score.mean()), "rollout/score_std": f32(score.std()),
+        "rollout/score_mean": f32(score.mean()),
+        "rollout/score_std": f32(score.std()),
         "rollout/score_used_mean": f32(s.mean()),
-        "rollout/kl": f32(pl.masked_sum(kl, m, axis=-1).mean()),   # Σ_t KL_t, mean over rows
+        "rollout/kl": f32(pl.masked_sum(kl, m, axis=-1).mean()),  # Σ_t KL_t, mean over rows
         "rollout/kl_token_mean": f32(pl.masked_mean(kl, m)),
-        "rollout/return_mean": f32(rewards.sum(-1).mean()),          # score - β Σ KL
+        "rollout/return_mean": f32(rewards.sum(-1).mean()),  # score - β Σ KL
         "rollout/response_length": f32(m.sum(-1).mean()),
         "rollout/value_mean": f32(pl.masked_mean(values, m)),
-        "rollout/running_score_mean": moments.mean, "rollout/running_score_std": moments.std(),
+        "rollout/running_score_mean": moments.mean,
+        "rollout/running_score_std": moments.std(),
         "rollout/within_prompt_score_std": f32(score.reshape(num_queries, -1).std(-1).mean()),
-        "shift/absdiff_mean": shift["mean"], "shift/absdiff_var": shift["var"],
-        "shift/absdiff_hist": shift["hist"], "shift/num_pairs": shift["num_pairs"],
+        "shift/absdiff_mean": shift["mean"],
+        "shift/absdiff_var": shift["var"],
+        "shift/absdiff_hist": shift["hist"],
+        "shift/num_pairs": shift["num_pairs"],
     }
     return moments, {"advantages": adv, "returns": ret}, metrics
 
@@ -151,23 +171,31 @@ def make_step_fn(lm_apply, value_apply, pcfg) -> loop.StepFn:
 
         def loss_fn(p):
             logp, ent = response_logprobs(lm_apply, p["actor"], ids, mask, n)
-            p_loss, p_metrics = core.policy_loss(logp, b["old_logp"], b["advantages"], rmask,
-                                                 clip_eps=pcfg["clip_eps"])
+            p_loss, p_metrics = core.policy_loss(
+                logp, b["old_logp"], b["advantages"], rmask, clip_eps=pcfg["clip_eps"]
+            )
             entropy = pl.masked_mean(ent, rmask)
             values = response_slice(value_apply(p["critic"], ids, mask), n)
-            v_loss, v_metrics = core.value_loss(values, b["values"], b["returns"], rmask,
-                                                clip_eps=pcfg["value_clip_eps"])
+            v_loss, v_metrics = core.value_loss(
+                values, b["values"], b["returns"], rmask, clip_eps=pcfg["value_clip_eps"]
+            )
             gate = b["actor_on"][0]
             if target_kl > 0:
                 gate = gate * (p_metrics["ppo/approx_kl_k1"] <= 1.5 * target_kl)
             gate = jax.lax.stop_gradient(gate.astype(jnp.float32))
             actor_loss = p_loss - pcfg["ent_coef"] * entropy
             loss = gate * actor_loss + pcfg["vf_coef"] * v_loss
-            return loss, {**p_metrics, **v_metrics, "ppo/entropy": entropy,
-                          "ppo/actor_update": gate, "ppo/actor_loss": actor_loss}
+            return loss, {
+                **p_metrics,
+                **v_metrics,
+                "ppo/entropy": entropy,
+                "ppo/actor_update": gate,
+                "ppo/actor_loss": actor_loss,
+            }
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, {"loss": loss, **metrics}
+
     return step_fn
 
 
@@ -179,17 +207,20 @@ def make_step_fn(lm_apply, value_apply, pcfg) -> loop.StepFn:
 def skip_zero_updates(opt: optax.GradientTransformation) -> optax.GradientTransformation:
     """``opt``, except that an all-zero gradient leaves params AND optimizer state unchanged
     (a gated actor step must not move Adam's moments or its step count)."""
+
     def update(grads, state, params=None):
         updates, new_state = opt.update(grads, state, params)
         live = optax.tree.norm(grads) > 0
         updates = jax.tree.map(lambda u: jnp.where(live, u, jnp.zeros_like(u)), updates)
         new_state = jax.tree.map(lambda a, b: jnp.where(live, a, b), new_state, state)
         return updates, new_state
+
     return optax.GradientTransformation(opt.init, update)
 
 
-def two_optimizers(actor: optax.GradientTransformation,
-                   critic: optax.GradientTransformation) -> optax.GradientTransformation:
+def two_optimizers(
+    actor: optax.GradientTransformation, critic: optax.GradientTransformation
+) -> optax.GradientTransformation:
     """params {"actor", "critic"} -> each part updated by its own optimizer (own lr, own clip)."""
     parts = {"actor": skip_zero_updates(actor), "critic": critic}
 
@@ -197,18 +228,31 @@ def two_optimizers(actor: optax.GradientTransformation,
         return {k: parts[k].init(params[k]) for k in parts}
 
     def update(grads, state, params=None):
-        out = {k: parts[k].update(grads[k], state[k], None if params is None else params[k])
-               for k in parts}
+        out = {
+            k: parts[k].update(grads[k], state[k], None if params is None else params[k])
+            for k in parts
+        }
         return {k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()}
+
     return optax.GradientTransformation(init, update)
 
 
 def _optimizer(config, lr: float, total_steps: int) -> optax.GradientTransformation:
     p = config.ppo
-    cfg = ml_collections.ConfigDict(dict(
-        optimizer="adam", lr=lr, schedule=p.schedule, warmup=p.warmup, end_lr_factor=0.0,
-        b1=config.train.b1, b2=config.train.b2, eps=config.train.eps, weight_decay=0.0,
-        clip_norm=p.clip_norm))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            optimizer="adam",
+            lr=lr,
+            schedule=p.schedule,
+            warmup=p.warmup,
+            end_lr_factor=0.0,
+            b1=config.train.b1,
+            b2=config.train.b2,
+            eps=config.train.eps,
+            weight_decay=0.0,
+            clip_norm=p.clip_norm,
+        )
+    )
     return optim.optimizer(cfg, total_steps)[0]
 
 
@@ -247,7 +291,8 @@ class Frozen:
             return
         if self.kind is not None:
             self.params = jax.device_put(
-                self.params, jax.tree.map(lambda s: s.with_memory_kind(self.kind), self.shardings))
+                self.params, jax.tree.map(lambda s: s.with_memory_kind(self.kind), self.shardings)
+            )
         else:
             self.params = jax.device_get(self.params)
 
@@ -274,16 +319,31 @@ def load_monitor(config):
     try:
         return getattr(importlib.import_module(module), fn)(config)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"config.ppo.monitor={spec!r}: cannot load it ({e}); expected "
-                          "'package.module:function'.") from None
+        raise ConfigError(
+            f"config.ppo.monitor={spec!r}: cannot load it ({e}); expected "
+            "'package.module:function'."
+        ) from None
 
 
 class Rollouts(loop.StateSource):
     """Rolls out at the first step of every iteration, then serves its minibatches."""
 
-    def __init__(self, *, config, mesh, prompts, actor_graphdef, lm_apply, ref: Frozen,
-                 rm: Frozen, critic_key: str, score_fn, pad_id: int, eos_id: int | None,
-                 timer: dict | None = None):
+    def __init__(
+        self,
+        *,
+        config,
+        mesh,
+        prompts,
+        actor_graphdef,
+        lm_apply,
+        ref: Frozen,
+        rm: Frozen,
+        critic_key: str,
+        score_fn,
+        pad_id: int,
+        eos_id: int | None,
+        timer: dict | None = None,
+    ):
         p = config.ppo
         self.pcfg = _pcfg(p)
         self.mesh, self.prompts = mesh, prompts
@@ -314,9 +374,11 @@ class Rollouts(loop.StateSource):
         self.monitor = load_monitor(config)
         num_queries = self.q
         self._advantages = jax.jit(
-            lambda mo, sc, ol, rl, v, m, e: advantages(self.pcfg, mo, sc, ol, rl, v, m,
-                                                       num_queries, e))
-        batch_sh = lambda nd: shd.batch_sharding(mesh, nd)  # noqa: E731
+            lambda mo, sc, ol, rl, v, m, e: advantages(
+                self.pcfg, mo, sc, ol, rl, v, m, num_queries, e
+            )
+        )
+        batch_sh = lambda nd: shd.batch_sharding(mesh, nd)
         self._take = jax.jit(lambda buf, idx: jax.tree.map(lambda x: x[idx], buf))
         self._batch_sh = batch_sh
 
@@ -334,45 +396,74 @@ class Rollouts(loop.StateSource):
         ids, pmask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
         keep = np.asarray(batch.get("example_mask", np.ones(len(ids)))) > 0
         if not keep.all() or len(ids) != self.q:
-            raise ConfigError(f"ppo: a prompt batch has {int(keep.sum())} real prompts, expected "
-                              f"ppo.queries_per_iteration={self.q}; the prompt iterator must drop "
-                              "the remainder (it does by default).")
+            raise ConfigError(
+                f"ppo: a prompt batch has {int(keep.sum())} real prompts, expected "
+                f"ppo.queries_per_iteration={self.q}; the prompt iterator must drop "
+                "the remainder (it does by default)."
+            )
         width = sampling.bucket_length(int((pmask > 0).sum(1).max()), self.bucket_min)
         ids, pmask = sampling.left_pack(ids, pmask, width, self.pad_id)
-        out = sampling.generate((self.actor_graphdef, params["actor"]), ids, pmask,
-                                self._rng(0, iteration), eos_id=self.eos_id, pad_id=self.pad_id,
-                                prompt_bucket_min=self.bucket_min, mesh=self.mesh,
-                                **self.sample_kw)
+        out = sampling.generate(
+            (self.actor_graphdef, params["actor"]),
+            ids,
+            pmask,
+            self._rng(0, iteration),
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            prompt_bucket_min=self.bucket_min,
+            mesh=self.mesh,
+            **self.sample_kw,
+        )
         tokens, rmask = jax.block_until_ready((out.tokens, out.mask))
         t1 = time.perf_counter()
 
-        rep = lambda x: np.repeat(x, self.r, axis=0)  # noqa: E731  prompt-major, as the sampler
+        rep = lambda x: np.repeat(x, self.r, axis=0)
         seq_ids = jnp.concatenate([self._put(rep(ids)), tokens], axis=1)
         seq_mask = jnp.concatenate([self._put(rep(pmask)), rmask], axis=1)
         num_response = int(tokens.shape[1])
-        scored = self.score_fn(params["actor"], self.ref.get(), params["critic"], self.rm.get(),
-                               seq_ids, seq_mask, num_response)
+        scored = self.score_fn(
+            params["actor"],
+            self.ref.get(),
+            params["critic"],
+            self.rm.get(),
+            seq_ids,
+            seq_mask,
+            num_response,
+        )
         scored = jax.block_until_ready(scored)
         self.ref.release()
         self.rm.release()
         t2 = time.perf_counter()
 
         self.moments, adv, metrics = self._advantages(
-            self.moments, scored["score"], scored["old_logp"], scored["ref_logp"],
-            scored["values"], rmask, jnp.asarray(self.bin_edges))
+            self.moments,
+            scored["score"],
+            scored["old_logp"],
+            scored["ref_logp"],
+            scored["values"],
+            rmask,
+            jnp.asarray(self.bin_edges),
+        )
         actor_on = jnp.full((self.n,), float(iteration >= self.critic_warmup), jnp.float32)
-        self.buffer = {"input_ids": seq_ids, "attention_mask": seq_mask, "response_mask": rmask,
-                       "old_logp": scored["old_logp"], "values": scored["values"], **adv,
-                       "actor_on": actor_on}
+        self.buffer = {
+            "input_ids": seq_ids,
+            "attention_mask": seq_mask,
+            "response_mask": rmask,
+            "old_logp": scored["old_logp"],
+            "values": scored["values"],
+            **adv,
+            "actor_on": actor_on,
+        }
         self.buffer_iteration = iteration
         metrics = dict(jax.device_get(metrics))
         metrics["shift/absdiff_hist_max"] = float(self.bin_edges[-2])
         if self.log_values:
             from metarm_jax.train.rm import abs_differences
+
             score = np.asarray(jax.device_get(scored["score"])).reshape(self.q, self.r)
             metrics["shift/absdiff"] = abs_differences(score, None).astype(np.float64)
         if self.monitor is not None:
-            host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))  # noqa: E731
+            host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
             values = self.monitor(rep(ids), rep(pmask), host(tokens), host(rmask))
             metrics["rollout/monitor_mean"] = float(np.mean(values))
         metrics["rollout/iteration"] = float(iteration)
@@ -394,11 +485,13 @@ class Rollouts(loop.StateSource):
         if j == 0:
             self.rollout(params, iteration)
         elif self.buffer_iteration != iteration:
-            raise RuntimeError(f"ppo: step {step} is inside iteration {iteration}, whose roll-out "
-                               "buffer is gone; checkpoints must fall on iteration boundaries.")
+            raise RuntimeError(
+                f"ppo: step {step} is inside iteration {iteration}, whose roll-out "
+                "buffer is gone; checkpoints must fall on iteration boundaries."
+            )
         epoch, b = divmod(j, self.num_mb)
         perm = jax.random.permutation(self._rng(1, iteration, epoch), self.n)
-        idx = perm[b * self.mb:(b + 1) * self.mb]
+        idx = perm[b * self.mb : (b + 1) * self.mb]
         out = self._take(self.buffer, idx)
         return jax.tree.map(lambda x: jax.device_put(x, self._batch_sh(x.ndim)), out)
 
@@ -408,10 +501,14 @@ class Rollouts(loop.StateSource):
 
     def get_state(self) -> bytes:
         it_state = self.prompts.get_state()
-        return json.dumps({
-            "prompts": it_state,
-            "moments": {k: _f32_bits(getattr(self.moments, k)) for k in ("count", "mean", "m2")},
-        }).encode()
+        return json.dumps(
+            {
+                "prompts": it_state,
+                "moments": {
+                    k: _f32_bits(getattr(self.moments, k)) for k in ("count", "mean", "m2")
+                },
+            }
+        ).encode()
 
     def set_state(self, state: bytes) -> None:
         s = json.loads(state.decode())
@@ -423,17 +520,34 @@ class Rollouts(loop.StateSource):
 def _pcfg(p) -> dict[str, Any]:
     """The numeric/static PPO settings the jitted code reads (validated)."""
     if p.reward_norm not in REWARD_NORMS:
-        raise ConfigError(f"config.ppo.reward_norm={p.reward_norm!r}; expected one of "
-                          f"{REWARD_NORMS}.")
+        raise ConfigError(
+            f"config.ppo.reward_norm={p.reward_norm!r}; expected one of {REWARD_NORMS}."
+        )
     if p.kl_estimator not in core.KL_ESTIMATORS:
-        raise ConfigError(f"config.ppo.kl_estimator={p.kl_estimator!r}; expected one of "
-                          f"{core.KL_ESTIMATORS}.")
+        raise ConfigError(
+            f"config.ppo.kl_estimator={p.kl_estimator!r}; expected one of {core.KL_ESTIMATORS}."
+        )
     for key in ("kl_clip", "reward_clip", "target_kl", "kl_beta", "clip_eps", "value_clip_eps"):
         if p[key] < 0:
             raise ConfigError(f"config.ppo.{key}={p[key]} must be >= 0 (0 switches a clip off).")
-    return {k: p[k] for k in ("reward_norm", "reward_clip", "kl_estimator", "kl_clip", "kl_beta",
-                              "gamma", "lam", "whiten_advantages", "clip_eps", "value_clip_eps",
-                              "vf_coef", "ent_coef", "target_kl")}
+    return {
+        k: p[k]
+        for k in (
+            "reward_norm",
+            "reward_clip",
+            "kl_estimator",
+            "kl_clip",
+            "kl_beta",
+            "gamma",
+            "lam",
+            "whiten_advantages",
+            "clip_eps",
+            "value_clip_eps",
+            "vf_coef",
+            "ent_coef",
+            "target_kl",
+        )
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,17 +558,23 @@ def _pcfg(p) -> dict[str, Any]:
 def _check(config) -> None:
     p = config.ppo
     if not p.rm_path:
-        raise ConfigError("config.ppo.rm_path is empty: PPO needs a reward model (an HF "
-                          "LlamaForSequenceClassification directory, e.g. <workdir>/export/rm "
-                          "written by the rm/metarm stage).")
+        raise ConfigError(
+            "config.ppo.rm_path is empty: PPO needs a reward model (an HF "
+            "LlamaForSequenceClassification directory, e.g. <workdir>/export/rm "
+            "written by the rm/metarm stage)."
+        )
     n = p.queries_per_iteration * p.rollouts_per_query
     if p.minibatch_size <= 0 or n % p.minibatch_size:
-        raise ConfigError(f"config.ppo.minibatch_size={p.minibatch_size} must divide the roll-out "
-                          f"buffer of ppo.queries_per_iteration x ppo.rollouts_per_query = {n} rows.")
+        raise ConfigError(
+            f"config.ppo.minibatch_size={p.minibatch_size} must divide the roll-out "
+            f"buffer of ppo.queries_per_iteration x ppo.rollouts_per_query = {n} rows."
+        )
     if p.iterations < 1 or p.ppo_epochs < 1 or p.rollouts_per_query < 2:
-        raise ConfigError(f"config.ppo: iterations={p.iterations}, ppo_epochs={p.ppo_epochs} must "
-                          f"be >= 1 and rollouts_per_query={p.rollouts_per_query} >= 2 (the shift "
-                          "signal compares roll-outs of the same prompt).")
+        raise ConfigError(
+            f"config.ppo: iterations={p.iterations}, ppo_epochs={p.ppo_epochs} must "
+            f"be >= 1 and rollouts_per_query={p.rollouts_per_query} >= 2 (the shift "
+            "signal compares roll-outs of the same prompt)."
+        )
 
 
 def load_model(config, path: str, head: str, mesh, *, param_dtype: str | None = None):
@@ -463,8 +583,16 @@ def load_model(config, path: str, head: str, mesh, *, param_dtype: str | None = 
     pd = param_dtype or m.param_dtype
     path = path or m.hf_path
     if path:
-        return hf.load_hf(path, head, mesh=mesh, dtype=m.dtype, param_dtype=pd, remat=m.remat,
-                          scan_layers=m.scan_layers, seed=config.seed)
+        return hf.load_hf(
+            path,
+            head,
+            mesh=mesh,
+            dtype=m.dtype,
+            param_dtype=pd,
+            remat=m.remat,
+            scan_layers=m.scan_layers,
+            seed=config.seed,
+        )
     cfg = config_lib.model_config(config).replace(param_dtype=pd)
     return llama.create(cfg, head, seed=config.seed, mesh=mesh)
 
@@ -485,14 +613,17 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
     policy_path = p.policy_path or config.model.hf_path
     tok_path = config.data.tokenizer_path or policy_path
     if not tok_path:
-        raise ConfigError("ppo: no tokenizer: set config.data.tokenizer_path (or a policy path "
-                          "whose directory holds one).")
+        raise ConfigError(
+            "ppo: no tokenizer: set config.data.tokenizer_path (or a policy path "
+            "whose directory holds one)."
+        )
     tok = D.load_tokenizer(tok_path)
 
     with jax.set_mesh(mesh):
         actor_model = load_model(config, policy_path, "lm", mesh)
-        ref_model = load_model(config, p.ref_path or policy_path, "lm", mesh,
-                               param_dtype=frozen_dtype)
+        ref_model = load_model(
+            config, p.ref_path or policy_path, "lm", mesh, param_dtype=frozen_dtype
+        )
         rm_model = load_model(config, p.rm_path, "reward", mesh, param_dtype=frozen_dtype)
         critic_model = load_model(config, p.critic_path or p.rm_path, "value", mesh)
         lm_apply, actor_gd, actor_params = split(actor_model)
@@ -503,29 +634,45 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
 
         dcfg = config.data.copy_and_resolve_references()
         dcfg.prompt_batch_size = int(p.queries_per_iteration)
-        prompts = D.prompt_iterator(dcfg, tok, num_epochs=0, drop_remainder=True,
-                                    shard_index=0, shard_count=1)
+        prompts = D.prompt_iterator(
+            dcfg, tok, num_epochs=0, drop_remainder=True, shard_index=0, shard_count=1
+        )
 
         source = Rollouts(
-            config=config, mesh=mesh, prompts=prompts, actor_graphdef=actor_gd,
-            lm_apply=lm_apply, ref=Frozen(ref_params, p.offload_frozen),
-            rm=Frozen(rm_params, p.offload_frozen), critic_key="critic",
+            config=config,
+            mesh=mesh,
+            prompts=prompts,
+            actor_graphdef=actor_gd,
+            lm_apply=lm_apply,
+            ref=Frozen(ref_params, p.offload_frozen),
+            rm=Frozen(rm_params, p.offload_frozen),
+            critic_key="critic",
             score_fn=make_score_fn(lm_apply, ref_apply, value_apply, rm_apply),
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
-            eos_id=tok.eos_token_id, timer=timer)
+            eos_id=tok.eos_token_id,
+            timer=timer,
+        )
         spi = source.steps_per_iteration
         total = int(p.iterations) * spi
-        optimizer = two_optimizers(_optimizer(config, p.policy_lr, total),
-                                   _optimizer(config, p.critic_lr, total))
+        optimizer = two_optimizers(
+            _optimizer(config, p.policy_lr, total), _optimizer(config, p.critic_lr, total)
+        )
         tcfg = config.train.copy_and_resolve_references()
         tcfg.save_every = int(p.save_every) * spi
         tcfg.eval_every = 0
         workdir = os.path.join(ctx.workdir, "ppo")
         params, summary = loop.train(
-            tcfg, mesh=mesh, workdir=workdir,
+            tcfg,
+            mesh=mesh,
+            workdir=workdir,
             params={"actor": actor_params, "critic": critic_params},
-            step_fn=make_step_fn(lm_apply, value_apply, pcfg), seed=config.seed,
-            batches={"rollout": source}, total_steps=total, optimizer=optimizer, desc="ppo")
+            step_fn=make_step_fn(lm_apply, value_apply, pcfg),
+            seed=config.seed,
+            batches={"rollout": source},
+            total_steps=total,
+            optimizer=optimizer,
+            desc="ppo",
+        )
         summary.update(iterations=int(p.iterations), steps_per_iteration=spi)
         nnx.update(actor_model, params["actor"])
         nnx.update(critic_model, params["critic"])

@@ -15,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,20 +41,25 @@ Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 def split_lm(model: nnx.Module):
     """(logits_fn, params): logits_fn(params, ids [B,T], mask [B,T]) -> logits [B,T,V] float32."""
     if model.head != "lm":
-        raise ConfigError(f"the policy stages need a causal LM (head 'lm'), got head {model.head!r}.")
+        raise ConfigError(
+            f"the policy stages need a causal LM (head 'lm'), got head {model.head!r}."
+        )
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def logits_fn(p, input_ids, attention_mask):
         return nnx.merge(graphdef, p, rest)(input_ids, attention_mask)
+
     return logits_fn, params
 
 
 def check_vocab(model, tokenizer, stage: str) -> None:
     """A token id past the embedding table would be clamped silently by the gather: refuse."""
     if len(tokenizer) > model.cfg.vocab_size:
-        raise ConfigError(f"{stage}: the tokenizer has {len(tokenizer)} ids but the model's "
-                          f"vocab_size is {model.cfg.vocab_size}; use a model (config.model) "
-                          "whose embedding covers the tokenizer.")
+        raise ConfigError(
+            f"{stage}: the tokenizer has {len(tokenizer)} ids but the model's "
+            f"vocab_size is {model.cfg.vocab_size}; use a model (config.model) "
+            "whose embedding covers the tokenizer."
+        )
 
 
 def sft_loss_on_batch(logits_fn, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -66,14 +72,20 @@ def sft_loss_on_batch(logits_fn, params, batch) -> tuple[jax.Array, dict[str, ja
 
 def sft_step(logits_fn) -> loop.StepFn:
     """g = ∇_θ L_SFT(θ; batch["sft"])."""
+
     def step_fn(params, batch, rng):
         del rng
         (loss, metrics), grads = jax.value_and_grad(
-            lambda p: sft_loss_on_batch(logits_fn, p, batch["sft"]), has_aux=True)(params)
-        metrics = {"loss": loss, "token_accuracy": metrics["sft/token_accuracy"],
-                   "num_tokens": metrics["sft/num_tokens"],
-                   "grad_norm": global_norm(grads)}
+            lambda p: sft_loss_on_batch(logits_fn, p, batch["sft"]), has_aux=True
+        )(params)
+        metrics = {
+            "loss": loss,
+            "token_accuracy": metrics["sft/token_accuracy"],
+            "num_tokens": metrics["sft/num_tokens"],
+            "grad_norm": global_norm(grads),
+        }
         return grads, metrics
+
     return step_fn
 
 
@@ -89,38 +101,52 @@ def global_norm(tree) -> jax.Array:
 @dataclasses.dataclass
 class SFTData:
     train: dict[str, Any]  # {"sft": checkpointable grain iterator, repeating}
-    num_examples: int      # training examples (after bad rows), for epochs and warm-up
-    val: Batches           # a fresh pass over the validation batches (with example_mask)
+    num_examples: int  # training examples (after bad rows), for epochs and warm-up
+    val: Batches  # a fresh pass over the validation batches (with example_mask)
     tokenizer: Any
 
 
 def _same_files(path: str, split_a: str, split_b: str, data_dir: str) -> bool:
     from metarm_jax.data import readers
+
     if not os.path.exists(path):
         return False  # a hub dataset: its splits are distinct
     try:
-        return (readers.resolve_files(path, split_a, data_dir)
-                == readers.resolve_files(path, split_b, data_dir))
+        return readers.resolve_files(path, split_a, data_dir) == readers.resolve_files(
+            path, split_b, data_dir
+        )
     except Exception:  # pylint: disable=broad-except
-        return False   # the loader reports a missing split itself, with its own message
+        return False  # the loader reports a missing split itself, with its own message
 
 
 def layer_data(config) -> SFTData:
     from metarm_jax import data as D
+
     d, s = config.data, config.sft
     if not d.tokenizer_path:
-        raise ConfigError("the sft stage needs config.data.tokenizer_path (a local HF tokenizer "
-                          "directory).")
+        raise ConfigError(
+            "the sft stage needs config.data.tokenizer_path (a local HF tokenizer directory)."
+        )
     tok = D.load_tokenizer(d.tokenizer_path)
     records = D.load_sft_examples(
-        d.sft_dataset, d.sft_path, d.sft_split, name=d.sft_name, data_dir=d.sft_data_dir,
-        on_bad_record=d.on_bad_record, max_skip_fraction=d.max_skip_fraction,
-        conversation_format=d.conversation_format, tokenizer=tok, oasst_lang=d.oasst_lang)
+        d.sft_dataset,
+        d.sft_path,
+        d.sft_split,
+        name=d.sft_name,
+        data_dir=d.sft_data_dir,
+        on_bad_record=d.on_bad_record,
+        max_skip_fraction=d.max_skip_fraction,
+        conversation_format=d.conversation_format,
+        tokenizer=tok,
+        oasst_lang=d.oasst_lang,
+    )
     holdout = int(s.val_holdout)
     if holdout:
         if holdout >= len(records):
-            raise ConfigError(f"config.sft.val_holdout={holdout} leaves no training example "
-                              f"({len(records)} SFT examples in {d.sft_path!r}).")
+            raise ConfigError(
+                f"config.sft.val_holdout={holdout} leaves no training example "
+                f"({len(records)} SFT examples in {d.sft_path!r})."
+            )
         train_recs = D.Records(records[:-holdout], records.skip_report)
         from metarm_jax.data.records import SkipReport
 
@@ -132,15 +158,27 @@ def layer_data(config) -> SFTData:
             raise ConfigError(
                 f"config.data.sft_path={d.sft_path!r} has no separate {d.eval_split!r} split "
                 "(data.eval_split): validation would be training data. Set "
-                "config.sft.val_holdout=N to hold out N training examples instead.")
+                "config.sft.val_holdout=N to hold out N training examples instead."
+            )
         train_recs = records
         val_recs = D.load_sft_examples(
-            d.sft_dataset, d.sft_path, d.eval_split, name=d.sft_name, data_dir=d.sft_data_dir,
-            on_bad_record=d.on_bad_record, max_skip_fraction=d.max_skip_fraction,
-            conversation_format=d.conversation_format, tokenizer=tok, oasst_lang=d.oasst_lang)
-    train = D.sft_iterator(d, tok, records=train_recs, num_epochs=0)  # the loop decides when to stop
-    val = lambda: D.sft_iterator(d, tok, records=val_recs, shuffle=False, num_epochs=1,
-                                 drop_remainder=False)
+            d.sft_dataset,
+            d.sft_path,
+            d.eval_split,
+            name=d.sft_name,
+            data_dir=d.sft_data_dir,
+            on_bad_record=d.on_bad_record,
+            max_skip_fraction=d.max_skip_fraction,
+            conversation_format=d.conversation_format,
+            tokenizer=tok,
+            oasst_lang=d.oasst_lang,
+        )
+    train = D.sft_iterator(
+        d, tok, records=train_recs, num_epochs=0
+    )  # the loop decides when to stop
+    val = lambda: D.sft_iterator(
+        d, tok, records=val_recs, shuffle=False, num_epochs=1, drop_remainder=False
+    )
     return SFTData(train={"sft": train}, num_examples=train.num_examples, val=val, tokenizer=tok)
 
 
@@ -161,11 +199,17 @@ def make_eval_fn(logits_fn, mesh, val: Batches, eval_batches: int = 0) -> loop.E
         for i, b in enumerate(val()):
             if eval_batches and i >= eval_batches:
                 break
-            seqs = {k: b[k] for k in ("input_ids", "attention_mask", "loss_mask")}  # pad rows: mask 0
+            seqs = {
+                k: b[k] for k in ("input_ids", "attention_mask", "loss_mask")
+            }  # pad rows: mask 0
             a, c, n = jax.device_get(sums(params, loop.global_batch(mesh, seqs)))
             nll, correct, tokens = nll + float(a), correct + float(c), tokens + float(n)
-        return {"loss": nll / max(tokens, 1.0), "token_accuracy": correct / max(tokens, 1.0),
-                "tokens": tokens}
+        return {
+            "loss": nll / max(tokens, 1.0),
+            "token_accuracy": correct / max(tokens, 1.0),
+            "tokens": tokens,
+        }
+
     return eval_fn
 
 
@@ -181,11 +225,13 @@ def run_sft(ctx) -> dict[str, Any]:
     t = stage_train_config(config.train, s)
     data = layer_data(config)
     per_epoch = data.num_examples / d.sft_batch_size
-    total = int(t.steps) or int(math.floor(t.epochs * per_epoch))
+    total = int(t.steps) or math.floor(t.epochs * per_epoch)
     if total < 1:
-        raise ConfigError(f"sft: the run has 0 steps ({data.num_examples} examples x sft.epochs="
-                          f"{t.epochs} / data.sft_batch_size={d.sft_batch_size}); set sft.steps "
-                          "or sft.epochs.")
+        raise ConfigError(
+            f"sft: the run has 0 steps ({data.num_examples} examples x sft.epochs="
+            f"{t.epochs} / data.sft_batch_size={d.sft_batch_size}); set sft.steps "
+            "or sft.epochs."
+        )
     if s.warmup_epochs > 0:  # the paper's 0.3 epoch, in steps (>= 1 so it reads as steps)
         t.warmup = float(max(1, round(s.warmup_epochs * per_epoch)))
 
@@ -196,9 +242,19 @@ def run_sft(ctx) -> dict[str, Any]:
         optimizer, schedule = optim.optimizer(t, total)
         eval_fn = make_eval_fn(logits_fn, mesh, data.val, t.eval_batches)
         params, summary = loop.train(
-            t, mesh=mesh, workdir=os.path.join(ctx.workdir, "sft"), params=params,
-            step_fn=sft_step(logits_fn), seed=config.seed, batches=data.train, total_steps=total,
-            optimizer=optimizer, schedule=schedule, eval_fn=eval_fn, desc="sft")
+            t,
+            mesh=mesh,
+            workdir=os.path.join(ctx.workdir, "sft"),
+            params=params,
+            step_fn=sft_step(logits_fn),
+            seed=config.seed,
+            batches=data.train,
+            total_steps=total,
+            optimizer=optimizer,
+            schedule=schedule,
+            eval_fn=eval_fn,
+            desc="sft",
+        )
         nnx.update(model, params)
         if s.export:
             out = os.path.join(ctx.workdir, "export", "sft")

@@ -25,73 +25,82 @@ PROMPT_LEN = 6
 
 
 def _response(rng: np.random.Generator, length: int, shift: float) -> np.ndarray:
-  base = rng.integers(60, 160, size=length)
-  shifted = rng.integers(160, 256, size=length)
-  return np.where(rng.random(length) < shift, shifted, base)
+    base = rng.integers(60, 160, size=length)
+    shifted = rng.integers(160, 256, size=length)
+    return np.where(rng.random(length) < shift, shifted, base)
 
 
-def _sequence(prompt: np.ndarray, response: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-  seq = np.concatenate([[BOS], prompt, response, [EOS]])[:seq_len]
-  ids = np.zeros(seq_len, np.int32)
-  ids[:len(seq)] = seq
-  mask = (np.arange(seq_len) < len(seq)).astype(np.int32)
-  return ids, mask
+def _sequence(
+    prompt: np.ndarray, response: np.ndarray, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    seq = np.concatenate([[BOS], prompt, response, [EOS]])[:seq_len]
+    ids = np.zeros(seq_len, np.int32)
+    ids[: len(seq)] = seq
+    mask = (np.arange(seq_len) < len(seq)).astype(np.int32)
+    return ids, mask
 
 
 def _with_markers(rng, response: np.ndarray, count: int) -> np.ndarray:
-  response = response.copy()
-  for pos in rng.choice(len(response), size=min(count, len(response)), replace=False):
-    response[pos] = MARKER
-  return response
+    response = response.copy()
+    for pos in rng.choice(len(response), size=min(count, len(response)), replace=False):
+        response[pos] = MARKER
+    return response
 
 
 def preference_arrays(num: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
-  """{chosen_ids, chosen_mask, rejected_ids, rejected_mask}: [num, seq_len] int32."""
-  if seq_len < 14:
-    raise ValueError(f"synthetic task needs seq_len >= 14, got {seq_len}.")
-  rng = np.random.default_rng(seed)
-  out = {k: [] for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
-  for _ in range(num):
-    prompt = rng.integers(10, 60, size=PROMPT_LEN)
-    length = int(rng.integers(4, seq_len - PROMPT_LEN - 2))
-    chosen = _with_markers(rng, _response(rng, length, 0.0), 1)
-    rejected = _response(rng, length, 0.0)
-    for side, resp in (("chosen", chosen), ("rejected", rejected)):
-      ids, mask = _sequence(prompt, resp, seq_len)
-      out[f"{side}_ids"].append(ids)
-      out[f"{side}_mask"].append(mask)
-  return {k: np.stack(v) for k, v in out.items()}
+    """{chosen_ids, chosen_mask, rejected_ids, rejected_mask}: [num, seq_len] int32."""
+    if seq_len < 14:
+        raise ValueError(f"synthetic task needs seq_len >= 14, got {seq_len}.")
+    rng = np.random.default_rng(seed)
+    out = {k: [] for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
+    for _ in range(num):
+        prompt = rng.integers(10, 60, size=PROMPT_LEN)
+        length = int(rng.integers(4, seq_len - PROMPT_LEN - 2))
+        chosen = _with_markers(rng, _response(rng, length, 0.0), 1)
+        rejected = _response(rng, length, 0.0)
+        for side, resp in (("chosen", chosen), ("rejected", rejected)):
+            ids, mask = _sequence(prompt, resp, seq_len)
+            out[f"{side}_ids"].append(ids)
+            out[f"{side}_mask"].append(mask)
+    return {k: np.stack(v) for k, v in out.items()}
 
 
-def meta_arrays(num_prompts: int, k: int, seq_len: int, seed: int,
-                shift: float = 1.0) -> dict[str, np.ndarray]:
-  """{input_ids, attention_mask: [m, k, T] int32, sample_mask: [m, k] int32}."""
-  rng = np.random.default_rng(seed)
-  ids = np.zeros((num_prompts, k, seq_len), np.int32)
-  mask = np.zeros((num_prompts, k, seq_len), np.int32)
-  sample_mask = np.ones((num_prompts, k), np.int32)
-  for p in range(num_prompts):
-    prompt = rng.integers(10, 60, size=PROMPT_LEN)
-    real = k - 1 if rng.random() < 0.2 else k
-    sample_mask[p, real:] = 0
-    for i in range(k):
-      if i >= real:  # padding sample: BOS only, never scored
-        ids[p, i, 0], mask[p, i, 0] = BOS, 1
-        continue
-      length = int(rng.integers(4, seq_len - PROMPT_LEN - 2))
-      resp = _with_markers(rng, _response(rng, length, shift), 1)
-      ids[p, i], mask[p, i] = _sequence(prompt, resp, seq_len)
-  return {"input_ids": ids, "attention_mask": mask, "sample_mask": sample_mask}
+def meta_arrays(
+    num_prompts: int, k: int, seq_len: int, seed: int, shift: float = 1.0
+) -> dict[str, np.ndarray]:
+    """{input_ids, attention_mask: [m, k, T] int32, sample_mask: [m, k] int32}."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((num_prompts, k, seq_len), np.int32)
+    mask = np.zeros((num_prompts, k, seq_len), np.int32)
+    sample_mask = np.ones((num_prompts, k), np.int32)
+    for p in range(num_prompts):
+        prompt = rng.integers(10, 60, size=PROMPT_LEN)
+        real = k - 1 if rng.random() < 0.2 else k
+        sample_mask[p, real:] = 0
+        for i in range(k):
+            if i >= real:  # padding sample: BOS only, never scored
+                ids[p, i, 0], mask[p, i, 0] = BOS, 1
+                continue
+            length = int(rng.integers(4, seq_len - PROMPT_LEN - 2))
+            resp = _with_markers(rng, _response(rng, length, shift), 1)
+            ids[p, i], mask[p, i] = _sequence(prompt, resp, seq_len)
+    return {"input_ids": ids, "attention_mask": mask, "sample_mask": sample_mask}
 
 
-def batches(arrays: dict[str, np.ndarray], batch_size: int, *, seed: int = 0,
-            shuffle: bool = True, repeat: bool = True) -> grain.DatasetIterator:
-  """A checkpointable grain iterator of {key: [batch_size, ...]} numpy batches."""
-  n = len(next(iter(arrays.values())))
-  ds = grain.MapDataset.range(n)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  if repeat:
-    ds = ds.repeat()
-  ds = ds.map(lambda i: {k: v[i] for k, v in arrays.items()})
-  return iter(ds.batch(batch_size, drop_remainder=True).to_iter_dataset())
+def batches(
+    arrays: dict[str, np.ndarray],
+    batch_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    repeat: bool = True,
+) -> grain.DatasetIterator:
+    """A checkpointable grain iterator of {key: [batch_size, ...]} numpy batches."""
+    n = len(next(iter(arrays.values())))
+    ds = grain.MapDataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.map(lambda i: {k: v[i] for k, v in arrays.items()})
+    return iter(ds.batch(batch_size, drop_remainder=True).to_iter_dataset())
