@@ -18,9 +18,9 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
+from metarm_jax import defaults
 from metarm_jax.data import (
     TokenSpec,
-    data_config,
     load_preference_pairs,
     load_tokenizer,
     make_iter_dataset,
@@ -53,7 +53,7 @@ def main():
         else train_bpe_tokenizer([p.prompt + p.chosen for p in pairs], 8000, tempfile.mkdtemp())
     )
 
-    cfg = data_config()
+    cfg = defaults.data()
     cfg.max_length = a.max_length
     cfg.bucket_lengths = tuple(b for b in (128, 256) if b < a.max_length)
     spec = TokenSpec.from_config(cfg, tok)

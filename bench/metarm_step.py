@@ -19,21 +19,38 @@ import time
 import jax
 import numpy as np
 
-from metarm_jax import sharding
+from metarm_jax import config_lib, models, sharding
 from metarm_jax.models import llama
-from metarm_jax.train import loop, optim, rm, synthetic
-from metarm_jax.train.config import train_config
+from metarm_jax.train import loop, optim, rm
+
+
+def random_batches(n: int, m: int, k: int, seq_len: int, vocab: int, seed: int = 0):
+    """n preference pairs and m meta prompts x k responses of random tokens, right-padded to
+    random lengths (the step's cost depends only on the shapes)."""
+    rng = np.random.default_rng(seed)
+
+    def seqs(*shape):
+        ids = rng.integers(3, vocab, (*shape, seq_len), dtype=np.int32)
+        lengths = rng.integers(seq_len // 2, seq_len + 1, shape)
+        mask = (np.arange(seq_len) < lengths[..., None]).astype(np.int32)
+        return ids * mask, mask
+
+    cid, cm = seqs(n)
+    rid, rmask = seqs(n)
+    mid, mm = seqs(m, k)
+    pref = {"chosen_ids": cid, "chosen_mask": cm, "rejected_ids": rid, "rejected_mask": rmask}
+    meta = {"input_ids": mid, "attention_mask": mm, "sample_mask": np.ones((m, k), np.int32)}
+    return pref, meta
 
 
 def bench(preset: str, seq_len: int, n: int, m: int, k: int, reps: int, warmup: int):
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    cfg = train_config()
-    pref = synthetic.preference_arrays(n, seq_len, seed=0)
-    meta = synthetic.meta_arrays(m, k, seq_len, seed=1)
+    cfg = config_lib.base_config().train
+    pref, meta = random_batches(n, m, k, seq_len, llama.preset(preset).vocab_size)
     rows = {}
     with jax.set_mesh(mesh):
         model = llama.create(llama.preset(preset), "reward", seed=0, mesh=mesh)
-        reward_fn, params = rm.split_model(model)
+        reward_fn, params, *_ = models.split(model)
         opt, sched = optim.optimizer(cfg, 1000)
         shard = loop.state_shardings(mesh, params, opt)
         for name, step_fn, batch in (
@@ -45,7 +62,7 @@ def bench(preset: str, seq_len: int, n: int, m: int, k: int, reps: int, warmup: 
             step = loop.jit_train_step(
                 loop.make_train_step(step_fn, opt, sched), mesh, shard, batch
             )
-            gb = loop.global_batch(mesh, batch)
+            gb = sharding.global_batch(mesh, batch)
             t0 = time.perf_counter()
             compiled = step.lower(state, gb).compile()
             compile_s = time.perf_counter() - t0

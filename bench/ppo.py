@@ -1,7 +1,7 @@
 """Time of one PPO iteration, split into generation, scoring and training.
 
-    /work/main/.venv/bin/python bench/ppo.py                      # the "tiny" preset, 1 device
-    /work/main/.venv/bin/python bench/ppo.py --iterations 8 --queries 8 --rollouts 16
+    .venv/bin/python bench/ppo.py                      # the "tiny" preset, 1 device
+    .venv/bin/python bench/ppo.py --iterations 8 --queries 8 --rollouts 16
 
 The synthetic world's prompts and tokenizer; policy, reference, critic and RM are random models of
 the preset (vocab cut to the world's 54 tokens), loaded from HF directories as the stage does.
@@ -36,18 +36,17 @@ def main():
 
     import jax
 
-    from metarm_jax import config_lib, sharding, stages
-    from metarm_jax.data.synthetic import world_config, write_world
+    from metarm_jax import config_lib, defaults, sharding, stages
+    from metarm_jax.data.synthetic import write_world
     from metarm_jax.models import hf, llama
     from metarm_jax.train import ppo
-    from metarm_jax.train.ppo_config import ppo_config
 
     print(
         f"jax {jax.__version__} ({jax.devices()[0].platform}, {len(jax.devices())} devices), "
         f"load average {os.getloadavg()}"
     )
     with tempfile.TemporaryDirectory() as root:
-        wc = world_config()
+        wc = defaults.world()
         for key in (
             "num_sft",
             "num_train_pairs",
@@ -62,7 +61,6 @@ def main():
         hf.save_hf(llama.create(cfg, "reward", seed=2), os.path.join(root, "rm"))
 
         c = config_lib.base_config()
-        c.ppo = ppo_config()
         c.model.hf_path = os.path.join(root, "policy")
         d = c.data
         d.prompt_dataset, d.prompt_path, d.prompt_split = "prompts", paths["prompts_train"], "train"

@@ -1,7 +1,7 @@
 """Sampler throughput: sampling.generate vs HF transformers generate (PyTorch), side by side.
 
-    /work/main/.venv/bin/python bench/sampler.py                 # tiny and llama_100m
-    /work/main/.venv/bin/python bench/sampler.py --models tiny --repeats 5
+    .venv/bin/python bench/sampler.py                 # tiny and llama_100m
+    .venv/bin/python bench/sampler.py --models tiny --repeats 5
 
 Identical weights (our model saved with hf.save_hf, loaded by LlamaForCausalLM), prompts
 (batch 16, left-padded, lengths 8..32) and settings (temperature 0.8, top-p 0.9, repetition

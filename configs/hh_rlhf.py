@@ -44,7 +44,6 @@ def get_config(arg=None):
     d.max_length, d.bucket_lengths, d.max_prompt_length = 1024, (256, 512, 1024), 512
     d.pref_batch_size = d.meta_batch_size = 16  # the paper's global batches (n = m = 16)
     d.sft_batch_size = 32
-    d.meta_k = 5
 
     c.sft.lr, c.sft.epochs, c.sft.warmup_epochs = 2e-5, 2.0, 0.3  # paper: SFT
     c.train.lr, c.train.epochs, c.train.schedule = 5e-6, 1.0, "linear"  # paper: RM, one epoch

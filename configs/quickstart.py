@@ -40,7 +40,6 @@ def get_config(arg=None):
     d.max_prompt_length = 16
     d.pref_batch_size = 16
     d.meta_batch_size = 16
-    d.meta_k = 5
     d.sft_batch_size = 32
     d.prompt_batch_size = 16
     d.num_epochs = 0

@@ -28,31 +28,17 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
-from metarm_jax import sampling
+from metarm_jax import data as D
+from metarm_jax import fileio, models, sampling
+from metarm_jax.data import MetaExample, SamplingInfo
+from metarm_jax.data.features import CollatePrompts, TokenSpec
+from metarm_jax.data.readers import meta_row
 from metarm_jax.errors import ConfigError, UserError
 
 MANIFEST = "manifest.json"
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """Keys of the build_meta stage; mounted as ``config.build_meta``."""
-    c = ml_collections.ConfigDict()
-    c.policy_path = ""  # HF LlamaForCausalLM dir; "" = config.model (hf_path / preset)
-    c.policy_step = -1  # recorded on every row; -1 = trainer_state.json's global_step, else 0
-    c.round = 0  # iterative-RLHF round recorded on every row
-    # Prompt source; "" = the data layer's prompt set (config.data.prompt_*).
-    c.prompt_dataset = ""  # a reader name of metarm_jax.data (e.g. 'prompts', 'oasst1')
-    c.prompt_path = ""
-    c.prompt_split = ""
-    c.max_prompts = 0  # 0 = all prompts
-    c.output_path = ""  # .jsonl/.jsonl.gz/.parquet; "" = data.meta_path, <workdir>/meta.jsonl
-    c.k = 5  # responses per prompt (overrides config.sampling.num_samples)
-    c.chunk_size = 256  # prompts per chunk file (the unit of resume)
-    c.batch_size = 16  # prompts per sampler call (global; a multiple of data-parallel size)
-    return c
 
 
 class BuildMetaError(UserError):
@@ -62,82 +48,44 @@ class BuildMetaError(UserError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _sub(config, key, default_fn):
-    return config[key] if key in config else default_fn()
-
-
 def _policy(config, mesh):
-    """(model, name, step) for the policy to sample from."""
-    from metarm_jax import config_lib
-    from metarm_jax.models import hf
-
-    bm = config.build_meta
+    """(model, name, step) for the policy to sample from (``build_meta.policy_path``, resolved:
+    '' only when config.model is a random preset)."""
+    bm, m = config.build_meta, config.model
+    model = models.from_config(m, "lm", mesh, path=bm.policy_path, seed=config.seed)
     if bm.policy_path:
-        m = (
-            config.model
-            if "model" in config
-            else ml_collections.ConfigDict(
-                dict(dtype=None, param_dtype=None, remat=None, scan_layers=None)
-            )
-        )
-        model = hf.load_hf(
-            bm.policy_path,
-            head="lm",
-            mesh=mesh,
-            dtype=m.dtype,
-            param_dtype=m.param_dtype,
-            remat=m.remat,
-            scan_layers=m.scan_layers,
-        )
         name = os.path.abspath(bm.policy_path)
     else:
-        model = config_lib.build_model(config, "lm", mesh)
-        m = config.model
-        name = os.path.abspath(m.hf_path) if m.hf_path else f"random:{m.preset}:seed{config.seed}"
+        name = f"random:{m.preset}:seed{config.seed}"
     step = int(bm.policy_step)
     if step < 0:
         step = 0
-        policy_dir = bm.policy_path or config.model.hf_path or ""
-        state_file = os.path.join(policy_dir, "trainer_state.json")
-        if os.path.isfile(state_file):
+        state_file = os.path.join(bm.policy_path, "trainer_state.json")
+        if bm.policy_path and os.path.isfile(state_file):
             with open(state_file) as f:
                 step = int(json.load(f).get("global_step", 0))
     return model, name, step
 
 
 def _tokenizer(config, policy_path: str):
-    from metarm_jax.data import load_tokenizer
-
     if config.data.tokenizer_path:
-        return load_tokenizer(config.data.tokenizer_path)
+        return D.load_tokenizer(config.data.tokenizer_path)
     path = policy_path
     if not path or not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
         raise ConfigError(
             "build_meta needs a tokenizer: config.data.tokenizer_path is empty and the policy "
             f"directory {policy_path!r} has no tokenizer; set data.tokenizer_path."
         )
-    return load_tokenizer(path)
+    return D.load_tokenizer(path)
 
 
 def _prompts(config, tokenizer):
-    from metarm_jax.data import load_prompts
-
+    """The prompt records (``build_meta.prompt_*``, resolved) and a description of the source."""
     bm, d = config.build_meta, config.data
-    dataset = bm.prompt_dataset or d.prompt_dataset
-    path = bm.prompt_path or d.prompt_path
-    split = bm.prompt_split or d.prompt_split
-    recs = load_prompts(
-        dataset,
-        path,
-        split,
-        name=d.prompt_name,
-        data_dir=d.prompt_data_dir,
-        on_bad_record=d.on_bad_record,
-        max_skip_fraction=d.max_skip_fraction,
-        conversation_format=d.conversation_format,
-        tokenizer=tokenizer,
-        oasst_lang=d.oasst_lang,
-    )
+    dcfg = d.copy_and_resolve_references()
+    dcfg.prompt_dataset, dcfg.prompt_path = bm.prompt_dataset, bm.prompt_path
+    recs = D.load_records("prompt", dcfg, tokenizer, split=bm.prompt_split)
+    dataset, path, split = bm.prompt_dataset, bm.prompt_path, bm.prompt_split
     if bm.max_prompts > 0:
         recs = recs[: bm.max_prompts]
     return list(recs), f"{dataset}:{path}:{split}"
@@ -172,18 +120,9 @@ def _check_manifest(chunk_dir: str, fp: dict) -> None:
         )
 
 
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def _host(x) -> np.ndarray:
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -200,21 +139,16 @@ def _decode(tokenizer, tokens: np.ndarray, mask: np.ndarray, stops: set[int]) ->
 
 def _sample_chunk(model, tokenizer, spec, prompts, key, batch_size, gen_kw, stops):
     """Responses [len(prompts)][k] for one chunk; batches padded to batch_size (one compile)."""
-    from metarm_jax.data import tokenize_prompts
-
-    feats = tokenize_prompts(prompts, tokenizer, spec)
+    feats = D.tokenize_prompts(prompts, tokenizer, spec)
+    collate = CollatePrompts(spec)  # left-padded
     k = gen_kw["num_samples"]
     out, bad = [], 0
     for j in range(0, len(feats), batch_size):
-        rows = [f["ids"] for f in feats[j : j + batch_size]]
+        rows = list(feats[j : j + batch_size])
         n_real = len(rows)
-        rows += [rows[-1]] * (batch_size - n_real)
-        width = max(len(r) for r in rows)
-        ids = np.full((batch_size, width), spec.pad_id, np.int32)
-        mask = np.zeros((batch_size, width), np.int32)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = r
-            mask[i, width - len(r) :] = 1
+        rows += [rows[-1]] * (batch_size - n_real)  # one batch shape: one compile
+        batch = collate(rows)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
         res = sampling.generate(
             model, ids, mask, jax.random.fold_in(key, j // batch_size), **gen_kw
         )
@@ -230,31 +164,22 @@ def _sample_chunk(model, tokenizer, spec, prompts, key, batch_size, gen_kw, stop
 
 
 def run(ctx) -> dict[str, Any]:
-    """Stage entry point (``"build_meta": "metarm_jax.build_meta:run"``)."""
-    from metarm_jax.data import MetaExample, SamplingInfo, write_meta_dataset
-    from metarm_jax.data.features import TokenSpec
-    from metarm_jax.data.readers import meta_row
-
+    """Stage ``build_meta`` (its keys: ``config.build_meta``, resolved; sampling: ``config.sampling``)."""
     config, mesh = ctx.config, ctx.mesh
-    bm = _sub(config, "build_meta", default_config)
-    sc = _sub(config, "sampling", sampling.default_config)
+    bm, sc = config.build_meta, config.sampling
     if bm.k < 1 or bm.chunk_size < 1 or bm.batch_size < 1:
         raise ConfigError(
             f"config.build_meta: k={bm.k}, chunk_size={bm.chunk_size}, "
             f"batch_size={bm.batch_size} must all be >= 1."
         )
-    output = bm.output_path or config.data.meta_path or os.path.join(ctx.workdir, "meta.jsonl")
+    output = bm.output_path
     chunk_dir = output + ".chunks"
     lead = jax.process_index() == 0
     t0 = time.time()
 
     model, policy_name, policy_step = _policy(config, mesh)
-    tokenizer = _tokenizer(config, bm.policy_path or config.model.hf_path)
-    if len(tokenizer) > model.cfg.vocab_size:
-        raise ConfigError(
-            f"the tokenizer has {len(tokenizer)} tokens but the policy's vocabulary "
-            f"is {model.cfg.vocab_size}; use the policy's own tokenizer."
-        )
+    tokenizer = _tokenizer(config, bm.policy_path)
+    models.check_vocab(model, tokenizer, "build_meta")
     spec = TokenSpec.from_config(config.data, tokenizer)
     prompts, source = _prompts(config, tokenizer)
 
@@ -305,7 +230,7 @@ def run(ctx) -> dict[str, Any]:
     resumed = len(done)
     manifest["done"] = done
     if lead:
-        _write_json_atomic(os.path.join(chunk_dir, MANIFEST), manifest)
+        fileio.write_json(os.path.join(chunk_dir, MANIFEST), manifest, indent=1, sort_keys=True)
     base = jax.random.key(seed)
     bad_utf8 = 0
     for c in range(n_chunks):
@@ -320,9 +245,9 @@ def run(ctx) -> dict[str, Any]:
             rows = [
                 meta_row(MetaExample(p.prompt, tuple(r), info)) for p, r in zip(part, responses)
             ]
-            write_meta_dataset(chunk_path(c), rows)
+            D.write_meta_dataset(chunk_path(c), rows)
             manifest["done"] = sorted(manifest["done"] + [c])
-            _write_json_atomic(os.path.join(chunk_dir, MANIFEST), manifest)
+            fileio.write_json(os.path.join(chunk_dir, MANIFEST), manifest, indent=1, sort_keys=True)
             print(
                 f"[build_meta] chunk {c + 1}/{n_chunks}: {len(part)} prompts x {bm.k} "
                 f"({time.time() - t0:.0f}s)",
@@ -334,7 +259,7 @@ def run(ctx) -> dict[str, Any]:
         for c in range(n_chunks):
             with open(chunk_path(c), encoding="utf-8") as f:
                 rows.extend(json.loads(line) for line in f if line.strip())
-        write_meta_dataset(output, rows)
+        D.write_meta_dataset(output, rows)
     return dict(
         output=output,
         prompts=len(prompts),

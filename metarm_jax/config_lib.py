@@ -1,7 +1,9 @@
 """The one config system: ml_collections ConfigDicts built by ``configs/*.py:get_config(arg)``.
 
-``base_config()`` holds every key the code reads, with defaults; config files start from it and
-change what they need. ``--config.a.b=v`` overrides any key; an unknown key is an error.
+``base_config()`` holds every key the code reads; the defaults live in ``metarm_jax/defaults.py``
+(one function per block). Config files start from it and change what they need;
+``--config.a.b=v`` overrides any key, and an unknown or removed key is an error. ``resolve`` fills
+every "inherit" value (``ppo.seed=-1``, ``ppo.policy_path=''``, ...) once, before any stage runs;
 ``validate`` checks the config against the machine before anything expensive runs.
 """
 
@@ -14,66 +16,49 @@ from collections.abc import Iterator
 
 import ml_collections
 
+from metarm_jax import defaults, sharding
 from metarm_jax.errors import ConfigError
+from metarm_jax.models import llama
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """Every key the code reads, with its default (``metarm_jax/defaults.py``, one block each)."""
     c = ml_collections.ConfigDict()
     c.pipeline = ("inspect",)  # stages to run in order; see metarm_jax/stages.py
     c.seed = 0
     c.seeds = 1  # >1: run the whole pipeline once per seed (seed, seed+1, ...)
     c.workdir = ""  # set by --workdir (default runs/<config name>)
-
-    # Mesh axis sizes; one may be -1 to take the remaining devices.
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-
-    # Multi-host. "auto": initialise jax.distributed when a launcher's environment says so
-    # (TPU pod, SLURM, or the JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID variables
-    # that launch/pod.sh sets); "on": always; "off": never.
-    c.distributed = ml_collections.ConfigDict(
-        dict(
-            mode="auto",
-            coordinator_address="",
-            num_processes=0,
-            process_id=-1,
-            cpu_collectives="gloo",
-        )
-    )
-
-    c.model = ml_collections.ConfigDict(
-        dict(
-            preset="tiny",  # metarm_jax.models.llama.PRESETS, used when hf_path is empty
-            vocab_size=0,  # >0: override the preset's vocabulary (e.g. a small tokenizer's)
-            hf_path="",  # local HF checkpoint directory (config.json + safetensors)
-            dtype="float32",  # compute dtype: float32 | bfloat16
-            param_dtype="float32",  # weight storage dtype
-            remat="none",  # none | full | dots | dots_no_batch
-            scan_layers=True,  # lax.scan over the stacked layers
-        )
-    )
-
-    from metarm_jax import build_meta, sampling
-    from metarm_jax.data.config import data_config
-    from metarm_jax.data.synthetic import world_config
-    from metarm_jax.rlhf import rlhf_config
-    from metarm_jax.train.config import meta_config, train_config
-    from metarm_jax.train.policy_config import dpo_config, sft_config
-    from metarm_jax.train.ppo_config import ppo_config
-
-    c.data = data_config()
-    c.train = train_config()  # the one train loop (RM, MetaRM; later SFT, DPO, PPO)
-    c.meta = meta_config()  # MetaRM: eta, order, k
-    c.sampling = sampling.default_config()  # the one sampler (roll-outs, meta data)
-    c.build_meta = build_meta.default_config()  # the meta-dataset builder stage
-    c.sft = sft_config()  # SFT's own lr/epochs/schedule over the shared loop settings
-    c.dpo = dpo_config()  # the DPO baseline
-    c.ppo = ppo_config()  # actor / critic / reference / RM
-    c.rlhf = rlhf_config()  # the iterative rounds (metarm_jax/rlhf.py)
-    c.world = world_config()  # the synthetic world of the quickstart
-
-    # The `inspect` stage: load/build the model on the mesh, print its layout, run a forward.
-    c.inspect = ml_collections.ConfigDict(dict(head="lm", batch_size=8, seq_len=32))
+    for block in BLOCKS:
+        c[block] = getattr(defaults, block)()
     return c
+
+
+# The config blocks, in the order they are printed; each is ``defaults.<block>()``.
+BLOCKS = (
+    "mesh",
+    "distributed",
+    "model",
+    "data",
+    "train",
+    "meta",
+    "sampling",
+    "build_meta",
+    "sft",
+    "dpo",
+    "ppo",
+    "rlhf",
+    "world",
+    "inspect",
+)
+
+# Keys that existed once, with what to use instead (an old config or flag gets this message).
+REMOVED_KEYS = {
+    "data.meta_k": "use meta.k, the one key for the responses per meta prompt",
+    "sampling.num_samples": (
+        "it was always overwritten; the samples per prompt are build_meta.k (meta data) and "
+        "ppo.rollouts_per_query (roll-outs)"
+    ),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,12 +88,18 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[s
             yield from flat_keys(v, key + ".")
 
 
+def _removed(key: str) -> ConfigError:
+    return ConfigError(f"config.{key} was removed: {REMOVED_KEYS[key]}.")
+
+
 def check_override_keys(config: ml_collections.ConfigDict, keys: list[str]) -> None:
     """Every ``--config.KEY=`` must name an existing key (a typo must not be silently ignored)."""
     known = set(flat_keys(config))
     for key in keys:
         if key in known:
             continue
+        if key in REMOVED_KEYS:
+            raise _removed(key)
         parent = key.rpartition(".")[0]
         siblings = sorted(k for k in known if k.rpartition(".")[0] == parent)
         close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -117,6 +108,23 @@ def check_override_keys(config: ml_collections.ConfigDict, keys: list[str]) -> N
         raise ConfigError(
             f"--config.{key}: unknown config key.{hint} Keys {where}: "
             f"{', '.join(s.rpartition('.')[2] for s in siblings) or '(none)'}."
+        )
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+    """A config file may only set keys of ``base_config()``: one it adds (a typo, or a removed
+    key such as ``data.meta_k``) would otherwise be ignored without a word."""
+    known = set(flat_keys(base_config()))
+    for key in flat_keys(config):
+        if key in known:
+            continue
+        if key in REMOVED_KEYS:
+            raise _removed(key)
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f" Did you mean config.{close[0]}?" if close else ""
+        raise ConfigError(
+            f"config.{key}: the config file sets a key that no code reads.{hint} Every key is "
+            "listed in metarm_jax/defaults.py."
         )
 
 
@@ -134,6 +142,83 @@ def derive(config: ml_collections.ConfigDict, overrides: dict) -> ml_collections
     return out
 
 
+def with_seed_offset(config: ml_collections.ConfigDict, offset: int) -> ml_collections.ConfigDict:
+    """A copy of config with every seed (``seed`` and ``*_seed`` keys, anywhere) moved by offset,
+    run in ``<workdir>/seed<offset>``."""
+    out = derive(config, {"workdir": os.path.join(config.workdir, f"seed{offset}")})
+
+    def shift(node):
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                shift(value)
+            elif (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and value >= 0:
+                node[key] = value + offset
+
+    shift(out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution: the one place where "inherit" values become the values the stages use.
+
+
+def _inherit(node, key: str, value, empty=("",)) -> None:
+    if node[key] in empty:
+        node[key] = value
+
+
+def resolve(
+    config: ml_collections.ConfigDict, workdir: str | None = None
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with every "inherit" value filled (idempotent).
+
+    ====================================  =============================================
+    key (inherit marker)                  becomes
+    ====================================  =============================================
+    ppo.policy_path ('')                  model.hf_path ('' stays: the random preset)
+    ppo.ref_path ('')                     ppo.policy_path
+    ppo.critic_path ('')                  ppo.rm_path
+    ppo.frozen_dtype ('')                 model.param_dtype
+    ppo.max_new_tokens (0)                sampling.max_new_tokens
+    ppo.seed (-1)                         seed
+    dpo.ref_dtype ('')                    model.param_dtype
+    build_meta.policy_path ('')           model.hf_path
+    build_meta.prompt_{dataset,path,split} ('')   data.prompt_{dataset,path,split}
+    build_meta.output_path ('')           data.meta_path, else <workdir>/meta.jsonl
+    rlhf.eval_prompt_{dataset,path} ('')  data.prompt_{dataset,path}
+    ====================================  =============================================
+
+    ``workdir`` (default ``config.workdir``) places the default meta output. Blocks a config
+    does not have are left alone.
+    """
+    out = ml_collections.ConfigDict(config.to_dict())
+    workdir = config.get("workdir", "") if workdir is None else workdir
+    m, d = out.get("model"), out.get("data")
+    if "ppo" in out and m is not None:
+        p = out.ppo
+        _inherit(p, "policy_path", m.hf_path)
+        _inherit(p, "ref_path", p.policy_path)
+        _inherit(p, "critic_path", p.rm_path)
+        _inherit(p, "frozen_dtype", m.param_dtype)
+        if "sampling" in out:
+            _inherit(p, "max_new_tokens", out.sampling.max_new_tokens, empty=(0,))
+        _inherit(p, "seed", out.seed, empty=(-1,))
+    if "dpo" in out and m is not None:
+        _inherit(out.dpo, "ref_dtype", m.param_dtype)
+    if "build_meta" in out and d is not None:
+        bm = out.build_meta
+        if m is not None:
+            _inherit(bm, "policy_path", m.hf_path)
+        for key in ("dataset", "path", "split"):
+            _inherit(bm, f"prompt_{key}", d[f"prompt_{key}"])
+        default_meta = os.path.join(workdir, "meta.jsonl") if workdir else ""
+        _inherit(bm, "output_path", d.meta_path or default_meta)
+    if "rlhf" in out and d is not None:
+        for key in ("dataset", "path"):
+            _inherit(out.rlhf, f"eval_prompt_{key}", d[f"prompt_{key}"])
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 
@@ -147,11 +232,10 @@ def _batch_size_keys(config, prefix="") -> Iterator[tuple[str, int]]:
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
-    """Raise ConfigError (one clear line) for a config that cannot run on ``num_devices``."""
-    from metarm_jax import sharding, stages
-    from metarm_jax.models import llama
+    """Raise ConfigError (one clear line) for a config that cannot run on ``num_devices``.
 
-    stages.check_pipeline(config.pipeline)
+    (``stages.check_pipeline`` checks the stage names; main calls both.)"""
+    check_known_keys(config)
     try:
         sizes = sharding.resolve_mesh_shape(dict(config.mesh), num_devices)
     except sharding.ShardingError as e:
@@ -190,42 +274,3 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> None:
             f"config.meta.k={config.meta.k}: the difference loss J compares pairs of "
             "responses per prompt; k must be at least 2."
         )
-
-
-def model_config(config: ml_collections.ConfigDict):
-    """The LlamaConfig this run uses (from the HF checkpoint's config.json or the preset)."""
-    from metarm_jax.models import hf, llama
-
-    m = config.model
-    policy = dict(
-        dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, scan_layers=m.scan_layers
-    )
-    if m.hf_path:
-        return hf.config_from_hf(
-            hf.read_config(m.hf_path), source=os.path.join(m.hf_path, "config.json"), **policy
-        )
-    if m.vocab_size:
-        policy["vocab_size"] = m.vocab_size
-    return llama.preset(m.preset, **policy)
-
-
-def build_model(
-    config: ml_collections.ConfigDict, head: str, mesh=None, *, seed: int | None = None
-):
-    """The model a stage starts from: ``config.model.hf_path`` if set, else a random preset."""
-    from metarm_jax.models import hf, llama
-
-    m = config.model
-    seed = config.seed if seed is None else seed
-    if m.hf_path:
-        return hf.load_hf(
-            m.hf_path,
-            head,
-            mesh=mesh,
-            dtype=m.dtype,
-            param_dtype=m.param_dtype,
-            remat=m.remat,
-            scan_layers=m.scan_layers,
-            seed=seed,
-        )
-    return llama.create(model_config(config), head, seed=seed, mesh=mesh)

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from metarm_jax import config_lib, sharding
+from metarm_jax import models, sharding
 from metarm_jax.stages import StageContext
 
 
@@ -20,7 +20,7 @@ def run(ctx: StageContext) -> dict:
     cfg, mesh = ctx.config, ctx.mesh
     ic = cfg.inspect
     t0 = time.time()
-    model = config_lib.build_model(cfg, ic.head, mesh)
+    model = models.from_config(cfg.model, ic.head, mesh, seed=cfg.seed)
     load_s = time.time() - t0
     graphdef, state = nnx.split(model)
     lead = jax.process_index() == 0

@@ -12,11 +12,13 @@ import re
 import sys
 import time
 
-from absl import app, flags
+import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
-from metarm_jax import config_lib
+from metarm_jax import config_lib, sharding, stages
 from metarm_jax.errors import ConfigError, UserError
+from metarm_jax.eval import report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file: path/to/config.py[:arg].", lock_config=True
@@ -46,7 +48,6 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def maybe_initialize_distributed(dist) -> None:
     """Join the multi-host JAX cluster (TPU pod, SLURM, or explicit coordinator)."""
-    import jax
 
     env_coord = os.environ.get("JAX_COORDINATOR_ADDRESS", "")
     explicit = dist.coordinator_address or env_coord
@@ -76,29 +77,8 @@ def default_workdir(spec: str) -> str:
     return os.path.join("runs", re.sub(r"[^A-Za-z0-9_.=-]+", "_", name))
 
 
-def with_seed_offset(config, offset: int):
-    """A copy of config with every seed (``seed`` and ``*_seed`` keys, anywhere) moved by offset."""
-    import ml_collections
-
-    out = config_lib.derive(config, {"workdir": os.path.join(config.workdir, f"seed{offset}")})
-
-    def shift(node):
-        for key, value in node.items():
-            if isinstance(value, ml_collections.ConfigDict):
-                shift(value)
-            elif (key == "seed" or key.endswith("_seed")) and isinstance(value, int) and value >= 0:
-                node[key] = value + offset
-
-    shift(out)
-    return out
-
-
 def run_pipeline(config, mesh, workdir: str) -> dict:
     """Run config.pipeline's stages in order; returns {stage: summary}."""
-    import jax
-
-    from metarm_jax import stages
-
     ctx = stages.StageContext(config=config, mesh=mesh, workdir=workdir)
     out = {}
     for name in config.pipeline:
@@ -118,8 +98,6 @@ def run_pipeline(config, mesh, workdir: str) -> dict:
 
 def main(argv) -> None:
     del argv
-    from absl import logging
-
     logging.set_verbosity(logging.WARNING)  # orbax/grain INFO lines drown the progress output
     config = _CONFIG.value
     spec = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--config="))
@@ -128,11 +106,9 @@ def main(argv) -> None:
         with config.unlocked():
             config.workdir = workdir
         maybe_initialize_distributed(config.distributed)
-        import jax
-
-        from metarm_jax import sharding
-
+        stages.check_pipeline(config.pipeline)
         config_lib.validate(config, jax.device_count())
+        raw, config = config, config_lib.resolve(config, workdir)
         mesh = sharding.make_mesh(dict(config.mesh))
         if jax.process_index() == 0:
             print("resolved config:\n" + str(config))
@@ -148,14 +124,13 @@ def main(argv) -> None:
             [(config, workdir)]
             if seeds <= 1
             else [
-                (with_seed_offset(config, i), os.path.join(workdir, f"seed{i}"))
+                # each seed resolves its own copy (its workdir places its default outputs)
+                (config_lib.with_seed_offset(raw, i), os.path.join(workdir, f"seed{i}"))
                 for i in range(seeds)
             ]
         )
         per_seed = [run_pipeline(cfg, mesh, wd) for cfg, wd in runs]
         if seeds > 1 and jax.process_index() == 0:
-            from metarm_jax.eval import report
-
             print(report.aggregate_seeds(workdir, per_seed))
     except UserError as e:
         _fail(str(e))

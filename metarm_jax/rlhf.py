@@ -26,42 +26,14 @@ import time
 from typing import Any
 
 import jax
-import ml_collections
 
-from metarm_jax import stages
+from metarm_jax import data as D
+from metarm_jax import fileio, stages
 from metarm_jax.config_lib import derive
+from metarm_jax.data import synthetic
+from metarm_jax.data.tokenizer import train_bpe_tokenizer
 from metarm_jax.errors import ConfigError
-
-
-def rlhf_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.rounds = 4  # R (paper: 4 on HH-RLHF, 5 on TL;DR)
-    # Each round's MetaRM starts from the previous round's RM ("previous", default: the meta
-    # steps accumulate, as Algorithm 1 run round after round) or from the vanilla RM ("vanilla":
-    # each round adapts r_0 to the newest policy only).
-    c.rm_init = "previous"
-    c.meta_prompts = "train"  # "train": config.data.prompt_*; "ood": config.rlhf.ood_prompt_*
-    c.ood_prompt_dataset = "prompts"
-    c.ood_prompt_path = ""
-    c.ood_prompt_split = "test"
-    c.world = False  # write the synthetic world first and train on it (quickstart)
-    # >0 and data.tokenizer_path empty: train a byte-level BPE tokenizer of this size on the
-    # preference pairs first (runlocal variants; set model.vocab_size to the same number).
-    c.tokenizer_vocab = 0
-    c.sft = True  # train π_SFT (else config.model.hf_path is π_SFT)
-    c.rm_path = ""  # a trained vanilla RM to start from (skips the rm step)
-    c.baselines = ("vanilla_ppo", "dpo")
-    # Evaluation on held-out prompts (config.rlhf.eval_prompt_*), one sample per prompt.
-    c.eval_prompt_dataset = ""  # "" : config.data.prompt_dataset
-    c.eval_prompt_path = ""  # "" : config.data.prompt_path
-    c.eval_prompt_split = "test"
-    c.eval_prompts = 100  # 0: all
-    c.eval_k = 4  # samples per prompt for the |Δr| histogram (Figure 5)
-    c.judge = "auto"  # "gold" (synthetic world), "rm" (judge_rm_path), "auto"
-    c.judge_rm_path = ""  # an independent RM for the RM judge ("" : the vanilla RM)
-    c.tie_margin = 0.05
-    return c
-
+from metarm_jax.eval import report as report_lib
 
 DONE = "DONE.json"
 
@@ -88,11 +60,7 @@ class Runner:
         summary = stages.get(stage)(stages.StageContext(config, self.ctx.mesh, workdir)) or {}
         summary = dict(summary, seconds=round(time.time() - t0, 1), workdir=workdir)
         if self.lead:
-            os.makedirs(workdir, exist_ok=True)
-            tmp = done + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(summary, f, indent=1, default=_jsonable)
-            os.replace(tmp, done)
+            fileio.write_json(done, summary, indent=1, default=_jsonable)
         return json.loads(json.dumps(summary, default=_jsonable))
 
     def path(self, *parts) -> str:
@@ -108,16 +76,12 @@ def _jsonable(x):
 
 def _world_overrides(runner: Runner) -> dict[str, Any]:
     """Write the synthetic world once and point every data key at its files."""
-    from metarm_jax.data import synthetic
-
     root = runner.path("world")
     paths_file = os.path.join(root, "paths.json")
     if not os.path.exists(paths_file):
         paths = synthetic.write_world(root, runner.ctx.config.world) if runner.lead else None
         if runner.lead:
-            with open(paths_file + ".tmp", "w") as f:
-                json.dump(paths, f)
-            os.replace(paths_file + ".tmp", paths_file)
+            fileio.write_json(paths_file, paths)
     with open(paths_file) as f:
         paths = json.load(f)
     pairs, prompts = os.path.dirname(paths["pairs_train"]), os.path.dirname(paths["prompts_train"])
@@ -144,9 +108,6 @@ def _world_overrides(runner: Runner) -> dict[str, Any]:
 
 def _tokenizer(runner: Runner) -> str:
     """Train (once) a BPE tokenizer on the run's preference pairs; returns its directory."""
-    from metarm_jax import data as D
-    from metarm_jax.data.tokenizer import train_bpe_tokenizer
-
     config, out = runner.ctx.config, runner.path("tokenizer")
     if not os.path.exists(os.path.join(out, "tokenizer.json")) and runner.lead:
         d = config.data
@@ -200,8 +161,6 @@ def _sample(runner: Runner, name: str, policy: str, k: int, prompts: dict) -> st
 
 def run(ctx: stages.StageContext) -> dict[str, Any]:
     """Stage ``rlhf``."""
-    from metarm_jax.eval import report as report_lib
-
     config = ctx.config
     rc = config.rlhf
     if rc.rounds < 1:

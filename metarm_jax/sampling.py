@@ -59,22 +59,6 @@ class SamplingError(UserError):
     """Bad sampling arguments or prompts."""
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """Sampling defaults (the paper's PPO / meta-sampling settings); ``config.sampling``."""
-    c = ml_collections.ConfigDict()
-    c.temperature = 0.8  # 0 = greedy
-    c.top_p = 0.9  # 1.0 = off
-    c.top_k = 0  # 0 = off
-    c.repetition_penalty = 1.1  # 1.0 = off; HF semantics
-    c.max_new_tokens = 128
-    c.min_new_tokens = 0  # stop tokens are masked out before this many new tokens
-    c.num_samples = 1  # continuations per prompt (k for the meta dataset)
-    c.stop_token_ids = ()  # extra stop tokens besides the model's eos
-    c.prompt_bucket_min = 16  # prompt lengths are padded to max(this, next power of two)
-    c.seed = 0
-    return c
-
-
 @struct.dataclass
 class SampleOutput:
     tokens: jax.Array  # [N, T_new] int32, pad_id where mask == 0
@@ -477,7 +461,8 @@ def generate(
 
 
 def sampling_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``generate`` keyword arguments from a ``config.sampling`` ConfigDict (seed excluded)."""
+    """``generate`` keyword arguments from a ``config.sampling`` ConfigDict (seed excluded; the
+    caller sets ``num_samples``: ``build_meta.k`` or ``ppo.rollouts_per_query``)."""
     return dict(
         max_new_tokens=int(config.max_new_tokens),
         min_new_tokens=int(config.min_new_tokens),
@@ -485,7 +470,6 @@ def sampling_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
         top_p=float(config.top_p),
         top_k=int(config.top_k),
         repetition_penalty=float(config.repetition_penalty),
-        num_samples=int(config.num_samples),
         stop_token_ids=tuple(int(s) for s in config.stop_token_ids),
         prompt_bucket_min=int(config.prompt_bucket_min),
     )

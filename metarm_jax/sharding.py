@@ -136,6 +136,21 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def global_batch(mesh: Mesh, batch: Any) -> Any:
+    """Host batch (this process's rows) -> global jax.Arrays split over the data axes.
+
+    A leaf that is already a jax.Array (a StateSource's device batch) is a global array: it is
+    only placed on the batch sharding (a no-op when it is there already)."""
+
+    def one(x):
+        sh = batch_sharding(mesh, np.ndim(x))
+        if isinstance(x, jax.Array):
+            return jax.device_put(x, sh)
+        return jax.make_array_from_process_local_data(sh, np.asarray(x))
+
+    return jax.tree.map(one, batch)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -1,7 +1,8 @@
 """The pipeline stages that ``python -m metarm_jax.main`` runs, in ``config.pipeline`` order.
 
-Stages are registered by name as ``"module:function"`` so that importing this file stays cheap;
-each stage is ``fn(ctx: StageContext) -> dict`` (a summary of what it did, logged by main).
+Stages are registered by name as ``"module:function"`` so that importing this file stays cheap
+(and so that this registry, which every stage module may import, imports none of them); each
+stage is ``fn(ctx: StageContext) -> dict`` (a summary of what it did, logged by main).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
+from metarm_jax import config_lib
 from metarm_jax.errors import ConfigError
 
 STAGES: dict[str, str] = {
@@ -30,9 +32,15 @@ STAGES: dict[str, str] = {
 
 @dataclasses.dataclass
 class StageContext:
+    """What a stage runs with. The config is resolved here (``config_lib.resolve``: every
+    "inherit" value filled), so every stage reads the values the saved config.json shows."""
+
     config: ml_collections.ConfigDict
     mesh: Mesh
     workdir: str
+
+    def __post_init__(self):
+        self.config = config_lib.resolve(self.config, self.workdir)
 
 
 class UnknownStageError(ConfigError):

@@ -15,17 +15,15 @@ SETUP = r"""
 import json, os
 import jax
 import ml_collections
-from metarm_jax import build_meta, config_lib, sampling, sharding
+from metarm_jax import build_meta, config_lib, fileio, sharding
 from metarm_jax.stages import StageContext
 
 def make_ctx(root, output):
     c = config_lib.base_config()
     c.data.tokenizer_path = ""            # the tokenizer saved with the policy
     c.data.max_prompt_length = 24
-    c.sampling = sampling.default_config()
     c.sampling.max_new_tokens = 8
     c.sampling.seed = 11
-    c.build_meta = build_meta.default_config()
     c.build_meta.update(policy_path=os.path.join(root, "policy"), policy_step=7, round=2,
                         prompt_dataset="prompts", prompt_path=os.path.join(root, "prompts.jsonl"),
                         output_path=output, k=3, chunk_size=3, batch_size=2)
@@ -38,12 +36,12 @@ KILLED_RUN = (
     + r"""
 import sys, time
 root, output = sys.argv[1], sys.argv[2]
-_write = build_meta._write_json_atomic
-def slow_write(path, obj):  # test hook: leave time to be killed between chunks
-    _write(path, obj)
-    if obj.get("done"):
+_write = fileio.write_json
+def slow_write(path, obj, **kwargs):  # test hook: leave time to be killed between chunks
+    _write(path, obj, **kwargs)
+    if isinstance(obj, dict) and obj.get("done"):
         time.sleep(2.0)
-build_meta._write_json_atomic = slow_write
+fileio.write_json = slow_write
 build_meta.run(make_ctx(root, output))
 print("FINISHED")
 """
@@ -164,5 +162,5 @@ def test_vocab_mismatch_is_a_clear_error(root):
     ctx = ns["make_ctx"](str(root), str(root / "bad" / "meta.jsonl"))
     ctx.config.build_meta.policy_path = ""  # random tiny preset: 256 tokens < the tokenizer's
     ctx.config.data.tokenizer_path = str(root / "tok")
-    with pytest.raises(ns["build_meta"].ConfigError, match="vocabulary"):
+    with pytest.raises(ns["build_meta"].ConfigError, match="vocab_size"):
         ns["build_meta"].run(ctx)

@@ -10,12 +10,12 @@ import jax
 import numpy as np
 import pytest
 
-from metarm_jax import sharding
+from metarm_jax import config_lib, models, sharding
 from metarm_jax.checkpoint import Checkpointer, abstract_like
 from metarm_jax.models import llama
-from metarm_jax.train import loop, optim, rm
-from metarm_jax.train.config import train_config
+from metarm_jax.train import loop, optim
 from tests.resume_util import assert_same_exports, kill_at_checkpoint
+from tests.xla_env import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,32 +23,29 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # process; SLOW > 0 sleeps that long per step so the test can kill it mid-run.
 DRIVER = textwrap.dedent("""
     import os, sys, time
-    os.environ["XLA_FLAGS"] = ""  # one CPU device, whatever the parent set
     import jax
     from metarm_jax import config_lib, sharding, stages
-    from metarm_jax.data import data_config
-    from metarm_jax.train import loop, rm
-    from metarm_jax.train.config import train_config, meta_config
+    from metarm_jax.train import rm
+    from tests import marker_task
     workdir, steps, slow = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     c = config_lib.base_config()
-    c.data, c.train, c.meta = data_config(), train_config(), meta_config()
-    c.train.update(dict(synthetic=True, synthetic_train=64, synthetic_val=16, synthetic_meta=16,
-                        synthetic_seq_len=16, steps=steps, lr=1e-3, warmup=2, save_every=3,
+    c.train.update(dict(steps=steps, lr=1e-3, warmup=2, save_every=3,
                         keep=2, eval_every=0, progress=False))
-    c.data.update(dict(pref_batch_size=4, meta_batch_size=2, meta_k=3))
+    c.data.update(dict(pref_batch_size=4, meta_batch_size=2))
     c.meta.update(dict(k=3, eta=0.05))
     if slow:
-        put = loop.global_batch
-        loop.global_batch = lambda mesh, b: (time.sleep(slow), put(mesh, b))[1]
+        put = sharding.global_batch
+        sharding.global_batch = lambda mesh, b: (time.sleep(slow), put(mesh, b))[1]
     mesh = sharding.make_mesh({"data": 1})
-    rm.run_metarm(stages.StageContext(c, mesh, workdir))
+    data = marker_task.stage_data(c, True, num_train=64, num_val=16, num_meta=16, seq_len=16)
+    rm.run_metarm(stages.StageContext(c, mesh, workdir), data=data)
 """)
 
 
 def _driver(tmp_path, workdir, steps, slow=0.0, wait=True):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=xla_flags(1))  # one CPU device
     proc = subprocess.Popen(
         [sys.executable, str(script), str(workdir), str(steps), str(slow)],
         env=env,
@@ -77,8 +74,8 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
 
 def _toy_state(mesh, seed=0):
     model = llama.create(llama.preset("tiny"), "reward", seed=seed, mesh=mesh)
-    _, params = rm.split_model(model)
-    opt, _ = optim.optimizer(train_config(), 10)
+    params = models.split(model).params
+    opt, _ = optim.optimizer(config_lib.base_config().train, 10)
     return loop.init_state(params, opt, 0, loop.state_shardings(mesh, params, opt))
 
 

@@ -7,15 +7,16 @@ import sys
 
 import pytest
 
-from metarm_jax import config_lib
+from metarm_jax import config_lib, models
 from metarm_jax.errors import ConfigError
 from tests.conftest import REPO
+from tests.xla_env import xla_flags
 
 
 def run_main(*args, devices=2, cwd=REPO):
     env = dict(
         os.environ,
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(devices),
         JAX_PLATFORMS="cpu",
     )
     return subprocess.run(
@@ -124,8 +125,8 @@ def test_validate_in_process():
     ):
         config_lib.validate(config, 8)
     assert (
-        config_lib.model_config(
-            config_lib.load_config_file(str(REPO / "configs/hh_rlhf.py"))
+        models.model_config(
+            config_lib.load_config_file(str(REPO / "configs/hh_rlhf.py")).model
         ).num_params("lm")
         == 6_738_415_616
     )  # Llama-2-7B

@@ -380,7 +380,7 @@ def test_bf16_params_keep_their_dtype():
 
 
 def test_nnx_state_params_under_jit():
-    """The lead's usage: params = the nnx.Param State, reward_fn merges inside jit."""
+    """The stages' usage: params = the nnx.Param State, reward_fn merges inside jit."""
     from flax import nnx
 
     class TinyRM(nnx.Module):

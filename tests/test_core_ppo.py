@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax.core import ppo
+from metarm_jax.core import ppo, stats
 
 # ------------------------------------------------------------------------------ references
 
@@ -337,7 +337,7 @@ def test_reward_difference_stats_match_bruteforce_double_loop():
     scores[~mask] = np.nan  # padding must not leak
     edges = np.linspace(0.0, 2.5, 6).astype(np.float32)  # some |Δ| > 2.5 fall outside
     diffs, hist = shift_bruteforce(scores, mask, edges)
-    out = jax.jit(ppo.reward_difference_stats)(scores, edges, mask)
+    out = jax.jit(stats.reward_difference_stats)(scores, edges, mask)
     assert float(out["num_pairs"]) == len(diffs) == 4 * 10 + 3
     np.testing.assert_allclose(out["mean"], np.mean(diffs), rtol=1e-5)
     np.testing.assert_allclose(out["var"], np.var(diffs), rtol=1e-4)
@@ -347,7 +347,7 @@ def test_reward_difference_stats_match_bruteforce_double_loop():
 
 def test_reward_difference_stats_hand_values():
     # prompt 0: |0-1|, |0-3|, |1-3| = 1, 3, 2; prompt 1: 0, 3, 3.  mean 2, var 4/3.
-    out = ppo.reward_difference_stats(
+    out = stats.reward_difference_stats(
         jnp.array([[0.0, 1.0, 3.0], [2.0, 2.0, 5.0]]), jnp.array([0.0, 1.0, 2.0, jnp.inf])
     )
     np.testing.assert_allclose(out["mean"], 2.0)
@@ -387,7 +387,7 @@ def test_every_function_jits():
             {},
         ),
         "reward_difference_stats": (
-            ppo.reward_difference_stats,
+            stats.reward_difference_stats,
             (vals, jnp.linspace(0.0, 3.0, 7)),
             {},
         ),

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from metarm_jax import defaults
 from metarm_jax.data import (
     MetaExample,
     PreferencePair,
@@ -13,7 +14,6 @@ from metarm_jax.data import (
     SFTExample,
     Source,
     TokenSpec,
-    data_config,
     load_meta_examples,
     meta_iterator,
     preference_iterator,
@@ -46,7 +46,7 @@ def _pairs(n=N):
 
 
 def _cfg(**kw):
-    c = data_config()
+    c = defaults.data()
     c.max_length, c.bucket_lengths = 64, (16, 32)
     c.pref_batch_size, c.meta_batch_size, c.sft_batch_size, c.prompt_batch_size = 8, 4, 8, 8
     c.num_threads = 1
@@ -171,9 +171,10 @@ def test_meta_batch_masks_missing_samples(tiny_tokenizer):
     ]
     b = next(
         meta_iterator(
-            _cfg(meta_k=3),
+            _cfg(),
             tiny_tokenizer,
             records=recs,
+            k=3,
             shard_index=0,
             shard_count=1,
             shuffle=False,
@@ -259,7 +260,7 @@ def test_resume_through_orbax_gives_the_next_batch(tiny_tokenizer, tmp_path):
     cfg = _cfg(num_epochs=0)  # forever: resume across the epoch boundary
     mk = lambda: (
         preference_iterator(cfg, tiny_tokenizer, records=recs, shard_index=0, shard_count=1),
-        meta_iterator(cfg, tiny_tokenizer, records=meta, shard_index=0, shard_count=1),
+        meta_iterator(cfg, tiny_tokenizer, records=meta, k=5, shard_index=0, shard_count=1),
     )
     pref, met = mk()
     _take(pref, 6), _take(met, 3)  # 6 * 8 > 37: the preference stream is in its second epoch
@@ -332,8 +333,6 @@ def test_global_arrays_on_an_8_device_mesh(tiny_tokenizer):
         np.testing.assert_array_equal(np.asarray(v), local[k])
     info = SamplingInfo(temperature=0.8, top_p=0.9, policy_step=0, seed=0)
     meta = [MetaExample("\n\nHuman: q\n\nAssistant:", (" a", " b"), info)] * 8
-    m = next(
-        meta_iterator(_cfg(meta_batch_size=8, meta_k=2), tiny_tokenizer, records=meta, mesh=mesh)
-    )
+    m = next(meta_iterator(_cfg(meta_batch_size=8), tiny_tokenizer, records=meta, k=2, mesh=mesh))
     assert m["input_ids"].sharding.spec == P(("data", "fsdp"), None, None)
     assert m["sample_mask"].sharding.spec == P(("data", "fsdp"), None)

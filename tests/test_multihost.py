@@ -8,6 +8,7 @@ import sys
 
 from metarm_jax.models import hf, llama
 from tests.conftest import REPO
+from tests.xla_env import xla_flags
 
 
 def _free_port() -> int:
@@ -25,7 +26,7 @@ def test_two_processes_share_one_mesh(tmp_path):
         env = dict(
             os.environ,
             JAX_PLATFORMS="cpu",
-            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            XLA_FLAGS=xla_flags(4),
             JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
             JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(pid),

@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax import config_lib, sharding, stages
-from metarm_jax.data.synthetic import world_config, write_world
+from metarm_jax import config_lib, defaults, models, sharding, stages
+from metarm_jax.data.synthetic import write_world
 from metarm_jax.models import hf, llama
-from metarm_jax.train import ppo
-from metarm_jax.train.ppo_config import ppo_config
+from metarm_jax.train import optim, ppo, rollout
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TARGET = 6  # token id of symbol w00
@@ -85,7 +84,7 @@ def expected_score(frac: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("ppo_toy")
-    wc = world_config()
+    wc = defaults.world()
     for key in (
         "num_sft",
         "num_train_pairs",
@@ -103,7 +102,6 @@ def toy(tmp_path_factory):
 
 def toy_config(toy, **ppo_overrides):
     c = config_lib.base_config()
-    c.ppo = ppo_config()
     c.seed = 0
     c.model.hf_path = toy["policy"]
     d = c.data
@@ -208,7 +206,7 @@ def test_shift_signal_in_metrics(learned):
 def test_gated_actor_keeps_adam_state():
     import optax
 
-    opt = ppo.two_optimizers(optax.adam(0.1), optax.adam(0.1))
+    opt = optim.two_optimizers(optax.adam(0.1), optax.adam(0.1))
     params = {"actor": jnp.ones(3), "critic": jnp.ones(2)}
     state = opt.init(params)
     grads = {"actor": jnp.zeros(3), "critic": jnp.ones(2)}
@@ -293,10 +291,10 @@ def test_resume_after_sigkill_is_bitwise_exact(toy, tmp_path):
 
 def test_frozen_offload_round_trip():
     model = llama.create(toy_cfg(), "reward", seed=3)
-    _, _, params = ppo.split(model)
-    frozen = ppo.Frozen(params, offload=True)
+    params = models.split(model).params
+    frozen = rollout.Frozen(params, offload=True)
     leaves = jax.tree.leaves(frozen.params)
-    kind = ppo.host_memory_kind()
+    kind = rollout.host_memory_kind()
     if kind is not None:  # jax's CPU client has pinned_host: the params really move there
         assert all(x.sharding.memory_kind == kind for x in leaves)
     back = frozen.get()

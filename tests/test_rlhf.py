@@ -12,14 +12,13 @@ import time
 import pytest
 
 from tests.conftest import REPO
+from tests.xla_env import xla_flags
 
 FAST = "--config=configs/quickstart.py:fast=1"
 
 
 def _env():
-    return dict(
-        os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
-    )
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
 
 
 def _run(workdir, *args, timeout=900):

@@ -5,26 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax import config_lib, sharding, stages
+from metarm_jax import config_lib, models, sharding, stages
 from metarm_jax.core import metarm
-from metarm_jax.data import data_config
 from metarm_jax.models import llama
-from metarm_jax.train import rm, synthetic
-from metarm_jax.train.config import meta_config, train_config
+from metarm_jax.train import rm
+from tests import marker_task
 
 ETA_TEST = 1e-3  # η = α, the paper's choice (see the learning test's docstring)
 
 
 def _config(steps=60, **meta):
     c = config_lib.base_config()
-    c.data, c.train, c.meta = data_config(), train_config(), meta_config()
     c.train.update(
         dict(
-            synthetic=True,
-            synthetic_train=512,
-            synthetic_val=128,
-            synthetic_meta=64,
-            synthetic_seq_len=24,
             steps=steps,
             lr=1e-3,
             warmup=10,
@@ -34,14 +27,15 @@ def _config(steps=60, **meta):
             progress=False,
         )
     )
-    c.data.update(dict(pref_batch_size=16, meta_batch_size=8, meta_k=4))
+    c.data.update(dict(pref_batch_size=16, meta_batch_size=8))
     c.meta.update(dict(k=4, eta=ETA_TEST, **meta))
     return c
 
 
 def _run(stage, config, workdir):
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    return stages_fn(stage)(stages.StageContext(config, mesh, str(workdir)))
+    data = marker_task.stage_data(config, stage == "metarm")
+    return stages_fn(stage)(stages.StageContext(config, mesh, str(workdir)), data=data)
 
 
 def stages_fn(stage):
@@ -58,7 +52,7 @@ def test_rm_and_metarm_learn_and_metarm_spreads_shifted_rewards(tmp_path):
     0.0054 at η = 0.03, 0.0056 at η = 0.1: MetaRM raises mean |Δr| by ~30%, but both stay tiny
     next to the 6.4 reward margin on the pairs. The gain does not grow with η (100x η, same
     gain), so it may be trajectory noise rather than the meta step: it is printed, not asserted,
-    until a multi-seed study (SYNTHETIC.md asks for >= 3 seeds) separates the two.
+    until a multi-seed study separates the two.
     """
     van = _run("rm", _config(), tmp_path / "rm")
     meta = _run("metarm", _config(), tmp_path / "metarm")
@@ -87,7 +81,7 @@ def _check_export_matches_transformers(export_dir):
     theirs = transformers.LlamaForSequenceClassification.from_pretrained(
         str(export_dir), dtype=torch.float32
     ).eval()
-    pref = synthetic.preference_arrays(4, 24, seed=9)
+    pref = marker_task.preference_arrays(4, 24, seed=9)
     ids, mask = pref["chosen_ids"], pref["chosen_mask"]
     with torch.no_grad():
         want = (
@@ -107,16 +101,16 @@ def _check_export_matches_transformers(export_dir):
 def test_metarm_step_on_8_devices_equals_1_device(mesh_shape, order):
     from metarm_jax.train import loop, optim
 
-    pref = synthetic.preference_arrays(16, 16, seed=0)
-    meta = synthetic.meta_arrays(8, 4, 16, seed=1)
+    pref = marker_task.preference_arrays(16, 16, seed=0)
+    meta = marker_task.meta_arrays(8, 4, 16, seed=1)
     batch = {"pref": pref, "meta": meta}
-    cfg = train_config()
+    cfg = config_lib.base_config().train
     cfg.lr = 1e-3
 
     def one_step(mesh):
         with jax.set_mesh(mesh):
             model = llama.create(llama.preset("tiny"), "reward", seed=0, mesh=mesh)
-            reward_fn, params = rm.split_model(model)
+            reward_fn, params, *_ = models.split(model)
             opt, sched = optim.optimizer(cfg, 10)
             shard = loop.state_shardings(mesh, params, opt)
             state = loop.init_state(params, opt, 0, shard)
@@ -128,8 +122,8 @@ def test_metarm_step_on_8_devices_equals_1_device(mesh_shape, order):
             )
             grads = jax.jit(
                 lambda p, b: metarm.meta_grads(reward_fn, p, b["pref"], b["meta"], 0.1, order)[0]
-            )(state["params"], loop.global_batch(mesh, batch))
-            state, metrics = step(state, loop.global_batch(mesh, batch))
+            )(state["params"], sharding.global_batch(mesh, batch))
+            state, metrics = step(state, sharding.global_batch(mesh, batch))
             return jax.device_get((grads, state["params"], metrics))
 
     g1, p1, m1 = one_step(sharding.make_mesh({"data": 1}, jax.devices()[:1]))

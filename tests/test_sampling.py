@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax import sampling
+from metarm_jax import defaults, sampling
 from metarm_jax.models import hf, llama
+from tests.xla_env import xla_flags
 
 MAX_NEW = 12
 LENGTHS = (5, 9, 3, 7)
@@ -345,9 +346,9 @@ def test_bucketing_and_errors(tiny):
         sampling.generate(model, ids, mask, 0, max_new_tokens=4)
     with pytest.raises(sampling.SamplingError, match="top_p"):
         sampling.generate(model, ids, np.ones_like(ids), 0, top_p=0.0)
-    cfgd = sampling.default_config()
+    cfgd = defaults.sampling()
     assert (cfgd.temperature, cfgd.top_p, cfgd.top_k, cfgd.repetition_penalty) == (0.8, 0.9, 0, 1.1)
-    assert sampling.sampling_kwargs(cfgd)["num_samples"] == cfgd.num_samples
+    assert "num_samples" not in sampling.sampling_kwargs(cfgd)  # the caller sets it
 
 
 # ------------------------------------------------------------------ 8 simulated devices
@@ -386,9 +387,7 @@ def test_sharded_equals_single_device():
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS=(
-            os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-        ).strip(),
+        XLA_FLAGS=xla_flags(8),
     )
     res = subprocess.run(
         [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600

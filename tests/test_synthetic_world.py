@@ -7,6 +7,7 @@ import pathlib
 import numpy as np
 import pytest
 
+from metarm_jax import defaults
 from metarm_jax.data import load_preference_pairs, load_prompts, load_sft_examples
 from metarm_jax.data.formats import ASSISTANT, HUMAN
 from metarm_jax.data.synthetic import (
@@ -19,14 +20,13 @@ from metarm_jax.data.synthetic import (
     UNK_ID,
     World,
     label_pairs,
-    world_config,
     world_tokenizer,
     write_world,
 )
 
 
 def small_config(**kw):
-    c = world_config()
+    c = defaults.world()
     c.num_sft, c.num_train_pairs, c.num_test_pairs = 64, 96, 32
     c.num_train_prompts, c.num_eval_prompts, c.num_ood_prompts = 48, 24, 24
     for k, v in kw.items():
@@ -176,7 +176,7 @@ def test_gold_components_by_hand(world, prompt, response, expect):
 
 
 def test_gold_config_knobs(world):
-    cfg = world_config()
+    cfg = defaults.world()
     cfg.length_offset, cfg.coarse_cap, cfg.w_order = 2, 0.5, 0.0
     w2 = World(cfg)
     c = w2.components([ASC], ["w05 w40 w07 w40"])

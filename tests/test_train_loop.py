@@ -10,20 +10,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from metarm_jax import sharding
+from metarm_jax import config_lib, models, sharding
 from metarm_jax.models import llama
-from metarm_jax.train import loop, optim, rm, synthetic
-from metarm_jax.train.config import train_config
+from metarm_jax.train import loop, optim, rm
+from tests import marker_task
 
 
 def _tiny_rm():
     model = llama.create(llama.preset("tiny"), "reward", seed=0)
-    return rm.split_model(model)
+    reward_fn, params, *_ = models.split(model)
+    return reward_fn, params
 
 
 def test_accumulated_grads_equal_full_batch():
     reward_fn, params = _tiny_rm()
-    pref = synthetic.preference_arrays(16, 14, seed=0)
+    pref = marker_task.preference_arrays(16, 14, seed=0)
     batch = {"pref": {k: jnp.asarray(v) for k, v in pref.items()}}
     step_fn = rm.rm_step(reward_fn)
     rng = jax.random.key(0)
@@ -67,7 +68,7 @@ def _toy(poison_at=(), n=64, batch=8, seed=0):
     for b in poison_at:
         y[b * batch : (b + 1) * batch] = np.nan
     data = {"x": x, "y": y}
-    it = synthetic.batches(data, batch, shuffle=False, repeat=False)
+    it = marker_task.batches(data, batch, shuffle=False, repeat=False)
     _, params = nnx.split(_Linear(), nnx.Param)
 
     def step_fn(p, b, rng):
@@ -82,7 +83,7 @@ def _toy(poison_at=(), n=64, batch=8, seed=0):
 
 
 def _cfg(**kw):
-    c = train_config()
+    c = config_lib.base_config().train
     c.update(
         dict(
             lr=0.05,

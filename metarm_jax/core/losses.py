@@ -3,7 +3,7 @@
 Pure functions of reward arrays; no model, no I/O. Losses are computed in at least float32
 (bf16 rewards are upcast; float64 stays float64), so metrics are never reduced in low precision.
 
-Notation (DESIGN.md): `r_w`, `r_l` are the rewards of the chosen / rejected response of a pair;
+Notation (the paper's): `r_w`, `r_l` are the rewards of the chosen / rejected response of a pair;
 a meta example is one prompt with k sampled responses, `rewards: [m, k]`.
 """
 
@@ -12,12 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-
-def _upcast(x: jax.Array) -> jax.Array:
-    """bf16/f16 -> f32; f32 and f64 unchanged."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
+from metarm_jax.core.tree import upcast
 
 # --------------------------------------------------------------------------------------------
 # Preference pairs.
@@ -34,21 +29,21 @@ def bt_loss(r_w: jax.Array, r_l: jax.Array, margin: jax.Array | None = None) -> 
     Returns:
       scalar loss. `log_sigmoid` keeps it finite for large negative differences.
     """
-    diff = _upcast(r_w) - _upcast(r_l)
+    diff = upcast(r_w) - upcast(r_l)
     if margin is not None:
-        diff = diff - _upcast(margin)
+        diff = diff - upcast(margin)
     return -jnp.mean(jax.nn.log_sigmoid(diff))
 
 
 def preference_accuracy(r_w: jax.Array, r_l: jax.Array) -> jax.Array:
     """Fraction of pairs with r_w > r_l (strictly). A tie counts as wrong (0), so an untrained
     model that scores everything equally gets accuracy 0, not 1 or 0.5."""
-    return jnp.mean((_upcast(r_w) > _upcast(r_l)).astype(jnp.float32))
+    return jnp.mean((upcast(r_w) > upcast(r_l)).astype(jnp.float32))
 
 
 def reward_stats(r_w: jax.Array, r_l: jax.Array) -> dict[str, jax.Array]:
     """Scalar float32 summaries of a batch of pair rewards, for logging."""
-    r_w, r_l = _upcast(r_w), _upcast(r_l)
+    r_w, r_l = upcast(r_w), upcast(r_l)
     both = jnp.concatenate([r_w, r_l])
     stats = {
         "reward_chosen": jnp.mean(r_w),
@@ -102,7 +97,7 @@ def difference_loss(rewards: jax.Array, sample_mask: jax.Array | None = None) ->
     they are selected away with `where`, never multiplied by 0.
     Note σ(|Δ|) >= 0.5, so J >= (k_p-1)/k_p per prompt; that offset is the paper's definition.
     """
-    rewards = _upcast(rewards)
+    rewards = upcast(rewards)
     if rewards.ndim != 2:
         raise ValueError(f"difference_loss: rewards must be [m, k], got shape {rewards.shape}.")
     if sample_mask is None:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from metarm_jax.core import losses
+from metarm_jax.core.tree import cosine, global_norm
 
 PyTree = Any
 RewardFn = Callable[[PyTree, jax.Array, jax.Array], jax.Array]
@@ -129,7 +130,7 @@ def vanilla_grads(reward_fn: RewardFn, params: PyTree, pref_batch: Batch) -> tup
     (_, metrics), g = jax.value_and_grad(
         lambda theta: preference_loss(reward_fn, theta, pref_batch), has_aux=True
     )(params)
-    metrics["grad_norm"] = _norm(g)
+    metrics["grad_norm"] = global_norm(g)
     return g, metrics
 
 
@@ -183,41 +184,16 @@ def meta_grads(
             params
         )
 
-    grad_j_norm, g_norm = _norm(grad_j), _norm(g)
+    grad_j_norm, g_norm = global_norm(grad_j), global_norm(g)
     metrics.update(
         {
             "grad_norm": g_norm,
             "meta/J": j.astype(jnp.float32),
             "meta/grad_J_norm": grad_j_norm,
             "meta/J_gain_linear": jnp.asarray(eta, jnp.float32) * grad_j_norm**2,
-            "meta/cos_gradJ_grad": _cosine(grad_j, g, grad_j_norm, g_norm),
+            "meta/cos_gradJ_grad": cosine(grad_j, g, grad_j_norm, g_norm),
         }
     )
     if measure_j_prime:
         metrics["meta/J_prime"] = J(jax.lax.stop_gradient(theta_prime)).astype(jnp.float32)
     return g, metrics
-
-
-# --------------------------------------------------------------------------------------------
-# Pytree helpers (float32, for metrics only).
-# --------------------------------------------------------------------------------------------
-
-
-def _dot(a: PyTree, b: PyTree) -> jax.Array:
-    return sum(
-        (
-            jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
-            for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-        ),
-        jnp.float32(0),
-    )
-
-
-def _norm(a: PyTree) -> jax.Array:
-    return jnp.sqrt(_dot(a, a))
-
-
-def _cosine(a: PyTree, b: PyTree, norm_a: jax.Array, norm_b: jax.Array) -> jax.Array:
-    """cos(a, b); 0 when either is the zero vector (e.g. J = 0 for a batch with no pairs)."""
-    denom = norm_a * norm_b
-    return jnp.where(denom > 0, _dot(a, b) / jnp.where(denom > 0, denom, 1.0), 0.0)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from metarm_jax.core.tree import upcast
+
 Metrics = dict[str, jax.Array]
 
 DPO_BETA = 0.1  # Rafailov et al. (2023) and TRL default; not the PPO KL β (0.05), see dpo_loss.
@@ -23,12 +25,6 @@ DPO_BETA = 0.1  # Rafailov et al. (2023) and TRL default; not the PPO KL β (0.0
 # --------------------------------------------------------------------------------------------
 # Masked reductions.
 # --------------------------------------------------------------------------------------------
-
-
-def upcast(x: jax.Array) -> jax.Array:
-    """bf16/f16 (and ints) -> f32; f32 and f64 unchanged."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def as_mask(mask: jax.Array | None, like: jax.Array) -> jax.Array:

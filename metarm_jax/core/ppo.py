@@ -1,5 +1,5 @@
-"""PPO math for RLHF: KL, per-token rewards, reward normalisation, GAE, PPO losses, and the
-reward-difference ("shift") signal of the MetaRM paper's Figure 1. Pure; imports only jax.
+"""PPO math for RLHF: KL, per-token rewards, reward normalisation, GAE and the PPO losses (the
+reward-difference "shift" signal of the paper's Figure 1 is in ``core/stats.py``). Pure jax.
 
 The order of one PPO roll-out batch (TRL / "Secrets of RLHF" style):
 
@@ -353,40 +353,3 @@ def explained_variance(
     var_r = masked_var(ret, m, unbiased=False)
     var_d = masked_var(ret - v, m, unbiased=False)
     return jnp.where(var_r > 0, 1.0 - var_d / jnp.where(var_r > 0, var_r, 1.0), 0.0)
-
-
-# --------------------------------------------------------------------------------------------
-# The shift signal (paper, Figure 1): within-prompt reward differences.
-# --------------------------------------------------------------------------------------------
-
-
-def reward_difference_stats(
-    scores: jax.Array, bin_edges: jax.Array, sample_mask: jax.Array | None = None
-) -> Metrics:
-    """Statistics of |r_i - r_j|, i < j, over roll-outs of the SAME prompt.
-
-    Args:
-      scores: [P, K] RM scores of K roll-outs for each of P prompts.
-      bin_edges: [NB + 1] increasing histogram edges (fixed, so the output shape is static).
-        NumPy semantics: bins are [e_i, e_{i+1}), the last one closed; differences outside
-        [e_0, e_NB] are not counted (pass jnp.inf as the last edge to catch everything).
-      sample_mask: optional [P, K], 1 for a real roll-out (padding is left out of every pair).
-    Returns (f32): `mean` and `var` (population, ddof=0) of the differences, every pair weighted
-      equally across prompts; `hist` [NB] pair counts; `num_pairs`. With no pair, mean = var = 0.
-    O(P·K²) elementwise work: cheap next to one forward pass.
-    """
-    s = upcast(scores)
-    if s.ndim != 2:
-        raise ValueError(f"reward_difference_stats: scores must be [P, K], got {s.shape}.")
-    m = as_mask(sample_mask, s)
-    k = s.shape[1]
-    s = jnp.where(m, s, 0.0)
-    diff = jnp.abs(s[:, :, None] - s[:, None, :])  # [P, K, K]
-    pairs = jnp.triu(jnp.ones((k, k), bool), 1)[None] & m[:, :, None] & m[:, None, :]
-    n = masked_count(pairs)
-    mean = masked_mean(diff, pairs)
-    var = masked_mean(jnp.square(diff - mean), pairs)
-    edges = upcast(jnp.asarray(bin_edges))
-    hist, _ = jnp.histogram(diff.ravel(), bins=edges, weights=pairs.ravel().astype(edges.dtype))
-    f32 = lambda v: v.astype(jnp.float32)
-    return {"mean": f32(mean), "var": f32(var), "hist": f32(hist), "num_pairs": f32(n)}

@@ -1,21 +1,23 @@
 """The data layer: readers -> canonical records -> tokens -> grain pipelines. See docs/data.md.
 
-Names are imported lazily, so `from metarm_jax.data.config import data_config` stays cheap
-(no grain, jax or datasets import).
+Names are imported lazily: importing one module of the layer (the synthetic world, say) does not
+import datasets and grain.
 """
 
 import importlib
 
 _EXPORTS = {
-    "config": ("data_config",),
     "features": (
         "TokenSpec",
+        "real_rows",
         "tokenize_meta",
         "tokenize_pairs",
         "tokenize_prompts",
         "tokenize_sft",
     ),
     "pipeline": (
+        "iterator",
+        "load_records",
         "make_iter_dataset",
         "meta_iterator",
         "preference_iterator",

@@ -226,6 +226,15 @@ def _example_mask(feats) -> np.ndarray:
     return np.asarray([f is not PAD_ROW for f in feats], np.int32)
 
 
+def real_rows(batch) -> np.ndarray:
+    """[n] bool: the rows of a batch that are real examples (not the fill rows of a padded last
+    batch, which carry ``example_mask`` 0); all rows when the batch has no example_mask."""
+    if "example_mask" in batch:
+        return np.asarray(batch["example_mask"]) > 0
+    first = next(v for k, v in batch.items() if k != "example_mask")
+    return np.ones(len(first), bool)
+
+
 class Collate:
     """Base: holds the spec; subclasses make one batch kind. Stable repr for grain."""
 

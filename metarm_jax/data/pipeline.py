@@ -13,15 +13,21 @@ the restored iterator yields exactly the next batch.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grain
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from metarm_jax.data import features as F
 from metarm_jax.data import readers
 from metarm_jax.data.records import DataError
+from metarm_jax.sharding import batch_sharding
 
 SEQ_KEYS = (
     "chosen_ids",
@@ -73,9 +79,6 @@ class ToGlobal:
         return f"ToGlobal({dict(self.mesh.shape)}, pad_id={self.pad_id}, {self.pad_side})"
 
     def __call__(self, batch: dict) -> dict:
-        import jax  # pylint: disable=g-import-not-at-top
-
-        from metarm_jax.sharding import batch_sharding  # pylint: disable=g-import-not-at-top
 
         if jax.process_count() > 1:
             batch = self._same_length_on_all_hosts(batch)
@@ -86,7 +89,6 @@ class ToGlobal:
 
     def _same_length_on_all_hosts(self, batch):
         """Hosts bucket their own slice; pad every host's T to the largest (one small all-gather)."""
-        from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
         key = next(k for k in SEQ_KEYS if k in batch)
         t = batch[key].shape[-1]
@@ -127,8 +129,6 @@ def make_iter_dataset(
     num_epochs 0/None repeats forever. drop_remainder=False pads the last batch (example_mask).
     """
     if shard_index is None or shard_count is None:
-        import jax  # pylint: disable=g-import-not-at-top
-
         shard_index, shard_count = jax.process_index(), jax.process_count()
     if not feats:
         raise DataError(f"{name}: no examples to batch.")
@@ -169,45 +169,6 @@ def make_iter_dataset(
 # DatasetIterator with `.skip_report`, `.num_examples` (and `.records` for prompt iterators).
 
 
-def _iterator(
-    cfg,
-    tokenizer,
-    feats,
-    collate,
-    *,
-    batch_size,
-    seed,
-    mesh,
-    shard_index,
-    shard_count,
-    shuffle,
-    num_epochs,
-    drop_remainder,
-    name,
-):
-    drop = cfg.drop_remainder if drop_remainder is None else drop_remainder
-    collate.with_example_mask = not drop
-    ds = make_iter_dataset(
-        feats,
-        collate,
-        batch_size=batch_size,
-        seed=seed,
-        shuffle=cfg.shuffle if shuffle is None else shuffle,
-        num_epochs=cfg.num_epochs if num_epochs is None else num_epochs,
-        drop_remainder=drop,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        mesh=mesh,
-        num_threads=cfg.num_threads,
-        prefetch_buffer_size=cfg.prefetch_buffer_size,
-        name=name,
-    )
-    it = iter(ds)
-    it.skip_report = getattr(feats, "skip_report", None)
-    it.num_examples = len(feats)  # after all skips: what one epoch holds
-    return it
-
-
 def _load_kwargs(cfg, tokenizer):
     return dict(
         on_bad_record=cfg.on_bad_record,
@@ -218,136 +179,90 @@ def _load_kwargs(cfg, tokenizer):
     )
 
 
-def preference_iterator(
-    cfg,
-    tokenizer,
-    *,
-    records=None,
-    split: str | None = None,
-    mesh=None,
-    shard_index=None,
-    shard_count=None,
-    shuffle=None,
-    num_epochs=None,
-    drop_remainder=None,
-):
-    """Preference batches (chosen_ids, chosen_mask, rejected_ids, rejected_mask: [n, T])."""
-    if records is None:
-        records = readers.load_preference_pairs(
-            cfg.dataset,
-            cfg.path,
-            split or cfg.split,
-            name=cfg.name,
-            data_dir=cfg.data_dir,
-            pku_preference=cfg.pku_preference,
+def _load_dataset(reader, prefix: str, **extra):
+    """A loader reading the dataset named by the ``<prefix>dataset/path/split/name/data_dir``
+    keys of ``config.data`` with ``reader`` (``readers.load_*``)."""
+
+    def load(cfg, tokenizer, split, k):
+        return reader(
+            cfg[f"{prefix}dataset"],
+            cfg[f"{prefix}path"],
+            split or cfg[f"{prefix}split"],
+            name=cfg[f"{prefix}name"],
+            data_dir=cfg[f"{prefix}data_dir"],
+            **{key: cfg[value] for key, value in extra.items()},
             **_load_kwargs(cfg, tokenizer),
         )
-    spec = F.TokenSpec.from_config(cfg, tokenizer)
-    feats = F.tokenize_pairs(records, tokenizer, spec)
-    return _iterator(
-        cfg,
-        tokenizer,
-        feats,
-        F.CollatePairs(spec),
-        batch_size=cfg.pref_batch_size,
-        seed=cfg.pref_seed,
-        mesh=mesh,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        drop_remainder=drop_remainder,
-        name="preference",
+
+    return load
+
+
+def _load_meta(cfg, tokenizer, split, k):
+    return readers.load_meta_examples(
+        cfg.meta_path,
+        k=k,
+        on_bad_record=cfg.on_bad_record,
+        max_skip_fraction=cfg.max_skip_fraction,
     )
 
 
-def meta_iterator(
-    cfg,
-    tokenizer,
-    *,
-    records=None,
-    mesh=None,
-    shard_index=None,
-    shard_count=None,
-    shuffle=None,
-    num_epochs=None,
-    drop_remainder=None,
-):
-    """Meta batches (input_ids, attention_mask: [m, k, T]; sample_mask: [m, k]); own seed."""
-    if records is None:
-        records = readers.load_meta_examples(
-            cfg.meta_path,
-            k=cfg.meta_k,
-            on_bad_record=cfg.on_bad_record,
-            max_skip_fraction=cfg.max_skip_fraction,
-        )
-    spec = F.TokenSpec.from_config(cfg, tokenizer)
-    feats = F.tokenize_meta(records, tokenizer, spec)
-    return _iterator(
-        cfg,
-        tokenizer,
-        feats,
-        F.CollateMeta(spec, k=cfg.meta_k),
-        batch_size=cfg.meta_batch_size,
-        seed=cfg.meta_seed,
-        mesh=mesh,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        drop_remainder=drop_remainder,
-        name="meta",
-    )
+@dataclasses.dataclass(frozen=True)
+class Kind:
+    """How one kind of example goes from ``config.data`` to batches."""
+
+    load: Callable  # (cfg, tokenizer, split, k) -> Records
+    tokenize: Callable  # (records, tokenizer, spec) -> Records of features
+    collate: Callable  # (spec, k) -> Collate
+    batch_size_key: str  # config.data key of the global batch size
+    seed_key: str  # config.data key of the shuffle seed
 
 
-def sft_iterator(
-    cfg,
-    tokenizer,
-    *,
-    records=None,
-    split: str | None = None,
-    mesh=None,
-    shard_index=None,
-    shard_count=None,
-    shuffle=None,
-    num_epochs=None,
-    drop_remainder=None,
-):
-    """SFT batches (input_ids, attention_mask, loss_mask: [n, T])."""
-    if records is None:
-        records = readers.load_sft_examples(
-            cfg.sft_dataset,
-            cfg.sft_path,
-            split or cfg.sft_split,
-            name=cfg.sft_name,
-            data_dir=cfg.sft_data_dir,
-            **_load_kwargs(cfg, tokenizer),
-        )
-    spec = F.TokenSpec.from_config(cfg, tokenizer)
-    feats = F.tokenize_sft(records, tokenizer, spec)
-    return _iterator(
-        cfg,
-        tokenizer,
-        feats,
-        F.CollateSFT(spec),
-        batch_size=cfg.sft_batch_size,
-        seed=cfg.sft_seed,
-        mesh=mesh,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        drop_remainder=drop_remainder,
-        name="sft",
-    )
+KINDS = {
+    "preference": Kind(
+        _load_dataset(readers.load_preference_pairs, "", pku_preference="pku_preference"),
+        F.tokenize_pairs,
+        lambda spec, k: F.CollatePairs(spec),
+        "pref_batch_size",
+        "pref_seed",
+    ),
+    "meta": Kind(
+        _load_meta,
+        F.tokenize_meta,
+        lambda spec, k: F.CollateMeta(spec, k=k),
+        "meta_batch_size",
+        "meta_seed",
+    ),
+    "sft": Kind(
+        _load_dataset(readers.load_sft_examples, "sft_"),
+        F.tokenize_sft,
+        lambda spec, k: F.CollateSFT(spec),
+        "sft_batch_size",
+        "sft_seed",
+    ),
+    "prompt": Kind(
+        _load_dataset(readers.load_prompts, "prompt_"),
+        F.tokenize_prompts,
+        lambda spec, k: F.CollatePrompts(spec),
+        "prompt_batch_size",
+        "prompt_seed",
+    ),
+}
 
 
-def prompt_iterator(
+def load_records(kind: str, cfg, tokenizer, *, split: str | None = None, k: int | None = None):
+    """The records of one kind (see ``iterator``) from its ``config.data`` keys; ``split``
+    instead of the configured split."""
+    return KINDS[kind].load(cfg, tokenizer, split, k)
+
+
+def iterator(
+    kind: str,
     cfg,
     tokenizer,
     *,
     records=None,
     split: str | None = None,
+    k: int | None = None,
     mesh=None,
     shard_index=None,
     shard_count=None,
@@ -355,47 +270,63 @@ def prompt_iterator(
     num_epochs=None,
     drop_remainder=None,
 ):
-    """Left-padded prompt batches (input_ids, attention_mask: [n, T]; prompt_index: [n]).
+    """Batches of one kind of example, from ``cfg`` (``config.data``): records (read from the
+    kind's dataset keys, or passed in) -> tokens -> a checkpointable grain DatasetIterator with
+    ``.skip_report``, ``.num_examples`` (after skips: one epoch) and ``.records``.
 
-    `it.records[prompt_index]` is the PromptExample (text, source) of each row.
+    kind      preference: chosen_ids, chosen_mask, rejected_ids, rejected_mask [n, T]
+              meta:       input_ids, attention_mask [m, k, T]; sample_mask [m, k] (needs ``k``)
+              sft:        input_ids, attention_mask, loss_mask [n, T]
+              prompt:     left-padded input_ids, attention_mask [n, T]; prompt_index [n]
+                          (``it.records[prompt_index]`` is the row's PromptExample)
+    split     the split to read instead of the kind's configured one (not for meta).
+    shuffle, num_epochs, drop_remainder: None takes ``cfg``'s value. drop_remainder=False pads
+    the last batch and adds an ``example_mask`` [n].
     """
+    spec_of = KINDS[kind]
+    if kind == "meta" and (k is None or k < 1):
+        raise ValueError(f"meta batches need k (responses per prompt, config.meta.k), got {k!r}.")
     if records is None:
-        records = readers.load_prompts(
-            cfg.prompt_dataset,
-            cfg.prompt_path,
-            split or cfg.prompt_split,
-            name=cfg.prompt_name,
-            data_dir=cfg.prompt_data_dir,
-            **_load_kwargs(cfg, tokenizer),
-        )
+        records = spec_of.load(cfg, tokenizer, split, k)
     spec = F.TokenSpec.from_config(cfg, tokenizer)
-    feats = F.tokenize_prompts(records, tokenizer, spec)
-    it = _iterator(
-        cfg,
-        tokenizer,
+    feats = spec_of.tokenize(records, tokenizer, spec)
+    collate = spec_of.collate(spec, k)
+    drop = cfg.drop_remainder if drop_remainder is None else drop_remainder
+    collate.with_example_mask = not drop
+    ds = make_iter_dataset(
         feats,
-        F.CollatePrompts(spec),
-        batch_size=cfg.prompt_batch_size,
-        seed=cfg.prompt_seed,
-        mesh=mesh,
+        collate,
+        batch_size=cfg[spec_of.batch_size_key],
+        seed=cfg[spec_of.seed_key],
+        shuffle=cfg.shuffle if shuffle is None else shuffle,
+        num_epochs=cfg.num_epochs if num_epochs is None else num_epochs,
+        drop_remainder=drop,
         shard_index=shard_index,
         shard_count=shard_count,
-        shuffle=shuffle,
-        num_epochs=num_epochs,
-        drop_remainder=drop_remainder,
-        name="prompt",
+        mesh=mesh,
+        num_threads=cfg.num_threads,
+        prefetch_buffer_size=cfg.prefetch_buffer_size,
+        name=kind,
     )
+    it = iter(ds)
+    it.skip_report = getattr(feats, "skip_report", None)
+    it.num_examples = len(feats)  # after all skips: what one epoch holds
     it.records = records
     return it
 
 
+preference_iterator = functools.partial(iterator, "preference")
+meta_iterator = functools.partial(iterator, "meta")
+sft_iterator = functools.partial(iterator, "sft")
+prompt_iterator = functools.partial(iterator, "prompt")
+
+
 # ----------------------------------------------------------------------------------------------
-# Orbax checkpointing of iterator state (the lead's checkpoint manager can put
+# Orbax checkpointing of iterator state (the checkpoint manager can put
 # grain.checkpoint.CheckpointSave(it) into its Composite args instead).
 
 
 def _checkpointer():
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
 
     return ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
 

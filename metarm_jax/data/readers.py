@@ -15,6 +15,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from metarm_jax import defaults, fileio
 from metarm_jax.data import formats
 from metarm_jax.data.formats import ASSISTANT, HUMAN
 from metarm_jax.data.records import (
@@ -135,7 +136,7 @@ def _load_file(file: str) -> list[dict] | None:
         raise DataError(f"{file}: the file is empty.")
     try:
         return datasets.load_dataset(_EXTS[_ext(file)], data_files=file, split="train").to_list()
-    except Exception:  # pylint: disable=broad-except  (invalid UTF-8 may surface only here)
+    except Exception:
         return None
 
 
@@ -205,7 +206,7 @@ def _read_hub(path, report, *, name, data_dir, split):
     datasets = _quiet_datasets()
     try:
         ds = datasets.load_dataset(path, name or None, data_dir=data_dir or None, split=split)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise DataError(
             f"could not load {path!r} (config {name or None!r}, data_dir {data_dir or None!r}, split "
@@ -653,9 +654,7 @@ PROMPT_READERS = {
 
 
 def _cfg(key):
-    from metarm_jax.data.config import data_config  # pylint: disable=g-import-not-at-top
-
-    return data_config()[key]
+    return defaults.data()[key]
 
 
 def _load(
@@ -696,7 +695,7 @@ def _load(
 _DOC_ARGS = """
   dataset: reader name (see docs/data.md); path: a hub name (passed to datasets.load_dataset
   as is) or a local file, glob or directory. on_bad_record / max_skip_fraction default to
-  data_config(). The result is a list with `.skip_report` (per-reason counts of skipped rows).
+  defaults.data(). The result is a list with `.skip_report` (per-reason counts of skipped rows).
 """
 
 
@@ -902,12 +901,10 @@ def write_meta_dataset(path: str, examples) -> str:
     if ext not in (".jsonl", ".jsonl.gz", ".parquet"):
         raise DataError(f"{path}: meta datasets are written as .jsonl, .jsonl.gz or .parquet.")
     rows = [meta_row(e) for e in examples]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
+    with fileio.atomic_path(path) as tmp:
         if ext == ".parquet":
-            import pyarrow as pa  # pylint: disable=g-import-not-at-top
-            import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
             pq.write_table(pa.Table.from_pylist(rows), tmp)
         else:
@@ -915,8 +912,4 @@ def write_meta_dataset(path: str, examples) -> str:
             with opener(tmp, "wt", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

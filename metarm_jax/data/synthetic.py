@@ -1,7 +1,7 @@
 """The synthetic world behind the quickstart: symbol prompts, a hidden gold reward, HH-format files.
 
 A user sees, on a CPU in minutes, the mechanism MetaRM is about, with the truth known
-(/work/shared/SYNTHETIC.md; docs/synthetic.md has the whole description). In short:
+(docs/synthetic.md has the whole description). In short:
 
   symbols   `w00 .. w{V-1}`, split into `num_groups` groups of consecutive symbols ("topics").
   prompt x  4..12 symbols, most of them from one topic; its *good set* G(x) is the topic that
@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
+from metarm_jax import defaults, fileio
 from metarm_jax.data.formats import ASSISTANT, HUMAN
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -44,44 +45,6 @@ _SPACE = "\u2581"  # Metaspace marker: vocab entry of symbol 'w03' is '\u2581w03
 
 # A sequence of symbols: text ("w01 w02"), symbol indices, or (for gold_ids) token ids.
 Seq = str | Sequence[int] | np.ndarray
-
-
-def world_config() -> ml_collections.ConfigDict:
-    """Every knob of the world; the lead mounts it as `config.world`. See docs/synthetic.md."""
-    c = ml_collections.ConfigDict()
-    # Vocabulary and topics.
-    c.num_symbols = 48  # symbols w00..w47 -> token ids 6..53 (vocab size 54)
-    c.num_groups = 4  # topics of num_symbols // num_groups consecutive symbols
-    # Prompts: length range (inclusive) and the probability that a token is from the topic.
-    c.prompt_len = (4, 12)
-    c.topic_purity = 0.75
-    c.ood_prompt_len = (8, 12)  # the shifted (OOD) prompt distribution
-    c.ood_topic_purity = 0.5
-    # Base (pre-SFT) responses.
-    c.response_len = (1, 16)  # inclusive
-    c.base_good_frac = (0.0, 1.0)  # per response, P(token from G(x)) ~ U(lo, hi)
-    c.saturated_good_frac = (0.9, 1.0)  # a policy that has saturated the coarse part
-    c.base_sorted_prob = 0.3  # a response is sorted (random direction) with this probability
-    c.base_repeat_prob = 0.1  # each token repeats its predecessor with this probability
-    # Gold reward g = sum_k weight_k * part_k, every part in [0, 1].
-    c.coarse_cap = 0.75  # coarse = min(good fraction / coarse_cap, 1)
-    c.w_coarse = 1.0
-    c.w_order = 0.3
-    c.w_norep = 0.2
-    c.w_length = 0.2
-    c.length_offset = 0  # target length = len(prompt) + length_offset
-    c.length_tolerance = 4.0
-    # Preference labels: Bradley-Terry on g (0 = always the gold order).
-    c.bt_temperature = 0.1
-    # Sizes of the files write_world writes.
-    c.num_sft = 4000
-    c.num_train_pairs = 4000
-    c.num_test_pairs = 500
-    c.num_train_prompts = 2000
-    c.num_eval_prompts = 200  # held out (judges, win rates)
-    c.num_ood_prompts = 200
-    c.seed = 0
-    return c
 
 
 def _sigmoid(x):
@@ -104,7 +67,7 @@ class World:
     """Symbols, prompt and response samplers, the gold reward and BT labels of one config."""
 
     def __init__(self, cfg: ml_collections.ConfigDict | None = None):
-        cfg = world_config() if cfg is None else cfg
+        cfg = defaults.world() if cfg is None else cfg
         self.cfg = cfg
         v, g = int(cfg.num_symbols), int(cfg.num_groups)
         if v < 2 or g < 1 or v % g or v // g < 2:
@@ -380,7 +343,7 @@ def label_pairs(
     *,
     world: World | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """`World.label_pairs` of `world` (default: World(world_config()))."""
+    """`World.label_pairs` of `world` (default: World(defaults.world()))."""
     return (world or World()).label_pairs(prompts, responses_a, responses_b, rng, temperature)
 
 
@@ -408,8 +371,8 @@ def world_tokenizer(out_dir: str, world: World | None = None):
     are both the one token '\u2581w03'. decode(encode(t)) == t for world text that does not
     start with a space (a reply ' w03 w04' decodes to 'w03 w04'; hh_reply adds the space back).
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     world = world or World()
     vocab = {
@@ -471,15 +434,6 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
     return np.random.default_rng([int(seed), _STREAMS[stream]])
 
 
-def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
-
-
 def _distinct_pair(world, rng, prompts):
     """Two base responses per prompt that differ (the HH reader skips identical transcripts)."""
     a = world.sample_responses(rng, prompts)
@@ -532,12 +486,12 @@ def write_world(out_dir: str, cfg: ml_collections.ConfigDict | None = None) -> d
         ("prompts_eval", eval_prompts),
         ("prompts_ood", ood_prompts),
     ):
-        _write_jsonl(paths[name], [{"prompt": world.render(p)} for p in ps])
+        fileio.write_jsonl(paths[name], [{"prompt": world.render(p)} for p in ps])
 
     rng = _rng(cfg.seed, "sft")
     sft_prompts = world.sample_prompts(rng, cfg.num_sft, exclude=set(held_out))
     a, b = _distinct_pair(world, rng, sft_prompts)
-    _write_jsonl(
+    fileio.write_jsonl(
         paths["sft_train"],
         [
             {
@@ -553,7 +507,7 @@ def write_world(out_dir: str, cfg: ml_collections.ConfigDict | None = None) -> d
         rng = _rng(cfg.seed, f"{split}_pairs")
         n = cfg.num_train_pairs if split == "train" else cfg.num_test_pairs
         world_rows, agree = _pair_rows(world, rng, n, held_out)
-        _write_jsonl(paths[f"pairs_{split}"], world_rows)
+        fileio.write_jsonl(paths[f"pairs_{split}"], world_rows)
         stats[f"pairs_{split}_label_gold_agreement"] = round(float(agree), 4)
     with open(paths["world"], "w", encoding="utf-8") as f:
         json.dump(

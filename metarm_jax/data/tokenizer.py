@@ -17,8 +17,8 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str):
     eos </s>=2, unk <unk>=3), loadable with `load_tokenizer(out_dir)`. Byte-level, so any text
     encodes without unknown tokens.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # pylint: disable=g-import-not-at-top
-    from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -46,11 +46,11 @@ def load_tokenizer(path: str):
             "local directory saved with save_pretrained (or make one with "
             "metarm_jax.data.tokenizer.train_bpe_tokenizer)."
         )
-    from transformers import AutoTokenizer  # pylint: disable=g-import-not-at-top
+    from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
         raise DataError(
             f"{path}: could not load a tokenizer ({type(e).__name__}: "
             f"{str(e).splitlines()[0][:200] if str(e) else ''})."

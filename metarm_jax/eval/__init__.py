@@ -1,4 +1,4 @@
-"""Evaluation: judges and win rates (more to come: diversity, reward-difference statistics, plots)."""
+"""Evaluation: judges (gold, reward model) and the run report of iterative RLHF."""
 
 from metarm_jax.eval.judges import GoldJudge, Judge, JudgeResult, RewardModelJudge, ScoreJudge
 

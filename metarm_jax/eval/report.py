@@ -18,7 +18,17 @@ import os
 from typing import Any
 
 import jax
+import matplotlib
 import numpy as np
+
+from metarm_jax import data as D
+from metarm_jax.core.stats import abs_differences
+from metarm_jax.data import synthetic
+from metarm_jax.eval import judges
+from metarm_jax.scoring import RewardScorer
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
 
 SHIFT_VAR = "shift/absdiff_var"  # logged by the ppo stage every iteration
 PPO_X = "rollout/iteration"
@@ -43,62 +53,7 @@ def series(rows: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, np.
     return np.asarray(s, float), np.asarray(v, float)
 
 
-class RewardScorer:
-    """Scores (prompt, responses) with a reward model through the data layer's tokenization."""
-
-    def __init__(self, config, mesh, rm_path: str):
-        from metarm_jax import data as D
-        from metarm_jax.core import metarm
-        from metarm_jax.models import hf
-        from metarm_jax.train import rm
-
-        self.config, self.mesh = config, mesh
-        self.tok = D.load_tokenizer(config.data.tokenizer_path)
-        reward_fn, self.params = rm.split_model(hf.load_hf(rm_path, "reward", mesh=mesh))
-        self.meta_rewards = jax.jit(lambda p, b: metarm.meta_rewards(reward_fn, p, b))
-
-    def score(
-        self, prompts: list[str], responses: list[list[str]]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """rewards [m, k] and sample_mask [m, k] for k responses per prompt."""
-        from metarm_jax import config_lib
-        from metarm_jax import data as D
-        from metarm_jax.data import MetaExample, SamplingInfo
-        from metarm_jax.train import rm
-
-        k = max(len(r) for r in responses)
-        dcfg = config_lib.derive(self.config.data, {"meta_k": k})
-        info = SamplingInfo(
-            temperature=0.0,
-            top_p=1.0,
-            policy_step=0,
-            seed=0,
-            round=0,
-            repetition_penalty=1.0,
-            max_new_tokens=0,
-            policy="eval",
-        )
-        recs = [MetaExample(p, tuple(r), info) for p, r in zip(prompts, responses)]
-        it = D.meta_iterator(
-            dcfg, self.tok, records=recs, shuffle=False, num_epochs=1, drop_remainder=False
-        )
-        with jax.set_mesh(self.mesh):
-            scored = list(rm.meta_scores(self.meta_rewards, self.params, self.mesh, it))
-        rewards = np.concatenate([r for r, _ in scored])
-        if len(rewards) != len(prompts):  # a dropped row would shift every later score
-            raise RuntimeError(
-                f"report: scored {len(rewards)} of {len(prompts)} prompts; some "
-                "samples did not fit data.max_length (raise it)."
-            )
-        return rewards, np.concatenate([m for _, m in scored])
-
-    def score_fn(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        return self.score(list(prompts), [[r] for r in responses])[0][:, 0]
-
-
 def _load_samples(path: str) -> tuple[list[str], list[list[str]]]:
-    from metarm_jax import data as D
-
     recs = D.load_meta_examples(path, on_bad_record="error")
     return [r.prompt for r in recs], [list(r.responses) for r in recs]
 
@@ -120,8 +75,6 @@ def build(
     rm0_workdir: str | None,
 ) -> dict[str, Any]:
     """Judge, tabulate and plot; write report.md / report.json / fig*.png into ctx.workdir."""
-    from metarm_jax.eval import judges
-
     config, mesh, workdir = ctx.config, ctx.mesh, ctx.workdir
     rc = config.rlhf
     lead = jax.process_index() == 0
@@ -137,8 +90,6 @@ def build(
     rm0_scorer = RewardScorer(config, mesh, rm0)
     last_rm = RewardScorer(config, mesh, rounds[-1]["rm"])
     if use_gold:
-        from metarm_jax.data import synthetic
-
         world = synthetic.World(config.world)
         judge = judges.GoldJudge(world, tie_margin=rc.tie_margin)
         judge_name = "gold reward (synthetic world)"
@@ -173,8 +124,6 @@ def build(
     mp, mr = _load_samples(multi_samples)
     r0, m0 = rm0_scorer.score(mp, mr)
     rl, ml = last_rm.score(mp, mr)
-    from metarm_jax.train.rm import abs_differences
-
     d_vanilla, d_meta = abs_differences(r0, m0), abs_differences(rl, ml)
     fig5 = {
         "vanilla_rm": {"mean": float(d_vanilla.mean()), "var": float(d_vanilla.var())},
@@ -228,11 +177,6 @@ def build(
 
 
 def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     figs = {}
     # Rounds run one after another: put round r's PPO iterations after round r-1's.
     offsets, total = {}, 0.0
@@ -308,8 +252,6 @@ def _save(fig, workdir, name) -> str:
     path = os.path.join(workdir, name)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
     plt.close(fig)
     return name
 

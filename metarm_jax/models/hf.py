@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from metarm_jax.errors import UserError
@@ -393,7 +394,6 @@ def _host_value(x: jax.Array) -> np.ndarray:
     """The full value on every process (gathers shards across hosts when needed)."""
     if getattr(x, "is_fully_addressable", True):
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from metarm_jax.sharding import constrain
+from metarm_jax.sharding import constrain, state_shardings
 
 HEADS = ("lm", "reward", "value")
 REMAT_POLICIES = {
@@ -419,8 +419,6 @@ def create(cfg: LlamaConfig, head: str = "lm", *, seed: int = 0, mesh=None) -> L
     """A randomly initialised model; with a mesh, each weight is created directly in its sharding."""
     if mesh is None:
         return Llama(cfg, head, rngs=nnx.Rngs(seed))
-    from metarm_jax.sharding import state_shardings
-
     abstract = nnx.eval_shape(lambda: Llama(cfg, head, rngs=nnx.Rngs(seed)))
     graphdef, abs_state = nnx.split(abstract)
     shardings = state_shardings(mesh, abs_state)

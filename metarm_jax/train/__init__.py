@@ -1,2 +1,3 @@
-"""Training: the one generic loop (loop.py), optimizer and schedules (optim.py), the RM stages
-(rm.py), their config defaults (config.py). See docs/training.md."""
+"""Training: the one generic loop (loop.py), optimizers and schedules (optim.py), what the stages
+share (common.py), and the stages: rm.py (rm, metarm), sft.py, dpo.py, ppo.py with its roll-outs
+(rollout.py). See docs/training.md."""

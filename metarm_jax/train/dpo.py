@@ -29,28 +29,24 @@ The policy is written to ``workdir/export/dpo`` as an HF ``LlamaForCausalLM`` wi
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
-from metarm_jax import config_lib
+from metarm_jax import data as D
+from metarm_jax import models, sharding
 from metarm_jax.core import policy_losses as pl
+from metarm_jax.core.tree import global_norm
 from metarm_jax.errors import ConfigError
-from metarm_jax.models import hf, llama
-from metarm_jax.train import loop, optim
-from metarm_jax.train.policy_config import stage_train_config
-from metarm_jax.train.sft import check_vocab, global_norm, split_lm
+from metarm_jax.models import llama
+from metarm_jax.train import common, loop, optim
 
-Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 
 
@@ -152,17 +148,7 @@ def frozen_ref_optimizer(optimizer: optax.GradientTransformation) -> optax.Gradi
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class DPOData:
-    train: dict[str, Any]  # {"pref": checkpointable grain iterator, repeating}
-    num_pairs: int
-    val: Batches  # a fresh pass over the validation pairs (with example_mask)
-    tokenizer: Any
-
-
-def layer_data(config) -> DPOData:
-    from metarm_jax import data as D
-
+def layer_data(config) -> common.StageData:
     d = config.data
     if not d.tokenizer_path:
         raise ConfigError(
@@ -173,10 +159,14 @@ def layer_data(config) -> DPOData:
     val = lambda: D.preference_iterator(
         d, tok, split=d.eval_split, shuffle=False, num_epochs=1, drop_remainder=False
     )
-    return DPOData(train={"pref": pref}, num_pairs=pref.num_examples, val=val, tokenizer=tok)
+    return common.StageData(
+        train={"pref": pref}, num_examples=pref.num_examples, val=val, tokenizer=tok
+    )
 
 
-def make_eval_fn(logits_fn, mesh, val: Batches, beta: float, eval_batches: int = 0) -> loop.EvalFn:
+def make_eval_fn(
+    logits_fn, mesh, val: common.Batches, beta: float, eval_batches: int = 0
+) -> loop.EvalFn:
     both = jax.jit(
         lambda p, b: (
             pair_logprobs(logits_fn, p["policy"], b),
@@ -189,9 +179,9 @@ def make_eval_fn(logits_fn, mesh, val: Batches, beta: float, eval_batches: int =
         for i, b in enumerate(val()):
             if eval_batches and i >= eval_batches:
                 break
-            keep = np.asarray(b.get("example_mask", np.ones(len(b["chosen_ids"]), np.int32))) > 0
+            keep = D.real_rows(b)
             (pw, plo), (rw, rl) = jax.device_get(
-                both(params, loop.global_batch(mesh, {k: b[k] for k in PAIR_KEYS}))
+                both(params, sharding.global_batch(mesh, {k: b[k] for k in PAIR_KEYS}))
             )
             for col, v in zip(cols, (pw, plo, rw, rl)):
                 col.append(np.asarray(v)[keep])
@@ -216,13 +206,12 @@ def make_eval_fn(logits_fn, mesh, val: Batches, beta: float, eval_batches: int =
 # --------------------------------------------------------------------------------------------
 
 
-def start_config(config, workdir: str) -> ml_collections.ConfigDict:
-    """What ``config_lib.build_model`` reads (model, seed), with model.hf_path set to the SFT
-    export when ``config.dpo.init == 'sft'``."""
+def start_path(config, workdir: str) -> str | None:
+    """Where policy and reference start: None (``config.model``) or, with ``dpo.init='sft'``,
+    the SFT export of this run's workdir."""
     init = config.dpo.init
-    out = ml_collections.ConfigDict({"model": config.model.to_dict(), "seed": config.seed})
     if init == "model":
-        return out
+        return None
     if init != "sft":
         raise ConfigError(
             f"config.dpo.init={init!r}; expected 'model' (config.model) or 'sft' "
@@ -234,15 +223,14 @@ def start_config(config, workdir: str) -> ml_collections.ConfigDict:
             f"config.dpo.init='sft' but {path} holds no SFT export; run the sft "
             "stage first (pipeline ('sft', 'dpo')) or set config.dpo.init='model'."
         )
-    out.model.hf_path = path
-    return out
+    return path
 
 
-def reference_params(config, mesh, dtype: str):
-    """The frozen reference: the policy's start again (``config`` as from ``start_config``),
-    its params cast to ``dtype`` ('' keeps model.param_dtype)."""
-    ref_model = config_lib.build_model(config, "lm", mesh)
-    _, ref = split_lm(ref_model)
+def reference_params(config, mesh, path: str | None, dtype: str):
+    """The frozen reference: the policy's start built again, its params cast to ``dtype``
+    (``dpo.ref_dtype``, resolved; '' keeps model.param_dtype)."""
+    ref_model = models.from_config(config.model, "lm", mesh, path=path, seed=config.seed)
+    ref = models.split(ref_model, "lm").params
     if dtype:
         if dtype not in llama.DTYPES:
             raise ConfigError(
@@ -256,21 +244,24 @@ def run_dpo(ctx) -> dict[str, Any]:
     """Stage ``dpo``: config.dpo (β, schedule), config.data (pairs, pref_batch_size), config.model."""
     config, mesh = ctx.config, ctx.mesh
     s = config.dpo
-    t = stage_train_config(config.train, s)
+    t = common.stage_train_config(config.train, s)
     data = layer_data(config)
-    total = int(t.steps) or math.floor(t.epochs * data.num_pairs / config.data.pref_batch_size)
-    if total < 1:
-        raise ConfigError(
-            f"dpo: the run has 0 steps ({data.num_pairs} pairs x dpo.epochs="
-            f"{t.epochs} / data.pref_batch_size={config.data.pref_batch_size}); "
-            "set dpo.steps or dpo.epochs."
-        )
-    start = start_config(config, ctx.workdir)
+    total = common.total_steps(
+        "dpo",
+        steps=t.steps,
+        epochs=t.epochs,
+        num_examples=data.num_examples,
+        batch_size=config.data.pref_batch_size,
+        block="dpo",
+        batch_key="pref_batch_size",
+        unit="pairs",
+    )
+    start = start_path(config, ctx.workdir)
     with jax.set_mesh(mesh):
-        model = config_lib.build_model(start, "lm", mesh)
-        check_vocab(model, data.tokenizer, "dpo")
-        logits_fn, policy = split_lm(model)
-        params = {"policy": policy, "ref": reference_params(start, mesh, s.ref_dtype)}
+        model = models.from_config(config.model, "lm", mesh, path=start, seed=config.seed)
+        models.check_vocab(model, data.tokenizer, "dpo")
+        logits_fn, policy, *_ = models.split(model, "lm")
+        params = {"policy": policy, "ref": reference_params(config, mesh, start, s.ref_dtype)}
         optimizer, schedule = optim.optimizer(t, total)
         params, summary = loop.train(
             t,
@@ -288,7 +279,5 @@ def run_dpo(ctx) -> dict[str, Any]:
         )
         nnx.update(model, params["policy"])
         if s.export:
-            out = os.path.join(ctx.workdir, "export", "dpo")
-            hf.save_hf(model, out, tokenizer=data.tokenizer)
-            summary["export"] = out
+            summary["export"] = common.export(model, ctx.workdir, "dpo", tokenizer=data.tokenizer)
     return summary

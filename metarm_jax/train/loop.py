@@ -221,21 +221,6 @@ def jit_train_step(train_step, mesh: Mesh, shardings: PyTree, batch_example: PyT
     )
 
 
-def global_batch(mesh: Mesh, batch: PyTree) -> PyTree:
-    """Host batch (this process's rows) -> global jax.Arrays split over the data axes.
-
-    A leaf that is already a jax.Array (a StateSource's device batch) is a global array: it is
-    only placed on the batch sharding (a no-op when it is there already)."""
-
-    def one(x):
-        sh = shd.batch_sharding(mesh, np.ndim(x))
-        if isinstance(x, jax.Array):
-            return jax.device_put(x, sh)
-        return jax.make_array_from_process_local_data(sh, np.asarray(x))
-
-    return jax.tree.map(one, batch)
-
-
 # --------------------------------------------------------------------------------------------
 # Metrics sinks (process 0 only).
 # --------------------------------------------------------------------------------------------
@@ -415,7 +400,7 @@ def train(
                     shardings,
                     host_batch,
                 )
-            state, metrics = step_jit(state, global_batch(mesh, host_batch))
+            state, metrics = step_jit(state, shd.global_batch(mesh, host_batch))
             if pending is not None:
                 last_metrics = drain(pending)
             pending = (step + 1, metrics, extra)

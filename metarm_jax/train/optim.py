@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import optax
 
+from metarm_jax.core.tree import global_norm
 from metarm_jax.errors import ConfigError
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -71,3 +74,61 @@ def optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, opta
     if cfg.clip_norm and cfg.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
     return opt, lr
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers over parameter groups (PPO's actor and critic).
+# --------------------------------------------------------------------------------------------
+
+
+def skip_zero_updates(opt: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``opt``, except that an all-zero gradient leaves params AND optimizer state unchanged
+    (a gated actor step must not move Adam's moments or its step count)."""
+
+    def update(grads, state, params=None):
+        updates, new_state = opt.update(grads, state, params)
+        live = global_norm(grads) > 0
+        updates = jax.tree.map(lambda u: jnp.where(live, u, jnp.zeros_like(u)), updates)
+        new_state = jax.tree.map(lambda a, b: jnp.where(live, a, b), new_state, state)
+        return updates, new_state
+
+    return optax.GradientTransformation(opt.init, update)
+
+
+def two_optimizers(
+    actor: optax.GradientTransformation, critic: optax.GradientTransformation
+) -> optax.GradientTransformation:
+    """params {"actor", "critic"} -> each part updated by its own optimizer (own lr, own clip)."""
+    parts = {"actor": skip_zero_updates(actor), "critic": critic}
+
+    def init(params):
+        return {k: parts[k].init(params[k]) for k in parts}
+
+    def update(grads, state, params=None):
+        out = {
+            k: parts[k].update(grads[k], state[k], None if params is None else params[k])
+            for k in parts
+        }
+        return {k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()}
+
+    return optax.GradientTransformation(init, update)
+
+
+def block_optimizer(block, train, lr: float, total_steps: int) -> optax.GradientTransformation:
+    """Adam at ``lr`` with a stage block's own schedule, warm-up and clipping (``config.ppo``:
+    ``schedule``, ``warmup``, ``clip_norm``) and the loop's betas and eps (``config.train``)."""
+    cfg = ml_collections.ConfigDict(
+        dict(
+            optimizer="adam",
+            lr=lr,
+            schedule=block.schedule,
+            warmup=block.warmup,
+            end_lr_factor=0.0,
+            b1=train.b1,
+            b2=train.b2,
+            eps=train.eps,
+            weight_decay=0.0,
+            clip_norm=block.clip_norm,
+        )
+    )
+    return optimizer(cfg, total_steps)[0]

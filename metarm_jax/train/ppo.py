@@ -25,133 +25,31 @@ randomness is a function of (seed, iteration), so a killed run resumes bit for b
 
 from __future__ import annotations
 
-import importlib
-import json
 import os
-import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
-import optax
 from flax import nnx
-from jax.experimental import multihost_utils
 
-from metarm_jax import config_lib, sampling
-from metarm_jax import sharding as shd
+from metarm_jax import data as D
+from metarm_jax import models
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
 from metarm_jax.errors import ConfigError
-from metarm_jax.models import hf, llama
-from metarm_jax.train import loop, optim
-
-REWARD_NORMS = ("none", "scale", "standard")
-
-
-# --------------------------------------------------------------------------------------------
-# Models at the edge: pure functions of (params, ids [B, T], mask [B, T]).
-# --------------------------------------------------------------------------------------------
-
-
-def split(model: nnx.Module):
-    """(apply, graphdef, params): apply(params, ids, mask) is the model's head output."""
-    graphdef, params = nnx.split(model, nnx.Param)
-
-    def apply(p, input_ids, attention_mask):
-        return nnx.merge(graphdef, p)(input_ids, attention_mask)
-
-    return apply, graphdef, params
-
-
-def response_slice(x: jax.Array, num_response: int) -> jax.Array:
-    """Outputs at the positions that PREDICT the last ``num_response`` tokens: [B, T, ...] ->
-    [B, Tn, ...] (position t-1 predicts token t; a value V(s_t) lives where its logits do)."""
-    t = x.shape[1]
-    return x[:, t - num_response - 1 : t - 1]
-
-
-def response_logprobs(lm_apply, params, ids, mask, num_response: int):
-    """(log π(response tokens) [B, Tn], entropy [B, Tn]) from one forward of prompt+response."""
-    logits = response_slice(lm_apply(params, ids, mask), num_response)
-    return pl.logprobs_and_entropy(logits, ids[:, -num_response:])
-
+from metarm_jax.train import common, loop, optim
+from metarm_jax.train.rollout import (
+    Frozen,
+    Rollouts,
+    make_score_fn,
+    response_logprobs,
+    response_slice,
+    settings,
+)
 
 # --------------------------------------------------------------------------------------------
-# The jitted pieces of an iteration.
+# The step.
 # --------------------------------------------------------------------------------------------
-
-
-def make_score_fn(lm_apply, ref_apply, value_apply, rm_apply):
-    """Roll-out scoring: (actor, ref, critic, rm params, ids [N, T], mask [N, T], Tn) ->
-    {score [N], old_logp, ref_logp, values [N, Tn]}; one jitted forward of each model."""
-
-    def score(actor, ref, critic, rm, ids, mask, num_response):
-        old_logp, _ = response_logprobs(lm_apply, actor, ids, mask, num_response)
-        ref_logp, _ = response_logprobs(ref_apply, ref, ids, mask, num_response)
-        values = response_slice(value_apply(critic, ids, mask), num_response)
-        return {
-            "score": rm_apply(rm, ids, mask).astype(jnp.float32),
-            "old_logp": old_logp,
-            "ref_logp": ref_logp,
-            "values": values.astype(jnp.float32),
-        }
-
-    return jax.jit(score, static_argnums=6)
-
-
-def advantages(
-    pcfg,
-    moments: core.RunningMoments,
-    score,
-    old_logp,
-    ref_logp,
-    values,
-    rmask,
-    num_queries: int,
-    bin_edges,
-):
-    """Rewards, GAE and the roll-out statistics (pure; jitted by the caller).
-
-    score [N], old_logp/ref_logp/values/rmask [N, Tn]; rows are prompt-major (N = Q·R).
-    Returns (moments, {advantages, returns [N, Tn]}, metrics).
-    """
-    moments = core.update_moments(moments, score)
-    if pcfg["reward_norm"] == "none":
-        s = score
-    else:
-        s = core.normalize_scores(score, moments, subtract_mean=pcfg["reward_norm"] == "standard")
-    s = core.clip_rewards(s, pcfg["reward_clip"] or None)
-    kl = core.kl_per_token(
-        old_logp, ref_logp, rmask, estimator=pcfg["kl_estimator"], clip=pcfg["kl_clip"] or None
-    )
-    rewards = core.token_rewards(s, kl, rmask, beta=pcfg["kl_beta"])
-    adv, ret = core.gae(rewards, values, rmask, gamma=pcfg["gamma"], lam=pcfg["lam"])
-    if pcfg["whiten_advantages"]:
-        adv = core.whiten(adv, rmask)
-    m = rmask.astype(bool)
-    shift = core.reward_difference_stats(score.reshape(num_queries, -1), bin_edges)
-    f32 = lambda x: jnp.asarray(x, jnp.float32)
-    metrics = {
-        "rollout/score_mean": f32(score.mean()),
-        "rollout/score_std": f32(score.std()),
-        "rollout/score_used_mean": f32(s.mean()),
-        "rollout/kl": f32(pl.masked_sum(kl, m, axis=-1).mean()),  # Σ_t KL_t, mean over rows
-        "rollout/kl_token_mean": f32(pl.masked_mean(kl, m)),
-        "rollout/return_mean": f32(rewards.sum(-1).mean()),  # score - β Σ KL
-        "rollout/response_length": f32(m.sum(-1).mean()),
-        "rollout/value_mean": f32(pl.masked_mean(values, m)),
-        "rollout/running_score_mean": moments.mean,
-        "rollout/running_score_std": moments.std(),
-        "rollout/within_prompt_score_std": f32(score.reshape(num_queries, -1).std(-1).mean()),
-        "shift/absdiff_mean": shift["mean"],
-        "shift/absdiff_var": shift["var"],
-        "shift/absdiff_hist": shift["hist"],
-        "shift/num_pairs": shift["num_pairs"],
-    }
-    return moments, {"advantages": adv, "returns": ret}, metrics
 
 
 def make_step_fn(lm_apply, value_apply, pcfg) -> loop.StepFn:
@@ -200,357 +98,6 @@ def make_step_fn(lm_apply, value_apply, pcfg) -> loop.StepFn:
 
 
 # --------------------------------------------------------------------------------------------
-# Two optimizers as one optax transformation.
-# --------------------------------------------------------------------------------------------
-
-
-def skip_zero_updates(opt: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``opt``, except that an all-zero gradient leaves params AND optimizer state unchanged
-    (a gated actor step must not move Adam's moments or its step count)."""
-
-    def update(grads, state, params=None):
-        updates, new_state = opt.update(grads, state, params)
-        live = optax.tree.norm(grads) > 0
-        updates = jax.tree.map(lambda u: jnp.where(live, u, jnp.zeros_like(u)), updates)
-        new_state = jax.tree.map(lambda a, b: jnp.where(live, a, b), new_state, state)
-        return updates, new_state
-
-    return optax.GradientTransformation(opt.init, update)
-
-
-def two_optimizers(
-    actor: optax.GradientTransformation, critic: optax.GradientTransformation
-) -> optax.GradientTransformation:
-    """params {"actor", "critic"} -> each part updated by its own optimizer (own lr, own clip)."""
-    parts = {"actor": skip_zero_updates(actor), "critic": critic}
-
-    def init(params):
-        return {k: parts[k].init(params[k]) for k in parts}
-
-    def update(grads, state, params=None):
-        out = {
-            k: parts[k].update(grads[k], state[k], None if params is None else params[k])
-            for k in parts
-        }
-        return {k: v[0] for k, v in out.items()}, {k: v[1] for k, v in out.items()}
-
-    return optax.GradientTransformation(init, update)
-
-
-def _optimizer(config, lr: float, total_steps: int) -> optax.GradientTransformation:
-    p = config.ppo
-    cfg = ml_collections.ConfigDict(
-        dict(
-            optimizer="adam",
-            lr=lr,
-            schedule=p.schedule,
-            warmup=p.warmup,
-            end_lr_factor=0.0,
-            b1=config.train.b1,
-            b2=config.train.b2,
-            eps=config.train.eps,
-            weight_decay=0.0,
-            clip_norm=p.clip_norm,
-        )
-    )
-    return optim.optimizer(cfg, total_steps)[0]
-
-
-# --------------------------------------------------------------------------------------------
-# Frozen models: host offload between uses.
-# --------------------------------------------------------------------------------------------
-
-
-def host_memory_kind() -> str | None:
-    """'pinned_host' when the device has it (GPU, TPU, and jax's CPU client), else None."""
-    kinds = {m.kind for m in jax.devices()[0].addressable_memories()}
-    return "pinned_host" if "pinned_host" in kinds else None
-
-
-class Frozen:
-    """Params of a frozen model; with ``offload``, kept in host memory between uses.
-
-    ``get()`` returns them on their device shardings (the one table's); ``release()`` moves them
-    back to host memory (a host memory kind when the backend has one, else numpy arrays).
-    """
-
-    def __init__(self, params, offload: bool):
-        self.shardings = jax.tree.map(lambda x: x.sharding, params)
-        self.offload = offload
-        self.kind = host_memory_kind() if offload else None
-        self.params = params
-        self.release()
-
-    def get(self):
-        if self.offload:
-            return jax.device_put(self.params, self.shardings)
-        return self.params
-
-    def release(self) -> None:
-        if not self.offload:
-            return
-        if self.kind is not None:
-            self.params = jax.device_put(
-                self.params, jax.tree.map(lambda s: s.with_memory_kind(self.kind), self.shardings)
-            )
-        else:
-            self.params = jax.device_get(self.params)
-
-
-# --------------------------------------------------------------------------------------------
-# The roll-out buffer: a StateSource of the one loop.
-# --------------------------------------------------------------------------------------------
-
-
-def _f32_bits(x) -> int:
-    return int(np.asarray(x, np.float32).view(np.uint32))
-
-
-def _from_bits(b: int) -> jax.Array:
-    return jnp.asarray(np.asarray(b, np.uint32).view(np.float32))
-
-
-def load_monitor(config):
-    """The optional roll-out monitor of ``config.ppo.monitor`` ("module:function"), or None."""
-    spec = config.ppo.monitor
-    if not spec:
-        return None
-    module, _, fn = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), fn)(config)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(
-            f"config.ppo.monitor={spec!r}: cannot load it ({e}); expected "
-            "'package.module:function'."
-        ) from None
-
-
-class Rollouts(loop.StateSource):
-    """Rolls out at the first step of every iteration, then serves its minibatches."""
-
-    def __init__(
-        self,
-        *,
-        config,
-        mesh,
-        prompts,
-        actor_graphdef,
-        lm_apply,
-        ref: Frozen,
-        rm: Frozen,
-        critic_key: str,
-        score_fn,
-        pad_id: int,
-        eos_id: int | None,
-        timer: dict | None = None,
-    ):
-        p = config.ppo
-        self.pcfg = _pcfg(p)
-        self.mesh, self.prompts = mesh, prompts
-        self.actor_graphdef, self.lm_apply = actor_graphdef, lm_apply
-        self.ref, self.rm, self.critic_key, self.score_fn = ref, rm, critic_key, score_fn
-        self.pad_id, self.eos_id = pad_id, eos_id
-        self.q, self.r = int(p.queries_per_iteration), int(p.rollouts_per_query)
-        self.n = self.q * self.r
-        self.mb = int(p.minibatch_size)
-        self.num_mb = self.n // self.mb
-        self.epochs = int(p.ppo_epochs)
-        self.steps_per_iteration = self.epochs * self.num_mb
-        self.critic_warmup = int(p.critic_warmup)
-        self.seed = int(config.seed if p.seed < 0 else p.seed)
-        self.sample_kw = sampling.sampling_kwargs(config.sampling)
-        self.sample_kw["num_samples"] = self.r
-        if p.max_new_tokens:
-            self.sample_kw["max_new_tokens"] = int(p.max_new_tokens)
-        self.bucket_min = self.sample_kw.pop("prompt_bucket_min")
-        nb, hi = int(p.shift_hist_bins), float(p.shift_hist_max)
-        self.bin_edges = np.concatenate([np.linspace(0.0, hi, nb + 1), [np.inf]]).astype(np.float32)
-        self.log_values = bool(p.shift_log_values)
-        self.moments = core.RunningMoments.init()
-        self.buffer: dict[str, jax.Array] | None = None
-        self.buffer_iteration = -1
-        self.metrics: dict[str, Any] = {}
-        self.timer = timer if timer is not None else {}
-        self.monitor = load_monitor(config)
-        num_queries = self.q
-        self._advantages = jax.jit(
-            lambda mo, sc, ol, rl, v, m, e: advantages(
-                self.pcfg, mo, sc, ol, rl, v, m, num_queries, e
-            )
-        )
-        batch_sh = lambda nd: shd.batch_sharding(mesh, nd)
-        self._take = jax.jit(lambda buf, idx: jax.tree.map(lambda x: x[idx], buf))
-        self._batch_sh = batch_sh
-
-    # -------------------------------------------------------------- the iteration's roll-out
-
-    def _rng(self, *path) -> jax.Array:
-        key = jax.random.key(self.seed)
-        for i in path:
-            key = jax.random.fold_in(key, i)
-        return key
-
-    def rollout(self, params, iteration: int) -> None:
-        t0 = time.perf_counter()
-        batch = next(self.prompts)
-        ids, pmask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
-        keep = np.asarray(batch.get("example_mask", np.ones(len(ids)))) > 0
-        if not keep.all() or len(ids) != self.q:
-            raise ConfigError(
-                f"ppo: a prompt batch has {int(keep.sum())} real prompts, expected "
-                f"ppo.queries_per_iteration={self.q}; the prompt iterator must drop "
-                "the remainder (it does by default)."
-            )
-        width = sampling.bucket_length(int((pmask > 0).sum(1).max()), self.bucket_min)
-        ids, pmask = sampling.left_pack(ids, pmask, width, self.pad_id)
-        out = sampling.generate(
-            (self.actor_graphdef, params["actor"]),
-            ids,
-            pmask,
-            self._rng(0, iteration),
-            eos_id=self.eos_id,
-            pad_id=self.pad_id,
-            prompt_bucket_min=self.bucket_min,
-            mesh=self.mesh,
-            **self.sample_kw,
-        )
-        tokens, rmask = jax.block_until_ready((out.tokens, out.mask))
-        t1 = time.perf_counter()
-
-        rep = lambda x: np.repeat(x, self.r, axis=0)
-        seq_ids = jnp.concatenate([self._put(rep(ids)), tokens], axis=1)
-        seq_mask = jnp.concatenate([self._put(rep(pmask)), rmask], axis=1)
-        num_response = int(tokens.shape[1])
-        scored = self.score_fn(
-            params["actor"],
-            self.ref.get(),
-            params["critic"],
-            self.rm.get(),
-            seq_ids,
-            seq_mask,
-            num_response,
-        )
-        scored = jax.block_until_ready(scored)
-        self.ref.release()
-        self.rm.release()
-        t2 = time.perf_counter()
-
-        self.moments, adv, metrics = self._advantages(
-            self.moments,
-            scored["score"],
-            scored["old_logp"],
-            scored["ref_logp"],
-            scored["values"],
-            rmask,
-            jnp.asarray(self.bin_edges),
-        )
-        actor_on = jnp.full((self.n,), float(iteration >= self.critic_warmup), jnp.float32)
-        self.buffer = {
-            "input_ids": seq_ids,
-            "attention_mask": seq_mask,
-            "response_mask": rmask,
-            "old_logp": scored["old_logp"],
-            "values": scored["values"],
-            **adv,
-            "actor_on": actor_on,
-        }
-        self.buffer_iteration = iteration
-        metrics = dict(jax.device_get(metrics))
-        metrics["shift/absdiff_hist_max"] = float(self.bin_edges[-2])
-        if self.log_values:
-            from metarm_jax.train.rm import abs_differences
-
-            score = np.asarray(jax.device_get(scored["score"])).reshape(self.q, self.r)
-            metrics["shift/absdiff"] = abs_differences(score, None).astype(np.float64)
-        if self.monitor is not None:
-            host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
-            values = self.monitor(rep(ids), rep(pmask), host(tokens), host(rmask))
-            metrics["rollout/monitor_mean"] = float(np.mean(values))
-        metrics["rollout/iteration"] = float(iteration)
-        metrics["rollout/actor_on"] = float(iteration >= self.critic_warmup)
-        metrics["time/generate_s"] = t1 - t0
-        metrics["time/score_s"] = t2 - t1
-        self.timer.setdefault("generate", []).append(t1 - t0)
-        self.timer.setdefault("score", []).append(t2 - t1)
-        self.metrics = metrics
-
-    def _put(self, x: np.ndarray) -> jax.Array:
-        sh = self._batch_sh(x.ndim)
-        return jax.make_array_from_callback(x.shape, sh, lambda idx: x[idx])
-
-    # -------------------------------------------------------------- StateSource
-
-    def next_batch(self, params, step: int):
-        iteration, j = divmod(step, self.steps_per_iteration)
-        if j == 0:
-            self.rollout(params, iteration)
-        elif self.buffer_iteration != iteration:
-            raise RuntimeError(
-                f"ppo: step {step} is inside iteration {iteration}, whose roll-out "
-                "buffer is gone; checkpoints must fall on iteration boundaries."
-            )
-        epoch, b = divmod(j, self.num_mb)
-        perm = jax.random.permutation(self._rng(1, iteration, epoch), self.n)
-        idx = perm[b * self.mb : (b + 1) * self.mb]
-        out = self._take(self.buffer, idx)
-        return jax.tree.map(lambda x: jax.device_put(x, self._batch_sh(x.ndim)), out)
-
-    def pop_metrics(self) -> Mapping[str, Any]:
-        m, self.metrics = self.metrics, {}
-        return m
-
-    def get_state(self) -> bytes:
-        it_state = self.prompts.get_state()
-        return json.dumps(
-            {
-                "prompts": it_state,
-                "moments": {
-                    k: _f32_bits(getattr(self.moments, k)) for k in ("count", "mean", "m2")
-                },
-            }
-        ).encode()
-
-    def set_state(self, state: bytes) -> None:
-        s = json.loads(state.decode())
-        self.prompts.set_state(s["prompts"])
-        self.moments = core.RunningMoments(**{k: _from_bits(v) for k, v in s["moments"].items()})
-        self.buffer, self.buffer_iteration = None, -1
-
-
-def _pcfg(p) -> dict[str, Any]:
-    """The numeric/static PPO settings the jitted code reads (validated)."""
-    if p.reward_norm not in REWARD_NORMS:
-        raise ConfigError(
-            f"config.ppo.reward_norm={p.reward_norm!r}; expected one of {REWARD_NORMS}."
-        )
-    if p.kl_estimator not in core.KL_ESTIMATORS:
-        raise ConfigError(
-            f"config.ppo.kl_estimator={p.kl_estimator!r}; expected one of {core.KL_ESTIMATORS}."
-        )
-    for key in ("kl_clip", "reward_clip", "target_kl", "kl_beta", "clip_eps", "value_clip_eps"):
-        if p[key] < 0:
-            raise ConfigError(f"config.ppo.{key}={p[key]} must be >= 0 (0 switches a clip off).")
-    return {
-        k: p[k]
-        for k in (
-            "reward_norm",
-            "reward_clip",
-            "kl_estimator",
-            "kl_clip",
-            "kl_beta",
-            "gamma",
-            "lam",
-            "whiten_advantages",
-            "clip_eps",
-            "value_clip_eps",
-            "vf_coef",
-            "ent_coef",
-            "target_kl",
-        )
-    }
-
-
-# --------------------------------------------------------------------------------------------
 # The stage.
 # --------------------------------------------------------------------------------------------
 
@@ -577,41 +124,17 @@ def _check(config) -> None:
         )
 
 
-def load_model(config, path: str, head: str, mesh, *, param_dtype: str | None = None):
-    """An HF directory (``path``) or, when empty, config.model (hf_path or the random preset)."""
-    m = config.model
-    pd = param_dtype or m.param_dtype
-    path = path or m.hf_path
-    if path:
-        return hf.load_hf(
-            path,
-            head,
-            mesh=mesh,
-            dtype=m.dtype,
-            param_dtype=pd,
-            remat=m.remat,
-            scan_layers=m.scan_layers,
-            seed=config.seed,
-        )
-    cfg = config_lib.model_config(config).replace(param_dtype=pd)
-    return llama.create(cfg, head, seed=config.seed, mesh=mesh)
-
-
 def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
     """Stage ``ppo``: PPO of config.model (or ppo.policy_path) against the RM in ppo.rm_path.
 
     Writes workdir/ppo (checkpoints, metrics.jsonl, tb/) and, with ppo.export,
     workdir/export/ppo (LlamaForCausalLM + tokenizer) and workdir/export/ppo_critic.
     """
-    from metarm_jax import data as D
-
     config, mesh = ctx.config, ctx.mesh
-    p = config.ppo
+    p = config.ppo  # resolved: every path and dtype is set (config_lib.resolve)
     _check(config)
-    pcfg = _pcfg(p)
-    frozen_dtype = p.frozen_dtype or None
-    policy_path = p.policy_path or config.model.hf_path
-    tok_path = config.data.tokenizer_path or policy_path
+    pcfg = settings(p)
+    tok_path = config.data.tokenizer_path or p.policy_path
     if not tok_path:
         raise ConfigError(
             "ppo: no tokenizer: set config.data.tokenizer_path (or a policy path "
@@ -619,17 +142,20 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
         )
     tok = D.load_tokenizer(tok_path)
 
-    with jax.set_mesh(mesh):
-        actor_model = load_model(config, policy_path, "lm", mesh)
-        ref_model = load_model(
-            config, p.ref_path or policy_path, "lm", mesh, param_dtype=frozen_dtype
+    def load(path, head, param_dtype=None):
+        return models.from_config(
+            config.model, head, mesh, path=path, param_dtype=param_dtype, seed=config.seed
         )
-        rm_model = load_model(config, p.rm_path, "reward", mesh, param_dtype=frozen_dtype)
-        critic_model = load_model(config, p.critic_path or p.rm_path, "value", mesh)
-        lm_apply, actor_gd, actor_params = split(actor_model)
-        ref_apply, _, ref_params = split(ref_model)
-        rm_apply, _, rm_params = split(rm_model)
-        value_apply, _, critic_params = split(critic_model)
+
+    with jax.set_mesh(mesh):
+        actor_model = load(p.policy_path, "lm")
+        ref_model = load(p.ref_path, "lm", p.frozen_dtype)
+        rm_model = load(p.rm_path, "reward", p.frozen_dtype)
+        critic_model = load(p.critic_path, "value")
+        lm_apply, actor_params, actor_gd, _ = models.split(actor_model)
+        ref_apply, ref_params, *_ = models.split(ref_model)
+        rm_apply, rm_params, *_ = models.split(rm_model)
+        value_apply, critic_params, *_ = models.split(critic_model)
         del ref_model, rm_model
 
         dcfg = config.data.copy_and_resolve_references()
@@ -654,8 +180,9 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
         )
         spi = source.steps_per_iteration
         total = int(p.iterations) * spi
-        optimizer = two_optimizers(
-            _optimizer(config, p.policy_lr, total), _optimizer(config, p.critic_lr, total)
+        optimizer = optim.two_optimizers(
+            optim.block_optimizer(p, config.train, p.policy_lr, total),
+            optim.block_optimizer(p, config.train, p.critic_lr, total),
         )
         tcfg = config.train.copy_and_resolve_references()
         tcfg.save_every = int(p.save_every) * spi
@@ -677,8 +204,6 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
         nnx.update(actor_model, params["actor"])
         nnx.update(critic_model, params["critic"])
         if p.export:
-            out = os.path.join(ctx.workdir, "export", "ppo")
-            hf.save_hf(actor_model, out, tokenizer=tok)
-            hf.save_hf(critic_model, os.path.join(ctx.workdir, "export", "ppo_critic"))
-            summary["export"] = out
+            summary["export"] = common.export(actor_model, ctx.workdir, "ppo", tokenizer=tok)
+            common.export(critic_model, ctx.workdir, "ppo_critic")
     return summary

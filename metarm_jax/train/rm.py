@@ -10,10 +10,7 @@ an SFT ``LlamaForCausalLM`` export, which gets a fresh score head, or a previous
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
@@ -21,28 +18,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from metarm_jax import config_lib
+from metarm_jax import data as D
+from metarm_jax import models, sharding
 from metarm_jax.core import losses, metarm
+from metarm_jax.core.stats import abs_differences
 from metarm_jax.errors import ConfigError
-from metarm_jax.models import hf
-from metarm_jax.train import loop, optim, synthetic
-
-Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
-
+from metarm_jax.scoring import meta_scores
+from metarm_jax.train import common, loop, optim
 
 # --------------------------------------------------------------------------------------------
-# The model at the edge, and the two step functions.
+# The two step functions.
 # --------------------------------------------------------------------------------------------
-
-
-def split_model(model: nnx.Module):
-    """(reward_fn, params): reward_fn(params, ids [B,T], mask [B,T]) -> rewards [B] float32."""
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def reward_fn(p, input_ids, attention_mask):
-        return nnx.merge(graphdef, p, rest)(input_ids, attention_mask)
-
-    return reward_fn, params
 
 
 def rm_step(reward_fn) -> loop.StepFn:
@@ -68,51 +54,12 @@ def metarm_step(reward_fn, eta: float, order: str) -> loop.StepFn:
 
 
 # --------------------------------------------------------------------------------------------
-# Data: the data layer's grain pipelines, or the synthetic task.
+# Data: the data layer's grain pipelines.
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class RMData:
-    train: dict[str, Any]  # {"pref": it, ["meta": it]}: checkpointable grain iterators
-    num_pairs: int  # training pairs (for train.epochs)
-    val: Batches  # fresh pass over the validation preference batches
-    meta_eval: Batches | None  # fresh pass over the meta batches |Δr| is measured on
-
-
-def synthetic_data(config, with_meta: bool) -> RMData:
-    t, d, k = config.train, config.data, config.meta.k
-    T = t.synthetic_seq_len
-    pref = synthetic.preference_arrays(t.synthetic_train, T, seed=d.pref_seed)
-    val = synthetic.preference_arrays(t.synthetic_val, T, seed=d.pref_seed + 1000)
-    meta_eval = synthetic.meta_arrays(
-        t.synthetic_meta, k, T, seed=d.meta_seed + 1000, shift=t.synthetic_shift
-    )
-    train = {"pref": synthetic.batches(pref, d.pref_batch_size, seed=d.pref_seed)}
-    if with_meta:
-        meta = synthetic.meta_arrays(
-            t.synthetic_meta, k, T, seed=d.meta_seed, shift=t.synthetic_shift
-        )
-        train["meta"] = synthetic.batches(meta, d.meta_batch_size, seed=d.meta_seed)
-    return RMData(
-        train=train,
-        num_pairs=t.synthetic_train,
-        val=lambda: synthetic.batches(val, d.pref_batch_size, shuffle=False, repeat=False),
-        meta_eval=lambda: synthetic.batches(
-            meta_eval, d.meta_batch_size, shuffle=False, repeat=False
-        ),
-    )
-
-
-def layer_data(config, with_meta: bool) -> RMData:
-    from metarm_jax import data as D
-
-    d = config.data
-    if d.meta_k != config.meta.k:
-        raise ConfigError(
-            f"config.meta.k={config.meta.k} but config.data.meta_k={d.meta_k}; the meta "
-            "batches are read with data.meta_k responses per prompt: set both alike."
-        )
+def layer_data(config, with_meta: bool) -> common.StageData:
+    d, k = config.data, config.meta.k
     tok = D.load_tokenizer(d.tokenizer_path)
     pref = D.preference_iterator(d, tok, num_epochs=0)  # the loop decides when to stop
     report = pref.skip_report
@@ -124,16 +71,18 @@ def layer_data(config, with_meta: bool) -> RMData:
             "the build_meta stage), or run the rm stage instead."
         )
     if with_meta:
-        train["meta"] = D.meta_iterator(d, tok, num_epochs=0)
+        train["meta"] = D.meta_iterator(d, tok, k=k, num_epochs=0)
     val = lambda: D.preference_iterator(
         d, tok, split=d.eval_split, shuffle=False, num_epochs=1, drop_remainder=False
     )
     meta_eval = None
     if d.meta_path:
         meta_eval = lambda: D.meta_iterator(
-            d, tok, shuffle=False, num_epochs=1, drop_remainder=False
+            d, tok, k=k, shuffle=False, num_epochs=1, drop_remainder=False
         )
-    return RMData(train=train, num_pairs=num_pairs, val=val, meta_eval=meta_eval)
+    return common.StageData(
+        train=train, num_examples=num_pairs, val=val, tokenizer=tok, meta_eval=meta_eval
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,29 +90,9 @@ def layer_data(config, with_meta: bool) -> RMData:
 # --------------------------------------------------------------------------------------------
 
 
-def abs_differences(rewards: np.ndarray, sample_mask: np.ndarray | None) -> np.ndarray:
-    """|r_i - r_j| for every pair i < j of real responses to the same prompt; rewards: [m, k]."""
-    m, k = rewards.shape
-    mask = np.ones((m, k), bool) if sample_mask is None else np.asarray(sample_mask).astype(bool)
-    i, j = np.triu_indices(k, 1)
-    keep = mask[:, i] & mask[:, j]
-    return np.abs(rewards[:, i] - rewards[:, j])[keep]
-
-
-def meta_scores(meta_rewards, params, mesh, batches) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """(rewards [m, k], sample_mask [m, k]) per meta batch, without a padded last batch's fill rows.
-
-    meta_rewards(params, {"input_ids", "attention_mask"}) -> [m, k], e.g. a jitted
-    ``metarm.meta_rewards`` on a reward_fn.
-    """
-    for b in batches:
-        keep = np.asarray(b.get("example_mask", np.ones(len(b["input_ids"]), np.int32))) > 0
-        seqs = {k: b[k] for k in ("input_ids", "attention_mask")}
-        r = np.asarray(jax.device_get(meta_rewards(params, loop.global_batch(mesh, seqs))))[keep]
-        yield r, np.asarray(b["sample_mask"])[keep]
-
-
-def make_eval_fn(reward_fn, mesh, data: RMData, meta_cfg, eval_batches: int = 0) -> loop.EvalFn:
+def make_eval_fn(
+    reward_fn, mesh, data: common.StageData, meta_cfg, eval_batches: int = 0
+) -> loop.EvalFn:
     pair_rewards = jax.jit(lambda p, b: metarm.pair_rewards(reward_fn, p, b))
     meta_rewards = jax.jit(lambda p, b: metarm.meta_rewards(reward_fn, p, b))
 
@@ -176,9 +105,9 @@ def make_eval_fn(reward_fn, mesh, data: RMData, meta_cfg, eval_batches: int = 0)
     def eval_fn(params) -> dict[str, Any]:
         r_w, r_l = [], []
         for b in batches(data.val):
-            keep = np.asarray(b.get("example_mask", np.ones(len(b["chosen_ids"]), np.int32))) > 0
+            keep = D.real_rows(b)
             seqs = {k: b[k] for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
-            w, l = jax.device_get(pair_rewards(params, loop.global_batch(mesh, seqs)))
+            w, l = jax.device_get(pair_rewards(params, sharding.global_batch(mesh, seqs)))
             r_w.append(np.asarray(w)[keep])
             r_l.append(np.asarray(l)[keep])
         r_w, r_l = np.concatenate(r_w), np.concatenate(r_l)
@@ -221,24 +150,27 @@ def make_eval_fn(reward_fn, mesh, data: RMData, meta_cfg, eval_batches: int = 0)
 # --------------------------------------------------------------------------------------------
 
 
-def _run(ctx, with_meta: bool) -> dict[str, Any]:
+def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
     config, mesh = ctx.config, ctx.mesh
     t = config.train
     name = "metarm" if with_meta else "rm"
     if with_meta:
         losses.validate_meta_k(config.meta.k)
-    data = synthetic_data(config, with_meta) if t.synthetic else layer_data(config, with_meta)
-    total = int(t.steps) or math.floor(t.epochs * data.num_pairs / config.data.pref_batch_size)
-    if total < 1:
-        raise ConfigError(
-            f"{name}: the run has 0 steps ({data.num_pairs} pairs x train.epochs="
-            f"{t.epochs} / data.pref_batch_size={config.data.pref_batch_size}); set "
-            "train.steps or train.epochs."
-        )
+    data = data if data is not None else layer_data(config, with_meta)
+    total = common.total_steps(
+        name,
+        steps=t.steps,
+        epochs=t.epochs,
+        num_examples=data.num_examples,
+        batch_size=config.data.pref_batch_size,
+        block="train",
+        batch_key="pref_batch_size",
+        unit="pairs",
+    )
 
     with jax.set_mesh(mesh):
-        model = config_lib.build_model(config, "reward", mesh)
-        reward_fn, params = split_model(model)
+        model = models.from_config(config.model, "reward", mesh, seed=config.seed)
+        reward_fn, params, *_ = models.split(model)
         step_fn = (
             metarm_step(reward_fn, config.meta.eta, config.meta.order)
             if with_meta
@@ -246,11 +178,10 @@ def _run(ctx, with_meta: bool) -> dict[str, Any]:
         )
         optimizer, schedule = optim.optimizer(t, total)
         eval_fn = make_eval_fn(reward_fn, mesh, data, config.meta, t.eval_batches)
-        workdir = os.path.join(ctx.workdir, name)
         params, summary = loop.train(
             t,
             mesh=mesh,
-            workdir=workdir,
+            workdir=os.path.join(ctx.workdir, name),
             params=params,
             step_fn=step_fn,
             seed=config.seed,
@@ -262,18 +193,18 @@ def _run(ctx, with_meta: bool) -> dict[str, Any]:
             desc=name,
         )
         nnx.update(model, params)
-        if t.export:
-            out = os.path.join(ctx.workdir, "export", "rm")  # rm and metarm: the RM PPO reads
-            hf.save_hf(model, out)
-            summary["export"] = out
+        if t.export:  # rm and metarm both write export/rm: the RM that PPO reads
+            summary["export"] = common.export(model, ctx.workdir, "rm")
     return summary
 
 
-def run_rm(ctx) -> dict[str, Any]:
-    """Stage ``rm``: the vanilla reward model (Bradley-Terry on preference pairs)."""
-    return _run(ctx, with_meta=False)
+def run_rm(ctx, *, data: common.StageData | None = None) -> dict[str, Any]:
+    """Stage ``rm``: the vanilla reward model (Bradley-Terry on preference pairs).
+
+    ``data``: train on these batches instead of config.data's datasets (tests, benchmarks)."""
+    return _run(ctx, with_meta=False, data=data)
 
 
-def run_metarm(ctx) -> dict[str, Any]:
-    """Stage ``metarm``: MetaRM (Algorithm 1), config.meta.{eta, order, k}."""
-    return _run(ctx, with_meta=True)
+def run_metarm(ctx, *, data: common.StageData | None = None) -> dict[str, Any]:
+    """Stage ``metarm``: MetaRM (Algorithm 1), config.meta.{eta, order, k}; ``data`` as run_rm."""
+    return _run(ctx, with_meta=True, data=data)

@@ -12,54 +12,24 @@ policy to ``workdir/export/sft`` as an HF ``LlamaForCausalLM`` with the tokenize
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from metarm_jax import config_lib
+from metarm_jax import data as D
+from metarm_jax import models, sharding
 from metarm_jax.core import policy_losses as pl
+from metarm_jax.core.tree import global_norm
+from metarm_jax.data import readers
+from metarm_jax.data.records import SkipReport
 from metarm_jax.errors import ConfigError
-from metarm_jax.models import hf
-from metarm_jax.train import loop, optim
-from metarm_jax.train.policy_config import stage_train_config
-
-Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
-
+from metarm_jax.train import common, loop, optim
 
 # --------------------------------------------------------------------------------------------
 # The model at the edge, and the step.
 # --------------------------------------------------------------------------------------------
-
-
-def split_lm(model: nnx.Module):
-    """(logits_fn, params): logits_fn(params, ids [B,T], mask [B,T]) -> logits [B,T,V] float32."""
-    if model.head != "lm":
-        raise ConfigError(
-            f"the policy stages need a causal LM (head 'lm'), got head {model.head!r}."
-        )
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def logits_fn(p, input_ids, attention_mask):
-        return nnx.merge(graphdef, p, rest)(input_ids, attention_mask)
-
-    return logits_fn, params
-
-
-def check_vocab(model, tokenizer, stage: str) -> None:
-    """A token id past the embedding table would be clamped silently by the gather: refuse."""
-    if len(tokenizer) > model.cfg.vocab_size:
-        raise ConfigError(
-            f"{stage}: the tokenizer has {len(tokenizer)} ids but the model's "
-            f"vocab_size is {model.cfg.vocab_size}; use a model (config.model) "
-            "whose embedding covers the tokenizer."
-        )
 
 
 def sft_loss_on_batch(logits_fn, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -89,57 +59,30 @@ def sft_step(logits_fn) -> loop.StepFn:
     return step_fn
 
 
-def global_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(pl.upcast(x))) for x in jax.tree.leaves(tree)))
-
-
 # --------------------------------------------------------------------------------------------
 # Data.
 # --------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class SFTData:
-    train: dict[str, Any]  # {"sft": checkpointable grain iterator, repeating}
-    num_examples: int  # training examples (after bad rows), for epochs and warm-up
-    val: Batches  # a fresh pass over the validation batches (with example_mask)
-    tokenizer: Any
-
-
 def _same_files(path: str, split_a: str, split_b: str, data_dir: str) -> bool:
-    from metarm_jax.data import readers
-
     if not os.path.exists(path):
         return False  # a hub dataset: its splits are distinct
     try:
         return readers.resolve_files(path, split_a, data_dir) == readers.resolve_files(
             path, split_b, data_dir
         )
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
         return False  # the loader reports a missing split itself, with its own message
 
 
-def layer_data(config) -> SFTData:
-    from metarm_jax import data as D
-
+def layer_data(config) -> common.StageData:
     d, s = config.data, config.sft
     if not d.tokenizer_path:
         raise ConfigError(
             "the sft stage needs config.data.tokenizer_path (a local HF tokenizer directory)."
         )
     tok = D.load_tokenizer(d.tokenizer_path)
-    records = D.load_sft_examples(
-        d.sft_dataset,
-        d.sft_path,
-        d.sft_split,
-        name=d.sft_name,
-        data_dir=d.sft_data_dir,
-        on_bad_record=d.on_bad_record,
-        max_skip_fraction=d.max_skip_fraction,
-        conversation_format=d.conversation_format,
-        tokenizer=tok,
-        oasst_lang=d.oasst_lang,
-    )
+    records = D.load_records("sft", d, tok)
     holdout = int(s.val_holdout)
     if holdout:
         if holdout >= len(records):
@@ -148,8 +91,6 @@ def layer_data(config) -> SFTData:
                 f"({len(records)} SFT examples in {d.sft_path!r})."
             )
         train_recs = D.Records(records[:-holdout], records.skip_report)
-        from metarm_jax.data.records import SkipReport
-
         held_out = SkipReport("sft validation (held out)", d.on_bad_record, d.max_skip_fraction)
         held_out.total = holdout
         val_recs = D.Records(records[-holdout:], held_out)
@@ -161,25 +102,15 @@ def layer_data(config) -> SFTData:
                 "config.sft.val_holdout=N to hold out N training examples instead."
             )
         train_recs = records
-        val_recs = D.load_sft_examples(
-            d.sft_dataset,
-            d.sft_path,
-            d.eval_split,
-            name=d.sft_name,
-            data_dir=d.sft_data_dir,
-            on_bad_record=d.on_bad_record,
-            max_skip_fraction=d.max_skip_fraction,
-            conversation_format=d.conversation_format,
-            tokenizer=tok,
-            oasst_lang=d.oasst_lang,
-        )
-    train = D.sft_iterator(
-        d, tok, records=train_recs, num_epochs=0
-    )  # the loop decides when to stop
+        val_recs = D.load_records("sft", d, tok, split=d.eval_split)
+    # the loop decides when to stop
+    train = D.sft_iterator(d, tok, records=train_recs, num_epochs=0)
     val = lambda: D.sft_iterator(
         d, tok, records=val_recs, shuffle=False, num_epochs=1, drop_remainder=False
     )
-    return SFTData(train={"sft": train}, num_examples=train.num_examples, val=val, tokenizer=tok)
+    return common.StageData(
+        train={"sft": train}, num_examples=train.num_examples, val=val, tokenizer=tok
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +118,7 @@ def layer_data(config) -> SFTData:
 # --------------------------------------------------------------------------------------------
 
 
-def make_eval_fn(logits_fn, mesh, val: Batches, eval_batches: int = 0) -> loop.EvalFn:
+def make_eval_fn(logits_fn, mesh, val: common.Batches, eval_batches: int = 0) -> loop.EvalFn:
     @jax.jit
     def sums(params, batch):
         _, m = sft_loss_on_batch(logits_fn, params, batch)
@@ -202,7 +133,7 @@ def make_eval_fn(logits_fn, mesh, val: Batches, eval_batches: int = 0) -> loop.E
             seqs = {
                 k: b[k] for k in ("input_ids", "attention_mask", "loss_mask")
             }  # pad rows: mask 0
-            a, c, n = jax.device_get(sums(params, loop.global_batch(mesh, seqs)))
+            a, c, n = jax.device_get(sums(params, sharding.global_batch(mesh, seqs)))
             nll, correct, tokens = nll + float(a), correct + float(c), tokens + float(n)
         return {
             "loss": nll / max(tokens, 1.0),
@@ -222,23 +153,25 @@ def run_sft(ctx) -> dict[str, Any]:
     """Stage ``sft``: config.sft (schedule), config.data (SFT data, sft_batch_size), config.model."""
     config, mesh = ctx.config, ctx.mesh
     s, d = config.sft, config.data
-    t = stage_train_config(config.train, s)
+    t = common.stage_train_config(config.train, s)
     data = layer_data(config)
     per_epoch = data.num_examples / d.sft_batch_size
-    total = int(t.steps) or math.floor(t.epochs * per_epoch)
-    if total < 1:
-        raise ConfigError(
-            f"sft: the run has 0 steps ({data.num_examples} examples x sft.epochs="
-            f"{t.epochs} / data.sft_batch_size={d.sft_batch_size}); set sft.steps "
-            "or sft.epochs."
-        )
+    total = common.total_steps(
+        "sft",
+        steps=t.steps,
+        epochs=t.epochs,
+        num_examples=data.num_examples,
+        batch_size=d.sft_batch_size,
+        block="sft",
+        batch_key="sft_batch_size",
+    )
     if s.warmup_epochs > 0:  # the paper's 0.3 epoch, in steps (>= 1 so it reads as steps)
         t.warmup = float(max(1, round(s.warmup_epochs * per_epoch)))
 
     with jax.set_mesh(mesh):
-        model = config_lib.build_model(config, "lm", mesh)
-        check_vocab(model, data.tokenizer, "sft")
-        logits_fn, params = split_lm(model)
+        model = models.from_config(config.model, "lm", mesh, seed=config.seed)
+        models.check_vocab(model, data.tokenizer, "sft")
+        logits_fn, params, *_ = models.split(model, "lm")
         optimizer, schedule = optim.optimizer(t, total)
         eval_fn = make_eval_fn(logits_fn, mesh, data.val, t.eval_batches)
         params, summary = loop.train(
@@ -257,8 +190,6 @@ def run_sft(ctx) -> dict[str, Any]:
         )
         nnx.update(model, params)
         if s.export:
-            out = os.path.join(ctx.workdir, "export", "sft")
-            hf.save_hf(model, out, tokenizer=data.tokenizer)
-            summary["export"] = out
+            summary["export"] = common.export(model, ctx.workdir, "sft", tokenizer=data.tokenizer)
     summary["warmup_steps"] = min(optim.warmup_steps(t.warmup, total), total)
     return summary

@@ -1,7 +1,5 @@
-"""A tiny learnable preference task made of token ids, for tests and CPU runs without data files.
-
-(The data layer has no synthetic world yet; this is the RM stages' stand-in. Move it into
-`metarm_jax/data/` once that exists.)
+"""The marker task: a tiny learnable preference task made of token ids, for the RM-stage tests
+(no tokenizer, no data files; the RM stages take it through their ``data=`` argument).
 
 Sequences (vocab >= 256, right-padded to `seq_len`, pad 0):  BOS prompt response EOS
   prompt      6 tokens from [10, 60)
@@ -11,7 +9,7 @@ Sequences (vocab >= 256, right-padded to `seq_len`, pad 0):  BOS prompt response
 So the true preference is "has the marker"; a 2-layer model learns it in a few hundred steps.
 Meta examples: one prompt with k shifted responses, each with exactly one marker: the shifted
 policy has saturated the coarse property, so its responses differ only in what the pairs teach
-weakly (the paper's premise, DESIGN.md). Some prompts have k-1 real responses (sample_mask 0 for
+weakly (the paper's premise). Some prompts have k-1 real responses (sample_mask 0 for
 the last), to exercise masking.
 """
 
@@ -104,3 +102,33 @@ def batches(
         ds = ds.repeat()
     ds = ds.map(lambda i: {k: v[i] for k, v in arrays.items()})
     return iter(ds.batch(batch_size, drop_remainder=True).to_iter_dataset())
+
+
+def stage_data(
+    config,
+    with_meta: bool,
+    *,
+    num_train: int = 512,
+    num_val: int = 128,
+    num_meta: int = 64,
+    seq_len: int = 24,
+    shift: float = 1.0,
+):
+    """The RM stages' data (``train.common.StageData``) on the marker task; seeds from
+    ``config.data.pref_seed`` / ``meta_seed``, k from ``config.meta.k``."""
+    from metarm_jax.train.common import StageData
+
+    d, k = config.data, config.meta.k
+    pref = preference_arrays(num_train, seq_len, seed=d.pref_seed)
+    val = preference_arrays(num_val, seq_len, seed=d.pref_seed + 1000)
+    meta_eval = meta_arrays(num_meta, k, seq_len, seed=d.meta_seed + 1000, shift=shift)
+    train = {"pref": batches(pref, d.pref_batch_size, seed=d.pref_seed)}
+    if with_meta:
+        meta = meta_arrays(num_meta, k, seq_len, seed=d.meta_seed, shift=shift)
+        train["meta"] = batches(meta, d.meta_batch_size, seed=d.meta_seed)
+    return StageData(
+        train=train,
+        num_examples=num_train,
+        val=lambda: batches(val, d.pref_batch_size, shuffle=False, repeat=False),
+        meta_eval=lambda: batches(meta_eval, d.meta_batch_size, shuffle=False, repeat=False),
+    )

@@ -1,0 +1,70 @@
+"""Pieces every training stage shares: the stage's loop config, its data, its length in steps, and
+its export."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from metarm_jax.errors import ConfigError
+from metarm_jax.models import hf
+
+Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
+
+
+@dataclasses.dataclass
+class StageData:
+    """What a stage trains and evaluates on."""
+
+    train: dict[str, Any]  # {name: checkpointable iterator}, repeating; the loop draws from each
+    num_examples: int  # training examples (pairs) after bad rows: one epoch
+    val: Batches  # a fresh pass over the validation batches (padded last batch: example_mask)
+    tokenizer: Any = None
+    meta_eval: Batches | None = None  # a fresh pass over meta batches (the RM stages' |Δr|)
+
+
+def stage_train_config(
+    train: ml_collections.ConfigDict, stage: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+    """A copy of ``train`` (config.train) with the keys that ``stage`` (config.sft, config.dpo)
+    also has set to the stage's values. Neither input is changed."""
+    out = ml_collections.ConfigDict(train.to_dict())
+    for key in stage:
+        if key in out:
+            out[key] = stage[key]
+    return out
+
+
+def total_steps(
+    stage: str,
+    *,
+    steps: int,
+    epochs: float,
+    num_examples: int,
+    batch_size: int,
+    block: str,
+    batch_key: str,
+    unit: str = "examples",
+) -> int:
+    """``steps`` if set, else ⌊epochs · num_examples / batch_size⌋; an error names the keys when
+    the run would have no step."""
+    total = int(steps) or math.floor(epochs * num_examples / batch_size)
+    if total < 1:
+        raise ConfigError(
+            f"{stage}: the run has 0 steps ({num_examples} {unit} x {block}.epochs={epochs} / "
+            f"data.{batch_key}={batch_size}); set {block}.steps or {block}.epochs."
+        )
+    return total
+
+
+def export(model, workdir: str, name: str, *, tokenizer=None) -> str:
+    """Write ``model`` to ``<workdir>/export/<name>`` as an HF checkpoint; returns the path."""
+    out = os.path.join(workdir, "export", name)
+    hf.save_hf(model, out, tokenizer=tokenizer)
+    return out
