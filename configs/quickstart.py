@@ -2,11 +2,14 @@
 
     python -m metarm_jax.main --config=configs/quickstart.py
     python -m metarm_jax.main --config=configs/quickstart.py:seeds=3   # mean ± std over 3 seeds
+    python -m metarm_jax.main --config=configs/quickstart.py:study=1   # every arm, 5 seeds
+    python -m metarm_jax.main --config=configs/quickstart.py:ood=1     # Figure 3: OOD prompts
 
 A tiny Llama (2 layers, 64 wide) on a 54-token world (docs/synthetic.md): SFT on the world's
 base responses, a vanilla RM on Bradley-Terry-labelled pairs, then `rlhf.rounds` rounds of
-meta-sampling -> MetaRM -> PPO, the vanilla-PPO and DPO baselines, and a report judged by the
-world's hidden gold reward. Hyper-parameters keep the paper's ratios (eta = alpha for MetaRM,
+meta-sampling -> MetaRM -> PPO, the same rounds with η = 0 (the control arm), the vanilla-PPO and
+DPO baselines (the study adds the oracle arm), and a report judged by the world's hidden gold
+reward, with the best round chosen on validation prompts and 95% intervals. Hyper-parameters keep the paper's ratios (eta = alpha for MetaRM,
 critic lr = 3 x policy lr, KL beta 0.05, nucleus 0.8/0.9, repetition penalty 1.1, k = 5) at
 learning rates a 0.1M-parameter model can move with in a few hundred steps.
 """
@@ -16,16 +19,17 @@ from metarm_jax import config_lib
 
 def get_config(arg=None):
     args = dict(a.split("=", 1) for a in (arg or "").split(",") if a)
-    unknown = set(args) - {"seeds", "fast"}
+    unknown = set(args) - {"seeds", "fast", "study", "ood"}
     if unknown:
         raise ValueError(
             f"configs/quickstart.py: unknown argument(s) {sorted(unknown)}; "
-            "use seeds=N and/or fast=1."
+            "use seeds=N, fast=1, study=1 and/or ood=1."
         )
     c = config_lib.base_config()
     c.pipeline = ("rlhf",)
     c.seeds = int(args.get("seeds", 1))  # >1: the whole run per seed, reported as mean ± std
     fast = bool(int(args.get("fast", 0)))
+    study = bool(int(args.get("study", 0)))
 
     c.model.preset = "tiny"
     c.model.vocab_size = 64  # the world's 54 tokens, rounded up
@@ -33,6 +37,7 @@ def get_config(arg=None):
     w = c.world
     w.num_sft, w.num_train_pairs, w.num_test_pairs = 2000, 2000, 200
     w.num_train_prompts, w.num_eval_prompts, w.num_ood_prompts = 400, 100, 100
+    w.num_valid_prompts = 100
 
     d = c.data
     d.max_length = 48
@@ -86,8 +91,16 @@ def get_config(arg=None):
     r.world = True
     r.rounds = 3
     r.eval_prompts = 100
+    r.valid_prompts = 100
     r.eval_k = 4
     r.tie_margin = 0.05
+    r.baselines = ("eta0", "vanilla_ppo", "dpo")
+    if bool(int(args.get("ood", 0))):  # the OOD setting: meta, PPO and evaluation on OOD prompts
+        r.meta_prompts = "ood"
+        w.num_ood_prompts, w.num_ood_train_prompts = 200, 400  # valid + test, train
+    if study:  # every arm, five seeds (README: "The study")
+        r.baselines = ("eta0", "oracle", "vanilla_ppo", "dpo")
+        c.seeds = int(args.get("seeds", 5))
     if fast:  # the CI variant: the same pipeline, a fraction of the steps
         w.num_sft, w.num_train_pairs = 600, 600
         c.sft.epochs = 1.0
@@ -95,5 +108,5 @@ def get_config(arg=None):
         p.iterations, p.save_every = 3, 3
         c.dpo.steps = 20
         r.rounds = 2
-        r.eval_prompts = 32
+        r.eval_prompts = r.valid_prompts = 32
     return c

@@ -13,7 +13,7 @@ the policy step on every row.
 Resumable: prompts are processed in chunks of ``chunk_size``; each chunk is written atomically
 (tmp + rename) to ``<output>.chunks/chunk-NNNNN.jsonl`` and recorded in a small manifest. A
 killed run started again skips the chunks on disk. Chunk c, batch j draws from
-``fold_in(fold_in(key(seed), c), j)`` (and one key per row inside the sampler), so the output is
+``fold_in(fold_in(fold_in(key(seed), round), c), j)`` (and one key per row inside the sampler), so the output is
 byte-identical whether or not the run was interrupted. The final file is the concatenation of the
 chunks, written atomically at the end.
 """
@@ -29,10 +29,9 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
 from metarm_jax import data as D
-from metarm_jax import fileio, models, sampling
+from metarm_jax import fileio, hosts, models, sampling, sharding
 from metarm_jax.data import MetaExample, SamplingInfo
 from metarm_jax.data.features import CollatePrompts, TokenSpec
 from metarm_jax.data.readers import meta_row
@@ -86,9 +85,20 @@ def _prompts(config, tokenizer):
     dcfg.prompt_dataset, dcfg.prompt_path = bm.prompt_dataset, bm.prompt_path
     recs = D.load_records("prompt", dcfg, tokenizer, split=bm.prompt_split)
     dataset, path, split = bm.prompt_dataset, bm.prompt_path, bm.prompt_split
+    if bm.skip_prompts < 0 or bm.max_prompts < 0:
+        raise ConfigError(
+            f"config.build_meta: skip_prompts={bm.skip_prompts} and max_prompts="
+            f"{bm.max_prompts} must be >= 0."
+        )
+    recs = recs[bm.skip_prompts :]
     if bm.max_prompts > 0:
         recs = recs[: bm.max_prompts]
-    return list(recs), f"{dataset}:{path}:{split}"
+    if not recs:
+        raise ConfigError(
+            f"build_meta: no prompts left in {dataset}:{path}:{split} after skipping "
+            f"{bm.skip_prompts}; the source has fewer prompts."
+        )
+    return list(recs), f"{dataset}:{path}:{split}[{bm.skip_prompts}:]"
 
 
 def _fingerprint(**items) -> dict:
@@ -120,12 +130,6 @@ def _check_manifest(chunk_dir: str, fp: dict) -> None:
         )
 
 
-def _host(x) -> np.ndarray:
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def _decode(tokenizer, tokens: np.ndarray, mask: np.ndarray, stops: set[int]) -> tuple[str, bool]:
     """Text of one sampled row (stop token dropped) and whether invalid UTF-8 was removed."""
     ids = [int(t) for t, m in zip(tokens, mask) if m]
@@ -152,7 +156,7 @@ def _sample_chunk(model, tokenizer, spec, prompts, key, batch_size, gen_kw, stop
         res = sampling.generate(
             model, ids, mask, jax.random.fold_in(key, j // batch_size), **gen_kw
         )
-        toks, msk = _host(res.tokens), _host(res.mask)
+        toks, msk = sharding.to_host((res.tokens, res.mask))
         for i in range(n_real):
             texts = []
             for s in range(k):
@@ -222,6 +226,7 @@ def run(ctx) -> dict[str, Any]:
         os.makedirs(chunk_dir, exist_ok=True)
         _check_manifest(chunk_dir, fp)
     manifest = {"fingerprint": fp, "num_chunks": n_chunks, "done": []}
+    hosts.barrier(f"build_meta:{output}:start")  # every process sees the same chunks on disk
 
     def chunk_path(c):
         return os.path.join(chunk_dir, f"chunk-{c:05d}.jsonl")
@@ -231,7 +236,7 @@ def run(ctx) -> dict[str, Any]:
     manifest["done"] = done
     if lead:
         fileio.write_json(os.path.join(chunk_dir, MANIFEST), manifest, indent=1, sort_keys=True)
-    base = jax.random.key(seed)
+    base = jax.random.fold_in(jax.random.key(seed), int(bm.round))  # fresh draws each round
     bad_utf8 = 0
     for c in range(n_chunks):
         if c in done:
@@ -260,6 +265,7 @@ def run(ctx) -> dict[str, Any]:
             with open(chunk_path(c), encoding="utf-8") as f:
                 rows.extend(json.loads(line) for line in f if line.strip())
         D.write_meta_dataset(output, rows)
+    hosts.barrier(f"build_meta:{output}:done")  # the next stage reads it on every process
     return dict(
         output=output,
         prompts=len(prompts),

@@ -16,6 +16,8 @@ aside as ``<dir>/corrupt-<s>``, and the previous checkpoint is used.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -31,6 +33,48 @@ from metarm_jax.errors import UserError
 def _log(msg: str) -> None:
     if jax.process_index() == 0:
         print(f"[metarm_jax] {msg}", flush=True)
+
+
+class IteratorHandler(grain.checkpoint.CheckpointHandler):
+    """grain's handler (one ``process_<i>-of-<n>.json`` per process), restoring also on another
+    number of processes: the stages' iterators hold the same position on every host (the global
+    stream is split by host, and every host takes the same number of batches), so when this
+    process's file is absent the saved files must agree and any one of them is the position."""
+
+    def restore(self, directory, item=None, args=None):
+        item = item or args.item
+        index, count = jax.process_index(), jax.process_count()
+        if (directory / f"process_{index}-of-{count}.json").exists():
+            return super().restore(directory, item=item)
+        saved = sorted(directory.glob("process_*-of-*.json"))
+        states = {f.read_text() for f in saved}
+        if not saved:
+            raise ValueError(f"{directory}: no data-iterator state.")
+        if len(states) != 1:
+            raise UserError(
+                f"{directory}: the data-iterator positions saved by {len(saved)} processes "
+                f"differ, so they cannot be restored on {count} process(es); resume with the "
+                "number of processes that wrote the checkpoint."
+            )
+        state = states.pop()
+        item.set_state(
+            json.loads(state) if isinstance(item, grain.DatasetIterator) else state.encode()
+        )
+        item.start_prefetch()
+        _log(f"restored the data position written by {len(saved)} process(es) ({directory.name}).")
+        return item
+
+
+@ocp.args.register_with_handler(IteratorHandler, for_save=True)
+@dataclasses.dataclass
+class IteratorSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(IteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class IteratorRestore(ocp.args.CheckpointArgs):
+    item: Any
 
 
 def abstract_like(tree: Any) -> Any:
@@ -71,7 +115,7 @@ class Checkpointer:
         """Start saving ``state`` (a pytree of jax.Arrays) and each iterator's position at ``step``."""
         items = {"state": ocp.args.StandardSave(state)}
         for name, it in dict(iterators).items():
-            items[f"data_{name}"] = grain.checkpoint.CheckpointSave(it)
+            items[f"data_{name}"] = IteratorSave(it)
         self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
@@ -89,7 +133,7 @@ class Checkpointer:
         """Restore one step: the state onto ``abstract_state``'s shardings; iterators in place."""
         items = {"state": ocp.args.StandardRestore(abstract_state)}
         for name, it in dict(iterators).items():
-            items[f"data_{name}"] = grain.checkpoint.CheckpointRestore(it)
+            items[f"data_{name}"] = IteratorRestore(it)
         return self._manager.restore(step, args=ocp.args.Composite(**items))["state"]
 
     def restore_latest(

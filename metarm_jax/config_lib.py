@@ -47,6 +47,7 @@ BLOCKS = (
     "dpo",
     "ppo",
     "rlhf",
+    "judge",
     "world",
     "inspect",
 )

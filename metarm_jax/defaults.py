@@ -28,6 +28,10 @@ def distributed() -> ml_collections.ConfigDict:
             num_processes=0,
             process_id=-1,
             cpu_collectives="gloo",
+            # a process that stops sending heartbeats for this long is declared lost and the
+            # others stop (JAX's default is 100 s); a collective that fails on a dead peer's
+            # connection stops them at once
+            heartbeat_timeout_s=60,
         )
     )
 
@@ -42,6 +46,27 @@ def model() -> ml_collections.ConfigDict:
     c.param_dtype = "float32"  # weight storage dtype
     c.remat = "none"  # none | full | dots | dots_no_batch
     c.scan_layers = True  # lax.scan over the stacked layers
+    return c
+
+
+def judge() -> ml_collections.ConfigDict:
+    """The LLM judge (``rlhf.judge = "llm"``) over any OpenAI-compatible endpoint
+    (docs/evaluation.md). The key is read from the environment variable ``api_key_env`` names and
+    is never written anywhere."""
+    c = ml_collections.ConfigDict()
+    c.base_url = ""  # e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1
+    c.model = ""  # the endpoint's model name, e.g. gpt-4o
+    c.api_key_env = "OPENAI_API_KEY"  # the NAME of the variable; "" for an endpoint without a key
+    c.template = "helpful"  # helpful | harmless | summary | a path to your own template file
+    c.max_concurrency = 8
+    c.timeout_s = 60.0  # per request
+    c.max_retries = 6  # on 429 / 5xx / timeouts, exponential backoff (Retry-After respected)
+    c.backoff_s = 1.0
+    c.max_backoff_s = 60.0
+    c.parse_retries = 2  # an unparsable verdict is asked again this often, then counted
+    c.cache_dir = ""  # "" = <workdir>/llm_judge_cache: a resumed report makes no new calls
+    c.temperature = 0.0
+    c.max_tokens = 1024  # 0: not sent
     return c
 
 
@@ -144,6 +169,10 @@ def meta() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.eta = 5e-6  # η, the ascent step on J (paper: 5e-6; sweep 1e-6, 5e-6, 1e-5)
     c.order = "first"  # 'first' (Algorithm 1) | 'second' (differentiate through the ascent)
+    # 'absolute': θ' = θ + η∇J (the paper; η is a raw gradient step). 'param_fraction' (beyond
+    # the paper): ‖θ' − θ‖ = η‖θ‖, the same relative ascent at every model size.
+    c.eta_mode = "absolute"
+    c.measure_j_prime = False  # also log J(θ') (one extra forward on the meta batch per step)
     c.k = 5  # responses per meta prompt (the meta batches hold k rows per prompt; >= 2)
     c.hist_bins = 20  # bins of the |Δr| histogram in evaluation
     c.hist_max = 0.0  # upper edge of the histogram; 0: the largest |Δr| seen
@@ -175,7 +204,8 @@ def build_meta() -> ml_collections.ConfigDict:
     c.prompt_dataset = ""  # a reader name of metarm_jax.data (e.g. 'prompts', 'oasst1')
     c.prompt_path = ""
     c.prompt_split = ""
-    c.max_prompts = 0  # 0 = all prompts
+    c.skip_prompts = 0  # leave out the first N prompts (held-out splits of one prompt file)
+    c.max_prompts = 0  # 0 = all prompts (after the skipped ones)
     c.output_path = ""  # .jsonl/.jsonl.gz/.parquet; "" = data.meta_path, else <workdir>/meta.jsonl
     c.k = 5  # responses sampled per prompt
     c.chunk_size = 256  # prompts per chunk file (the unit of resume)
@@ -246,6 +276,12 @@ def ppo() -> ml_collections.ConfigDict:
     c.ppo_epochs = 1  # passes over each roll-out buffer
     c.minibatch_size = 64  # roll-out rows per optimizer step (divides queries x roll-outs)
     c.seed = -1  # roll-out / minibatch seed; -1 = seed (the top-level key)
+    # PPO iterations this arm ran before this stage (rlhf sets (round - 1) x iterations): the
+    # prompt stream and the roll-out keys continue from there instead of starting again.
+    c.iteration_offset = 0
+    # >0: also export the actor every N iterations to export/ppo_iter<i> (i = iterations done);
+    # vanilla PPO exports at each round boundary, so rounds compare at matched PPO budgets.
+    c.export_every = 0
     # --- optimizers (Adam via optax; one per trainable model) ---
     c.policy_lr = 5e-7  # paper
     c.critic_lr = 1.5e-6  # paper
@@ -257,8 +293,14 @@ def ppo() -> ml_collections.ConfigDict:
     c.kl_beta = 0.05  # β of the per-token KL penalty (paper)
     c.kl_estimator = "k1"  # k1 | k2 | k3
     c.kl_clip = 0.0  # clip the per-token KL estimate to [-c, c]; 0 = off
-    c.reward_norm = "scale"  # none | scale (s / running std) | standard ((s - mean) / std)
-    c.reward_clip = 0.8  # clip the normalised RM score to [-c, c]; 0 = off (the paper's 0.8)
+    # none | scale (s / running std) | standard ((s - running mean) / running std). Centred by
+    # default: a BT reward's offset is arbitrary, and an uncentred one is a constant bonus that
+    # the KL term then trades against (docs/ppo.md, "Reward normalisation").
+    c.reward_norm = "standard"
+    # clip the normalised score to [-c, c] (0 = off). 5 (standard deviations) cuts outliers only,
+    # so PPO sees the RM's ranking; the paper's "clip value 0.8" is one reading of an ambiguous
+    # sentence (configs/hh_rlhf.py keeps it); rollout/reward_clip_frac logs what a clip cuts.
+    c.reward_clip = 5.0
     # --- GAE and losses ---
     c.gamma = 1.0
     c.lam = 0.95
@@ -288,26 +330,48 @@ def rlhf() -> ml_collections.ConfigDict:
     # steps accumulate, as Algorithm 1 run round after round) or from the vanilla RM ("vanilla":
     # each round adapts r_0 to the newest policy only).
     c.rm_init = "previous"
-    c.meta_prompts = "train"  # "train": config.data.prompt_*; "ood": config.rlhf.ood_prompt_*
+    # "train": meta samples, PPO and evaluation on config.data.prompt_* / eval_prompt_*.
+    # "ood" (the paper's Figure 3 setting): all three on the OOD prompt set: meta samples and
+    # PPO prompts from its ood_prompt_split, validation and test prompts from ood_eval_split
+    # (held out as with valid_prompt_split "", or ood_valid_split when set).
+    c.meta_prompts = "train"
     c.ood_prompt_dataset = "prompts"
     c.ood_prompt_path = ""
-    c.ood_prompt_split = "test"
+    c.ood_prompt_split = "train"
+    c.ood_eval_split = "test"
+    c.ood_valid_split = ""
     c.world = False  # write the synthetic world first and train on it (quickstart)
     # >0 and data.tokenizer_path empty: train a byte-level BPE tokenizer of this size on the
     # preference pairs first (runlocal variants; set model.vocab_size to the same number).
     c.tokenizer_vocab = 0
     c.sft = True  # train π_SFT (else config.model.hf_path is π_SFT)
     c.rm_path = ""  # a trained vanilla RM to start from (skips the rm step)
-    c.baselines = ("vanilla_ppo", "dpo")
-    # Evaluation on held-out prompts (config.rlhf.eval_prompt_*), one sample per prompt.
+    # Arms besides MetaRM: "eta0" (the same rounds with η = 0: the control that differs only in
+    # η), "oracle" (an RM on gold-labelled on-policy pairs; synthetic world only: the positive
+    # control), "vanilla_ppo" (PPO against r_0, the same total budget), "dpo".
+    c.baselines = ("eta0", "vanilla_ppo", "dpo")
+    # Evaluation. Test prompts (eval_prompt_*; Tables 1-2, rewards, RM metrics) and validation
+    # prompts (valid_prompt_split of the same source; they choose the best round), disjoint:
+    # with valid_prompt_split "" the first valid_prompts test-source prompts are held out for
+    # validation and the test set is the eval_prompts after them.
     c.eval_prompt_dataset = ""  # "" = data.prompt_dataset
     c.eval_prompt_path = ""  # "" = data.prompt_path
     c.eval_prompt_split = "test"
-    c.eval_prompts = 100  # 0: all
-    c.eval_k = 4  # samples per prompt for the |Δr| histogram (Figure 5)
-    c.judge = "auto"  # "gold" (synthetic world), "rm" (judge_rm_path), "auto"
+    c.eval_prompts = 100  # test prompts (fewer if the source has fewer)
+    c.valid_prompt_split = ""
+    c.valid_prompts = 100
+    c.eval_k = 4  # samples per test prompt (the judge reads the first; RM metrics use all)
+    # "gold" (synthetic world), "rm" (judge_rm_path), "llm" (config.judge), "auto" (gold in the
+    # synthetic world, else rm)
+    c.judge = "auto"
     c.judge_rm_path = ""  # an independent RM for the RM judge ("" : the vanilla RM)
     c.tie_margin = 0.05
+    c.bootstrap = 2000  # resamples of the prompts for the 95% intervals (paired bootstrap)
+    c.diversity = (
+        "self_bleu"  # Table 3: "" | "self_bleu" | "all" (+ embeddings: pip install -e .[eval])
+    )
+    c.human_export = False  # write blind pairs (best round vs SFT) for people: CSV + HTML page
+    c.human_verdicts = ""  # a filled verdict CSV of that export: tabulated in the report
     return c
 
 
@@ -343,7 +407,9 @@ def world() -> ml_collections.ConfigDict:
     c.num_train_pairs = 4000
     c.num_test_pairs = 500
     c.num_train_prompts = 2000
-    c.num_eval_prompts = 200  # held out (judges, win rates)
-    c.num_ood_prompts = 200
+    c.num_eval_prompts = 200  # held out (judges, win rates): prompts/test
+    c.num_valid_prompts = 200  # held out for choosing the best round: prompts/valid
+    c.num_ood_prompts = 200  # prompts_ood/test.jsonl (evaluation in the OOD setting)
+    c.num_ood_train_prompts = 400  # prompts_ood/train.jsonl (meta samples and PPO there)
     c.seed = 0
     return c

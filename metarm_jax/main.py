@@ -66,9 +66,33 @@ def maybe_initialize_distributed(dist) -> None:
             )
         if jax.config.jax_platforms in (None, "", "cpu") and dist.cpu_collectives:
             jax.config.update("jax_cpu_collectives_implementation", dist.cpu_collectives)
-        jax.distributed.initialize(coordinator_address=explicit, num_processes=num, process_id=pid)
+        jax.distributed.initialize(
+            coordinator_address=explicit,
+            num_processes=num,
+            process_id=pid,
+            heartbeat_timeout_seconds=int(dist.heartbeat_timeout_s),
+        )
     else:  # TPU pod / SLURM: JAX finds the cluster itself.
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=int(dist.heartbeat_timeout_s))
+
+
+# Runtime errors that mean another process of the run is gone (its connection reset, its
+# heartbeats stopped), not a bug of this one.
+_PEER_LOST = (
+    "Connection reset",
+    "Connection refused",
+    "heartbeat",
+    "unhealthy",
+    "Gloo",
+    "NCCL",
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "Barrier failed",
+)
+
+
+def _lost_peer(e: BaseException) -> bool:
+    return jax.process_count() > 1 and any(m in str(e) for m in _PEER_LOST)
 
 
 def default_workdir(spec: str) -> str:
@@ -134,6 +158,18 @@ def main(argv) -> None:
             print(report.aggregate_seeds(workdir, per_seed))
     except UserError as e:
         _fail(str(e))
+    except Exception as e:
+        if not _lost_peer(e):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        print(
+            f"error: process {jax.process_index()} of {jax.process_count()} lost contact with "
+            f"another process of the run ({first}); run the same command again on every host "
+            "to resume from the last checkpoint.",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(3)  # not sys.exit: JAX's shutdown barrier would wait for the lost process
 
 
 def run() -> None:

@@ -26,10 +26,14 @@ def meta_scores(meta_rewards, params, mesh, batches) -> Iterable[tuple[np.ndarra
     ``metarm.meta_rewards`` on a reward_fn.
     """
     for b in batches:
-        keep = D.real_rows(b)
-        seqs = {k: b[k] for k in ("input_ids", "attention_mask")}
-        r = np.asarray(jax.device_get(meta_rewards(params, sharding.global_batch(mesh, seqs))))
-        yield r[keep], np.asarray(b["sample_mask"])[keep]
+        b = dict(b, example_mask=D.real_rows(b).astype(np.int32))  # every host's rows, in order
+        g = sharding.global_batch(mesh, b)
+        seqs = {k: g[k] for k in ("input_ids", "attention_mask")}
+        r, keep, sm = sharding.to_host(
+            (meta_rewards(params, seqs), g["example_mask"], g["sample_mask"])
+        )
+        keep = keep > 0
+        yield r[keep], sm[keep]
 
 
 _EVAL_SAMPLING = SamplingInfo(

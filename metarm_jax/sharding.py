@@ -137,10 +137,17 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 
 def global_batch(mesh: Mesh, batch: Any) -> Any:
-    """Host batch (this process's rows) -> global jax.Arrays split over the data axes.
+    """Host batch (this process's rows) -> global jax.Arrays split over the data axes: the one
+    path every stage's batches take onto the mesh.
 
+    On several processes each host buckets its own rows, so their sequence lengths may differ:
+    every host's host-numpy leaf of rank >= 2 is padded at the end of its last axis to the
+    longest one of any host (one small all-gather of the lengths; pad 0, which the attention
+    masks mark as padding: positions come from the masks, so the padding side does not matter).
     A leaf that is already a jax.Array (a StateSource's device batch) is a global array: it is
     only placed on the batch sharding (a no-op when it is there already)."""
+    if jax.process_count() > 1:
+        batch = _same_length_on_all_hosts(batch)
 
     def one(x):
         sh = batch_sharding(mesh, np.ndim(x))
@@ -149,6 +156,35 @@ def global_batch(mesh: Mesh, batch: Any) -> Any:
         return jax.make_array_from_process_local_data(sh, np.asarray(x))
 
     return jax.tree.map(one, batch)
+
+
+def to_host(tree: Any) -> Any:
+    """jax.Arrays -> numpy with their global value on every process (an all-gather across
+    hosts for an array sharded over several; a plain device_get otherwise)."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+            return np.asarray(jax.device_get(x))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
+
+
+def _same_length_on_all_hosts(batch: Any) -> Any:
+    from jax.experimental import multihost_utils
+
+    leaves, treedef = jax.tree.flatten(batch)
+    host = [i for i, x in enumerate(leaves) if not isinstance(x, jax.Array) and np.ndim(x) >= 2]
+    if not host:
+        return batch
+    mine = np.asarray([np.shape(leaves[i])[-1] for i in host], np.int32)
+    longest = np.max(multihost_utils.process_allgather(mine), axis=0)
+    for i, t in zip(host, longest):
+        x = np.asarray(leaves[i])
+        if x.shape[-1] < t:
+            leaves[i] = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, int(t) - x.shape[-1])])
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -246,6 +246,43 @@ def test_eta_zero_is_exactly_vanilla(order):
     vanilla_jit, _ = jax.jit(functools.partial(metarm.vanilla_grads, jax_reward))(params, pref)
     step = jax.jit(functools.partial(metarm.meta_grads, jax_reward, order=order))
     assert_trees_equal(step(params, pref, meta, jnp.float32(0.0))[0], vanilla_jit)
+    # A Python 0 skips ∇J (the eta0 control arm's fast path); a traced 0 runs the whole step.
+    # Both give the vanilla gradient bit for bit, and the fast path reports a zero ascent.
+    general, g_metrics = metarm.meta_grads(
+        jax_reward, params, pref, meta, eta=jnp.float32(0.0), order=order
+    )
+    assert_trees_equal(general, vanilla)
+    assert float(g_metrics["meta/ascent_norm"]) == 0.0 == float(metrics["meta/ascent_norm"])
+    np.testing.assert_array_equal(metrics["meta/J"], g_metrics["meta/J"])
+
+
+@pytest.mark.parametrize("order", ["first", "second"])
+def test_param_fraction_mode_sets_the_ascent_by_its_size(order):
+    """eta_mode='param_fraction': ‖θ' − θ‖ = η‖θ‖, measured by the step's own metric."""
+    params, (pref, meta) = make_params(seed=5), make_batches(seed=5)
+    theta_norm = float(np.linalg.norm(tree_flat(params)))
+    for eta in (1e-3, 1e-2):
+        _, m = metarm.meta_grads(
+            jax_reward, params, pref, meta, eta=eta, order=order, eta_mode="param_fraction"
+        )
+        # float32 norms of a sum of ~1e3 squares: a few ulps of the result
+        np.testing.assert_allclose(float(m["meta/ascent_norm"]), eta * theta_norm, rtol=1e-4)
+        np.testing.assert_allclose(
+            float(m["meta/eta_effective"]) * float(m["meta/grad_J_norm"]),
+            eta * theta_norm,
+            rtol=1e-5,
+        )
+    with pytest.raises(ValueError, match="eta_mode"):
+        metarm.meta_grads(jax_reward, params, pref, meta, eta=0.1, eta_mode="relative")
+
+
+def test_absolute_mode_ascent_norm_is_eta_times_grad_j_norm():
+    params, (pref, meta) = make_params(seed=6), make_batches(seed=6)
+    _, m = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.05)
+    np.testing.assert_allclose(
+        float(m["meta/ascent_norm"]), 0.05 * float(m["meta/grad_J_norm"]), rtol=1e-4
+    )
+    assert float(m["meta/eta_effective"]) == pytest.approx(0.05)
 
 
 def test_no_pairs_in_meta_batch_is_exactly_vanilla():

@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "metarm_jax"
 # Bottom to top. A module may import modules of its own layer or below, never above.
 LAYERS = (
     ("errors", "fileio", "defaults", "core"),
-    ("sharding", "checkpoint"),
+    ("sharding", "checkpoint", "hosts"),
     ("models",),
     ("data",),
     ("sampling", "scoring"),

@@ -4,6 +4,7 @@ dependence on the seed, and resume after SIGKILL in round 2's PPO."""
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,9 +59,12 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
     md = (workdir / "report.md").read_text()
     for heading in (
         "## In plain words",
-        "## Table 1: each MetaRM round vs SFT",
-        "## Table 2: best round",
-        "## Mean rewards of held-out samples",
+        "## Selection (validation prompts)",
+        "## Table 1 (test prompts)",
+        "## Table 2 (test prompts)",
+        "## Mean gold reward of the test samples",
+        "## RM metrics",
+        "## Budgets, clipping and the meta step",
         "Figure 1",
         "Figure 4",
         "Figure 5",
@@ -76,39 +80,142 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
         assert f"]({png})" in md
     rep = _report(workdir)
     n = rep["prompts"]
-    assert n == 32
-    assert set(rep["table1"]) == {"round1", "round2"}
-    assert set(rep["table2"]) == {"sft", "vanilla_ppo", "dpo"}
-    for table in ("table1", "table2"):
+    assert n == 32 and rep["valid_prompts"] == 32 and rep["samples_per_prompt"] == 4
+    assert set(rep["table1"]) == {"round1", "round2", "eta0_round1", "eta0_round2"}
+    best = rep["best_round"]
+    r = best.removeprefix("round")
+    assert {"sft", f"eta0 (round {r})", f"vanilla PPO (round {r} budget)", "dpo"} <= set(
+        rep["table2"]
+    )
+    for table in ("selection", "table1", "table2"):
         for row in rep[table].values():
-            assert sum(row["counts"]) == n  # win + tie + lose = number of prompts
-    assert set(rep["rewards"]) == {"sft", "round1", "round2", "vanilla_ppo", "dpo"}
-    assert all("gold" in v for v in rep["rewards"].values())
+            assert row["win"] + row["tie"] + row["lose"] == row["n"]
+            lo, hi = row["net_ci"]
+            assert lo <= row["net"] <= hi  # the interval holds its point estimate
+    assert rep["table1"][best] == rep["table2"]["sft"]  # the same comparison, once per table
+    assert set(rep["gold"]) == {
+        "sft", "round1", "round2", "eta0_round1", "eta0_round2",
+        "vanilla_ppo@1", "vanilla_ppo@2", "dpo",
+    }  # fmt: skip
+    # every arm's budget is stated; eta0 and MetaRM have the same RM and PPO steps
+    assert rep["budget"]["metarm"] == rep["budget"]["eta0"]
+    assert (
+        rep["budget"]["vanilla_ppo"]["ppo_iterations"] == rep["budget"]["metarm"]["ppo_iterations"]
+    )
+    assert rep["rm_metrics"]["reference"] == "gold"
+    row = rep["rm_metrics"]["rounds"]["round2"]["metarm round 2 samples"]
+    assert set(row) == {"r0", "metarm_r2", "eta0_r2"}
+    assert all(0.0 <= v["accuracy"] <= 1.0 for v in row.values())
     # the console ends with the tables
-    assert "Table 1: MetaRM rounds vs SFT" in stdout and "Table 2:" in stdout
-    # the PPO stage logged the shift signal and the world's gold reward every iteration
+    assert "Table 1 (test)" in stdout and "Table 2 (test)" in stdout
+    # the PPO stage logged the shift signal, the gold reward and the clipped fraction each
+    # iteration; the MetaRM stage the step's geometry each step
     rows = [json.loads(l) for l in (workdir / "round1/ppo/ppo/metrics.jsonl").open()]
-    assert sum("shift/absdiff_var" in r for r in rows) == 3
-    assert sum("rollout/monitor_mean" in r for r in rows) == 3
+    for key in ("shift/absdiff_var", "rollout/monitor_mean", "rollout/reward_clip_frac"):
+        assert sum(key in r for r in rows) == 3, key
+    rows = [json.loads(l) for l in (workdir / "round1/metarm/metarm/metrics.jsonl").open()]
+    steps = [r for r in rows if "loss" in r]
+    assert len(steps) == 40
+    for key in ("meta/ascent_norm", "update_norm", "meta/ascent_to_update", "meta/cos_gradJ_grad"):
+        assert all(key in r for r in steps), key
+    assert all(r["meta/ascent_norm"] > 0 for r in steps)
+
+
+def _prompts_of(workdir, stage) -> list[list[int]]:
+    rows = [json.loads(l) for l in (workdir / stage / "ppo" / "metrics.jsonl").open()]
+    return [
+        [int(i) for i in r["rollout/prompt_index"]] for r in rows if "rollout/prompt_index" in r
+    ]
+
+
+def test_each_round_trains_on_fresh_prompts_of_one_stream(seed0):
+    """Round 2's PPO continues the prompt stream where round 1 stopped (no prompt twice in 96
+    of 400), and vanilla PPO walks the same stream: its iterations 3-5 are round 2's prompts."""
+    workdir, _ = seed0
+    r1, r2 = _prompts_of(workdir, "round1/ppo"), _prompts_of(workdir, "round2/ppo")
+    assert len(r1) == len(r2) == 3
+    seen1, seen2 = {i for b in r1 for i in b}, {i for b in r2 for i in b}
+    assert len(seen1) == len(seen2) == 48 and not seen1 & seen2
+    vanilla = _prompts_of(workdir, "vanilla_ppo")
+    assert vanilla[:3] == r1 and vanilla[3:6] == r2
+    assert _prompts_of(workdir, "eta0/round2/ppo") == r2  # the control arm: the same prompts
+
+
+def _config(path) -> dict:
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f"{prefix}{k}.")
+            else:
+                yield f"{prefix}{k}", v
+
+    return dict(flat(json.loads(pathlib.Path(path).read_text())))
+
+
+def test_the_control_arm_differs_from_metarm_only_in_eta(seed0):
+    workdir, _ = seed0
+
+    def diff(a, b):
+        a, b = _config(workdir / a / "config.json"), _config(workdir / b / "config.json")
+        return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+    # round 1: the same start (r_0), the same meta samples: only η (and the folder) differ
+    assert diff("round1/metarm", "eta0/round1/metarm") == {"meta.eta", "workdir"}
+    # later rounds continue each arm's own RM and policy, sampled from that arm's policy (the
+    # three keys that inherit model.hf_path follow it; the metarm stage does not read them)
+    assert diff("round2/metarm", "eta0/round2/metarm") == {
+        "meta.eta", "workdir", "model.hf_path", "data.meta_path",
+        "build_meta.policy_path", "ppo.policy_path", "ppo.ref_path",
+    }  # fmt: skip
+    ppo = diff("round2/ppo", "eta0/round2/ppo")
+    assert ppo == {"workdir", "ppo.policy_path", "ppo.rm_path", "ppo.critic_path"}
+    eta0 = _config(workdir / "eta0/round2/metarm/config.json")
+    assert (
+        eta0["meta.eta"] == 0.0 and _config(workdir / "round2/metarm/config.json")["meta.eta"] > 0
+    )
+
+
+def test_the_best_round_is_chosen_on_validation_prompts_only(seed0):
+    from metarm_jax.data import load_meta_examples
+    from metarm_jax.eval import report
+
+    workdir, _ = seed0
+    rep = _report(workdir)
+    assert rep["best_round"] == report.select_best(rep["selection"])
+    valid = {e.prompt for e in load_meta_examples(str(workdir / "samples/valid/round1.jsonl"))}
+    test = {e.prompt for e in load_meta_examples(str(workdir / "samples/test/round1.jsonl"))}
+    assert len(valid) == len(test) == 32 and not valid & test
+    world = {json.loads(l)["prompt"] for l in (workdir / "world/prompts/valid.jsonl").open()}
+    assert all(p.split("Human: ")[1].split("\n")[0] in world for p in valid)
 
 
 def test_numbers_come_from_the_run_and_change_with_the_seed(seed0, tmp_path):
     workdir, _ = seed0
-    _run(tmp_path, "--config.seed=1", "--config.world.seed=1")
+    # one round and no baselines: enough to see the numbers move with the seed
+    _run(tmp_path, "--config.seed=1", "--config.world.seed=1", "--config.rlhf.rounds=1",
+         "--config.rlhf.baselines=()")  # fmt: skip
     a, b = _report(workdir), _report(tmp_path)
-    assert a["rewards"] != b["rewards"]
-    assert a["table1"] != b["table1"] or a["table2"] != b["table2"]
+    assert a["gold"]["sft"] != b["gold"]["sft"] and a["gold"]["round1"] != b["gold"]["round1"]
+    assert a["table1"]["round1"] != b["table1"]["round1"] or a["selection"] != b["selection"]
 
 
 def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
+    """Start from seed0's finished steps up to round 2's MetaRM, run on with a checkpoint every
+    PPO iteration, SIGKILL the run once round 2's PPO has one, run the same command again: the
+    report equals seed0's, every number and interval."""
     workdir, _ = seed0
-    # checkpoint every PPO iteration so that there is one to resume from mid-stage
+    run = tmp_path / "run"
+    after = ("round2/ppo", "eta0", "vanilla_ppo", "dpo", "samples", "report.md", "report.json")
+    shutil.copytree(workdir, run, ignore=lambda d, names: [
+        n for n in names if os.path.relpath(os.path.join(d, n), workdir) in after
+        or n.endswith(".png")
+    ])  # fmt: skip
     cmd = [
         sys.executable,
         "-m",
         "metarm_jax.main",
         FAST,
-        f"--workdir={tmp_path}",
+        f"--workdir={run}",
         "--config.train.progress=False",
         "--config.ppo.save_every=1",
     ]
@@ -120,7 +227,7 @@ def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    ckpt = tmp_path / "round2" / "ppo" / "ppo" / "checkpoints"
+    ckpt = run / "round2" / "ppo" / "ppo" / "checkpoints"
     deadline = time.time() + 600
     try:
         while time.time() < deadline and proc.poll() is None:
@@ -131,13 +238,12 @@ def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    assert not (tmp_path / "round2" / "ppo" / "DONE.json").exists()
-    assert (tmp_path / "round1" / "ppo" / "DONE.json").exists()
-    res = _run(tmp_path, "--config.ppo.save_every=1")
+    assert not (run / "round2" / "ppo" / "DONE.json").exists()
+    res = _run(run, "--config.ppo.save_every=1")
     assert "-- rlhf: round1" not in res.stdout  # finished steps are not run again
-    a, b = _report(workdir), _report(tmp_path)
-    assert a["table1"] == b["table1"] and a["table2"] == b["table2"]
-    assert a["rewards"] == b["rewards"] and a["fig5"] == b["fig5"]
+    assert "resuming ppo from" in res.stdout
+    a, b = _report(workdir), _report(run)
+    assert a == b  # every number and interval, bit for bit
 
 
 def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
@@ -162,6 +268,8 @@ def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
             "--config.dpo.steps=4",
             "--config.build_meta.max_prompts=32",
             "--config.rlhf.eval_prompts=16",
+            "--config.rlhf.valid_prompts=16",
+            "--config.rlhf.baselines=('eta0',)",
         ],
         cwd=REPO,
         env=env,
@@ -171,8 +279,11 @@ def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
     )
     assert res.returncode == 0, res.stderr[-4000:]
     rep = _report(tmp_path)
-    assert rep["prompts"] == 16 and set(rep["table1"]) == {"round1"}
+    assert rep["prompts"] == 16 and rep["valid_prompts"] == 16
+    assert set(rep["table1"]) == {"round1", "eta0_round1"}
     assert "judge" in rep and "vanilla RM" in rep["judge"]  # no gold reward on real data
+    assert rep["diversity"]["rows"]["chosen (data)"]["self_bleu"] > 0  # Table 3 on real text
+    assert rep["rm_metrics"]["reference"] is None  # nothing independent to rank against
     # the BPE tokenizer was trained on the local pairs and the 4 empty-response rows were skipped
     assert (tmp_path / "tokenizer" / "tokenizer.json").exists()
     assert "skipped 4 of 2000 rows: empty_response: 4" in res.stdout

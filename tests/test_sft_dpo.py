@@ -22,6 +22,7 @@ from metarm_jax import config_lib, defaults, models, sharding, stages
 from metarm_jax.data import synthetic
 from metarm_jax.train import common, dpo, loop, optim, sft
 from tests.resume_util import assert_same_exports, kill_at_checkpoint
+from tests.tolerances import assert_within_ulps
 from tests.xla_env import xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -309,9 +310,10 @@ def test_dpo_stage_starts_at_log2_and_raises_the_margin(world, tmp_path):
         f"{out['eval/loss']:.4f} margin {out['eval/reward_margin']:.3f} "
         f"accuracy {out['eval/accuracy']:.3f}"
     )
-    # Exactly log 2 in float32. The implicit rewards are 0 up to ~1e-8: XLA fuses the policy's
-    # forward (which feeds the backward) differently from the reference's.
-    assert first["loss"] == float(np.float32(math.log(2)))
+    # log 2 up to rounding. The implicit rewards are 0 up to ~1e-8: XLA fuses the policy's
+    # forward (which feeds the backward) differently from the reference's, so -log σ(β h) lands
+    # on float32(log 2) or a neighbour (seen: 0 ulps on AVX-512, 1 ulp on an AVX2-only EPYC).
+    assert_within_ulps(first["loss"], math.log(2), max_ulps=4)
     assert abs(first["reward_margin"]) < 1e-6 and abs(first["reward_chosen"]) < 1e-6
     assert out["eval/reward_margin"] > 0.5 and out["eval/accuracy"] >= 0.75
     assert out["eval/loss"] < math.log(2) - 0.1

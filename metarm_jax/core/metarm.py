@@ -11,6 +11,13 @@
 ascent, g = ∇_θ L(θ + η ∇_θ J_θ) = ∇L(θ') + η·H_J(θ)·∇L(θ'); the Hessian-vector product
 makes it about 2.4× the FLOPs of the first-order step.
 
+The ascent's size. ``eta_mode="absolute"`` (the default) is the paper's θ' = θ + η∇J: η is a raw
+gradient step, so ‖θ' − θ‖ = η‖∇J‖ depends on the model's size and J's scale.
+``eta_mode="param_fraction"`` (beyond the paper, opt-in) sets the step by its size instead:
+θ' = θ + η‖θ‖/‖∇J‖ · ∇J, so ‖θ' − θ‖ = η‖θ‖ whatever the model (the step size is held constant,
+not differentiated, in the second-order gradient). A Python ``eta == 0`` returns the vanilla
+gradient without computing ∇J (exactly what the formula gives at η = 0: θ' = θ).
+
 `reward_fn(params, input_ids [B, T], attention_mask [B, T]) -> rewards [B]` is the model at the
 edge (e.g. `nnx.merge(graphdef, params, rest)(...)`); `params` is any pytree of float arrays
 (e.g. an `nnx.State` of `nnx.Param`s). Every function here is jit-able; `eta` may be traced,
@@ -34,6 +41,7 @@ Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 ORDERS = ("first", "second")
+ETA_MODES = ("absolute", "param_fraction")
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +150,7 @@ def meta_grads(
     eta: float | jax.Array,
     order: str = "first",
     measure_j_prime: bool = False,
+    eta_mode: str = "absolute",
 ) -> tuple[PyTree, Metrics]:
     """One MetaRM gradient (Algorithm 1); the caller applies it with its optimizer.
 
@@ -151,7 +160,10 @@ def meta_grads(
       grad_norm                  ‖g‖
       meta/J                     J_θ(X_s) at θ
       meta/grad_J_norm           ‖∇_θ J_θ(X_s)‖
-      meta/J_gain_linear         η‖∇J‖², the first-order predicted J(θ') - J(θ)
+      meta/ascent_norm           ‖θ' − θ‖, measured in the params' dtype (0 when the step is below
+                                 their resolution, as bf16 weights at the paper's η can be)
+      meta/eta_effective         the step on ∇J actually taken (η, or η‖θ‖/‖∇J‖)
+      meta/J_gain_linear         η_eff‖∇J‖², the first-order predicted J(θ') - J(θ)
       meta/cos_gradJ_grad        cos(∇_θ J_θ(X_s), g): the alignment term of the paper's Eq. 8,
                                  read with ∇L at θ' (the gradient already computed) instead of at
                                  θ, which would cost another backward; the two differ by O(η).
@@ -159,19 +171,44 @@ def meta_grads(
       meta/J_prime               J_θ'(X_s), only if `measure_j_prime` (one extra forward on the
                                  meta batch, so off by default: the step's FLOPs stay at
                                  (2n + m·k)/2n of a vanilla step).
+    With a Python ``eta == 0`` only loss/accuracy/reward_*, grad_norm, meta/J (a forward on the
+    meta batch), meta/ascent_norm = 0 and meta/eta_effective = 0 are returned.
     """
     if order not in ORDERS:
         raise ValueError(f"meta order must be one of {ORDERS} (config.meta.order), got {order!r}.")
+    if eta_mode not in ETA_MODES:
+        raise ValueError(f"meta.eta_mode must be one of {ETA_MODES}, got {eta_mode!r}.")
     J = lambda theta: meta_loss(reward_fn, theta, meta_batch)  # J_θ(X_s)
     L = lambda theta: preference_loss(reward_fn, theta, pref_batch)  # L_θ(X_t), with metrics
 
+    if isinstance(eta, (int, float)) and eta == 0:  # θ' = θ: the vanilla gradient, exactly
+        g, metrics = vanilla_grads(reward_fn, params, pref_batch)
+        zero = jnp.zeros((), jnp.float32)
+        metrics.update(
+            {
+                "meta/J": J(params).astype(jnp.float32),
+                "meta/ascent_norm": zero,
+                "meta/eta_effective": zero,
+            }
+        )
+        if measure_j_prime:
+            metrics["meta/J_prime"] = metrics["meta/J"]
+        return g, metrics
+
     def meta_process(theta):
         j, grad_j = jax.value_and_grad(J)(theta)  # ∇_θ J_θ(X_s)
-        theta_prime = ascend(theta, grad_j, eta)  # θ' = θ + η ∇_θ J_θ(X_s)
-        return theta_prime, (j, grad_j)
+        if eta_mode == "absolute":
+            step = eta  # as given (a Python float is cast to each param's dtype once)
+        else:  # ‖θ' − θ‖ = η‖θ‖
+            gj = global_norm(grad_j)
+            step = jax.lax.stop_gradient(
+                jnp.where(gj > 0, eta * global_norm(theta) / jnp.where(gj > 0, gj, 1.0), 0.0)
+            )
+        theta_prime = ascend(theta, grad_j, step)  # θ' = θ + η ∇_θ J_θ(X_s)
+        return theta_prime, (j, grad_j, step)
 
     if order == "first":  # g = ∇_θ' L_θ'(X_t)
-        theta_prime, (j, grad_j) = meta_process(params)
+        theta_prime, (j, grad_j, step) = meta_process(params)
         (_, metrics), g = jax.value_and_grad(L, has_aux=True)(theta_prime)
     else:  # g = ∇_θ L_θ'(X_t)
 
@@ -180,17 +217,22 @@ def meta_grads(
             loss, aux = L(theta_prime)
             return loss, (aux, meta_aux, theta_prime)
 
-        (_, (metrics, (j, grad_j), theta_prime)), g = jax.value_and_grad(outer, has_aux=True)(
+        (_, (metrics, (j, grad_j, step), theta_prime)), g = jax.value_and_grad(outer, has_aux=True)(
             params
         )
 
     grad_j_norm, g_norm = global_norm(grad_j), global_norm(g)
+    ascent = jax.tree.map(
+        lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), theta_prime, params
+    )
     metrics.update(
         {
             "grad_norm": g_norm,
             "meta/J": j.astype(jnp.float32),
             "meta/grad_J_norm": grad_j_norm,
-            "meta/J_gain_linear": jnp.asarray(eta, jnp.float32) * grad_j_norm**2,
+            "meta/ascent_norm": jax.lax.stop_gradient(global_norm(ascent)),
+            "meta/eta_effective": jnp.asarray(step, jnp.float32),
+            "meta/J_gain_linear": jnp.asarray(step, jnp.float32) * grad_j_norm**2,
             "meta/cos_gradJ_grad": cosine(grad_j, g, grad_j_norm, g_norm),
         }
     )

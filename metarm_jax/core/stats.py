@@ -1,12 +1,14 @@
-"""Statistics of reward differences between responses to the same prompt (the paper's shift
-signal, Figures 1 and 5): the jitted form PPO logs every iteration and the host form the RM
-evaluation and the report use. Pure; jax and numpy only."""
+"""Statistics: reward differences between responses to the same prompt (the paper's shift
+signal, Figures 1 and 5: the jitted form PPO logs every iteration and the host form the RM
+evaluation and the report use), bootstrap and t intervals, and ranking agreement with a
+reference (gold or an independent judge). Pure; jax, numpy and scipy."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.stats
 
 from metarm_jax.core.policy_losses import as_mask, masked_count, masked_mean
 from metarm_jax.core.tree import upcast
@@ -53,3 +55,84 @@ def reward_difference_stats(
     hist, _ = jnp.histogram(diff.ravel(), bins=edges, weights=pairs.ravel().astype(edges.dtype))
     f32 = lambda v: v.astype(jnp.float32)
     return {"mean": f32(mean), "var": f32(var), "hist": f32(hist), "num_pairs": f32(n)}
+
+
+# --------------------------------------------------------------------------------------------
+# Host statistics for the report: intervals, ranking agreement.
+# --------------------------------------------------------------------------------------------
+
+
+def bootstrap_ci(
+    *samples: np.ndarray,
+    statistic=None,
+    n_resamples: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(*samples)`` (default: the mean of one
+    sample), resampling the rows, paired across ``samples`` (one row per prompt). NaN rows
+    (e.g. a prompt with no comparable pair) are dropped first; with fewer than 2 rows the
+    interval is (nan, nan)."""
+    arrays = [np.asarray(s, np.float64) for s in samples]
+    keep = np.ones(len(arrays[0]), bool)
+    for a in arrays:
+        keep &= np.isfinite(a)
+    arrays = [a[keep] for a in arrays]
+    if len(arrays[0]) < 2:
+        return float("nan"), float("nan")
+    if statistic is None:
+
+        def statistic(x, axis=-1):
+            return np.mean(x, axis=axis)
+
+    if np.all([np.all(a == a[0]) for a in arrays]):  # no spread: the interval is the point
+        v = float(statistic(*arrays, axis=-1))
+        return v, v
+    res = scipy.stats.bootstrap(
+        tuple(arrays),
+        statistic,
+        paired=True,
+        vectorized=True,
+        n_resamples=n_resamples,
+        confidence_level=level,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (e.g. one number per seed)."""
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return float("nan"), float("nan")
+    half = scipy.stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def ranking_agreement(
+    scores: np.ndarray, reference: np.ndarray, sample_mask: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per prompt: (pairwise accuracy, Kendall τ-b) of ``scores`` [m, k] against ``reference``
+    [m, k] (gold, or an independent judge) over the prompt's real responses.
+
+    Pairwise accuracy: among pairs i < j whose reference values differ, the fraction that the
+    scores order the same way (a tie in the scores counts as wrong). NaN for a prompt with no
+    such pair (and τ NaN where it is undefined: constant scores or reference).
+    """
+    s, ref = np.asarray(scores, np.float64), np.asarray(reference, np.float64)
+    m, k = s.shape
+    mask = np.ones((m, k), bool) if sample_mask is None else np.asarray(sample_mask).astype(bool)
+    acc, tau = np.full(m, np.nan), np.full(m, np.nan)
+    for p in range(m):
+        x, y = s[p, mask[p]], ref[p, mask[p]]
+        if len(x) < 2:
+            continue
+        i, j = np.triu_indices(len(x), 1)
+        dref = np.sign(y[i] - y[j])
+        valid = dref != 0
+        if valid.any():
+            acc[p] = float(np.mean(np.sign(x[i] - x[j])[valid] == dref[valid]))
+        if np.ptp(x) > 0 and np.ptp(y) > 0:
+            tau[p] = float(scipy.stats.kendalltau(x, y).statistic)
+    return acc, tau

@@ -17,10 +17,12 @@ def upcast(x: jax.Array) -> jax.Array:
 
 
 def dot(a: PyTree, b: PyTree) -> jax.Array:
-    """Σ over leaves of <a, b>, in float32."""
+    """Σ over leaves of <a, b>, in float32. An elementwise product and a sum, not ``jnp.vdot``:
+    vdot flattens its operands, and a flattened FSDP-sharded weight cannot stay sharded, so
+    every norm would all-gather the whole tensor onto every device."""
     return sum(
         (
-            jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+            jnp.sum(x.astype(jnp.float32) * y.astype(jnp.float32))
             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
         ),
         jnp.float32(0),

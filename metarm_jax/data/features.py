@@ -1,6 +1,8 @@
 """Tokenization (records -> int32 token arrays) and collation (-> padded, bucketed numpy batches).
 
-Every sequence is [BOS] + prompt + response + EOS. Responses are never truncated: the prompt is
+Every sequence is [BOS] + prompt + response + EOS, where the BOS is left out when the prompt's
+own tokens start with it (a chat template that renders the BOS itself, as Llama-2's does) so a
+sequence never starts with two. Responses are never truncated: the prompt is
 cut from the left (keeping the end of the conversation) to fit `max_length`; a row that still
 does not fit is a bad row (`too_long`). Batches are padded to the smallest of a few fixed bucket
 lengths, so jitted steps compile a bounded number of times.
@@ -85,8 +87,15 @@ def _encode(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
 
+def _bos(spec: TokenSpec, ids: Sequence[int]) -> list[int]:
+    """[BOS] to put in front of ``ids``; [] without a BOS or when ``ids`` starts with it."""
+    if spec.bos_id is None or (len(ids) and ids[0] == spec.bos_id):
+        return []
+    return [spec.bos_id]
+
+
 def _join(spec: TokenSpec, prompt: list[int], reply: list[int]) -> np.ndarray:
-    bos = [spec.bos_id] if spec.bos_id is not None else []
+    bos = _bos(spec, prompt)
     return np.asarray(bos + prompt + reply + [spec.eos_id], np.int32)
 
 
@@ -153,7 +162,7 @@ def tokenize_sft(examples: Sequence[SFTExample], tokenizer, spec: TokenSpec) -> 
         head = len(ids) - last  # everything before the final reply is the prompt: cut its left end
         keep = min(head, budget)
         ids, loss = ids[head - keep :], loss[head - keep :]
-        bos = [spec.bos_id] if spec.bos_id is not None else []
+        bos = _bos(spec, ids)
         out.append(
             {
                 "ids": np.asarray(bos + ids + [spec.eos_id], np.int32),
@@ -177,9 +186,8 @@ def _last_len(loss) -> int:
 def tokenize_prompts(prompts: Sequence[PromptExample], tokenizer, spec: TokenSpec) -> Records:
     """[{'ids': int32[L], 'index': int}]; prompts keep their last max_prompt_length tokens."""
     limit = (spec.max_prompt_length or spec.max_length) - (spec.bos_id is not None)
-    bos = [spec.bos_id] if spec.bos_id is not None else []
     out = [
-        {"ids": np.asarray(bos + p[-limit:], np.int32), "index": i}
+        {"ids": np.asarray(_bos(spec, p[-limit:]) + p[-limit:], np.int32), "index": i}
         for i, p in enumerate(_encode(tokenizer, [p.prompt for p in prompts]))
     ]
     return Records(out, getattr(prompts, "skip_report", None))

@@ -20,24 +20,12 @@ from collections.abc import Callable, Sequence
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from jax.experimental import multihost_utils
 
 from metarm_jax.data import features as F
 from metarm_jax.data import readers
 from metarm_jax.data.records import DataError
-from metarm_jax.sharding import batch_sharding
-
-SEQ_KEYS = (
-    "chosen_ids",
-    "chosen_mask",
-    "rejected_ids",
-    "rejected_mask",
-    "input_ids",
-    "attention_mask",
-    "loss_mask",
-)
+from metarm_jax.sharding import global_batch
 
 
 class _Features:
@@ -69,41 +57,18 @@ class _PadTo:
         return f"_PadTo(n_real={self.n_real})"
 
 
-class ToGlobal:
-    """Local numpy batch -> dict of global jax.Arrays sharded over ('data','fsdp')."""
+class _Global:
+    """Local numpy batch -> global jax.Arrays on the mesh (``sharding.global_batch``: lengths
+    equalised across hosts). A class with a stable repr, as grain wants."""
 
-    def __init__(self, mesh, pad_id: int, pad_side: str):
-        self.mesh, self.pad_id, self.pad_side = mesh, pad_id, pad_side
+    def __init__(self, mesh):
+        self.mesh = mesh
 
     def __repr__(self):
-        return f"ToGlobal({dict(self.mesh.shape)}, pad_id={self.pad_id}, {self.pad_side})"
+        return f"_Global({dict(self.mesh.shape)})"
 
     def __call__(self, batch: dict) -> dict:
-
-        if jax.process_count() > 1:
-            batch = self._same_length_on_all_hosts(batch)
-        return {
-            k: jax.make_array_from_process_local_data(batch_sharding(self.mesh, v.ndim), v)
-            for k, v in batch.items()
-        }
-
-    def _same_length_on_all_hosts(self, batch):
-        """Hosts bucket their own slice; pad every host's T to the largest (one small all-gather)."""
-
-        key = next(k for k in SEQ_KEYS if k in batch)
-        t = batch[key].shape[-1]
-        T = int(np.max(multihost_utils.process_allgather(np.asarray(t, np.int32))))
-        if t == T:
-            return batch
-        out = dict(batch)
-        for k in SEQ_KEYS:
-            if k in out:
-                v = out[k]
-                width = [(0, 0)] * (v.ndim - 1) + [
-                    (0, T - t) if self.pad_side == "right" else (T - t, 0)
-                ]
-                out[k] = np.pad(v, width, constant_values=self.pad_id if k.endswith("_ids") else 0)
-        return out
+        return global_batch(self.mesh, batch)
 
 
 def make_iter_dataset(
@@ -159,8 +124,7 @@ def make_iter_dataset(
         grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
     )
     if mesh is not None:  # on the caller's thread, in step on every host
-        side = "left" if collate.kind == "prompt" else collate.spec.pad_side
-        it = it.map(ToGlobal(mesh, collate.spec.pad_id, side))
+        it = it.map(_Global(mesh))
     return it
 
 

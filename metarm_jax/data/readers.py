@@ -247,7 +247,7 @@ def split_hh_pair(chosen: str, rejected: str) -> tuple[str, str, str] | tuple[No
     """
     if chosen == rejected:
         return None, IDENTICAL_RESPONSES, "the two transcripts are identical"
-    n = len(os.path.commonprefix([chosen, rejected]))  # noqa: RUF071 (characters, as wanted)
+    n = len(os.path.commonprefix([chosen, rejected]))
     j = chosen.rfind(ASSISTANT, 0, n)
     if j < 0 or j + len(ASSISTANT) > n:
         if ASSISTANT not in chosen or ASSISTANT not in rejected:
@@ -278,17 +278,18 @@ def _hh_pair(where, row, report, o: Opts):
     if o.hh:  # keep the hub text exactly: prompt + chosen == row['chosen']
         return PreferencePair(prompt, cr, rr, where)
     turns = formats.split_hh_prompt(prompt)
-    return PreferencePair(o.prompt_fn(turns), o.reply_fn(cr), o.reply_fn(rr), where, turns)
+    return PreferencePair(
+        o.prompt_fn(turns), o.reply_fn(cr, turns), o.reply_fn(rr, turns), where, turns
+    )
 
 
 def _single_turn_pair(where, prompt, a, b, o: Opts, tldr=False):
     turns = (("user", prompt),)
-    if tldr:  # TL;DR text is the prompt in 'hh' mode; one user turn with a chat template
-        p = prompt if o.hh else o.prompt_fn(turns)
-        rf = formats.tldr_reply if o.hh else o.reply_fn
-    else:
-        p, rf = o.prompt_fn(turns), o.reply_fn
-    return PreferencePair(p, rf(a), rf(b), where, turns)
+    if tldr and o.hh:  # TL;DR text is the prompt in 'hh' mode; one user turn with a template
+        return PreferencePair(prompt, formats.tldr_reply(a), formats.tldr_reply(b), where, turns)
+    return PreferencePair(
+        o.prompt_fn(turns), o.reply_fn(a, turns), o.reply_fn(b, turns), where, turns
+    )
 
 
 def _tldr_text(where, row, report) -> str | None:
@@ -358,7 +359,8 @@ def _hh_sft(where, row, report, o: Opts):
     pair = _hh_pair(where, row, report, o)
     if pair is None:
         return None
-    return SFTExample(((pair.prompt, False), (pair.chosen, True)), where, pair.turns)
+    turns = pair.turns + ((("assistant", pair.chosen),) if pair.turns else ())
+    return SFTExample(((pair.prompt, False), (pair.chosen, True)), where, turns)
 
 
 def _tldr_sft(where, row, report, o: Opts):
@@ -370,7 +372,7 @@ def _tldr_sft(where, row, report, o: Opts):
         return SFTExample(((p, False), (formats.tldr_reply(label), True)), where)
     turns = (("user", p),)
     return SFTExample(
-        ((o.prompt_fn(turns), False), (o.reply_fn(label), True)),
+        ((o.prompt_fn(turns), False), (o.reply_fn(label, turns), True)),
         where,
         turns + (("assistant", label),),
     )
@@ -439,8 +441,10 @@ def _sharegpt_turns(where, row, report) -> tuple | None:
 
 
 def _segments(turns, o: Opts, where) -> tuple[tuple[str, bool], ...]:
-    """(text, is_loss) for a conversation: loss on every assistant reply."""
+    """(text, is_loss) for a conversation: loss on every assistant reply (with a chat
+    template, the end-of-turn token of every reply but the last, which tokenization appends)."""
     segs, done = [], ""
+    last = max((i for i, (role, _) in enumerate(turns) if role == "assistant"), default=-1)
     for i, (role, text) in enumerate(turns):
         if role != "assistant":
             continue
@@ -451,7 +455,7 @@ def _segments(turns, o: Opts, where) -> tuple[tuple[str, bool], ...]:
                 "by turn, so the assistant turns cannot be masked; use "
                 "conversation_format='hh'."
             )
-        reply = o.reply_fn(text)
+        reply = o.reply_fn(text, turns[:i], final=i == last)
         segs += [(prompt[len(done) :], False), (reply, True)]
         done = prompt + reply
     return tuple(segs)
@@ -569,8 +573,8 @@ def _oasst_pairs(rows, report, o: Opts):
                 out.append(
                     PreferencePair(
                         prompt,
-                        o.reply_fn(better["text"]),
-                        o.reply_fn(worse["text"]),
+                        o.reply_fn(better["text"], turns),
+                        o.reply_fn(worse["text"], turns),
                         better["where"],
                         turns,
                     )
@@ -610,14 +614,31 @@ def _row_reader(parse: Callable) -> Callable:
     """Lift a per-row parse function to one over all rows."""
 
     def read(rows, report, o):
-        return [r for where, row in rows if (r := parse(where, row, report, o)) is not None]
+        out = []
+        for where, row in rows:
+            try:
+                r = parse(where, row, report, o)
+            except formats.ChatTemplateError as e:  # this row's turns, not the template
+                report.bad(where, MALFORMED, "turns", str(e))
+                continue
+            if r is not None:
+                out.append(r)
+        return out
 
     return read
 
 
 def _prompts_of(read: Callable) -> Callable:
+    """The prompts of pair or SFT records (an SFT record's turns without its final reply)."""
+
     def prompts(rows, report, o):
-        return [PromptExample(r.prompt, r.source, r.turns) for r in read(rows, report, o)]
+        out = []
+        for r in read(rows, report, o):
+            turns = r.turns
+            if isinstance(r, SFTExample) and turns and turns[-1][0] == "assistant":
+                turns = turns[:-1]
+            out.append(PromptExample(r.prompt, r.source, turns))
+        return out
 
     return prompts
 

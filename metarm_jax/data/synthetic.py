@@ -427,6 +427,8 @@ _STREAMS = {
     "sft": 4,
     "train_pairs": 5,
     "test_pairs": 6,
+    "valid_prompts": 7,
+    "ood_train_prompts": 8,
 }
 
 
@@ -454,7 +456,10 @@ def write_world(out_dir: str, cfg: ml_collections.ConfigDict | None = None) -> d
     pairs/test.jsonl        fields gold_chosen / gold_rejected are for analysis (readers ignore)
     prompts/train.jsonl     {"prompt": "w01 w02 ..."}: roll-out / meta-sampling prompts
     prompts/test.jsonl      held-out prompts (judges); disjoint from every other prompt file
+    prompts/valid.jsonl     held-out prompts that choose the best round; disjoint likewise
     prompts_ood/test.jsonl  shifted-distribution prompts; disjoint from the rest
+    prompts_ood/train.jsonl shifted-distribution training prompts (the OOD setting's meta samples
+                            and PPO); disjoint from every other prompt file
     world.json              the config and summary figures
     """
     world = World(cfg)
@@ -466,7 +471,9 @@ def write_world(out_dir: str, cfg: ml_collections.ConfigDict | None = None) -> d
         "pairs_test": os.path.join(out_dir, "pairs", "test.jsonl"),
         "prompts_train": os.path.join(out_dir, "prompts", "train.jsonl"),
         "prompts_eval": os.path.join(out_dir, "prompts", "test.jsonl"),
+        "prompts_valid": os.path.join(out_dir, "prompts", "valid.jsonl"),
         "prompts_ood": os.path.join(out_dir, "prompts_ood", "test.jsonl"),
+        "prompts_ood_train": os.path.join(out_dir, "prompts_ood", "train.jsonl"),
         "world": os.path.join(out_dir, "world.json"),
     }
     world_tokenizer(paths["tokenizer"], world)
@@ -478,12 +485,24 @@ def write_world(out_dir: str, cfg: ml_collections.ConfigDict | None = None) -> d
     ood_prompts = world.sample_prompts(
         _rng(cfg.seed, "ood_prompts"), cfg.num_ood_prompts, ood=True, exclude=held_out
     )
+    valid_prompts = world.sample_prompts(
+        _rng(cfg.seed, "valid_prompts"), cfg.num_valid_prompts, exclude=held_out
+    )
     train_prompts = world.sample_prompts(
         _rng(cfg.seed, "train_prompts"), cfg.num_train_prompts, exclude=set(held_out)
     )
+    # drawn last, from its own stream: the other files do not change with its size
+    ood_train = world.sample_prompts(
+        _rng(cfg.seed, "ood_train_prompts"),
+        cfg.num_ood_train_prompts,
+        ood=True,
+        exclude=set(held_out) | {world.render(p) for p in train_prompts},
+    )
     for name, ps in (
+        ("prompts_ood_train", ood_train),
         ("prompts_train", train_prompts),
         ("prompts_eval", eval_prompts),
+        ("prompts_valid", valid_prompts),
         ("prompts_ood", ood_prompts),
     ):
         fileio.write_jsonl(paths[name], [{"prompt": world.render(p)} for p in ps])
@@ -547,6 +566,32 @@ def _pair_rows(world, rng, n, held_out):
         )
         agree += bool(gw > gl)
     return rows, agree / max(n, 1)
+
+
+def gold_pairs(world: World, examples) -> list[dict]:
+    """hh_rlhf preference rows from (prompt, [response, ...]) examples: every pair of a prompt's
+    responses whose gold rewards differ, the higher-gold one chosen (the oracle RM's data)."""
+    rows = []
+    for prompt, responses in examples:
+        responses = [r for r in responses if r.strip()]  # an empty reply is not a response
+        if len(responses) < 2:
+            continue
+        g = world.gold([prompt] * len(responses), responses)
+        text = [r if r[:1].isspace() else " " + r for r in responses]  # "Assistant: w01 ..."
+        for i in range(len(responses)):
+            for j in range(i + 1, len(responses)):
+                if g[i] == g[j] or responses[i] == responses[j]:
+                    continue
+                hi, lo = (i, j) if g[i] > g[j] else (j, i)
+                rows.append(
+                    {
+                        "chosen": prompt + text[hi],
+                        "rejected": prompt + text[lo],
+                        "gold_chosen": float(g[hi]),
+                        "gold_rejected": float(g[lo]),
+                    }
+                )
+    return rows
 
 
 def gold_monitor(config):

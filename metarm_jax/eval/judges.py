@@ -22,12 +22,14 @@ ScoreFn = Callable[[list[str], list[str]], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class JudgeResult:
-    """Outcome counts of A against B; `margins` [n] = s_A - s_B per prompt (score judges)."""
+    """Outcome counts of A against B; `margins` [n] = s_A - s_B per prompt (score judges) and
+    `outcomes` [n] the per-prompt verdicts (for paired bootstrap intervals)."""
 
     win: int
     tie: int
     lose: int
     margins: np.ndarray | None = None
+    outcomes: np.ndarray | None = None  # [n] per prompt: +1 A wins, 0 tie, -1 A loses
 
     @property
     def n(self) -> int:
@@ -102,9 +104,9 @@ class ScoreJudge(Judge):
     def compare(self, prompts, responses_a, responses_b) -> JudgeResult:
         _check_lengths(prompts, responses_a, responses_b)
         d = self.scores(prompts, responses_a) - self.scores(prompts, responses_b)
-        win = int((d > self.tie_margin).sum())
-        lose = int((d < -self.tie_margin).sum())
-        return JudgeResult(win, len(d) - win - lose, lose, d)
+        outcomes = (d > self.tie_margin).astype(np.int64) - (d < -self.tie_margin)
+        win, lose = int((outcomes > 0).sum()), int((outcomes < 0).sum())
+        return JudgeResult(win, len(d) - win - lose, lose, d, outcomes)
 
 
 class GoldJudge(ScoreJudge):

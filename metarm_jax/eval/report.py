@@ -1,14 +1,23 @@
-"""The run report of iterative RLHF: the paper's tables and figures, computed from the run.
+"""The run report of iterative RLHF: the paper's tables and figures, with the controls and the
+intervals that let them be read.
 
-    Table 1   each MetaRM round's policy vs π_SFT (win / tie / lose)
-    Table 2   the best round vs π_SFT, vanilla PPO and DPO
-    Rewards   gold (synthetic world) and proxy rewards of every policy's held-out samples
-    Figure 1  variance of within-prompt reward differences over PPO time, per round and vanilla
-    Figure 4  RM validation accuracy over training, vanilla RM and each round's MetaRM
-    Figure 5  histogram of |Δr| on the final policy's samples: vanilla RM vs the last MetaRM
-    Curves    proxy score over PPO iterations (and gold, where the world logs it)
+    Selection  the best MetaRM round, chosen on VALIDATION prompts (round r vs SFT)
+    Table 1    each round of each arm vs π_SFT on TEST prompts (win / tie / lose, 95% intervals)
+    Table 2    the best round r* vs SFT, the eta0 arm at r*, vanilla PPO after the same number of
+               PPO iterations (and at the end), DPO, the oracle arm at r*
+    Gold       mean gold reward of every policy (synthetic world), 95% intervals, and paired
+               differences for Table 2
+    RM metrics within-prompt pairwise accuracy and Kendall τ of each round's RMs (r_0, eta0,
+               MetaRM, oracle) against gold, on each arm's round-r policy samples and on a fixed
+               probe set (π_SFT's samples), 95% intervals over prompts
+    Figure 1   variance of within-prompt reward differences over PPO, per arm
+    Figure 4   RM validation accuracy per round
+    Figure 5   |Δr| on the final policy's samples, raw and normalised, step-matched RMs
+    Checks     every arm's RM and PPO step counts, the fraction of PPO scores the reward clip
+               cut (flagged above 10%), the MetaRM step's geometry
 
-Everything goes to the workdir: ``report.md``, ``fig*.png``, ``report.json``.
+Every interval is a percentile bootstrap over prompts (paired where two policies are compared on
+the same prompts). Everything goes to the workdir: ``report.md``, ``report.json``, ``fig*.png``.
 """
 
 from __future__ import annotations
@@ -18,21 +27,15 @@ import os
 from typing import Any
 
 import jax
-import matplotlib
 import numpy as np
 
 from metarm_jax import data as D
-from metarm_jax.core.stats import abs_differences
+from metarm_jax.core import stats
 from metarm_jax.data import synthetic
-from metarm_jax.eval import judges
+from metarm_jax.eval import diversity, human, judges, llm_judge, plots
 from metarm_jax.scoring import RewardScorer
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
-SHIFT_VAR = "shift/absdiff_var"  # logged by the ppo stage every iteration
-PPO_X = "rollout/iteration"
-PROXY, GOLD = "rollout/score_mean", "rollout/monitor_mean"
+CLIP_FLAG = 0.10  # an arm whose PPO scores are clipped more often than this is flagged
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -43,345 +46,679 @@ def read_metrics(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def series(rows: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
-    pts = [
-        (r.get(x, i), r[key]) for i, r in enumerate(rows) if isinstance(r.get(key), (int, float))
-    ]
-    if not pts:
-        return np.zeros(0), np.zeros(0)
-    s, v = zip(*pts)
-    return np.asarray(s, float), np.asarray(v, float)
-
-
 def _load_samples(path: str) -> tuple[list[str], list[list[str]]]:
     recs = D.load_meta_examples(path, on_bad_record="error")
     return [r.prompt for r in recs], [list(r.responses) for r in recs]
 
 
-def _fmt_result(res) -> str:
-    return f"{res.win} / {res.tie} / {res.lose}"
+def _same_prompts(texts: dict[str, tuple[list[str], list]], what: str) -> list[str]:
+    prompts = next(iter(texts.values()))[0]
+    for name, (p, _) in texts.items():
+        if p != prompts:
+            raise RuntimeError(f"report: the {what} prompts of {name} differ from the others'.")
+    return prompts
+
+
+# --------------------------------------------------------------------------------------------
+# Comparisons with intervals.
+# --------------------------------------------------------------------------------------------
+
+
+def comparison(res: judges.JudgeResult, n_boot: int, seed: int = 0) -> dict[str, Any]:
+    """win / tie / lose of A vs B with paired-bootstrap 95% intervals over prompts."""
+    o = np.asarray(res.outcomes, np.float64)
+    out = {
+        "win": res.win,
+        "tie": res.tie,
+        "lose": res.lose,
+        "n": res.n,
+        "win_rate": res.win_rate,
+        "lose_rate": res.lose_rate,
+        "net": (res.win - res.lose) / res.n if res.n else 0.0,
+    }
+    out["win_ci"] = stats.bootstrap_ci(o > 0, n_resamples=n_boot, seed=seed)
+    out["lose_ci"] = stats.bootstrap_ci(o < 0, n_resamples=n_boot, seed=seed)
+    out["net_ci"] = stats.bootstrap_ci(o, n_resamples=n_boot, seed=seed)
+    return out
+
+
+def _mean_ci(values: np.ndarray, n_boot: int) -> dict[str, Any]:
+    lo, hi = stats.bootstrap_ci(values, n_resamples=n_boot)
+    return {"mean": float(np.mean(values)), "ci": (lo, hi)}
+
+
+def select_best(valid: dict[str, dict]) -> str:
+    """The best round: highest net win rate (win - lose) against SFT on the validation prompts;
+    a tie goes to the earlier round (fewer PPO iterations)."""
+    return max(valid, key=lambda k: (valid[k]["net"], -int(k.removeprefix("round"))))
+
+
+def _excludes_zero(ci) -> bool:
+    return bool(np.isfinite(ci[0]) and (ci[0] > 0 or ci[1] < 0))
+
+
+# --------------------------------------------------------------------------------------------
+# The report.
+# --------------------------------------------------------------------------------------------
 
 
 def build(
     ctx,
     *,
-    rounds: list[dict],
+    arms: dict[str, list[dict]],
     baselines: dict,
-    samples: dict[str, str],
-    multi_samples: str,
+    test_samples: dict[str, str],
+    valid_samples: dict[str, str],
     rm0: str,
-    sft_path: str,
+    rm0_steps: int,
     sft_workdir: str | None,
     rm0_workdir: str | None,
 ) -> dict[str, Any]:
     """Judge, tabulate and plot; write report.md / report.json / fig*.png into ctx.workdir."""
     config, mesh, workdir = ctx.config, ctx.mesh, ctx.workdir
     rc = config.rlhf
+    n_boot = int(rc.bootstrap)
     lead = jax.process_index() == 0
-    texts = {name: _load_samples(path) for name, path in samples.items()}
-    prompts = texts["sft"][0]
-    for name, (p, _) in texts.items():
-        if p != prompts:
-            raise RuntimeError(f"report: the held-out prompts of {name} differ from SFT's.")
-    first = {name: [r[0] for r in resp] for name, (_, resp) in texts.items()}
+    rounds = int(rc.rounds)
+
+    test = {name: _load_samples(path) for name, path in test_samples.items()}
+    valid = {name: _load_samples(path) for name, path in valid_samples.items()}
+    prompts, vprompts = _same_prompts(test, "test"), _same_prompts(valid, "validation")
+    if set(prompts) & set(vprompts):
+        raise RuntimeError(
+            f"report: {len(set(prompts) & set(vprompts))} validation prompts are also test "
+            "prompts; the best round must be chosen on prompts it is not compared on."
+        )
+    first = {name: [r[0] for r in resp] for name, (_, resp) in test.items()}
+    vfirst = {name: [r[0] for r in resp] for name, (_, resp) in valid.items()}
 
     use_gold = rc.judge == "gold" or (rc.judge == "auto" and rc.world)
-    world = None
-    rm0_scorer = RewardScorer(config, mesh, rm0)
-    last_rm = RewardScorer(config, mesh, rounds[-1]["rm"])
-    if use_gold:
-        world = synthetic.World(config.world)
+    world = synthetic.World(config.world) if use_gold else None
+    scorers: dict[str, RewardScorer] = {}
+
+    def scorer(path: str) -> RewardScorer:
+        if path not in scorers:
+            scorers[path] = RewardScorer(config, mesh, path)
+        return scorers[path]
+
+    if rc.judge not in ("auto", "gold", "rm", "llm"):
+        raise ValueError(f"config.rlhf.judge={rc.judge!r}; expected auto, gold, rm or llm.")
+    if rc.judge == "llm":
+        judge = llm_judge.from_config(config.judge, workdir=workdir)
+        judge_name = judge.describe()
+    elif world is not None:
         judge = judges.GoldJudge(world, tie_margin=rc.tie_margin)
         judge_name = "gold reward (synthetic world)"
     else:
-        scorer = RewardScorer(config, mesh, rc.judge_rm_path) if rc.judge_rm_path else rm0_scorer
-        judge = judges.RewardModelJudge(scorer.score_fn, tie_margin=rc.tie_margin)
-        judge_name = f"reward model {rc.judge_rm_path or rm0}" + (
+        ref = rc.judge_rm_path or rm0
+        judge = judges.RewardModelJudge(scorer(ref).score_fn, tie_margin=rc.tie_margin)
+        judge_name = f"reward model {ref}" + (
             "" if rc.judge_rm_path else " (the vanilla RM: not independent of training)"
         )
 
-    def vs(a, b):
-        return judge.compare(prompts, first[a], first[b])
+    def vs(a, b, texts=first, ps=prompts):
+        return comparison(judge.compare(ps, texts[a], texts[b]), n_boot)
 
-    table1 = {f"round{x['round']}": vs(f"round{x['round']}", "sft") for x in rounds}
-    best = max(table1, key=lambda k: (table1[k].win - table1[k].lose, k))
-    table2 = {"sft": vs(best, "sft")}
-    for name in baselines:
-        table2[name] = vs(best, name)
+    # Selection on validation prompts only; Tables 1 and 2 on test prompts only.
+    meta_names = [f"round{x['round']}" for x in arms["metarm"]]
+    selection = {name: vs(name, "sft", vfirst, vprompts) for name in meta_names}
+    best = select_best(selection)
+    r_best = int(best.removeprefix("round"))
+    table1 = {}
+    for arm, rs in arms.items():
+        prefix = "" if arm == "metarm" else f"{arm}_"
+        for x in rs:
+            table1[f"{prefix}round{x['round']}"] = vs(f"{prefix}round{x['round']}", "sft")
+    opponents = {"sft": "sft"}
+    for arm in ("eta0", "oracle"):
+        if arm in arms:
+            opponents[f"{arm} (round {r_best})"] = f"{arm}_round{r_best}"
+    if "vanilla_ppo" in baselines:
+        opponents[f"vanilla PPO (round {r_best} budget)"] = f"vanilla_ppo@{r_best}"
+        if r_best != rounds:
+            opponents[f"vanilla PPO (full budget, round {rounds})"] = f"vanilla_ppo@{rounds}"
+    if "dpo" in baselines:
+        opponents["dpo"] = "dpo"
+    table2 = {label: vs(best, name) for label, name in opponents.items()}
 
-    # Mean rewards of each policy's held-out samples.
-    rewards = {}
-    for name, resp in first.items():
-        row = {
-            "proxy_vanilla_rm": float(np.mean(rm0_scorer.score_fn(prompts, resp))),
-            "proxy_last_metarm": float(np.mean(last_rm.score_fn(prompts, resp))),
+    # Rewards of every policy's test samples (the judge reads the first sample of each prompt).
+    gold: dict[str, dict] = {}
+    gold_diff: dict[str, dict] = {}
+    if world is not None:
+        g = {
+            name: np.asarray(world.gold(prompts, resp), np.float64) for name, resp in first.items()
         }
-        if world is not None:
-            row["gold"] = float(np.mean(world.gold(prompts, resp)))
-        rewards[name] = row
-
-    # Figure 5: |Δr| on the final policy's k samples per prompt, vanilla RM vs last MetaRM.
-    mp, mr = _load_samples(multi_samples)
-    r0, m0 = rm0_scorer.score(mp, mr)
-    rl, ml = last_rm.score(mp, mr)
-    d_vanilla, d_meta = abs_differences(r0, m0), abs_differences(rl, ml)
-    fig5 = {
-        "vanilla_rm": {"mean": float(d_vanilla.mean()), "var": float(d_vanilla.var())},
-        "metarm": {"mean": float(d_meta.mean()), "var": float(d_meta.var())},
+        gold = {name: _mean_ci(v, n_boot) for name, v in g.items()}
+        for label, name in opponents.items():
+            d = g[best] - g[name]
+            gold_diff[label] = {
+                "diff": float(d.mean()),
+                "ci": stats.bootstrap_ci(d, n_resamples=n_boot),
+            }
+    last_rm = arms["metarm"][-1]["rm"]
+    proxies = {
+        name: {
+            "vanilla_rm": float(np.mean(scorer(rm0).score_fn(prompts, resp))),
+            "last_metarm": float(np.mean(scorer(last_rm).score_fn(prompts, resp))),
+        }
+        for name, resp in first.items()
     }
 
-    # Curves from the stages' metrics.
-    ppo_rows = {
-        f"round{x['round']}": read_metrics(os.path.join(x["ppo_workdir"], "ppo", "metrics.jsonl"))
-        for x in rounds
-    }
+    rm_metrics = _rm_metrics(arms, test, prompts, world, scorer, rm0, rc, n_boot)
+    lengths = _lengths(config, test)
+    div = _diversity(config, first, rc.diversity)
+    human_eval = _human(config, workdir, prompts, first, best, n_boot, lead)
+    fig5 = _figure5(arms, test, scorer, rm0)
+
+    # Curves, step counts, clipping and the meta step's geometry, from the stages' metrics.
+    ppo_rows, rm_rows, clip, geometry, budget = {}, {}, {}, {}, {}
+    if rm0_workdir:
+        rm_rows["vanilla_rm"] = read_metrics(os.path.join(rm0_workdir, "rm", "metrics.jsonl"))
+    for arm, rs in arms.items():
+        prefix = "" if arm == "metarm" else f"{arm}_"
+        rows = []
+        for x in rs:
+            rows += read_metrics(os.path.join(x["ppo_workdir"], "ppo", "metrics.jsonl"))
+            kind = "rm" if arm == "oracle" else "metarm"
+            rrows = read_metrics(os.path.join(x["rm_workdir"], kind, "metrics.jsonl"))
+            rm_rows[f"{prefix}round{x['round']}"] = rrows
+            if arm == "metarm":
+                geometry[f"round{x['round']}"] = _geometry(rrows)
+        ppo_rows[arm] = rows
+        budget[arm] = {
+            "rm_steps": rm0_steps + sum(x["rm_steps"] for x in rs),
+            "ppo_iterations": sum(x["ppo_iterations"] for x in rs),
+        }
     if "vanilla_ppo" in baselines:
         ppo_rows["vanilla_ppo"] = read_metrics(
             os.path.join(baselines["vanilla_ppo"]["ppo_workdir"], "ppo", "metrics.jsonl")
         )
-    rm_rows = {
-        f"round{x['round']}": read_metrics(
-            os.path.join(x["metarm_workdir"], "metarm", "metrics.jsonl")
-        )
-        for x in rounds
-    }
-    if rm0_workdir:
-        rm_rows["vanilla_rm"] = read_metrics(os.path.join(rm0_workdir, "rm", "metrics.jsonl"))
+        budget["vanilla_ppo"] = {
+            "rm_steps": rm0_steps,
+            "ppo_iterations": int(config.ppo.iterations) * rounds,
+        }
+    if "dpo" in baselines:
+        budget["dpo"] = {"rm_steps": 0, "ppo_iterations": 0, "dpo_steps": baselines["dpo"]["steps"]}
+    for name, rows in ppo_rows.items():
+        f = [r["rollout/reward_clip_frac"] for r in rows if "rollout/reward_clip_frac" in r]
+        clip[name] = {
+            "mean": float(np.mean(f)) if f else 0.0,
+            "flag": bool(f and np.mean(f) > CLIP_FLAG),
+        }
 
+    d = config.data
     result = {
+        "setting": "ood" if rc.meta_prompts == "ood" else "in-distribution",
+        "train_prompts": f"{d.prompt_dataset}:{d.prompt_path}:{d.prompt_split}",
+        "eval_prompts": f"{rc.eval_prompt_dataset}:{rc.eval_prompt_path}:{rc.eval_prompt_split}",
         "judge": judge_name,
         "tie_margin": rc.tie_margin,
         "prompts": len(prompts),
+        "valid_prompts": len(vprompts),
+        "samples_per_prompt": len(test["sft"][1][0]),
+        "bootstrap": n_boot,
         "best_round": best,
-        "table1": {
-            k: v.as_metrics("") | {"counts": [v.win, v.tie, v.lose]} for k, v in table1.items()
+        "selection": selection,
+        "table1": table1,
+        "table2": table2,
+        "gold": gold,
+        "gold_diff": gold_diff,
+        "proxy": proxies,
+        "rm_metrics": rm_metrics,
+        "fig5": {
+            k: {"mean": float(v["raw"].mean()), "normalised_mean": float(v["normalised"].mean())}
+            for k, v in fig5.items()
         },
-        "table2": {
-            k: v.as_metrics("") | {"counts": [v.win, v.tie, v.lose]} for k, v in table2.items()
-        },
-        "rewards": rewards,
-        "fig5": fig5,
+        "budget": budget,
+        "reward_clip": clip,
+        "geometry": geometry,
+        "lengths": lengths,
+        "diversity": div,
+        "human": human_eval,
     }
+    if rc.judge == "llm":
+        result["judge_stats"] = dict(judge.stats)
     if lead:
-        figs = _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards)
-        _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best)
-        print(_console_tables(table1, table2, rewards, best, judge_name))
-    return {
-        "report": os.path.join(workdir, "report.md"),
-        "best_round": best,
-        "table1": {k: [v.win, v.tie, v.lose] for k, v in table1.items()},
-        "table2": {k: [v.win, v.tie, v.lose] for k, v in table2.items()},
-        "rewards": rewards,
-        "fig5": fig5,
-    }
+        figs = {
+            "fig1": plots.shift_variance(workdir, ppo_rows),
+            "fig4": plots.rm_accuracy(workdir, rm_rows),
+            "fig5": plots.reward_differences(workdir, fig5),
+            "rewards": plots.rewards(
+                workdir, {k: (v["mean"], *v["ci"]) for k, v in gold.items()}, ppo_rows
+            ),
+        }
+        with open(os.path.join(workdir, "report.md"), "w") as f:
+            f.write(_markdown(result, figs))
+        with open(os.path.join(workdir, "report.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        print(_console(result))
+    return {"report": os.path.join(workdir, "report.md"), **_summary(result)}
 
 
-def _plots(workdir, ppo_rows, rm_rows, d_vanilla, d_meta, rewards) -> dict[str, str]:
-    figs = {}
-    # Rounds run one after another: put round r's PPO iterations after round r-1's.
-    offsets, total = {}, 0.0
-    for name in ppo_rows:
-        if name.startswith("round"):
-            offsets[name] = total
-            x, _ = series(ppo_rows[name], SHIFT_VAR, PPO_X)
-            total += (x.max() + 1) if len(x) else 0
-    shift = lambda name, s: s + offsets.get(name, 0.0)
-    # Figure 1
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rows in ppo_rows.items():
-        s, v = series(rows, SHIFT_VAR, PPO_X)
-        if len(s):
-            ax.plot(shift(name, s), v, label=name, ls="--" if name == "vanilla_ppo" else "-")
-    ax.set_xlabel("PPO iteration (rounds back to back)")
-    ax.set_ylabel("var of within-prompt reward differences")
-    ax.set_title("Figure 1: reward-difference variance over PPO")
-    ax.legend()
-    figs["fig1"] = _save(fig, workdir, "fig1_reward_diff_variance.png")
-    # Figure 4
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, rows in rm_rows.items():
-        s, v = series(rows, "eval/accuracy")
-        if len(s):
-            ax.plot(s, v, marker="o", label=name, ls="--" if name == "vanilla_rm" else "-")
-    ax.set_xlabel("RM training step")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Figure 4: RM accuracy per round")
-    ax.legend()
-    figs["fig4"] = _save(fig, workdir, "fig4_rm_accuracy.png")
-    # Figure 5
-    fig, ax = plt.subplots(figsize=(6, 4))
-    hi = float(max(d_vanilla.max(initial=0), d_meta.max(initial=0))) or 1.0
-    bins = np.linspace(0, hi, 31)
-    ax.hist(d_vanilla, bins=bins, alpha=0.6, label="vanilla RM")
-    ax.hist(d_meta, bins=bins, alpha=0.6, label="MetaRM (last round)")
-    ax.set_xlabel("|r(x, s_i) - r(x, s_j)| on final-policy samples")
-    ax.set_ylabel("pairs")
-    ax.set_title("Figure 5: reward differences on the shifted distribution")
-    ax.legend()
-    figs["fig5"] = _save(fig, workdir, "fig5_reward_diff_hist.png")
-    # Proxy (and gold) reward by policy; proxy score over PPO iterations.
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
-    names = list(rewards)
-    x = np.arange(len(names))
-    keys = [k for k in ("gold", "proxy_vanilla_rm", "proxy_last_metarm") if k in rewards[names[0]]]
-    for i, k in enumerate(keys):
-        a1.bar(x + i * 0.8 / len(keys), [rewards[n][k] for n in names], 0.8 / len(keys), label=k)
-    a1.set_xticks(x + 0.4 - 0.4 / len(keys), names, rotation=30)
-    a1.set_title("mean reward of held-out samples")
-    a1.legend()
-    for name, rows in ppo_rows.items():
-        s, v = series(rows, PROXY, PPO_X)
-        line = a2.plot(shift(name, s), v, label=f"{name} proxy")[0] if len(s) else None
-        s, v = series(rows, GOLD, PPO_X)
-        if len(s):
-            a2.plot(
-                shift(name, s),
-                v,
-                ls=":",
-                color=line.get_color() if line else None,
-                label=f"{name} gold",
+def _geometry(rows: list[dict]) -> dict[str, float]:
+    out = {}
+    for key in (
+        "meta/ascent_norm",
+        "update_norm",
+        "meta/ascent_to_update",
+        "meta/cos_gradJ_grad",
+        "meta/J",
+        "meta/J_prime",
+    ):
+        v = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+        if v:
+            out[key] = float(np.mean(v))
+    return out
+
+
+def _rm_metrics(arms, test, prompts, world, scorer, rm0, rc, n_boot) -> dict[str, Any]:
+    """For each round r: the RMs of that round (r_0, eta0, MetaRM, oracle) on the probe set
+    (π_SFT's samples) and on each arm's round-r policy samples, against the reference."""
+    if world is not None:
+        ref_name = "gold"
+
+        def reference(resp):
+            return np.asarray(
+                [world.gold([p] * len(r), r) for p, r in zip(prompts, resp)], np.float64
             )
-    a2.set_xlabel("PPO iteration")
-    a2.set_title("reward over PPO (proxy: the RM PPO optimises)")
-    a2.legend(fontsize=7)
-    figs["rewards"] = _save(fig, workdir, "fig_rewards.png")
-    return figs
+    elif rc.judge_rm_path:
+        ref_name = f"independent RM {rc.judge_rm_path}"
 
-
-def _save(fig, workdir, name) -> str:
-    path = os.path.join(workdir, name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return name
-
-
-def _table(rows: dict, header: str) -> list[str]:
-    out = [f"| {header} | win | tie | lose | win rate | lose rate |", "|---|---|---|---|---|---|"]
-    for k, v in rows.items():
-        out.append(f"| {k} | {v.win} | {v.tie} | {v.lose} | {v.win_rate:.1%} | {v.lose_rate:.1%} |")
+        def reference(resp):
+            return scorer(rc.judge_rm_path).score(prompts, resp)[0]
+    else:
+        return {"reference": None, "note": "no gold and no rlhf.judge_rm_path: not measured"}
+    refs: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {"reference": ref_name, "rounds": {}}
+    for r in range(1, int(rc.rounds) + 1):
+        rms = {"r0": rm0}
+        sets = {"probe (SFT samples)": "sft"}
+        for arm, rs in arms.items():
+            label = "metarm" if arm == "metarm" else arm
+            rms[f"{label}_r{r}"] = rs[r - 1]["rm"]
+            sets[f"{arm} round {r} samples"] = ("" if arm == "metarm" else f"{arm}_") + f"round{r}"
+        table = {}
+        for set_label, policy in sets.items():
+            resp = test[policy][1]
+            if policy not in refs:
+                refs[policy] = reference(resp)
+            row = {}
+            for rm_label, path in rms.items():
+                scores, mask = scorer(path).score(prompts, resp)
+                acc, tau = stats.ranking_agreement(scores, refs[policy], mask)
+                row[rm_label] = {
+                    "accuracy": float(np.nanmean(acc)),
+                    "accuracy_ci": stats.bootstrap_ci(acc, n_resamples=n_boot),
+                    "tau": float(np.nanmean(tau)),
+                    "tau_ci": stats.bootstrap_ci(tau, n_resamples=n_boot),
+                }
+            table[set_label] = row
+        out["rounds"][f"round{r}"] = table
     return out
 
 
-def _verdict(res) -> str:
-    if res.win > res.lose:
-        return "wins more often than it loses"
-    if res.win < res.lose:
-        return "loses more often than it wins"
-    return "wins as often as it loses"
+def _lengths(config, test) -> dict[str, dict[str, float]]:
+    """Response length in tokens (the RM's tokenizer) of every policy's test samples: PPO's
+    length drift is the first thing to check next to a win rate."""
+    tok = D.load_tokenizer(config.data.tokenizer_path)
+    out = {}
+    for name, (_, resp) in test.items():
+        texts = [r for rs in resp for r in rs]
+        n = np.asarray([len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts])
+        q = np.percentile(n, [10, 50, 90]) if len(n) else [0, 0, 0]
+        out[name] = {
+            "mean": float(n.mean()),
+            "p10": float(q[0]),
+            "median": float(q[1]),
+            "p90": float(q[2]),
+        }
+    return out
 
 
-def _verdicts(table1, table2, best) -> list[str]:
+def _diversity(config, first, mode: str) -> dict[str, Any]:
+    """Table 3: Self-BLEU (and with mode 'all' embedding similarity) of one response per test
+    prompt for every policy, and of the data's chosen responses (lower = more diverse)."""
+    if not mode:
+        return {}
+    if mode not in ("self_bleu", "all"):
+        raise ValueError(f"config.rlhf.diversity={mode!r}; expected '', 'self_bleu' or 'all'.")
+    d = config.data
+    rows = {}
+    try:
+        pairs = D.load_records("preference", d, None, split=d.eval_split)
+        rows["chosen (data)"] = [p.chosen for p in pairs][: len(next(iter(first.values())))]
+    except Exception as e:
+        rows_note = f"chosen responses unavailable: {str(e).splitlines()[0][:200]}"
+    else:
+        rows_note = ""
+    rows.update(first)
+    out = {"rows": diversity.table(rows, embeddings=mode == "all")}
+    if rows_note:
+        out["note"] = rows_note
+    return out
+
+
+def _human(config, workdir, prompts, first, best, n_boot, lead) -> dict[str, Any]:
+    """Blind pairs for people (best round vs SFT) and, when filled in, their verdicts."""
+    rc = config.rlhf
+    out: dict[str, Any] = {}
+    folder = os.path.join(workdir, "human_eval")
+    if rc.human_export and lead:
+        out["export"] = human.export_pairs(
+            folder, prompts, first[best], first["sft"], name_a=best, name_b="sft",
+            seed=int(config.seed),
+        )  # fmt: skip
+    if rc.human_verdicts:
+        res = human.import_verdicts(rc.human_verdicts, os.path.join(folder, "key.json"))
+        out["verdicts"] = comparison(res, n_boot)
+    return out
+
+
+def _figure5(arms, test, scorer, rm0) -> dict[str, dict[str, np.ndarray]]:
+    """|Δr| on the final MetaRM policy's test samples for step-matched RMs: r_0, and the last
+    round's eta0 RM (the same BT steps as MetaRM) and MetaRM; raw and / std(r)."""
+    final = arms["metarm"][-1]
+    prompts, resp = test[f"round{final['round']}"]
+    rms = {"vanilla RM r0": rm0, f"MetaRM round {final['round']}": final["rm"]}
+    if "eta0" in arms:
+        rms[f"eta0 RM round {final['round']}"] = arms["eta0"][-1]["rm"]
+    out = {}
+    for name, path in rms.items():
+        scores, mask = scorer(path).score(prompts, resp)
+        raw = stats.abs_differences(scores, mask)
+        spread = float(np.std(scores[mask.astype(bool)])) or 1.0
+        out[name] = {"raw": raw, "normalised": raw / spread}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Text.
+# --------------------------------------------------------------------------------------------
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _ci(ci, pct=True) -> str:
+    f = _pct if pct else (lambda v: f"{v:+.3f}")
+    return f"[{f(ci[0])}, {f(ci[1])}]" if np.isfinite(ci[0]) else "[n/a]"
+
+
+def _cmp_table(rows: dict, header: str) -> list[str]:
     out = [
-        f"{name} {_verdict(res)} against SFT ({res.win} / {res.tie} / {res.lose})."
-        for name, res in table1.items()
+        f"| {header} | win | tie | lose | win rate (95% CI) | lose rate (95% CI) | win - lose (95% CI) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    out += [
-        f"The best round, {best}, {_verdict(res)} against {name} "
-        f"({res.win} / {res.tie} / {res.lose})."
-        for name, res in table2.items()
-        if name != "sft"
-    ]
+    for k, v in rows.items():
+        out.append(
+            f"| {k} | {v['win']} | {v['tie']} | {v['lose']} | {_pct(v['win_rate'])} "
+            f"{_ci(v['win_ci'])} | {_pct(v['lose_rate'])} {_ci(v['lose_ci'])} | "
+            f"{_pct(v['net'])} {_ci(v['net_ci'])} |"
+        )
     return out
 
 
-def _console_tables(table1, table2, rewards, best, judge_name) -> str:
-    lines = [f"Table 1: MetaRM rounds vs SFT (judge: {judge_name})"]
-    lines += [f"  {k:12s} win/tie/lose {_fmt_result(v)}" for k, v in table1.items()]
-    lines += [f"Table 2: {best} vs baselines"]
-    lines += [f"  vs {k:12s} win/tie/lose {_fmt_result(v)}" for k, v in table2.items()]
-    lines += ["Mean rewards of held-out samples:"]
-    lines += [
-        f"  {k:12s} " + "  ".join(f"{kk} {vv:+.3f}" for kk, vv in v.items())
-        for k, v in rewards.items()
+def _plain_words(res: dict) -> list[str]:
+    best = res["best_round"]
+    out = [
+        f"The best MetaRM round on the {res['valid_prompts']} validation prompts is {best} "
+        f"(win - lose vs SFT there: {_pct(res['selection'][best]['net'])})."
     ]
-    return "\n".join(lines)
+    for label, v in res["table2"].items():
+        if _excludes_zero(v["net_ci"]):
+            word = "beats" if v["net"] > 0 else "loses to"
+            out.append(
+                f"On the test prompts {best} {word} {label}: win - lose {_pct(v['net'])} "
+                f"{_ci(v['net_ci'])}, an interval that excludes 0."
+            )
+        else:
+            out.append(
+                f"On the test prompts {best} and {label} cannot be told apart: win - lose "
+                f"{_pct(v['net'])} {_ci(v['net_ci'])} includes 0."
+            )
+    oracle = next((k for k in res["gold_diff"] if k.startswith("oracle")), None)
+    vanilla = next((k for k in res["gold_diff"] if k.startswith("vanilla PPO (round")), None)
+    if oracle and vanilla:
+        o = res["gold"].get(f"oracle_round{best.removeprefix('round')}", {}).get("mean")
+        v = res["gold"].get(f"vanilla_ppo@{best.removeprefix('round')}", {}).get("mean")
+        if o is not None and v is not None and o <= v:
+            out.append(
+                f"The oracle arm (an RM trained on gold-labelled on-policy pairs) does not reach "
+                f"a higher mean gold than vanilla PPO at the same budget ({o:.3f} vs {v:.3f}): "
+                "this world and budget cannot reward a better RM, so no RM method can win here."
+            )
+    for name, c in res["reward_clip"].items():
+        if c["flag"]:
+            out.append(
+                f"Warning: {_pct(c['mean'])} of {name}'s PPO scores were clipped (more than "
+                f"{_pct(CLIP_FLAG)}): the reward is flat where the clip cuts it."
+            )
+    return out
 
 
-def _write(workdir, result, table1, table2, rewards, fig5, figs, judge_name, best):
+def _markdown(res: dict, figs: dict[str, str]) -> str:
+    best = res["best_round"]
     lines = [
-        "# Iterative RLHF with MetaRM: report",
+        "# Iterative RLHF with MetaRM: report"
+        + (" (OOD setting, the paper's Figure 3)" if res["setting"] == "ood" else ""),
         "",
-        f"Judge: {judge_name}; tie margin {result['tie_margin']}; "
-        f"{result['prompts']} held-out prompts; one sample per prompt per policy.",
+        f"Meta samples and PPO prompts: `{res['train_prompts']}`; validation and test prompts: "
+        f"`{res['eval_prompts']}`.",
+        "",
+        f"Judge: {res['judge']}; tie margin {res['tie_margin']}; {res['prompts']} test prompts "
+        f"({res['samples_per_prompt']} samples each; the judge reads the first), "
+        f"{res['valid_prompts']} validation prompts; 95% intervals from {res['bootstrap']} "
+        "paired bootstrap resamples of the prompts.",
+        "",
+        "## In plain words",
+        "",
+        *[f"- {line}" for line in _plain_words(res)],
+        "",
+        "## Selection (validation prompts): each MetaRM round vs SFT",
+        "",
+        *_cmp_table(res["selection"], "round vs SFT"),
+        "",
+        "## Table 1 (test prompts): each round of each arm vs SFT",
+        "",
+        *_cmp_table(res["table1"], "policy vs SFT"),
+        "",
+        f"## Table 2 (test prompts): the best round ({best}) vs the baselines",
+        "",
+        *_cmp_table(res["table2"], f"{best} vs"),
         "",
     ]
-    lines += ["## In plain words", ""] + [f"- {line}" for line in _verdicts(table1, table2, best)]
-    lines += ["", "## Table 1: each MetaRM round vs SFT", ""] + _table(table1, "policy vs SFT")
-    lines += ["", f"## Table 2: best round ({best}) vs baselines", ""]
-    lines += _table(table2, f"{best} vs") + ["", "## Mean rewards of held-out samples", ""]
-    keys = list(next(iter(rewards.values())))
-    lines += ["| policy | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    if res["gold"]:
+        lines += [
+            "## Mean gold reward of the test samples",
+            "",
+            "| policy | gold (95% CI) | proxy: vanilla RM | proxy: last MetaRM |",
+            "|---|---|---|---|",
+        ]
+        for name, v in res["gold"].items():
+            p = res["proxy"][name]
+            lines.append(
+                f"| {name} | {v['mean']:.4f} {_ci(v['ci'], pct=False)} | "
+                f"{p['vanilla_rm']:+.4f} | {p['last_metarm']:+.4f} |"
+            )
+        lines += ["", f"Paired differences, {best} minus each opponent:", ""]
+        lines += ["| opponent | gold difference (95% CI) |", "|---|---|"]
+        lines += [
+            f"| {k} | {v['diff']:+.4f} {_ci(v['ci'], pct=False)} |"
+            for k, v in res["gold_diff"].items()
+        ]
+        lines += [""]
+    rm = res["rm_metrics"]
+    lines += ["## RM metrics: ranking agreement within prompts", ""]
+    if rm.get("reference") is None:
+        lines += [rm.get("note", "not measured"), ""]
+    else:
+        lines += [
+            f"Against {rm['reference']}: pairwise accuracy (pairs whose reference differs) and "
+            "Kendall τ, mean over prompts, 95% intervals over prompts.",
+            "",
+        ]
+        for rname, table in rm["rounds"].items():
+            rms = list(next(iter(table.values())))
+            lines += [
+                f"### {rname}",
+                "",
+                "| samples | " + " | ".join(f"{k} acc / τ" for k in rms) + " |",
+                "|---" * (len(rms) + 1) + "|",
+            ]
+            for set_label, row in table.items():
+                cells = [
+                    f"{v['accuracy']:.3f} {_ci(v['accuracy_ci'], pct=False)} / {v['tau']:.3f}"
+                    for v in row.values()
+                ]
+                lines.append(f"| {set_label} | " + " | ".join(cells) + " |")
+            lines += [""]
     lines += [
-        f"| {k} | " + " | ".join(f"{v[kk]:.4f}" for kk in keys) + " |" for k, v in rewards.items()
+        "## Response length (tokens) of the test samples",
+        "",
+        "| policy | mean | p10 | median | p90 |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {k} | {v['mean']:.1f} | {v['p10']:.0f} | {v['median']:.0f} | {v['p90']:.0f} |"
+            for k, v in res["lengths"].items()
+        ],
+        "",
     ]
+    if res["diversity"]:
+        lines += [
+            "## Table 3: diversity (one response per test prompt; lower = more diverse)",
+            "",
+            diversity.markdown(res["diversity"]["rows"]),
+            "",
+        ]
+        if res["diversity"].get("note"):
+            lines += [res["diversity"]["note"], ""]
+    if res["human"].get("export"):
+        folder = os.path.dirname(res["human"]["export"]["html"])
+        lines += [
+            f"Human evaluation: blind pairs ({res['best_round']} vs SFT) in `{folder}` "
+            "(open pairs.html; the key is in key.json).",
+            "",
+        ]
+    if res["human"].get("verdicts"):
+        rows = {"best round vs SFT": res["human"]["verdicts"]}
+        lines += ["## Human verdicts", "", *_cmp_table(rows, "people"), ""]
+    if res.get("judge_stats"):
+        js = res["judge_stats"]
+        lines += ["## LLM judge accounting", "", "| " + " | ".join(js) + " |"]
+        lines += ["|---" * len(js) + "|", "| " + " | ".join(str(v) for v in js.values()) + " |", ""]
     lines += [
+        "## Budgets, clipping and the meta step",
         "",
-        "Gold is the synthetic world's hidden reward (where there is one); the proxies "
-        "are the vanilla RM and the last round's MetaRM. A proxy that rises while gold "
-        "does not is over-optimisation.",
-        "",
-        "## Figure 5: |Δr| on the final policy's samples",
-        "",
-        f"vanilla RM: mean {fig5['vanilla_rm']['mean']:.4f}, var {fig5['vanilla_rm']['var']:.4f}; "
-        f"MetaRM: mean {fig5['metarm']['mean']:.4f}, var {fig5['metarm']['var']:.4f}.",
+        "| arm | RM steps | PPO iterations | scores clipped |",
+        "|---|---|---|---|",
+    ]
+    for name, b in res["budget"].items():
+        c = res["reward_clip"].get(name, {"mean": 0.0, "flag": False})
+        flag = " (flagged)" if c["flag"] else ""
+        lines.append(
+            f"| {name} | {b['rm_steps']} | {b['ppo_iterations']} | {_pct(c['mean'])}{flag} |"
+        )
+    lines += ["", "MetaRM step geometry (means over each round's steps):", ""]
+    keys = sorted({k for g in res["geometry"].values() for k in g})
+    lines += ["| round | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for r, g in res["geometry"].items():
+        lines.append(f"| {r} | " + " | ".join(f"{g.get(k, float('nan')):.4g}" for k in keys) + " |")
+    lines += ["", "## Figures", ""]
+    fig5 = res["fig5"]
+    lines += [
+        "Figure 5, mean |Δr| on the final policy's samples (raw / divided by the spread of r): "
+        + "; ".join(f"{k} {v['mean']:.4f} / {v['normalised_mean']:.4f}" for k, v in fig5.items())
+        + ".",
         "",
     ]
     for key, title in (
         ("fig1", "Figure 1: variance of reward differences over PPO"),
         ("fig4", "Figure 4: RM validation accuracy"),
-        ("fig5", "Figure 5: histogram of |Δr|"),
+        ("fig5", "Figure 5: |Δr| raw and normalised"),
         ("rewards", "Rewards by policy and over PPO"),
     ):
         lines += [f"### {title}", "", f"![{key}]({figs[key]})", ""]
-    with open(os.path.join(workdir, "report.md"), "w") as f:
-        f.write("\n".join(lines))
-    with open(os.path.join(workdir, "report.json"), "w") as f:
-        json.dump(result, f, indent=1)
+    return "\n".join(lines)
+
+
+def _console(res: dict) -> str:
+    lines = [f"Judge: {res['judge']}; best round on validation: {res['best_round']}"]
+    lines += ["Table 1 (test): vs SFT, win/tie/lose  win-lose [95% CI]"]
+    lines += [
+        f"  {k:16s} {v['win']} / {v['tie']} / {v['lose']}  {_pct(v['net'])} {_ci(v['net_ci'])}"
+        for k, v in res["table1"].items()
+    ]
+    lines += [f"Table 2 (test): {res['best_round']} vs"]
+    lines += [
+        f"  {k:34s} {v['win']} / {v['tie']} / {v['lose']}  {_pct(v['net'])} {_ci(v['net_ci'])}"
+        for k, v in res["table2"].items()
+    ]
+    if res["gold"]:
+        lines += ["Mean gold of test samples [95% CI]:"]
+        lines += [
+            f"  {k:16s} {v['mean']:.4f} {_ci(v['ci'], pct=False)}" for k, v in res["gold"].items()
+        ]
+    lines += [f"  {line}" for line in _plain_words(res)]
+    return "\n".join(lines)
+
+
+def _summary(res: dict) -> dict[str, Any]:
+    """The numbers the stage returns (and aggregate_seeds averages)."""
+    return {
+        "best_round": res["best_round"],
+        "table1": {k: [v["win"], v["tie"], v["lose"]] for k, v in res["table1"].items()},
+        "table2": {k: [v["win"], v["tie"], v["lose"]] for k, v in res["table2"].items()},
+        "net": {k: v["net"] for k, v in res["table2"].items()},
+        "gold": {k: v["mean"] for k, v in res["gold"].items()},
+        "gold_diff": {k: v["diff"] for k, v in res["gold_diff"].items()},
+        "fig5": res["fig5"],
+        "rm_accuracy": {
+            r: {s: {k: v["accuracy"] for k, v in row.items()} for s, row in t.items()}
+            for r, t in res["rm_metrics"].get("rounds", {}).items()
+        },
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds.
+# --------------------------------------------------------------------------------------------
 
 
 def _flatten(prefix: str, x, out: dict) -> None:
     if isinstance(x, dict):
         for k, v in x.items():
             _flatten(f"{prefix}.{k}" if prefix else k, v, out)
-    elif (
-        isinstance(x, (list, tuple)) and len(x) == 3 and ("table1" in prefix or "table2" in prefix)
-    ):
+    elif isinstance(x, list | tuple) and len(x) == 3 and ("table1" in prefix or "table2" in prefix):
         for k, v in zip(("win", "tie", "lose"), x):
             out[f"{prefix}.{k}"] = v
-    elif isinstance(x, (int, float)) and not isinstance(x, bool):
+    elif isinstance(x, int | float) and not isinstance(x, bool):
         out[prefix] = float(x)
 
 
 def aggregate_seeds(workdir: str, per_seed: list[dict]) -> str:
-    """mean ± std over seeds of every number in the rlhf stage's summary -> seeds.md (+ text)."""
+    """mean ± std and a t interval over seeds of every number in the rlhf stage's summary ->
+    seeds.md (+ the text)."""
     flat = []
     for run in per_seed:
         f: dict = {}
-        _flatten(
-            "",
-            {
-                k: v
-                for k, v in run.get("rlhf", {}).items()
-                if k in ("table1", "table2", "rewards", "fig5")
-            },
-            f,
-        )
+        _flatten("", {k: v for k, v in run.get("rlhf", {}).items() if k != "report"}, f)
         flat.append(f)
     keys = [k for k in flat[0] if all(k in f for f in flat)]
     best = [run.get("rlhf", {}).get("best_round") for run in per_seed]
     lines = [
-        f"# Quickstart over {len(per_seed)} seeds: mean ± std",
+        f"# Over {len(per_seed)} seeds: mean ± std, 95% t interval of the mean",
         "",
-        f"Best round per seed: {best} (Table 2 compares each seed's own best round).",
+        f"Best round per seed (chosen on validation prompts): {best}.",
         "",
-        "| quantity | mean | std | per seed |",
-        "|---|---|---|---|",
+        "| quantity | mean | std | 95% CI of the mean | per seed |",
+        "|---|---|---|---|---|",
     ]
     for k in keys:
         v = np.asarray([f[k] for f in flat])
+        lo, hi = stats.t_interval(v)
         lines.append(
-            f"| {k} | {v.mean():.4g} | {v.std(ddof=1):.3g} | "
+            f"| {k} | {v.mean():.4g} | {v.std(ddof=1):.3g} | [{lo:.4g}, {hi:.4g}] | "
             + ", ".join(f"{x:.4g}" for x in v)
             + " |"
         )

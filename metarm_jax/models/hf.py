@@ -22,12 +22,12 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
+from metarm_jax import hosts
 from metarm_jax.errors import UserError
 from metarm_jax.models import llama
-from metarm_jax.sharding import state_shardings
+from metarm_jax.sharding import state_shardings, to_host
 
 ARCHITECTURES = {
     "lm": "LlamaForCausalLM",
@@ -81,8 +81,9 @@ def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> ll
             max_position_embeddings=hf_cfg.get("max_position_embeddings", 4096),
             initializer_range=hf_cfg.get("initializer_range", 0.02),
             pad_token_id=hf_cfg.get("pad_token_id"),
-            bos_token_id=hf_cfg.get("bos_token_id", 1) or 1,
-            eos_token_id=_first(hf_cfg.get("eos_token_id", 2)),
+            # `x or 1` would turn a real id 0 into 1: only a missing or null id takes the default.
+            bos_token_id=_default(_first(hf_cfg.get("bos_token_id")), 1),
+            eos_token_id=_default(_first(hf_cfg.get("eos_token_id")), 2),
         )
     except KeyError as e:
         raise CheckpointError(
@@ -93,6 +94,10 @@ def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> ll
 
 def _first(x):
     return x[0] if isinstance(x, (list, tuple)) else x
+
+
+def _default(x, default):
+    return default if x is None else x
 
 
 def config_to_hf(cfg: llama.LlamaConfig, head: str = "lm"):
@@ -392,10 +397,7 @@ def load_hf(
 
 def _host_value(x: jax.Array) -> np.ndarray:
     """The full value on every process (gathers shards across hosts when needed)."""
-    if getattr(x, "is_fully_addressable", True):
-        return np.asarray(jax.device_get(x))
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return to_host(x)
 
 
 def save_hf(
@@ -407,7 +409,13 @@ def save_hf(
     max_shard_bytes: int = 5 * 2**30,
 ) -> None:
     """Write ``model`` as an HF checkpoint directory (config.json + safetensors, sharded with an
-    index when larger than ``max_shard_bytes``). Only process 0 writes; all must call it."""
+    index when larger than ``max_shard_bytes``). Only process 0 writes; all must call it, and all
+    return once the directory is complete (a barrier), so any process may load it next."""
+    _save_hf(model, out_dir, dtype=dtype, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes)
+    hosts.barrier(f"save_hf:{os.path.abspath(out_dir)}")
+
+
+def _save_hf(model, out_dir, *, dtype, tokenizer, max_shard_bytes) -> None:
     from safetensors.numpy import save_file
 
     cfg, head = model.cfg, model.head

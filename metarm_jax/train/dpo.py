@@ -179,12 +179,15 @@ def make_eval_fn(
         for i, b in enumerate(val()):
             if eval_batches and i >= eval_batches:
                 break
-            keep = D.real_rows(b)
-            (pw, plo), (rw, rl) = jax.device_get(
-                both(params, sharding.global_batch(mesh, {k: b[k] for k in PAIR_KEYS}))
+            g = sharding.global_batch(
+                mesh,
+                dict({k: b[k] for k in PAIR_KEYS}, example_mask=D.real_rows(b).astype(np.int32)),
+            )
+            (pw, plo), (rw, rl), keep = sharding.to_host(
+                (*both(params, {k: g[k] for k in PAIR_KEYS}), g["example_mask"])
             )
             for col, v in zip(cols, (pw, plo, rw, rl)):
-                col.append(np.asarray(v)[keep])
+                col.append(v[keep > 0])
         pw, plo, rw, rl = (jnp.asarray(np.concatenate(c)) for c in cols)
         loss, m = pl.dpo_loss(pw, plo, rw, rl, beta=beta)
         return {

@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from metarm_jax import sharding as shd
 from metarm_jax.checkpoint import Checkpointer, abstract_like
+from metarm_jax.core.tree import global_norm
 from metarm_jax.errors import ConfigError, UserError
 
 PyTree = Any
@@ -181,20 +182,29 @@ def make_train_step(
     """The (un-jitted) train step: state, batch -> state, metrics.
 
     A step whose loss or gradients are not all finite leaves params and optimizer state as they
-    were (selected with jnp.where, so the decision stays on device), and counts itself.
+    were and counts itself. The decision stays on device: one ``lax.cond`` between applying the
+    update and keeping the state (an elementwise select over params and optimizer state would
+    hold both versions at once: 2.3x the fp32 weights of temporaries at 7B, docs/scaling.md).
     """
+
+    def apply(state, grads):
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        return params, opt_state, global_norm(updates)
+
+    def keep(state, grads):
+        del grads
+        return state["params"], state["opt_state"], jnp.zeros((), jnp.float32)
 
     def train_step(state, batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         grads, metrics = accumulate(step_fn, state["params"], batch, rng, num_micro)
         finite = all_finite(metrics["loss"], grads)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        params, opt_state, update_norm = jax.lax.cond(finite, apply, keep, state, grads)
         skipped = (~finite).astype(jnp.int32)
         new = {
-            "params": keep(params, state["params"]),
-            "opt_state": keep(opt_state, state["opt_state"]),
+            "params": params,
+            "opt_state": opt_state,
             "step": state["step"] + 1,
             "rng": state["rng"],
             "nonfinite": state["nonfinite"] + skipped,
@@ -202,6 +212,12 @@ def make_train_step(
         }
         metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
         metrics.update(skipped=skipped, nonfinite=new["nonfinite"], streak=new["streak"])
+        metrics["update_norm"] = update_norm  # ‖the optimizer step applied‖ (0 when skipped)
+        if "meta/ascent_norm" in metrics:  # MetaRM: the ascent's size next to the update's
+            u = metrics["update_norm"]
+            metrics["meta/ascent_to_update"] = jnp.where(
+                u > 0, metrics["meta/ascent_norm"] / jnp.where(u > 0, u, 1.0), 0.0
+            )
         if schedule is not None:
             # the lr this update used: the optimizer counts applied (not skipped) updates
             metrics["lr"] = jnp.asarray(schedule(state["step"] - state["nonfinite"]), jnp.float32)
@@ -305,10 +321,14 @@ def train(
     schedule: optax.Schedule | None = None,
     eval_fn: EvalFn | None = None,
     desc: str = "train",
+    snapshot_every: int = 0,
+    snapshot_fn: Callable[[int, PyTree], None] | None = None,
 ) -> tuple[PyTree, dict[str, Any]]:
     """Run ``total_steps`` optimizer steps (resuming from ``workdir/checkpoints``); returns the
     final params and a summary. ``cfg`` is ``config.train`` (grad_accum, eval_every, log_every,
-    save_every, keep, async_checkpoints, nan_patience, progress); ``seed`` seeds the step rng."""
+    save_every, keep, async_checkpoints, nan_patience, progress); ``seed`` seeds the step rng.
+    ``snapshot_fn(step, params)`` runs after every ``snapshot_every``-th step (a stage's export of
+    an intermediate model; a resumed run writes the same snapshots again)."""
     os.makedirs(workdir, exist_ok=True)
     num_micro = int(cfg.grad_accum)
     if num_micro < 1:
@@ -330,6 +350,9 @@ def train(
                 flush=True,
             )
     writer = MetricsWriter(workdir, resume_step=start)
+    resumed_on_snapshot = restored is not None and snapshot_every and start % snapshot_every == 0
+    if snapshot_fn is not None and resumed_on_snapshot:  # killed between checkpoint and snapshot
+        snapshot_fn(start, state["params"])
 
     def evaluate(step):
         if eval_fn is None:
@@ -410,6 +433,8 @@ def train(
                 ckpt.save(done, state, batches)
             if (cfg.eval_every and done % cfg.eval_every == 0) or done == total_steps:
                 eval_results = evaluate(done)
+            if snapshot_fn is not None and snapshot_every and done % snapshot_every == 0:
+                snapshot_fn(done, state["params"])  # on every process (exports are collective)
         if pending is not None:
             last_metrics = drain(pending)
         if start >= total_steps and eval_fn is not None:

@@ -122,6 +122,11 @@ def _check(config) -> None:
             f"be >= 1 and rollouts_per_query={p.rollouts_per_query} >= 2 (the shift "
             "signal compares roll-outs of the same prompt)."
         )
+    if p.iteration_offset < 0 or p.export_every < 0:
+        raise ConfigError(
+            f"config.ppo: iteration_offset={p.iteration_offset} and export_every="
+            f"{p.export_every} must be >= 0."
+        )
 
 
 def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
@@ -163,6 +168,8 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
         prompts = D.prompt_iterator(
             dcfg, tok, num_epochs=0, drop_remainder=True, shard_index=0, shard_count=1
         )
+        for _ in range(int(p.iteration_offset)):  # earlier rounds' prompts (a restored
+            next(prompts)  # checkpoint sets the position anyway)
 
         source = Rollouts(
             config=config,
@@ -188,6 +195,12 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
         tcfg.save_every = int(p.save_every) * spi
         tcfg.eval_every = 0
         workdir = os.path.join(ctx.workdir, "ppo")
+
+        def snapshot(step, params):
+            nnx.update(actor_model, params["actor"])
+            if step < total:  # the last one is export/ppo
+                common.export(actor_model, ctx.workdir, f"ppo_iter{step // spi}", tokenizer=tok)
+
         params, summary = loop.train(
             tcfg,
             mesh=mesh,
@@ -199,6 +212,8 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
             total_steps=total,
             optimizer=optimizer,
             desc="ppo",
+            snapshot_every=int(p.export_every) * spi if p.export else 0,
+            snapshot_fn=snapshot,
         )
         summary.update(iterations=int(p.iterations), steps_per_iteration=spi)
         nnx.update(actor_model, params["actor"])

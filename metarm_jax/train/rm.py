@@ -41,14 +41,32 @@ def rm_step(reward_fn) -> loop.StepFn:
     return step_fn
 
 
-def metarm_step(reward_fn, eta: float, order: str) -> loop.StepFn:
+def metarm_step(
+    reward_fn,
+    eta: float,
+    order: str,
+    eta_mode: str = "absolute",
+    measure_j_prime: bool = False,
+) -> loop.StepFn:
     """MetaRM: g = ∇_θ' L_θ'(X_t) at θ' = θ + η∇_θ J_θ(X_s) (order 'first'), or through it."""
     if order not in metarm.ORDERS:
         raise ConfigError(f"config.meta.order={order!r}; expected one of {metarm.ORDERS}.")
+    if eta_mode not in metarm.ETA_MODES:
+        raise ConfigError(f"config.meta.eta_mode={eta_mode!r}; expected one of {metarm.ETA_MODES}.")
+    eta = float(eta)
 
     def step_fn(params, batch, rng):
         del rng
-        return metarm.meta_grads(reward_fn, params, batch["pref"], batch["meta"], eta, order)
+        return metarm.meta_grads(
+            reward_fn,
+            params,
+            batch["pref"],
+            batch["meta"],
+            eta,
+            order,
+            measure_j_prime=measure_j_prime,
+            eta_mode=eta_mode,
+        )
 
     return step_fn
 
@@ -105,11 +123,16 @@ def make_eval_fn(
     def eval_fn(params) -> dict[str, Any]:
         r_w, r_l = [], []
         for b in batches(data.val):
-            keep = D.real_rows(b)
-            seqs = {k: b[k] for k in ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")}
-            w, l = jax.device_get(pair_rewards(params, sharding.global_batch(mesh, seqs)))
-            r_w.append(np.asarray(w)[keep])
-            r_l.append(np.asarray(l)[keep])
+            keys = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+            seqs = {k: b[k] for k in keys}
+            g = sharding.global_batch(
+                mesh, dict(seqs, example_mask=D.real_rows(b).astype(np.int32))
+            )
+            w, l, keep = sharding.to_host(
+                (*pair_rewards(params, {k: g[k] for k in keys}), g["example_mask"])
+            )
+            r_w.append(w[keep > 0])
+            r_l.append(l[keep > 0])
         r_w, r_l = np.concatenate(r_w), np.concatenate(r_l)
         both = np.concatenate([r_w, r_l])
         out = {
@@ -171,8 +194,9 @@ def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
     with jax.set_mesh(mesh):
         model = models.from_config(config.model, "reward", mesh, seed=config.seed)
         reward_fn, params, *_ = models.split(model)
+        mc = config.meta
         step_fn = (
-            metarm_step(reward_fn, config.meta.eta, config.meta.order)
+            metarm_step(reward_fn, mc.eta, mc.order, mc.eta_mode, mc.measure_j_prime)
             if with_meta
             else rm_step(reward_fn)
         )

@@ -97,7 +97,13 @@ def advantages(
         s = score
     else:
         s = core.normalize_scores(score, moments, subtract_mean=pcfg["reward_norm"] == "standard")
-    s = core.clip_rewards(s, pcfg["reward_clip"] or None)
+    clip = pcfg["reward_clip"] or None
+    clipped = (
+        jnp.mean((jnp.abs(s) > clip).astype(jnp.float32))
+        if clip is not None
+        else jnp.zeros((), jnp.float32)
+    )
+    s = core.clip_rewards(s, clip)
     kl = core.kl_per_token(
         old_logp, ref_logp, rmask, estimator=pcfg["kl_estimator"], clip=pcfg["kl_clip"] or None
     )
@@ -112,6 +118,7 @@ def advantages(
         "rollout/score_mean": f32(score.mean()),
         "rollout/score_std": f32(score.std()),
         "rollout/score_used_mean": f32(s.mean()),
+        "rollout/reward_clip_frac": clipped,  # scores the clip cut (flat for PPO)
         "rollout/kl": f32(pl.masked_sum(kl, m, axis=-1).mean()),  # Σ_t KL_t, mean over rows
         "rollout/kl_token_mean": f32(pl.masked_mean(kl, m)),
         "rollout/return_mean": f32(rewards.sum(-1).mean()),  # score - β Σ KL
@@ -229,7 +236,10 @@ class Rollouts(loop.StateSource):
         self.epochs = int(p.ppo_epochs)
         self.steps_per_iteration = self.epochs * self.num_mb
         self.critic_warmup = int(p.critic_warmup)
-        self.seed = int(config.seed if p.seed < 0 else p.seed)
+        self.seed = int(p.seed)  # resolved (-1 = config.seed)
+        # PPO iterations this arm ran before this stage (earlier rounds): roll-out and minibatch
+        # keys continue from there, as the prompt stream does (run_ppo skips as many batches).
+        self.iteration_offset = int(p.iteration_offset)
         self.sample_kw = sampling.sampling_kwargs(config.sampling)
         self.sample_kw["num_samples"] = self.r
         if p.max_new_tokens:
@@ -265,6 +275,7 @@ class Rollouts(loop.StateSource):
     def rollout(self, params, iteration: int) -> None:
         t0 = time.perf_counter()
         batch = next(self.prompts)
+        stream_iteration = self.iteration_offset + iteration  # this arm's PPO iterations so far
         ids, pmask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
         keep = D.real_rows(batch)
         if not keep.all() or len(ids) != self.q:
@@ -279,7 +290,7 @@ class Rollouts(loop.StateSource):
             (self.actor_graphdef, params["actor"]),
             ids,
             pmask,
-            self._rng(0, iteration),
+            self._rng(0, stream_iteration),
             eos_id=self.eos_id,
             pad_id=self.pad_id,
             prompt_bucket_min=self.bucket_min,
@@ -330,13 +341,15 @@ class Rollouts(loop.StateSource):
         metrics = dict(jax.device_get(metrics))
         metrics["shift/absdiff_hist_max"] = float(self.bin_edges[-2])
         if self.log_values:
-            score = np.asarray(jax.device_get(scored["score"])).reshape(self.q, self.r)
+            score = shd.to_host(scored["score"]).reshape(self.q, self.r)
             metrics["shift/absdiff"] = stats.abs_differences(score, None).astype(np.float64)
         if self.monitor is not None:
             host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
             values = self.monitor(rep(ids), rep(pmask), host(tokens), host(rmask))
             metrics["rollout/monitor_mean"] = float(np.mean(values))
         metrics["rollout/iteration"] = float(iteration)
+        metrics["rollout/stream_iteration"] = float(stream_iteration)
+        metrics["rollout/prompt_index"] = np.asarray(batch["prompt_index"], np.float64)
         metrics["rollout/actor_on"] = float(iteration >= self.critic_warmup)
         metrics["time/generate_s"] = t1 - t0
         metrics["time/score_s"] = t2 - t1
@@ -360,7 +373,9 @@ class Rollouts(loop.StateSource):
                 "buffer is gone; checkpoints must fall on iteration boundaries."
             )
         epoch, b = divmod(j, self.num_mb)
-        perm = jax.random.permutation(self._rng(1, iteration, epoch), self.n)
+        perm = jax.random.permutation(
+            self._rng(1, self.iteration_offset + iteration, epoch), self.n
+        )
         idx = perm[b * self.mb : (b + 1) * self.mb]
         out = self._take(self.buffer, idx)
         return jax.tree.map(lambda x: jax.device_put(x, self._batch_sh(x.ndim)), out)

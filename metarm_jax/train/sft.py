@@ -133,7 +133,7 @@ def make_eval_fn(logits_fn, mesh, val: common.Batches, eval_batches: int = 0) ->
             seqs = {
                 k: b[k] for k in ("input_ids", "attention_mask", "loss_mask")
             }  # pad rows: mask 0
-            a, c, n = jax.device_get(sums(params, sharding.global_batch(mesh, seqs)))
+            a, c, n = sharding.to_host(sums(params, sharding.global_batch(mesh, seqs)))
             nll, correct, tokens = nll + float(a), correct + float(c), tokens + float(n)
         return {
             "loss": nll / max(tokens, 1.0),

@@ -1,0 +1,514 @@
+"""An LLM judge over any OpenAI-compatible chat-completions endpoint, asked in both orders.
+
+    judge = LLMJudge(base_url="http://localhost:8000/v1", model="gpt-4o", template="helpful")
+    res = judge.compare(prompts, responses_a, responses_b)   # an LLMJudgeResult (a JudgeResult)
+    res.win, res.tie, res.lose, res.outcomes                 # from A's point of view
+    res.stats, judge.stats                                   # this call's / all calls' accounting
+
+Each pair is asked twice, A shown first and then B shown first. The two verdicts are read from A's
+point of view; the pair's outcome is their common verdict when they agree and a tie when they do
+not (a verdict that flips with the order is position bias, MT-Bench style). The model must end
+its answer with a line ``Verdict: A``, ``Verdict: B`` or ``Verdict: tie`` (surrounding ``*``,
+``_`` or backticks and a final period are ignored; nothing else is guessed). An answer without
+one is asked again up to ``parse_retries`` times and then counted as unparsable: the pair is a
+tie in the tally and is counted separately in ``stats``.
+
+Transport: 408/409/429/5xx, timeouts and connection errors are retried up to ``max_retries``
+times with exponential backoff (``backoff_s * 2**attempt``, jittered, at most ``max_backoff_s``)
+or, when the answer carries ``Retry-After`` (or ``retry-after-ms``), after that long (capped at
+``max_backoff_s``). Other errors (401, 404, 400, ...) stop at once with one line. At most
+``max_concurrency`` requests are in flight (a thread pool); each has ``timeout_s``.
+
+Cache: with ``cache_dir``, every final answer (parsed or unparsable) is a JSON file named by the
+sha256 of (model, temperature, max_tokens, the template text's sha256, prompt, the response shown
+first, the response shown second): the order is the response shown first. A resumed or repeated
+comparison reads it and makes no new call. The API key is read only from the environment variable
+named by ``api_key_env`` and is never written anywhere (not in the cache, the stats, an error or
+a log line: error texts from the endpoint are redacted).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from typing import Any
+
+import numpy as np
+
+from metarm_jax import fileio
+from metarm_jax.errors import ConfigError, UserError
+from metarm_jax.eval.judges import Judge, JudgeResult, _check_lengths
+
+log = logging.getLogger(__name__)
+
+TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templates")
+BUILTIN_TEMPLATES = ("helpful", "harmless", "summary")
+PLACEHOLDERS = ("prompt", "response_a", "response_b")
+CACHE_VERSION = 1
+RETRY_STATUS = frozenset({408, 409, 429})  # and every status >= 500
+_FIELD = re.compile(r"\{(prompt|response_a|response_b)\}")
+_VERDICT = re.compile(r"verdict\s*:\s*(a|b|tie)", re.I)
+_KEYLIKE = re.compile(r"\bsk-[A-Za-z0-9*_-]{4,}|\bBearer\s+\S+")
+
+# Counters of `stats` (all ints), then the floats.
+COUNTERS = (
+    "pairs",  # pairs compared
+    "judgments",  # distinct (pair, order) requests needed (<= 2 * pairs)
+    "cache_hits",  # judgments read from the cache
+    "calls",  # HTTP requests sent (every attempt: retries and re-asks included)
+    "retries",  # requests repeated after a 408/409/429/5xx, a timeout or a connection error
+    "rate_limited",  # 429 answers
+    "server_errors",  # 5xx (and 408/409) answers
+    "timeouts",  # requests that ran past timeout_s
+    "connection_errors",  # requests that could not reach the endpoint
+    "parse_retries",  # re-asks after an answer without a verdict line
+    "unparsable_answers",  # judgments still without a verdict after parse_retries re-asks
+    "unparsable_pairs",  # pairs with an unparsable judgment (ties in the tally)
+    "consistent_pairs",  # both orders gave the same verdict (ties included)
+    "flipped_pairs",  # A in one order, B in the other: position bias, a tie
+    "one_sided_pairs",  # a tie in one order and a winner in the other: a tie
+    "prompt_tokens",  # from the API's usage of every answered request
+    "completion_tokens",
+    "total_tokens",
+)
+
+
+def parse_verdict(text: str | None) -> str | None:
+    """'A', 'B' or 'tie' from the answer's last non-empty line ``Verdict: X``; None otherwise."""
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        return None
+    last = re.sub(r"[*_`]", "", lines[-1]).strip().rstrip(".").strip()
+    m = _VERDICT.fullmatch(last)
+    if m is None:
+        return None
+    return {"a": "A", "b": "B", "tie": "tie"}[m.group(1).lower()]
+
+
+def load_template(template: str) -> tuple[str, str]:
+    """(path, text) of a built-in template name or a template file; checks the placeholders."""
+    if template in BUILTIN_TEMPLATES:
+        path = os.path.join(TEMPLATE_DIR, f"{template}.txt")
+    else:
+        path = os.path.expanduser(template)
+        if not os.path.isfile(path):
+            raise ConfigError(
+                f"judge.template={template!r} is neither one of {', '.join(BUILTIN_TEMPLATES)} "
+                "nor a readable file; give a built-in name or the path of a template file."
+            )
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    missing = [f"{{{p}}}" for p in PLACEHOLDERS if f"{{{p}}}" not in text]
+    if missing:
+        raise ConfigError(
+            f"judge.template {path}: no {', '.join(missing)}; a template must contain "
+            "{prompt}, {response_a} and {response_b} (each replaced by the text as it is)."
+        )
+    return path, text
+
+
+def render(template_text: str, prompt: str, response_a: str, response_b: str) -> str:
+    """The template with its three fields filled in one pass (a field-like string inside a
+    response is left as it is)."""
+    values = {"prompt": prompt, "response_a": response_a, "response_b": response_b}
+    return _FIELD.sub(lambda m: values[m.group(1)], template_text)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _retry_after(headers) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(0.0, float(ra))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(ra)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _public_url(url: str) -> str:
+    """The URL without user:password@ (for messages)."""
+    p = urllib.parse.urlsplit(url)
+    if p.username or p.password:
+        p = p._replace(netloc=p.hostname + (f":{p.port}" if p.port else ""))
+    return urllib.parse.urlunsplit(p)
+
+
+class JudgeAPIError(UserError):
+    """The endpoint refused a request, or kept failing after every retry."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMJudgeResult(JudgeResult):
+    """A JudgeResult with the call's accounting (`stats`) and, per prompt, the verdicts of the
+    two orders (`verdicts[i] = (A shown first, B shown first)`, each 'A'/'B'/'tie' naming the
+    preferred *response* from A's point of view, or None when unparsable)."""
+
+    stats: dict = dataclasses.field(default_factory=dict)
+    verdicts: tuple = ()
+
+
+class LLMJudge(Judge):
+    """Pairwise LLM judge through the ``openai`` client (see the module docstring)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key_env: str = "OPENAI_API_KEY",
+        template: str = "helpful",
+        max_concurrency: int = 8,
+        timeout_s: float = 60.0,
+        max_retries: int = 6,
+        cache_dir: str = "",
+        temperature: float = 0.0,
+        max_tokens: int = 1024,
+        parse_retries: int = 2,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+    ):
+        if not base_url:
+            raise ConfigError(
+                "judge.base_url is empty; set the OpenAI-compatible endpoint, e.g. "
+                "--config.judge.base_url=http://localhost:8000/v1"
+            )
+        if not model:
+            raise ConfigError("judge.model is empty; set the endpoint's model name.")
+        for key, v, lo in (
+            ("max_concurrency", max_concurrency, 1),
+            ("max_retries", max_retries, 0),
+            ("parse_retries", parse_retries, 0),
+            ("max_tokens", max_tokens, 0),
+        ):
+            if int(v) != v or v < lo:
+                raise ConfigError(f"judge.{key} must be an integer >= {lo}, got {v!r}.")
+        for key, v in (("timeout_s", timeout_s), ("backoff_s", backoff_s)):
+            if not v > 0:
+                raise ConfigError(f"judge.{key} must be > 0, got {v!r}.")
+        if temperature < 0 or max_backoff_s < 0:
+            raise ConfigError("judge.temperature and judge.max_backoff_s must be >= 0.")
+        try:
+            import openai
+        except ImportError as e:
+            raise UserError("the LLM judge needs the openai client: pip install -e .[eval]") from e
+        if api_key_env:
+            secret = os.environ.get(api_key_env, "")
+            if not secret:
+                raise ConfigError(
+                    f"judge.api_key_env={api_key_env!r}: that environment variable is not set; "
+                    "export the endpoint's key in it (the key is read only from the "
+                    "environment), or set judge.api_key_env='' for an endpoint without a key."
+                )
+        else:
+            secret = "no-key"  # the client needs a non-empty key; keyless servers ignore it
+        self._openai = openai
+        self._secret = secret
+        self.base_url = base_url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.template_path, self.template_text = load_template(template)
+        self.template = template
+        self.template_sha256 = _sha256(self.template_text)
+        self.max_concurrency = int(max_concurrency)
+        self.timeout_s = float(timeout_s)
+        self.max_retries = int(max_retries)
+        self.cache_dir = cache_dir
+        self.temperature = float(temperature)
+        self.max_tokens = int(max_tokens)
+        self.parse_retries = int(parse_retries)
+        self.backoff_s = float(backoff_s)
+        self.max_backoff_s = float(max_backoff_s)
+        self._client = openai.OpenAI(
+            api_key=secret, base_url=base_url, timeout=self.timeout_s, max_retries=0
+        )
+        self._lock = threading.Lock()
+        self.stats: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+        self.stats["elapsed_s"] = 0.0
+
+    def __repr__(self) -> str:
+        return (
+            f"LLMJudge(model={self.model!r}, base_url={_public_url(self.base_url)!r}, "
+            f"template={self.template!r})"
+        )
+
+    def describe(self) -> str:
+        """One line for a report (no key)."""
+        return (
+            f"LLM judge {self.model} at {_public_url(self.base_url)}, template {self.template} "
+            f"(sha256 {self.template_sha256[:12]}), both orders, temperature {self.temperature:g}"
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # Internals.
+    # ---------------------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        text = str(text)
+        if len(self._secret) >= 8:
+            text = text.replace(self._secret, "***")
+        text = _KEYLIKE.sub("***", text)
+        text = " ".join(text.split())
+        return text[:300]
+
+    def _count(self, stats: dict, key: str, n: int = 1) -> None:
+        with self._lock:
+            stats[key] += n
+
+    def cache_key(self, prompt: str, first: str, second: str) -> str:
+        """The cache entry's name: the request's identity (the order is which comes first)."""
+        ident = [
+            CACHE_VERSION,
+            self.model,
+            self.temperature,
+            self.max_tokens,
+            self.template_sha256,
+            prompt,
+            first,
+            second,
+        ]
+        return _sha256(json.dumps(ident, ensure_ascii=False))
+
+    def _cache_path(self, key: str) -> str:
+        return os.path.join(self.cache_dir, key[:2], f"{key}.json")
+
+    def _cache_get(self, key: str) -> dict | None:
+        if not self.cache_dir:
+            return None
+        try:
+            with open(self._cache_path(key), encoding="utf-8") as f:
+                entry = json.load(f)
+        except (OSError, ValueError):
+            return None
+        return entry if isinstance(entry, dict) and "verdict" in entry else None
+
+    def _request(self, content: str, stats: dict) -> str:
+        """One answer's text, retrying transport failures."""
+        openai = self._openai
+        for attempt in range(self.max_retries + 1):
+            self._count(stats, "calls")
+            wait_s = None
+            try:
+                resp = self._client.chat.completions.create(
+                    model=self.model,
+                    messages=[{"role": "user", "content": content}],
+                    temperature=self.temperature,
+                    **({"max_tokens": self.max_tokens} if self.max_tokens else {}),
+                )
+            except openai.APITimeoutError:
+                kind, what = "timeouts", f"no answer within {self.timeout_s:g} s"
+            except openai.APIConnectionError as e:
+                kind, what = "connection_errors", f"connection failed ({self._redact(e)})"
+            except openai.APIStatusError as e:
+                status = e.status_code
+                what = f"HTTP {status}: {self._redact(e.message)}"
+                if status not in RETRY_STATUS and status < 500:
+                    hint = (
+                        f" (check the key in ${self.api_key_env})" if status in (401, 403) else ""
+                    )
+                    raise JudgeAPIError(
+                        f"LLM judge: {_public_url(self.base_url)} refused model {self.model!r}: "
+                        f"{what}{hint}."
+                    ) from None
+                kind = "rate_limited" if status == 429 else "server_errors"
+                wait_s = _retry_after(getattr(e.response, "headers", None))
+            else:
+                usage = getattr(resp, "usage", None)
+                for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                    self._count(stats, k, int(getattr(usage, k, 0) or 0))
+                choices = getattr(resp, "choices", None) or []
+                return (choices[0].message.content or "") if choices else ""
+            self._count(stats, kind)
+            if attempt == self.max_retries:
+                tries = self.max_retries + 1
+                where = f"; answers so far are cached in {self.cache_dir}" if self.cache_dir else ""
+                raise JudgeAPIError(
+                    f"LLM judge: {_public_url(self.base_url)} failed {tries} "
+                    f"time{'s' if tries > 1 else ''}, last {what}; rerun to resume{where}."
+                ) from None
+            self._count(stats, "retries")
+            if wait_s is None:
+                wait_s = self.backoff_s * 2**attempt * (0.5 + 0.5 * random.random())
+            time.sleep(min(wait_s, self.max_backoff_s))
+        raise AssertionError("unreachable")
+
+    def _judge(self, key: str, content: str, stats: dict) -> str | None:
+        """Ask (re-asking while the answer has no verdict), cache the final answer."""
+        attempts = 0
+        for attempt in range(self.parse_retries + 1):
+            answer = self._request(content, stats)
+            attempts += 1
+            verdict = parse_verdict(answer)
+            if verdict is not None:
+                break
+            if attempt < self.parse_retries:
+                self._count(stats, "parse_retries")
+        if verdict is None:
+            self._count(stats, "unparsable_answers")
+            log.warning(
+                "LLM judge: no verdict line after %d answers (last ends %r); counted as unparsable",
+                attempts,
+                self._redact(answer[-80:]),
+            )
+        if self.cache_dir:
+            fileio.write_json(
+                self._cache_path(key),
+                {
+                    "version": CACHE_VERSION,
+                    "model": self.model,
+                    "template_sha256": self.template_sha256,
+                    "verdict": verdict,
+                    "answer": answer,
+                    "attempts": attempts,
+                },
+                ensure_ascii=False,
+            )
+        return verdict
+
+    # ---------------------------------------------------------------------------------------
+    # The Judge interface.
+    # ---------------------------------------------------------------------------------------
+
+    def compare(
+        self, prompts: Sequence[str], responses_a: Sequence[str], responses_b: Sequence[str]
+    ) -> LLMJudgeResult:
+        _check_lengths(prompts, responses_a, responses_b)
+        t0 = time.monotonic()
+        stats: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+        jobs: dict[str, str] = {}
+        plan = []
+        for p, a, b in zip(prompts, responses_a, responses_b):
+            p, a, b = str(p), str(a), str(b)
+            k_ab, k_ba = self.cache_key(p, a, b), self.cache_key(p, b, a)
+            jobs.setdefault(k_ab, render(self.template_text, p, a, b))
+            jobs.setdefault(k_ba, render(self.template_text, p, b, a))
+            plan.append((k_ab, k_ba))
+        stats["pairs"] = len(plan)
+        stats["judgments"] = len(jobs)
+
+        verdicts: dict[str, str | None] = {}
+        todo = []
+        for key in jobs:
+            entry = self._cache_get(key)
+            if entry is None:
+                todo.append(key)
+            else:
+                verdicts[key] = entry["verdict"]
+        stats["cache_hits"] = len(jobs) - len(todo)
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(todo))) as pool:
+                futures = {pool.submit(self._judge, k, jobs[k], stats): k for k in todo}
+                done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+                for f in pending:
+                    f.cancel()
+                for f in done:
+                    if f.exception() is not None:
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        self._merge(stats, t0)
+                        raise f.exception()
+                    verdicts[futures[f]] = f.result()
+
+        outcomes = np.zeros(len(plan), np.int64)
+        pair_verdicts = []
+        to_a = {"A": 1, "B": -1, "tie": 0}
+        for i, (k_ab, k_ba) in enumerate(plan):
+            v1, v2 = verdicts[k_ab], verdicts[k_ba]
+            # In the second order response B is shown as "A": swap back to A's point of view.
+            v2a = {"A": "B", "B": "A", "tie": "tie"}.get(v2) if v2 is not None else None
+            pair_verdicts.append((v1, v2a))
+            if v1 is None or v2a is None:
+                stats["unparsable_pairs"] += 1
+                continue
+            s1, s2 = to_a[v1], to_a[v2a]
+            if s1 == s2:
+                stats["consistent_pairs"] += 1
+                outcomes[i] = s1
+            elif s1 and s2:
+                stats["flipped_pairs"] += 1
+            else:
+                stats["one_sided_pairs"] += 1
+        self._merge(stats, t0)
+        win, lose = int((outcomes > 0).sum()), int((outcomes < 0).sum())
+        log.info(
+            "LLM judge %s: %d pairs, %d judgments, %d cache hits, %d calls, %d retries, "
+            "%d unparsable, %d flipped, %d prompt + %d completion tokens",
+            self.model,
+            stats["pairs"],
+            stats["judgments"],
+            stats["cache_hits"],
+            stats["calls"],
+            stats["retries"],
+            stats["unparsable_pairs"],
+            stats["flipped_pairs"],
+            stats["prompt_tokens"],
+            stats["completion_tokens"],
+        )
+        return LLMJudgeResult(
+            win,
+            len(plan) - win - lose,
+            lose,
+            None,
+            outcomes,
+            stats=dict(stats),
+            verdicts=tuple(pair_verdicts),
+        )
+
+    def _merge(self, stats: dict, t0: float) -> None:
+        stats["elapsed_s"] = round(time.monotonic() - t0, 3)
+        with self._lock:
+            for k, v in stats.items():
+                self.stats[k] = self.stats.get(k, 0) + v
+
+
+def from_config(cfg, workdir: str | None = None) -> LLMJudge:
+    """An LLMJudge from a ``judge`` config block (ConfigDict or dict). An empty
+    ``judge.cache_dir`` caches in ``<workdir>/llm_judge_cache`` (no cache without a workdir)."""
+
+    def get(key, default):
+        return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+
+    cache_dir = get("cache_dir", "") or (
+        os.path.join(workdir, "llm_judge_cache") if workdir else ""
+    )
+    return LLMJudge(
+        get("base_url", ""),
+        get("model", ""),
+        api_key_env=get("api_key_env", "OPENAI_API_KEY"),
+        template=get("template", "helpful"),
+        max_concurrency=get("max_concurrency", 8),
+        timeout_s=get("timeout_s", 60.0),
+        max_retries=get("max_retries", 6),
+        cache_dir=cache_dir,
+        temperature=get("temperature", 0.0),
+        max_tokens=get("max_tokens", 1024),
+        parse_retries=get("parse_retries", 2),
+        backoff_s=get("backoff_s", 1.0),
+        max_backoff_s=get("max_backoff_s", 60.0),
+    )

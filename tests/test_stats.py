@@ -1,0 +1,77 @@
+"""The report's statistics: bootstrap and t intervals cover a known value at about their level,
+ranking agreement against hand-computed values and scipy, and the validation-only selection."""
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from metarm_jax.core import stats
+from metarm_jax.eval import report
+
+
+def test_bootstrap_interval_covers_a_known_rate_at_about_95_percent():
+    """400 simulated experiments of 100 prompts with a true win rate of 0.3."""
+    rng = np.random.default_rng(0)
+    hits = 0
+    for i in range(400):
+        x = (rng.random(100) < 0.3).astype(np.float64)
+        lo, hi = stats.bootstrap_ci(x, n_resamples=500, seed=i)
+        hits += lo <= 0.3 <= hi
+    # a percentile interval on n = 100 covers a little under its level; binomial noise of 400
+    # experiments is ±2.2 points (2 sd)
+    assert 0.90 <= hits / 400 <= 0.98, hits / 400
+
+
+def test_paired_bootstrap_of_a_difference_covers_the_true_difference():
+    """Two policies scored on the same prompts, each prompt with its own difficulty: the paired
+    interval of the mean difference covers the true 0.1 about 95% of the time and is much
+    narrower than the spread of either score."""
+    rng = np.random.default_rng(1)
+    hits, widths = 0, []
+    for i in range(300):
+        difficulty = rng.normal(0, 1.0, 80)
+        a = difficulty + 0.1 + rng.normal(0, 0.2, 80)
+        b = difficulty + rng.normal(0, 0.2, 80)
+        lo, hi = stats.bootstrap_ci(a - b, n_resamples=500, seed=i)
+        hits += lo <= 0.1 <= hi
+        widths.append(hi - lo)
+    assert 0.90 <= hits / 300 <= 0.98, hits / 300
+    assert np.mean(widths) < 0.2  # the shared difficulty cancels in the paired difference
+
+
+def test_t_interval_covers_the_mean_over_seeds():
+    rng = np.random.default_rng(2)
+    hits = sum(
+        (lambda lo_hi: lo_hi[0] <= 1.0 <= lo_hi[1])(stats.t_interval(rng.normal(1.0, 0.3, 5)))
+        for _ in range(1000)
+    )
+    assert 0.93 <= hits / 1000 <= 0.97  # exact for normal data
+
+
+def test_bootstrap_edge_cases():
+    assert stats.bootstrap_ci(np.ones(10)) == (1.0, 1.0)  # no spread
+    lo, hi = stats.bootstrap_ci(np.array([np.nan, 1.0]))  # one usable row
+    assert np.isnan(lo) and np.isnan(hi)
+    lo, hi = stats.bootstrap_ci(np.array([0.0, 1.0, np.nan, 1.0, 0.0, 1.0]), seed=3)
+    assert 0.0 <= lo <= 0.6 <= hi <= 1.0  # the NaN row is dropped: mean of the rest is 0.6
+
+
+def test_ranking_agreement_by_hand_and_against_scipy():
+    gold = np.array([[1.0, 2.0, 3.0, 3.0], [0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 1.0, 1.0]])
+    scores = np.array([[0.1, 0.3, 0.2, 0.9], [3.0, 2.0, 1.0, 0.0], [0.5, 0.1, 0.2, 0.3]])
+    acc, tau = stats.ranking_agreement(scores, gold)
+    # prompt 0: the 5 pairs whose gold differs: (0,1) ok, (0,2) ok, (0,3) ok, (1,2) wrong,
+    # (1,3) ok; the tied gold pair (2,3) does not count
+    assert acc[0] == pytest.approx(4 / 5)
+    assert acc[1] == 0.0 and np.isnan(acc[2])  # fully reversed; no pair to rank
+    assert tau[0] == pytest.approx(scipy.stats.kendalltau(scores[0], gold[0]).statistic)
+    assert tau[1] == pytest.approx(-1.0) and np.isnan(tau[2])
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1]])
+    acc, _ = stats.ranking_agreement(scores, gold, mask)
+    assert acc[0] == pytest.approx(2 / 3) and acc[1] == 0.0  # the padding sample is left out
+
+
+def test_select_best_reads_only_the_validation_table():
+    valid = {"round1": {"net": 0.10}, "round2": {"net": 0.25}, "round3": {"net": 0.25}}
+    assert report.select_best(valid) == "round2"  # a tie goes to the earlier round
+    assert report.select_best({"round1": {"net": -0.5}}) == "round1"
