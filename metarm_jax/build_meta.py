@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from metarm_jax import data as D
-from metarm_jax import fileio, hosts, models, sampling, sharding
+from metarm_jax import faults, fileio, hosts, models, sampling, sharding
 from metarm_jax.data import MetaExample, SamplingInfo
 from metarm_jax.data.features import CollatePrompts, TokenSpec
 from metarm_jax.data.readers import meta_row
@@ -231,7 +231,24 @@ def run(ctx) -> dict[str, Any]:
     def chunk_path(c):
         return os.path.join(chunk_dir, f"chunk-{c:05d}.jsonl")
 
-    done = [c for c in range(n_chunks) if os.path.exists(chunk_path(c))]
+    def chunk_ok(c) -> bool:
+        """A chunk on disk counts when it holds its prompts' rows, each whole JSON with k
+        responses; a damaged one (truncated, corrupted) is reported and sampled again."""
+        path = chunk_path(c)
+        if not os.path.exists(path):
+            return False
+        want = len(prompts[c * bm.chunk_size : (c + 1) * bm.chunk_size])
+        try:
+            with open(path, encoding="utf-8") as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            ok = len(rows) == want and all(len(r["responses"]) == bm.k for r in rows)
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            ok = False
+        if not ok and lead:
+            print(f"[build_meta] {path} is damaged; sampling that chunk again.", flush=True)
+        return ok
+
+    done = [c for c in range(n_chunks) if chunk_ok(c)]
     resumed = len(done)
     manifest["done"] = done
     if lead:
@@ -251,6 +268,7 @@ def run(ctx) -> dict[str, Any]:
                 meta_row(MetaExample(p.prompt, tuple(r), info)) for p, r in zip(part, responses)
             ]
             D.write_meta_dataset(chunk_path(c), rows)
+            faults.point("build_meta_chunk")  # the chunk is on disk, the manifest not yet
             manifest["done"] = sorted(manifest["done"] + [c])
             fileio.write_json(os.path.join(chunk_dir, MANIFEST), manifest, indent=1, sort_keys=True)
             print(

@@ -16,6 +16,7 @@ aside as ``<dir>/corrupt-<s>``, and the previous checkpoint is used.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -27,6 +28,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from metarm_jax import faults
 from metarm_jax.errors import UserError
 
 
@@ -116,14 +118,47 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         for name, it in dict(iterators).items():
             items[f"data_{name}"] = IteratorSave(it)
-        self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        with self._storage_errors(step):
+            self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+            faults.point("checkpoint_saving")  # the write is in flight (async) here
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._storage_errors(None):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        with self._storage_errors(None):
+            self._manager.wait_until_finished()
         self._manager.close()
+
+    @contextlib.contextmanager
+    def _storage_errors(self, step: int | None):
+        """A failed write (a full disk, a quota, an I/O error, also one raised by the async
+        writer) stops the run with one line; orbax writes each step into a temporary folder and
+        renames it when complete, so the checkpoints before it stay restorable."""
+        try:
+            yield
+        except Exception as e:
+            chain, err = [], e
+            while err is not None:
+                chain.append(err)
+                err = err.__cause__ or err.__context__
+            os_err = next((x for x in chain if isinstance(x, OSError)), None)
+            text = " ".join(str(x) for x in chain)
+            if os_err is None and "No space left" not in text and "Errno" not in text:
+                raise
+            good = [s for s in self.all_steps() if step is None or s < step]
+            where = (
+                f"the last complete checkpoint, {self.step_dir(good[-1])}, is intact"
+                if good
+                else "no earlier checkpoint exists"
+            )
+            what = os.strerror(os_err.errno) if os_err is not None and os_err.errno else text[:200]
+            raise UserError(
+                f"checkpoint {self.step_dir(step) if step is not None else self.directory}: "
+                f"the write failed ({what}); {where}. Free space (or fix the storage) and run "
+                "the same command again to resume from it."
+            ) from None
 
     # ------------------------------------------------------------------ restore
 

@@ -35,7 +35,7 @@ from typing import Any
 import jax
 
 from metarm_jax import data as D
-from metarm_jax import fileio, hosts, stages
+from metarm_jax import faults, fileio, hosts, stages
 from metarm_jax.config_lib import derive
 from metarm_jax.data import synthetic
 from metarm_jax.data.tokenizer import train_bpe_tokenizer
@@ -69,8 +69,10 @@ class Runner:
             fileio.write_text(
                 os.path.join(workdir, "config.json"), sub.config.to_json_best_effort(indent=1)
             )
+        faults.point(f"stage_start:{stage}")
         summary = stages.get(stage)(sub) or {}
         summary = dict(summary, seconds=round(time.time() - t0, 1), workdir=workdir)
+        faults.point("done_marker")
         if self.lead:
             fileio.write_json(done, summary, indent=1, default=_jsonable)
         hosts.barrier(f"rlhf:{name}:done")  # a restart on any process sees the same steps done

@@ -72,6 +72,8 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
         assert heading in md, heading
     for png in (
         "fig1_reward_diff_variance.png",
+        "fig1_checkpoint_variance.png",
+        "fig3_win_rates.png",
         "fig4_rm_accuracy.png",
         "fig5_reward_diff_hist.png",
         "fig_rewards.png",
@@ -103,6 +105,10 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
         rep["budget"]["vanilla_ppo"]["ppo_iterations"] == rep["budget"]["metarm"]["ppo_iterations"]
     )
     assert rep["rm_metrics"]["reference"] == "gold"
+    assert rep["fig1"]["metarm"]["iteration"] == [0, 3, 6]  # SFT, then each round's end
+    assert rep["fig1"]["vanilla_ppo"]["iteration"] == [0, 3, 6]
+    assert all(v >= 0 for d in rep["fig1"].values() for v in d["variance"])
+    assert set(rep["lengths"]) == set(rep["gold"]) and rep["diversity"]["rows"]
     row = rep["rm_metrics"]["rounds"]["round2"]["metarm round 2 samples"]
     assert set(row) == {"r0", "metarm_r2", "eta0_r2"}
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in row.values())

@@ -53,6 +53,39 @@ def shift_variance(workdir: str, ppo_rows: dict[str, list[dict]]) -> str:
     return _save(fig, workdir, "fig1_reward_diff_variance.png")
 
 
+def checkpoint_variance(workdir: str, fig1: dict[str, dict]) -> str:
+    """Figure 1 as the paper draws it: var of r(x, y1) - r(x, y2) at each PPO checkpoint."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, d in fig1.items():
+        ax.plot(d["iteration"], d["variance"], marker="o", label=name, **_style(name))
+    ax.set_xlabel("PPO iterations of the arm (checkpoints: SFT, end of each round)")
+    ax.set_ylabel("var of r(x, y1) - r(x, y2) over test prompts")
+    ax.set_title("Figure 1 (paper): reward-difference variance at each checkpoint")
+    ax.legend(fontsize=7)
+    return _save(fig, workdir, "fig1_checkpoint_variance.png")
+
+
+def win_rates(workdir: str, groups: dict[str, dict[str, dict]], title: str) -> str:
+    """Stacked win / tie / lose bars per round, one panel per opponent (Figure 3)."""
+    groups = {k: v for k, v in groups.items() if v}
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(5.5 * max(len(groups), 1), 4))
+    axes = np.atleast_1d(axes)
+    for ax, (opponent, rows) in zip(axes, groups.items()):
+        names = list(rows)
+        x = np.arange(len(names))
+        bottom = np.zeros(len(names))
+        for key, color in (("win", "tab:green"), ("tie", "tab:gray"), ("lose", "tab:red")):
+            v = np.asarray([rows[n][key] / max(rows[n]["n"], 1) for n in names])
+            ax.bar(x, v, bottom=bottom, color=color, label=key)
+            bottom += v
+        ax.set_xticks(x, names)
+        ax.set_ylim(0, 1)
+        ax.set_title(opponent)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _save(fig, workdir, "fig3_win_rates.png")
+
+
 def rm_accuracy(workdir: str, rm_rows: dict[str, list[dict]]) -> str:
     """Figure 4: each RM's validation accuracy over its training steps."""
     fig, ax = plt.subplots(figsize=(6.5, 4))

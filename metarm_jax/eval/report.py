@@ -30,6 +30,7 @@ import jax
 import numpy as np
 
 from metarm_jax import data as D
+from metarm_jax import faults
 from metarm_jax.core import stats
 from metarm_jax.data import synthetic
 from metarm_jax.eval import diversity, human, judges, llm_judge, plots
@@ -180,6 +181,12 @@ def build(
     if "dpo" in baselines:
         opponents["dpo"] = "dpo"
     table2 = {label: vs(best, name) for label, name in opponents.items()}
+    # Every round against vanilla PPO after the same PPO iterations (Figure 3 in the OOD setting)
+    rounds_vs_vanilla = (
+        {n: vs(n, f"vanilla_ppo@{n.removeprefix('round')}") for n in meta_names}
+        if "vanilla_ppo" in baselines
+        else {}
+    )
 
     # Rewards of every policy's test samples (the judge reads the first sample of each prompt).
     gold: dict[str, dict] = {}
@@ -205,6 +212,7 @@ def build(
     }
 
     rm_metrics = _rm_metrics(arms, test, prompts, world, scorer, rm0, rc, n_boot)
+    fig1 = _figure1(arms, baselines, test, scorer, rm0, int(config.ppo.iterations), rounds)
     lengths = _lengths(config, test)
     div = _diversity(config, first, rc.diversity)
     human_eval = _human(config, workdir, prompts, first, best, n_boot, lead)
@@ -261,6 +269,7 @@ def build(
         "selection": selection,
         "table1": table1,
         "table2": table2,
+        "rounds_vs_vanilla": rounds_vs_vanilla,
         "gold": gold,
         "gold_diff": gold_diff,
         "proxy": proxies,
@@ -272,15 +281,25 @@ def build(
         "budget": budget,
         "reward_clip": clip,
         "geometry": geometry,
+        "fig1": fig1,
         "lengths": lengths,
         "diversity": div,
         "human": human_eval,
     }
     if rc.judge == "llm":
         result["judge_stats"] = dict(judge.stats)
+    faults.point("report")
     if lead:
         figs = {
             "fig1": plots.shift_variance(workdir, ppo_rows),
+            "fig1_paper": plots.checkpoint_variance(workdir, fig1),
+            "fig3": plots.win_rates(
+                workdir,
+                {"vs SFT": {k: table1[k] for k in meta_names}, "vs vanilla PPO": rounds_vs_vanilla},
+                "Figure 3: MetaRM rounds on OOD prompts"
+                if rc.meta_prompts == "ood"
+                else "MetaRM rounds: win / tie / lose on the test prompts",
+            ),
             "fig4": plots.rm_accuracy(workdir, rm_rows),
             "fig5": plots.reward_differences(workdir, fig5),
             "rewards": plots.rewards(
@@ -354,6 +373,34 @@ def _rm_metrics(arms, test, prompts, world, scorer, rm0, rc, n_boot) -> dict[str
                 }
             table[set_label] = row
         out["rounds"][f"round{r}"] = table
+    return out
+
+
+def _figure1(arms, baselines, test, scorer, rm0, iters, rounds) -> dict[str, Any]:
+    """Figure 1 as the paper draws it: at each PPO checkpoint of an arm (π_SFT, then the end of
+    every round), two responses per test prompt, scored by the RM that arm's PPO optimised at
+    that point; the variance of r(x, y1) - r(x, y2) over the prompts. It shrinks as PPO shifts
+    the policy and the RM stops telling its responses apart."""
+    out: dict[str, Any] = {}
+    lines = {}
+    for arm, rs in arms.items():
+        prefix = "" if arm == "metarm" else f"{arm}_"
+        lines[arm] = [("sft", rm0, 0)] + [
+            (f"{prefix}round{x['round']}", x["rm"], x["round"] * iters) for x in rs
+        ]
+    if "vanilla_ppo" in baselines:
+        lines["vanilla_ppo"] = [("sft", rm0, 0)] + [
+            (f"vanilla_ppo@{r}", rm0, r * iters) for r in range(1, rounds + 1)
+        ]
+    for name, points in lines.items():
+        xs, vs = [], []
+        for policy, rm, x in points:
+            prompts, resp = test[policy]
+            pairs = [r[:2] for r in resp]
+            scores, _ = scorer(rm).score(prompts, pairs)
+            xs.append(x)
+            vs.append(float(np.var(scores[:, 0] - scores[:, 1])))
+        out[name] = {"iteration": xs, "variance": vs}
     return out
 
 
@@ -528,6 +575,13 @@ def _markdown(res: dict, figs: dict[str, str]) -> str:
         *_cmp_table(res["table2"], f"{best} vs"),
         "",
     ]
+    if res["rounds_vs_vanilla"]:
+        lines += [
+            "## Each MetaRM round vs vanilla PPO after the same PPO iterations (test prompts)",
+            "",
+            *_cmp_table(res["rounds_vs_vanilla"], "round vs vanilla PPO"),
+            "",
+        ]
     if res["gold"]:
         lines += [
             "## Mean gold reward of the test samples",
@@ -633,7 +687,15 @@ def _markdown(res: dict, figs: dict[str, str]) -> str:
         "",
     ]
     for key, title in (
-        ("fig1", "Figure 1: variance of reward differences over PPO"),
+        (
+            "fig1_paper",
+            "Figure 1 as the paper draws it: variance of r(x, y1) - r(x, y2) at each checkpoint",
+        ),
+        ("fig1", "Figure 1, every PPO iteration's roll-outs: variance of within-prompt |Δr|"),
+        (
+            "fig3",
+            "Figure 3 (OOD setting) / win-tie-lose per round: vs SFT and vs vanilla PPO at the same budget",
+        ),
         ("fig4", "Figure 4: RM validation accuracy"),
         ("fig5", "Figure 5: |Δr| raw and normalised"),
         ("rewards", "Rewards by policy and over PPO"),

@@ -25,6 +25,7 @@ Train state (a dict pytree, all jax.Arrays; this is what a checkpoint holds besi
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -391,9 +392,10 @@ def train(
                 if last is not None
                 else "no checkpoint was saved yet"
             )
+            what = "loss" if not math.isfinite(host["loss"]) else "gradient (the loss was finite)"
             raise TrainingDiverged(
                 f"{desc}: stopped at step {step}: {int(host['streak'])} steps in a row had a non-finite "
-                f"loss or gradient (each was skipped; {int(host['nonfinite'])} in all, limit "
+                f"{what} (each was skipped; {int(host['nonfinite'])} in all, limit "
                 f"train.nan_patience={cfg.nan_patience}); {where}. Lower train.lr or "
                 f"train.clip_norm, or check the data."
             )

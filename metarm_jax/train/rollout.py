@@ -24,7 +24,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from metarm_jax import data as D
-from metarm_jax import sampling
+from metarm_jax import faults, sampling
 from metarm_jax import sharding as shd
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
@@ -314,6 +314,23 @@ class Rollouts(loop.StateSource):
             num_response,
         )
         scored = jax.block_until_ready(scored)
+        scored = dict(
+            scored,
+            score=faults.poison("reward", scored["score"]),
+            values=faults.poison("critic_value", scored["values"]),
+        )
+        for key, what in (
+            ("score", "the reward model's scores"),
+            ("values", "the critic's values"),
+        ):
+            bad = int(np.sum(~np.isfinite(shd.to_host(scored[key]))))
+            if bad:  # nothing of this iteration reaches an update, and so no checkpoint
+                raise loop.TrainingDiverged(
+                    f"ppo: iteration {self.iteration_offset + iteration} (this stage's iteration "
+                    f"{iteration}): {bad} of {scored[key].size} of {what} are not finite; no "
+                    "update used them. Check the reward model / critic checkpoint, or lower "
+                    "ppo.critic_lr."
+                )
         self.ref.release()
         self.rm.release()
         t2 = time.perf_counter()

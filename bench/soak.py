@@ -1,0 +1,171 @@
+"""Soak: kill the iterative pipeline at many moments, resume it each time with the same command,
+and check that it ends exactly where an uninterrupted run ends.
+
+    .venv/bin/python bench/soak.py --kills=24 --seed=0 --workdir=runs/soak
+    .venv/bin/python bench/soak.py --kills=3 --config=configs/quickstart.py:fast=1 -- --config.x=y
+
+A reference run goes first (uninterrupted). Then the same command runs again in another workdir
+and is SIGKILLed again and again: half of the kills at a seeded random time after the restart,
+half at a chosen moment through ``METARM_FAULT`` (metarm_jax/faults.py: a stage's start, an async checkpoint write
+in flight, a build_meta chunk written before its manifest, a DONE.json marker, the report), each
+run picking up where the last one died. After the last kill the command runs to the end. Then
+every exported model (``*/export/*/model.safetensors``) and ``report.json`` must equal the
+reference's byte for byte. Prints (and writes ``<workdir>/soak.json``) every kill: when, where
+the run was (the step directories that existed), and the result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+POINTS = (
+    "stage_start:sft",
+    "stage_start:rm",
+    "stage_start:build_meta",
+    "stage_start:metarm",
+    "stage_start:ppo",
+    "stage_start:dpo",
+    "checkpoint_saving",
+    "build_meta_chunk",
+    "done_marker",
+    "report",
+)
+
+
+def _cmd(config: str, workdir: pathlib.Path, extra: list[str]) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "metarm_jax.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        "--config.train.progress=False",
+        *extra,
+    ]
+
+
+def _env(fault: str | None = None, extra: dict | None = None) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), **(extra or {}))
+    env.pop("METARM_FAULT", None)
+    if fault:
+        env["METARM_FAULT"] = fault
+    return env
+
+
+def _where(workdir: pathlib.Path) -> str:
+    """The steps done and the step in progress (by their DONE.json markers and folders)."""
+    done = sorted(str(p.parent.relative_to(workdir)) for p in workdir.rglob("DONE.json"))
+    return f"{len(done)} steps done, last {done[-1] if done else '-'}"
+
+
+def outputs(workdir: pathlib.Path) -> dict[str, bytes]:
+    files = {
+        str(p.relative_to(workdir)): p.read_bytes()
+        for p in workdir.glob("**/export/*/model.safetensors")
+    }
+    report = workdir / "report.json"
+    if report.exists():
+        files["report.json"] = report.read_bytes()
+    return files
+
+
+def run_soak(
+    config: str,
+    workdir: pathlib.Path,
+    kills: int,
+    seed: int,
+    extra: list[str],
+    log=print,
+    env: dict | None = None,
+    plan: list[tuple[str, object]] | None = None,
+) -> dict:
+    ref, soak = workdir / "ref", workdir / "soak"
+    t0 = time.time()
+    if not (ref / "report.json").exists():
+        res = subprocess.run(
+            _cmd(config, ref, extra), cwd=REPO, env=_env(None, env), capture_output=True, text=True
+        )
+        if res.returncode:
+            raise RuntimeError(f"the reference run failed:\n{res.stderr[-3000:]}")
+    t_ref = time.time() - t0
+    if plan is None:
+        rng = random.Random(seed)
+        points = list(POINTS)
+        rng.shuffle(points)
+        plan = []
+        for i in range(kills):
+            if i % 2 == 0:  # a moment the code names, its 1st or 2nd occurrence after restart
+                point = points[(i // 2) % len(points)]
+                nth = 1 if point.startswith(("stage_start", "report")) else rng.randint(1, 2)
+                plan.append(("point", f"{point}:{nth}"))
+            else:  # anywhere: a seeded time after the restart
+                plan.append(("time", rng.uniform(5.0, max(6.0, 0.5 * t_ref))))
+    events = []
+    for kind, what in plan:
+        before = _where(soak) if soak.exists() else "fresh"
+        fault = what if kind == "point" else None
+        proc = subprocess.Popen(
+            _cmd(config, soak, extra), cwd=REPO, env=_env(fault, env),
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        if kind == "time":
+            try:
+                proc.wait(timeout=what)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        _, err = proc.communicate()
+        rc = proc.returncode
+        status = {-9: "killed", 0: "finished"}.get(rc, f"exit {rc}")
+        ev = {"kill": kind, "at": what if kind == "point" else round(what, 1), "before": before,
+              "after": _where(soak), "status": status}  # fmt: skip
+        if rc not in (0, -9):
+            ev["stderr"] = err[-1500:]
+        events.append(ev)
+        log(f"kill {len(events)}: {kind} {ev['at']}: {status}; {before} -> {ev['after']}")
+        if rc not in (0, -9) or rc == 0:  # an error, or nothing left to kill
+            break
+    final = subprocess.run(
+        _cmd(config, soak, extra), cwd=REPO, env=_env(None, env), capture_output=True, text=True
+    )
+    a, b = outputs(ref), outputs(soak)
+    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    result = {
+        "config": config,
+        "extra": extra,
+        "seed": seed,
+        "reference_s": round(t_ref, 1),
+        "kills": events,
+        "kills_landed": sum(e["status"] == "killed" for e in events),
+        "final_exit": final.returncode,
+        "compared_files": len(a),
+        "differ": differ,
+        "identical": final.returncode == 0 and not differ and len(a) > 0,
+    }
+    (workdir / "soak.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kills", type=int, default=24)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", default="runs/soak")
+    ap.add_argument("--config", default="configs/quickstart.py:fast=1")
+    args, extra = ap.parse_known_args()
+    extra = [e for e in extra if e != "--"]
+    res = run_soak(args.config, pathlib.Path(args.workdir).resolve(), args.kills, args.seed, extra)
+    print(json.dumps({k: v for k, v in res.items() if k != "kills"}, indent=1))
+    sys.exit(0 if res["identical"] else 1)
+
+
+if __name__ == "__main__":
+    main()
