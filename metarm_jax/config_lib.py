@@ -89,6 +89,11 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[s
             yield from flat_keys(v, key + ".")
 
 
+def _show(key: str) -> str:
+    """A key as typed, with control characters escaped (the message stays on one line)."""
+    return key.encode("unicode_escape").decode("ascii")
+
+
 def _removed(key: str) -> ConfigError:
     return ConfigError(f"config.{key} was removed: {REMOVED_KEYS[key]}.")
 
@@ -105,9 +110,9 @@ def check_override_keys(config: ml_collections.ConfigDict, keys: list[str]) -> N
         siblings = sorted(k for k in known if k.rpartition(".")[0] == parent)
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f" Did you mean --config.{close[0]}?" if close else ""
-        where = f"under {parent!r}" if parent else "at the top level"
+        where = f"under {_show(parent)!r}" if parent else "at the top level"
         raise ConfigError(
-            f"--config.{key}: unknown config key.{hint} Keys {where}: "
+            f"--config.{_show(key)}: unknown config key.{hint} Keys {where}: "
             f"{', '.join(s.rpartition('.')[2] for s in siblings) or '(none)'}."
         )
 
@@ -124,7 +129,7 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
         close = difflib.get_close_matches(key, sorted(known), n=1)
         hint = f" Did you mean config.{close[0]}?" if close else ""
         raise ConfigError(
-            f"config.{key}: the config file sets a key that no code reads.{hint} Every key is "
+            f"config.{_show(key)}: the config file sets a key that no code reads.{hint} Every key is "
             "listed in metarm_jax/defaults.py."
         )
 

@@ -18,7 +18,6 @@ from ml_collections import config_flags
 
 from metarm_jax import config_lib, sharding, stages
 from metarm_jax.errors import ConfigError, UserError
-from metarm_jax.eval import report
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file: path/to/config.py[:arg].", lock_config=True
@@ -155,6 +154,8 @@ def main(argv) -> None:
         )
         per_seed = [run_pipeline(cfg, mesh, wd) for cfg, wd in runs]
         if seeds > 1 and jax.process_index() == 0:
+            from metarm_jax.eval import report  # matplotlib and the judges: only when needed
+
             print(report.aggregate_seeds(workdir, per_seed))
     except UserError as e:
         _fail(str(e))

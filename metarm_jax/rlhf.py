@@ -190,13 +190,18 @@ def _sample(runner: Runner, name: str, policy: str, k: int, prompts: dict, round
 
 def _oracle_pairs(runner: Runner, meta: str, out_dir: str) -> str:
     """Gold-labelled pairs of the current policy's samples (every pair of a prompt's k responses
-    whose gold rewards differ; chosen = the higher gold), as an hh_rlhf train split."""
+    whose gold rewards differ; chosen = the higher gold), as an hh_rlhf train split; the test
+    split is the world's own test pairs, so the oracle RM validates like every other RM."""
     path = os.path.join(out_dir, "train.jsonl")
-    if runner.lead and not os.path.exists(path):
+    test = os.path.join(out_dir, "test.jsonl")
+    if runner.lead and not os.path.exists(test):
         world = synthetic.World(runner.ctx.config.world)
         recs = D.load_meta_examples(meta, on_bad_record="error")
         rows = synthetic.gold_pairs(world, [(r.prompt, list(r.responses)) for r in recs])
         fileio.write_jsonl(path, rows)
+        d = runner.ctx.config.data
+        with open(os.path.join(d.path, f"{d.eval_split}.jsonl"), encoding="utf-8") as f:
+            fileio.write_text(test, f.read())
     hosts.barrier(f"rlhf:{out_dir}")
     return out_dir
 

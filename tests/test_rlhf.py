@@ -197,11 +197,16 @@ def test_the_best_round_is_chosen_on_validation_prompts_only(seed0):
 
 def test_numbers_come_from_the_run_and_change_with_the_seed(seed0, tmp_path):
     workdir, _ = seed0
-    # one round and no baselines: enough to see the numbers move with the seed
+    # one round and the oracle arm only: enough to see the numbers move with the seed (and to
+    # run the oracle arm: an RM on gold-labelled pairs of the policy's own samples)
     _run(tmp_path, "--config.seed=1", "--config.world.seed=1", "--config.rlhf.rounds=1",
-         "--config.rlhf.baselines=()")  # fmt: skip
+         "--config.rlhf.baselines=('oracle',)")  # fmt: skip
     a, b = _report(workdir), _report(tmp_path)
     assert a["gold"]["sft"] != b["gold"]["sft"] and a["gold"]["round1"] != b["gold"]["round1"]
+    assert "oracle_round1" in b["gold"] and "oracle (round 1)" in b["table2"]
+    pairs = (tmp_path / "oracle/round1/oracle_pairs/train.jsonl").read_text().splitlines()
+    row = json.loads(pairs[0])
+    assert row["gold_chosen"] > row["gold_rejected"]  # labelled by gold, on-policy samples
     assert a["table1"]["round1"] != b["table1"]["round1"] or a["selection"] != b["selection"]
 
 

@@ -370,3 +370,30 @@ def test_shift_premise_coarse_spread_collapses_while_subtle_parts_still_vary(wor
     assert fig["saturated"]["weighted_subtle_std"] > fig["saturated"]["weighted_coarse_std"]
     for part in ("order_std", "norep_std", "length_std"):
         assert fig["saturated"][part] > 0.1, part
+
+
+def test_gold_pairs_label_by_gold_and_leave_out_unrepresentable_responses():
+    from metarm_jax.data.synthetic import World, gold_pairs
+
+    world = World(defaults.world())
+    prompt = f"{HUMAN} w00 w01 w02 w03{ASSISTANT}"
+    responses = ["w00 w01 w02 w03", "w40 w41", "", f"w00{HUMAN} w01", "w02 w03 w02"]
+    rows = gold_pairs(world, [(prompt, responses)])
+    g = dict(zip(responses, world.gold([prompt] * len(responses), responses)))
+    kept = [r for r in responses if r.strip() and HUMAN not in r]
+    assert len(rows) == sum(
+        1 for i in range(len(kept)) for j in range(i + 1, len(kept)) if g[kept[i]] != g[kept[j]]
+    )
+    for row in rows:
+        assert row["gold_chosen"] > row["gold_rejected"]
+        assert row["chosen"].startswith(prompt + " ") and HUMAN not in row["chosen"][len(prompt) :]
+    pairs = load_preference_pairs("hh_rlhf", _tmp_jsonl(rows), on_bad_record="error")
+    assert len(pairs) == len(rows)  # every row reads back as one pair of one prompt
+
+
+def _tmp_jsonl(rows) -> str:
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return f.name

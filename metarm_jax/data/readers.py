@@ -130,14 +130,40 @@ def _quiet_datasets():
 
 
 def _load_file(file: str) -> list[dict] | None:
-    """All rows of one local file, or None where `datasets` could not parse it."""
-    datasets = _quiet_datasets()
+    """All rows of one local file, or None for a JSON-lines file that needs the line-by-line
+    reader (a line that is not JSON, or not UTF-8, is then a counted bad row).
+
+    Read directly (json, gzip, pyarrow), not through `datasets`: nothing is cached outside the
+    run, no column is cast to a type inferred from other rows, and a damaged file says so."""
     if os.path.getsize(file) == 0:
         raise DataError(f"{file}: the file is empty.")
+    ext = _ext(file)
+    if ext == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_table(file).to_pylist()
+        except Exception as e:
+            raise DataError(
+                f"{file}: not a readable parquet file ({str(e).splitlines()[0][:200]})."
+            ) from None
+    opener = gzip.open if ext.endswith(".gz") else open
     try:
-        return datasets.load_dataset(_EXTS[_ext(file)], data_files=file, split="train").to_list()
-    except Exception:
-        return None
+        with opener(file, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:  # a truncated or corrupt gzip stream
+        raise DataError(f"{file}: cannot read it ({e}); is the file complete?") from None
+    if ext in (".json", ".json.gz"):
+        try:
+            obj = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None  # JSON lines under a .json name, or bad lines: read line by line
+        if isinstance(obj, list):
+            return obj
+        if isinstance(obj, dict):
+            return [obj]
+        raise DataError(f"{file}: expected a JSON list of objects (or JSON lines).")
+    return None
 
 
 def _lines_with_errors(file: str, report: SkipReport) -> Iterator[tuple[int, Any]]:
@@ -182,7 +208,7 @@ def read_rows(
         rows = _load_file(file)
         if rows is not None:
             it = enumerate(rows)
-        elif file.endswith((".jsonl", ".jsonl.gz")):
+        elif file.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
             it = _lines_with_errors(file, report)
         else:
             raise DataError(
@@ -498,6 +524,15 @@ def _oasst_messages(rows, report, o: Opts):
                 where, WRONG_TYPE, "rank", f"expected a number or null, got {type(rank).__name__}"
             )
             continue
+        parent = row.get("parent_id")
+        if parent is not None and not isinstance(parent, str):
+            report.bad(
+                where,
+                WRONG_TYPE,
+                "parent_id",
+                f"expected a string or null, got {type(parent).__name__}",
+            )
+            continue
         if row.get("deleted"):
             continue
         msgs[mid] = dict(
@@ -509,6 +544,14 @@ def _oasst_messages(rows, report, o: Opts):
             lang=row.get("lang"),
             children=[],
         )
+    for mid, m in list(msgs.items()):  # a message whose ancestry loops is no thread
+        seen, up = {mid}, m["parent"]
+        while up is not None and up in msgs and up not in seen:
+            seen.add(up)
+            up = msgs[up]["parent"]
+        if up is not None and up in seen:
+            report.bad(m["where"], BAD_VALUE, "parent_id", f"the parent chain of {mid!r} loops")
+            del msgs[mid]
     for mid, m in list(msgs.items()):
         if m["parent"] is not None:
             if m["parent"] not in msgs:
@@ -526,11 +569,12 @@ def _oasst_messages(rows, report, o: Opts):
 
 def _oasst_thread(msgs, mid) -> tuple | None:
     """Turns from the root to message `mid` (inclusive), or None if a parent is missing."""
-    path = []
+    path, seen = [], set()
     while mid is not None:
         m = msgs.get(mid)
-        if m is None:
+        if m is None or mid in seen:
             return None
+        seen.add(mid)
         path.append(("user" if m["role"] == "prompter" else "assistant", m["text"]))
         mid = m["parent"]
     return tuple(reversed(path))

@@ -131,6 +131,8 @@ class SkipReport:
         self.total = 0  # rows read
         self.counts: dict[str, int] = {}
         self.first_rows: dict[str, list[str]] = {}
+        self.fields: dict[str, set[str]] = {}  # reason -> the fields it was found in
+        self.files: list[str] = []  # the files bad rows came from, in order
 
     @property
     def skipped(self) -> int:
@@ -146,6 +148,10 @@ class SkipReport:
                 "data.on_bad_record='skip' to leave bad rows out."
             )
         self.counts[reason] = self.counts.get(reason, 0) + 1
+        if field:
+            self.fields.setdefault(reason, set()).add(field)
+        if isinstance(where, Source) and where.file not in self.files:
+            self.files.append(where.file)
         rows = self.first_rows.setdefault(reason, [])
         if len(rows) < self.first_n:
             rows.append(str(where.row) if isinstance(where, Source) else str(where))
@@ -154,6 +160,8 @@ class SkipReport:
         new = SkipReport(self.name, self.on_bad_record, self.max_skip_fraction, self.first_n)
         new.total, new.counts = self.total, dict(self.counts)
         new.first_rows = {k: list(v) for k, v in self.first_rows.items()}
+        new.fields = {k: set(v) for k, v in self.fields.items()}
+        new.files = list(self.files)
         return new
 
     def check(self):
@@ -163,15 +171,22 @@ class SkipReport:
         print(self.summary(), flush=True)
         frac = self.skipped / max(self.total, 1)
         if frac > self.max_skip_fraction:
+            files = ", ".join(self.files[:3]) + (" ..." if len(self.files) > 3 else "")
             raise DataError(
                 f"{self.name}: {self.skipped} of {self.total} rows are bad ({frac:.2%}), more than "
-                f"data.max_skip_fraction={self.max_skip_fraction:.2%}. {self._reasons()}. Check the "
-                "dataset name/format and the file, or raise data.max_skip_fraction."
+                f"data.max_skip_fraction={self.max_skip_fraction:.2%}"
+                + (f", in {files}" if files else "")
+                + f". {self._reasons()}. Check the dataset name/format and the file, or raise "
+                "data.max_skip_fraction."
             )
 
     def _reasons(self) -> str:
+        def fields(r):
+            f = sorted(self.fields.get(r, ()))
+            return f"; fields {', '.join(f[:4])}" if f else ""
+
         return "; ".join(
-            f"{r}: {c} (first rows {', '.join(self.first_rows[r])})"
+            f"{r}: {c} (first rows {', '.join(self.first_rows[r])}{fields(r)})"
             for r, c in sorted(self.counts.items())
         )
 

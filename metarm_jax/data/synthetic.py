@@ -570,10 +570,13 @@ def _pair_rows(world, rng, n, held_out):
 
 def gold_pairs(world: World, examples) -> list[dict]:
     """hh_rlhf preference rows from (prompt, [response, ...]) examples: every pair of a prompt's
-    responses whose gold rewards differ, the higher-gold one chosen (the oracle RM's data)."""
+    responses whose gold rewards differ, the higher-gold one chosen (the oracle RM's data).
+    Responses that are empty or hold an HH marker are left out (see below)."""
     rows = []
     for prompt, responses in examples:
-        responses = [r for r in responses if r.strip()]  # an empty reply is not a response
+        # An empty reply is not a response, and one holding an HH marker (a policy can sample the
+        # marker tokens) cannot be told from a second turn in a transcript: both are left out.
+        responses = [r for r in responses if r.strip() and HUMAN not in r and ASSISTANT not in r]
         if len(responses) < 2:
             continue
         g = world.gold([prompt] * len(responses), responses)

@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
+
+def _plt(workdir: str):
+    """matplotlib.pyplot, headless, imported on first use; its font cache goes under the run's
+    workdir (MPLCONFIGDIR) unless the user set one, so nothing is written outside the run."""
+    os.environ.setdefault("MPLCONFIGDIR", os.path.join(os.path.abspath(workdir), ".matplotlib"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
 
 SHIFT_VAR = "shift/absdiff_var"  # logged by the ppo stage every iteration
 PPO_X = "rollout/stream_iteration"  # the arm's PPO iterations so far (rounds back to back)
@@ -27,7 +36,7 @@ def series(rows: list[dict], key: str, x: str = "step") -> tuple[np.ndarray, np.
 def _save(fig, workdir: str, name: str) -> str:
     fig.tight_layout()
     fig.savefig(os.path.join(workdir, name), dpi=100)
-    plt.close(fig)
+    _plt(workdir).close(fig)
     return name
 
 
@@ -41,6 +50,7 @@ def _style(name: str) -> dict:
 
 def shift_variance(workdir: str, ppo_rows: dict[str, list[dict]]) -> str:
     """Figure 1: variance of within-prompt reward differences over each arm's PPO iterations."""
+    plt = _plt(workdir)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, rows in ppo_rows.items():
         s, v = series(rows, SHIFT_VAR, PPO_X)
@@ -55,6 +65,7 @@ def shift_variance(workdir: str, ppo_rows: dict[str, list[dict]]) -> str:
 
 def checkpoint_variance(workdir: str, fig1: dict[str, dict]) -> str:
     """Figure 1 as the paper draws it: var of r(x, y1) - r(x, y2) at each PPO checkpoint."""
+    plt = _plt(workdir)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, d in fig1.items():
         ax.plot(d["iteration"], d["variance"], marker="o", label=name, **_style(name))
@@ -67,6 +78,7 @@ def checkpoint_variance(workdir: str, fig1: dict[str, dict]) -> str:
 
 def win_rates(workdir: str, groups: dict[str, dict[str, dict]], title: str) -> str:
     """Stacked win / tie / lose bars per round, one panel per opponent (Figure 3)."""
+    plt = _plt(workdir)
     groups = {k: v for k, v in groups.items() if v}
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(5.5 * max(len(groups), 1), 4))
     axes = np.atleast_1d(axes)
@@ -88,6 +100,7 @@ def win_rates(workdir: str, groups: dict[str, dict[str, dict]], title: str) -> s
 
 def rm_accuracy(workdir: str, rm_rows: dict[str, list[dict]]) -> str:
     """Figure 4: each RM's validation accuracy over its training steps."""
+    plt = _plt(workdir)
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, rows in rm_rows.items():
         s, v = series(rows, "eval/accuracy")
@@ -102,6 +115,7 @@ def rm_accuracy(workdir: str, rm_rows: dict[str, list[dict]]) -> str:
 
 def reward_differences(workdir: str, diffs: dict[str, dict[str, np.ndarray]]) -> str:
     """Figure 5: |Δr| on the final policy's samples, raw and divided by the spread of r."""
+    plt = _plt(workdir)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, xlabel in (
         (axes[0], "raw", "|r(x, s_i) - r(x, s_j)|"),
@@ -123,6 +137,7 @@ def rewards(
     workdir: str, gold: dict[str, tuple[float, float, float]], ppo_rows: dict[str, list[dict]]
 ) -> str:
     """Mean gold of every policy with its 95% interval, and proxy / gold over PPO."""
+    plt = _plt(workdir)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4))
     if gold:
         names = list(gold)
