@@ -66,15 +66,16 @@ def test_error_mode_names_row_field_and_reason(tmp_path, reason):
 
 @pytest.mark.parametrize("reason", sorted(BAD_HH))
 def test_skip_mode_counts_and_threshold(tmp_path, reason, capsys):
-    bad, _ = BAD_HH[reason]
+    bad, field = BAD_HH[reason]
     pairs = load_preference_pairs("hh_rlhf", write(tmp_path / "a.jsonl", _rows(bad)))
     assert len(pairs) == N_GOOD
     assert pairs.skip_report.counts == {reason: 1}
     assert pairs.skip_report.first_rows == {reason: [str(BAD_AT)]}
     assert pairs.skip_report.as_metrics()[f"data/hh_rlhf:train/skipped/{reason}"] == 1.0
-    assert f"{reason}: 1 (first rows {BAD_AT})" in capsys.readouterr().out
+    # the summary names the reason, the first rows and the field(s) it was found in
+    assert f"{reason}: 1 (first rows {BAD_AT}; fields {field})" in capsys.readouterr().out
     with pytest.raises(
-        DataError, match=rf"3 of 203 rows are bad .*{reason}: 3 \(first rows 7, 17, 27\)"
+        DataError, match=rf"3 of 203 rows are bad .*{reason}: 3 \(first rows 7, 17, 27; fields "
     ):
         load_preference_pairs("hh_rlhf", write(tmp_path / "b.jsonl", _rows(bad, 3)))
     # A looser limit lets them through.
