@@ -10,7 +10,8 @@ half at a chosen moment through ``METARM_FAULT`` (metarm_jax/faults.py: a stage'
 in flight, a build_meta chunk written before its manifest, a DONE.json marker, the report), each
 run picking up where the last one died. After the last kill the command runs to the end. Then
 every exported model (``*/export/*/model.safetensors``) and ``report.json`` must equal the
-reference's byte for byte. Prints (and writes ``<workdir>/soak.json``) every kill: when, where
+reference's byte for byte (in report.json the workdir's own path is replaced by ``<workdir>``
+first: the only string that differs by design). Prints (and writes ``<workdir>/soak.json``) every kill: when, where
 the run was (the step directories that existed), and the result.
 """
 
@@ -74,7 +75,9 @@ def outputs(workdir: pathlib.Path) -> dict[str, bytes]:
     }
     report = workdir / "report.json"
     if report.exists():
-        files["report.json"] = report.read_bytes()
+        # The report names its data by path, and the two runs live in different workdirs: that
+        # one string is the only thing allowed to differ.
+        files["report.json"] = report.read_bytes().replace(str(workdir).encode(), b"<workdir>")
     return files
 
 

@@ -16,7 +16,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from metarm_jax import config_lib, sharding, stages
+from metarm_jax import config_lib, hosts, sharding, stages
 from metarm_jax.errors import ConfigError, UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -27,6 +27,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<co
 
 def _fail(msg: str) -> None:
     print(f"error: {msg}", file=sys.stderr)
+    hosts.stop_peer_watch()  # an orderly exit: the other processes are not told "lost"
     sys.exit(2)
 
 
@@ -73,6 +74,7 @@ def maybe_initialize_distributed(dist) -> None:
         )
     else:  # TPU pod / SLURM: JAX finds the cluster itself.
         jax.distributed.initialize(heartbeat_timeout_seconds=int(dist.heartbeat_timeout_s))
+    hosts.start_peer_watch(timeout_s=float(dist.heartbeat_timeout_s))
 
 
 # Runtime errors that mean another process of the run is gone (its connection reset, its
@@ -157,20 +159,14 @@ def main(argv) -> None:
             from metarm_jax.eval import report  # matplotlib and the judges: only when needed
 
             print(report.aggregate_seeds(workdir, per_seed))
+        hosts.stop_peer_watch()
     except UserError as e:
         _fail(str(e))
     except Exception as e:
         if not _lost_peer(e):
             raise
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        print(
-            f"error: process {jax.process_index()} of {jax.process_count()} lost contact with "
-            f"another process of the run ({first}); run the same command again on every host "
-            "to resume from the last checkpoint.",
-            file=sys.stderr,
-            flush=True,
-        )
-        os._exit(3)  # not sys.exit: JAX's shutdown barrier would wait for the lost process
+        hosts.peer_lost_exit("a collective failed", first)
 
 
 def run() -> None:
