@@ -553,7 +553,9 @@ def _markdown(res: dict, figs: dict[str, str]) -> str:
         f"Meta samples and PPO prompts: `{res['train_prompts']}`; validation and test prompts: "
         f"`{res['eval_prompts']}`.",
         "",
-        f"Judge: {res['judge']}; tie margin {res['tie_margin']}; {res['prompts']} test prompts "
+        f"Judge: {res['judge']}"
+        + ("" if res.get("judge_stats") else f"; tie margin {res['tie_margin']}")
+        + f"; {res['prompts']} test prompts "
         f"({res['samples_per_prompt']} samples each; the judge reads the first), "
         f"{res['valid_prompts']} validation prompts; 95% intervals from {res['bootstrap']} "
         "paired bootstrap resamples of the prompts.",
@@ -660,7 +662,13 @@ def _markdown(res: dict, figs: dict[str, str]) -> str:
     if res.get("judge_stats"):
         js = res["judge_stats"]
         lines += ["## LLM judge accounting", "", "| " + " | ".join(js) + " |"]
-        lines += ["|---" * len(js) + "|", "| " + " | ".join(str(v) for v in js.values()) + " |", ""]
+        lines += [
+            "|---" * len(js) + "|",
+            "| "
+            + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in js.values())
+            + " |",
+            "",
+        ]
     lines += [
         "## Budgets, clipping and the meta step",
         "",
