@@ -173,7 +173,14 @@ def browser(tmp_path):
             "safebrowsing.enabled": False,
         },
     )
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
+    log = tmp_path / "chromedriver.log"  # its tail is in the failure message, if any
+    try:
+        driver = webdriver.Chrome(
+            service=Service(executable_path=CHROMEDRIVER, log_output=str(log)), options=opts
+        )
+    except Exception as e:
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+        raise AssertionError(f"Chromium did not start: {e}\nchromedriver log:\n{tail}") from e
     try:
         driver.execute_cdp_cmd(
             "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)}
@@ -183,7 +190,7 @@ def browser(tmp_path):
         driver.quit()
 
 
-def _wait_for_csv(folder: pathlib.Path, timeout: float = 15.0) -> pathlib.Path:
+def _wait_for_csv(folder: pathlib.Path, timeout: float = 60.0) -> pathlib.Path:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = [p for p in folder.iterdir() if p.suffix == ".csv"]
