@@ -75,3 +75,34 @@ def test_select_best_reads_only_the_validation_table():
     valid = {"round1": {"net": 0.10}, "round2": {"net": 0.25}, "round3": {"net": 0.25}}
     assert report.select_best(valid) == "round2"  # a tie goes to the earlier round
     assert report.select_best({"round1": {"net": -0.5}}) == "round1"
+
+
+def test_seed_aggregation_lines_up_baselines_and_pairs_rounds(tmp_path):
+    """Seeds whose best rounds differ: their baselines are aggregated by role ("eta0 (same
+    round)"), MetaRM minus each control after the same budget is paired within a seed, and the
+    t interval is scipy's."""
+    gold = [
+        {"round1": 1.0, "round2": 1.2, "eta0_round1": 0.9, "eta0_round2": 1.25, "vanilla_ppo@2": 1.1},
+        {"round1": 1.1, "round2": 1.0, "eta0_round1": 1.0, "eta0_round2": 1.05, "vanilla_ppo@2": 1.0},
+        {"round1": 0.8, "round2": 1.3, "eta0_round1": 0.9, "eta0_round2": 1.2, "vanilla_ppo@2": 1.3},
+    ]  # fmt: skip
+    best = ["round2", "round1", "round2"]
+    per_seed = [
+        {"rlhf": {
+            "best_round": b,
+            "net": {f"eta0 (round {b[-1]})": 0.1 * i, f"vanilla PPO (round {b[-1]} budget)": 0.0},
+            "gold": g,
+        }}
+        for i, (b, g) in enumerate(zip(best, gold))
+    ]  # fmt: skip
+    text = report.aggregate_seeds(str(tmp_path), per_seed)
+    rows = {r.split(" | ")[0].lstrip("| "): r for r in text.splitlines() if r.startswith("| ")}
+    assert "net.eta0 (same round)" in rows and "net.vanilla PPO (same budget)" in rows
+    assert not any("(round " in k for k in rows)
+    d = np.array([g["round2"] - g["eta0_round2"] for g in gold])  # -0.05, -0.05, 0.1
+    row = rows["paired_gold.round2 - eta0_round2"].split(" | ")
+    lo, hi = scipy.stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=scipy.stats.sem(d))
+    assert float(row[1]) == pytest.approx(d.mean(), abs=1e-4)
+    assert row[3] == f"[{lo:.4g}, {hi:.4g}]"
+    assert "paired_gold.round1 - vanilla_ppo@1" not in rows  # no such control in the seeds
+    assert (tmp_path / "seeds.md").read_text().strip() == text.strip()

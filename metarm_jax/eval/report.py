@@ -22,8 +22,10 @@ the same prompts). Everything goes to the workdir: ``report.md``, ``report.json`
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -33,6 +35,7 @@ from metarm_jax import data as D
 from metarm_jax import faults
 from metarm_jax.core import stats
 from metarm_jax.data import synthetic
+from metarm_jax.errors import UserError
 from metarm_jax.eval import diversity, human, judges, llm_judge, plots
 from metarm_jax.scoring import RewardScorer
 
@@ -766,6 +769,28 @@ def _flatten(prefix: str, x, out: dict) -> None:
         out[prefix] = float(x)
 
 
+def _same_round(key: str) -> str:
+    key = re.sub(r"\(round \d+\)", "(same round)", key)
+    key = re.sub(r"\(round \d+ budget\)", "(same budget)", key)
+    return re.sub(r"\(full budget, round \d+\)", "(full budget)", key)
+
+
+def aggregate_reports(workdir: str) -> str:
+    """aggregate_seeds from the seed<i>/report.json files already written (no stage reruns):
+    ``python -m metarm_jax.eval.report --aggregate runs/study``."""
+    paths = sorted(
+        glob.glob(os.path.join(workdir, "seed*", "report.json")),
+        key=lambda p: int(re.sub(r"\D", "", os.path.basename(os.path.dirname(p))) or 0),
+    )
+    if not paths:
+        raise UserError(f"{workdir}: no seed*/report.json to aggregate; run the seeds first.")
+    per_seed = []
+    for p in paths:
+        with open(p) as f:
+            per_seed.append({"rlhf": _summary(json.load(f))})
+    return aggregate_seeds(workdir, per_seed)
+
+
 def aggregate_seeds(workdir: str, per_seed: list[dict]) -> str:
     """mean ± std and a t interval over seeds of every number in the rlhf stage's summary ->
     seeds.md (+ the text)."""
@@ -773,6 +798,15 @@ def aggregate_seeds(workdir: str, per_seed: list[dict]) -> str:
     for run in per_seed:
         f: dict = {}
         _flatten("", {k: v for k, v in run.get("rlhf", {}).items() if k != "report"}, f)
+        # The best round differs between seeds: its baselines are named by their role, so the
+        # paired comparison of each seed's best round with its eta0 etc. lines up across seeds.
+        f = {_same_round(k): v for k, v in f.items()}
+        gold = run.get("rlhf", {}).get("gold", {})
+        for r in sorted(k for k in gold if re.fullmatch(r"round\d+", k)):
+            n = r.removeprefix("round")
+            for ctl in (f"eta0_round{n}", f"oracle_round{n}", f"vanilla_ppo@{n}"):
+                if ctl in gold:  # MetaRM round r minus a control after the same budget
+                    f[f"paired_gold.{r} - {ctl}"] = float(gold[r]) - float(gold[ctl])
         flat.append(f)
     keys = [k for k in flat[0] if all(k in f for f in flat)]
     best = [run.get("rlhf", {}).get("best_round") for run in per_seed]
@@ -796,3 +830,15 @@ def aggregate_seeds(workdir: str, per_seed: list[dict]) -> str:
     with open(os.path.join(workdir, "seeds.md"), "w") as f:
         f.write(text + "\n")
     return text
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="Re-aggregate a multi-seed run's reports.")
+    ap.add_argument("--aggregate", required=True, metavar="WORKDIR", help="holds seed*/report.json")
+    try:
+        print(aggregate_reports(ap.parse_args().aggregate))
+    except UserError as e:
+        sys.exit(f"error: {e}")
