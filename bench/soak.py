@@ -8,7 +8,9 @@ A reference run goes first (uninterrupted). Then the same command runs again in 
 and is SIGKILLed again and again: half of the kills at a seeded random time after the restart,
 half at a chosen moment through ``METARM_FAULT`` (metarm_jax/faults.py: a stage's start, an async checkpoint write
 in flight, a build_meta chunk written before its manifest, a DONE.json marker, the report), each
-run picking up where the last one died. After the last kill the command runs to the end. Then
+run picking up where the last one died. When a run ends before its kill lands (nothing was left
+to kill), that cycle is complete: its outputs are compared and the next kills start a fresh
+cycle in an emptied workdir. After the last kill the command runs to the end. Then, per cycle,
 every exported model (``*/export/*/model.safetensors``) and ``report.json`` must equal the
 reference's byte for byte (in report.json the workdir's own path is replaced by ``<workdir>``
 first: the only string that differs by design). Prints (and writes ``<workdir>/soak.json``) every kill: when, where
@@ -22,6 +24,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,7 +115,17 @@ def run_soak(
                 plan.append(("point", f"{point}:{nth}"))
             else:  # anywhere: a seeded time after the restart
                 plan.append(("time", rng.uniform(5.0, max(6.0, 0.5 * t_ref))))
-    events = []
+    events, cycles = [], []
+
+    def finish_cycle(rc: int) -> None:
+        """Compare this cycle's outputs with the reference's, then start the next one afresh."""
+        a, b = outputs(ref), outputs(soak)
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        killed = sum(e["status"] == "killed" for e in events) - sum(c["kills"] for c in cycles)
+        cycles.append({"kills": killed, "exit": rc, "compared_files": len(a), "differ": differ})
+        log(f"cycle {len(cycles)}: {killed} kills, exit {rc}, {len(differ)} files differ")
+        shutil.rmtree(soak)
+
     for kind, what in plan:
         before = _where(soak) if soak.exists() else "fresh"
         fault = what if kind == "point" else None
@@ -134,13 +147,20 @@ def run_soak(
             ev["stderr"] = err[-1500:]
         events.append(ev)
         log(f"kill {len(events)}: {kind} {ev['at']}: {status}; {before} -> {ev['after']}")
-        if rc not in (0, -9) or rc == 0:  # an error, or nothing left to kill
+        if rc not in (0, -9):  # an error: stop here, the event says what
             break
-    final = subprocess.run(
-        _cmd(config, soak, extra), cwd=REPO, env=_env(None, env), capture_output=True, text=True
-    )
-    a, b = outputs(ref), outputs(soak)
-    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        if rc == 0:  # the run ended before this kill: this cycle is complete
+            finish_cycle(0)
+    last = events[-1]["status"] if events else "killed"
+    final_rc = 0 if last in ("killed", "finished") else 1  # 1: a run failed (its event says)
+    if last == "killed":  # the last cycle is mid-run: the same command, to the end
+        final = subprocess.run(
+            _cmd(config, soak, extra), cwd=REPO, env=_env(None, env), capture_output=True,
+            text=True,
+        )  # fmt: skip
+        final_rc = final.returncode
+        finish_cycle(final_rc)
+    differ = sorted({f for c in cycles for f in c["differ"]})
     result = {
         "config": config,
         "extra": extra,
@@ -148,10 +168,13 @@ def run_soak(
         "reference_s": round(t_ref, 1),
         "kills": events,
         "kills_landed": sum(e["status"] == "killed" for e in events),
-        "final_exit": final.returncode,
-        "compared_files": len(a),
+        "cycles": cycles,
+        "final_exit": final_rc,
+        "compared_files": min((c["compared_files"] for c in cycles), default=0),
         "differ": differ,
-        "identical": final.returncode == 0 and not differ and len(a) > 0,
+        "identical": final_rc == 0
+        and bool(cycles)
+        and all(c["exit"] == 0 and not c["differ"] and c["compared_files"] > 0 for c in cycles),
     }
     (workdir / "soak.json").write_text(json.dumps(result, indent=1))
     return result
