@@ -102,7 +102,11 @@ def run_soak(
         )
         if res.returncode:
             raise RuntimeError(f"the reference run failed:\n{res.stderr[-3000:]}")
-    t_ref = time.time() - t0
+        (ref / "reference_s.txt").write_text(f"{time.time() - t0:.1f}\n")
+    # the kill times are drawn from the reference's duration (kept for a later soak that reuses it)
+    t_ref = (
+        float((ref / "reference_s.txt").read_text()) if (ref / "reference_s.txt").exists() else 0.0
+    )
     if plan is None:
         rng = random.Random(seed)
         points = list(POINTS)
