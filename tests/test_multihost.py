@@ -229,8 +229,9 @@ def test_checkpoint_of_two_processes_restores_in_one_on_another_mesh(two_vs_one,
 
 def test_a_lost_host_stops_the_others_and_the_run_resumes(two_vs_one, tmp_path):
     """Kill process 1 in the middle of the RM stage (on the tiny run's world): process 0 stops
-    within 90 s with one line (no hang until a collective timeout), and the same command resumes
-    from the last checkpoint."""
+    within seconds with one line (the peer watch: no hang until a collective or heartbeat
+    timeout, no fatal log from JAX's coordination service), and the same command resumes from
+    the last checkpoint."""
     world = two_vs_one / "two" / "world"
     args = [
         "--config=configs/quickstart.py:fast=1",
@@ -242,9 +243,9 @@ def test_a_lost_host_stops_the_others_and_the_run_resumes(two_vs_one, tmp_path):
         f"--config.data.path={world / 'pairs'}",
         "--config.data.split=train",
         "--config.data.eval_split=test",
-        "--config.train.steps=40",
+        "--config.train.steps=16",
         "--config.train.save_every=2",
-        "--config.train.eval_every=40",
+        "--config.train.eval_every=16",
     ]
     env = _env(2)
     cmd = ["bash", POD, "--logdir", str(tmp_path / "logs"), "local", "2", "--", *args]
@@ -285,7 +286,8 @@ def test_a_lost_host_stops_the_others_and_the_run_resumes(two_vs_one, tmp_path):
         raise
     waited = time.time() - t_kill
     host0 = (tmp_path / "logs" / "host0.log").read_text()
-    assert proc.returncode != 0 and waited < 90, (waited, err[-2000:])
+    # measured: 0.1 s from the kill to the line; JAX's own heartbeat would take 60 s
+    assert proc.returncode != 0 and waited < 20, (waited, err[-2000:])
     lines = [l for l in host0.splitlines() if l.startswith("error:")]
     assert len(lines) == 1 and "lost contact with another process" in lines[0], host0[-2000:]
     assert "Traceback" not in host0
