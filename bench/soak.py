@@ -84,6 +84,21 @@ def outputs(workdir: pathlib.Path) -> dict[str, bytes]:
     return files
 
 
+def _plan(rng: random.Random, kills: int, window: float):
+    """Kills drawn until `kills` have landed (at most 4x as many tries): even tries at a moment
+    the code names (its 1st or 2nd occurrence after the restart), odd ones at a seeded time after
+    the restart. A try whose moment never comes (the run ends first) completes a cycle."""
+    points = list(POINTS)
+    rng.shuffle(points)
+    for i in range(4 * kills):
+        if i % 2 == 0:
+            point = points[(i // 2) % len(points)]
+            nth = 1 if point.startswith(("stage_start", "report")) else rng.randint(1, 2)
+            yield ("point", f"{point}:{nth}")
+        else:
+            yield ("time", rng.uniform(5.0, max(6.0, window)))
+
+
 def run_soak(
     config: str,
     workdir: pathlib.Path,
@@ -93,6 +108,7 @@ def run_soak(
     log=print,
     env: dict | None = None,
     plan: list[tuple[str, object]] | None = None,
+    kill_window: float = 0.0,
 ) -> dict:
     ref, soak = workdir / "ref", workdir / "soak"
     t0 = time.time()
@@ -108,17 +124,7 @@ def run_soak(
         float((ref / "reference_s.txt").read_text()) if (ref / "reference_s.txt").exists() else 0.0
     )
     if plan is None:
-        rng = random.Random(seed)
-        points = list(POINTS)
-        rng.shuffle(points)
-        plan = []
-        for i in range(kills):
-            if i % 2 == 0:  # a moment the code names, its 1st or 2nd occurrence after restart
-                point = points[(i // 2) % len(points)]
-                nth = 1 if point.startswith(("stage_start", "report")) else rng.randint(1, 2)
-                plan.append(("point", f"{point}:{nth}"))
-            else:  # anywhere: a seeded time after the restart
-                plan.append(("time", rng.uniform(5.0, max(6.0, 0.5 * t_ref))))
+        plan = _plan(random.Random(seed), kills, kill_window or 0.5 * t_ref)
     events, cycles = [], []
 
     def finish_cycle(rc: int) -> None:
@@ -131,6 +137,8 @@ def run_soak(
         shutil.rmtree(soak)
 
     for kind, what in plan:
+        if sum(e["status"] == "killed" for e in events) >= kills:
+            break  # a drawn plan runs until `kills` kills have landed
         before = _where(soak) if soak.exists() else "fresh"
         fault = what if kind == "point" else None
         proc = subprocess.Popen(
@@ -190,9 +198,16 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", default="runs/soak")
     ap.add_argument("--config", default="configs/quickstart.py:fast=1")
+    ap.add_argument(
+        "--kill-window", type=float, default=0.0,
+        help="timed kills fall 5..S s after a restart (default: half the reference run's time)",
+    )  # fmt: skip
     args, extra = ap.parse_known_args()
     extra = [e for e in extra if e != "--"]
-    res = run_soak(args.config, pathlib.Path(args.workdir).resolve(), args.kills, args.seed, extra)
+    res = run_soak(
+        args.config, pathlib.Path(args.workdir).resolve(), args.kills, args.seed, extra,
+        kill_window=args.kill_window,
+    )  # fmt: skip
     print(json.dumps({k: v for k, v in res.items() if k != "kills"}, indent=1))
     sys.exit(0 if res["identical"] else 1)
 
