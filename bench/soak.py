@@ -133,8 +133,11 @@ def run_soak(
         differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
         killed = sum(e["status"] == "killed" for e in events) - sum(c["kills"] for c in cycles)
         cycles.append({"kills": killed, "exit": rc, "compared_files": len(a), "differ": differ})
-        log(f"cycle {len(cycles)}: {killed} kills, exit {rc}, {len(differ)} files differ")
-        shutil.rmtree(soak)
+        log(f"cycle {len(cycles)}: {killed} kills, exit {rc}, differ: {differ or 'none'}")
+        if differ or rc:  # kept for a look: the workdir of a cycle that went wrong
+            soak.rename(workdir / f"cycle{len(cycles)}-failed")
+        else:
+            shutil.rmtree(soak)
 
     for kind, what in plan:
         if sum(e["status"] == "killed" for e in events) >= kills:
