@@ -178,3 +178,30 @@ def test_loop_learns_and_logs(tmp_path):
     assert rows[0]["lr"] == pytest.approx(0.2)
     assert any("eval/w_norm" in r for r in rows)
     assert summary["skipped"] == 0 and summary["steps"] == 30
+
+
+def test_a_checkpoint_commits_only_after_its_steps_rows_are_written(tmp_path, monkeypatch):
+    """When the checkpoint of step s is saved, metrics.jsonl already holds the rows of every step
+    up to s, its eval row included: a kill right after the commit loses no row that the resumed
+    run (starting after s) would not write again. (bench/soak.py found the row of step s lost:
+    it was drained one step late, after the checkpoint.)"""
+    from metarm_jax import checkpoint
+
+    seen = {}
+    real_save = checkpoint.Checkpointer.save
+
+    def save(self, step, *a, **kw):
+        path = tmp_path / "metrics.jsonl"
+        rows = [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
+        seen[step] = (
+            {r["step"] for r in rows if "loss" in r},
+            {r["step"] for r in rows if "eval/w_norm" in r},
+        )
+        return real_save(self, step, *a, **kw)
+
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", save)
+    _run(tmp_path, 8, eval_every=4)
+    assert sorted(seen) == [2, 4, 6, 8]
+    for step, (trained, evaluated) in seen.items():
+        assert trained == set(range(1, step + 1)), step
+        assert evaluated == {s for s in (4, 8) if s <= step}, step

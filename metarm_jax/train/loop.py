@@ -431,12 +431,18 @@ def train(
             pending = (step + 1, metrics, extra)
             bar.update(1)
             done = step + 1
-            if (cfg.save_every and done % cfg.save_every == 0) or done == total_steps:
-                ckpt.save(done, state, batches)
+            saving = bool(cfg.save_every and done % cfg.save_every == 0) or done == total_steps
+            # Everything a step writes (its metrics row, eval row, snapshot) is written before its
+            # checkpoint can commit: a kill after the commit then loses nothing the resumed run
+            # would not write again (found by bench/soak.py: a row drained one step late was lost).
+            if saving:
+                last_metrics, pending = drain(pending), None
             if (cfg.eval_every and done % cfg.eval_every == 0) or done == total_steps:
                 eval_results = evaluate(done)
             if snapshot_fn is not None and snapshot_every and done % snapshot_every == 0:
                 snapshot_fn(done, state["params"])  # on every process (exports are collective)
+            if saving:
+                ckpt.save(done, state, batches)
         if pending is not None:
             last_metrics = drain(pending)
         if start >= total_steps and eval_fn is not None:
