@@ -133,8 +133,10 @@ def _smol(c):
     hh = os.path.join(SHARED, "data", "hh-rlhf", "harmless-base")
     d.path = d.sft_path = d.prompt_path = hh  # the one shared file serves every role (as runlocal)
     d.split = d.eval_split = d.sft_split = d.prompt_split = "test"
-    # Budgets for about 45 minutes on 2 CPU cores: a 135M model costs ~1 TFLOP per step of 16
-    # sequences of 96 tokens, i.e. tens of seconds here, so every stage takes a few steps only.
+    # Small budgets: a 135M model costs ~1 TFLOP per step of 16 sequences of 96 tokens, so every
+    # stage takes a few steps only. Measured on 2 CPU cores (2026-12-02, a partial run): a MetaRM
+    # step takes about 50 s, so the 4 MetaRM stages alone need ~40 min; the whole run takes
+    # well over an hour (it has not yet run to the end on this machine).
     d.max_length, d.bucket_lengths, d.max_prompt_length = 96, (64, 96), 48
     d.max_skip_fraction = 0.6  # transcripts longer than 96 tokens are skipped and counted
     d.num_epochs = 0
