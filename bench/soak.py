@@ -127,11 +127,14 @@ def run_soak(
         plan = _plan(random.Random(seed), kills, kill_window or 0.5 * t_ref)
     events, cycles = [], []
 
+    def landed() -> int:
+        return sum(e["status"] == "killed" for e in events)
+
     def finish_cycle(rc: int) -> None:
         """Compare this cycle's outputs with the reference's, then start the next one afresh."""
         a, b = outputs(ref), outputs(soak)
         differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-        killed = sum(e["status"] == "killed" for e in events) - sum(c["kills"] for c in cycles)
+        killed = landed() - sum(c["kills"] for c in cycles)
         cycles.append({"kills": killed, "exit": rc, "compared_files": len(a), "differ": differ})
         log(f"cycle {len(cycles)}: {killed} kills, exit {rc}, differ: {differ or 'none'}")
         if differ or rc:  # kept for a look: the workdir of a cycle that went wrong
@@ -140,7 +143,7 @@ def run_soak(
             shutil.rmtree(soak)
 
     for kind, what in plan:
-        if sum(e["status"] == "killed" for e in events) >= kills:
+        if landed() >= kills:
             break  # a drawn plan runs until `kills` kills have landed
         before = _where(soak) if soak.exists() else "fresh"
         fault = what if kind == "point" else None
@@ -182,7 +185,7 @@ def run_soak(
         "seed": seed,
         "reference_s": round(t_ref, 1),
         "kills": events,
-        "kills_landed": sum(e["status"] == "killed" for e in events),
+        "kills_landed": landed(),
         "cycles": cycles,
         "final_exit": final_rc,
         "compared_files": min((c["compared_files"] for c in cycles), default=0),
