@@ -22,13 +22,13 @@ from metarm_jax.data import MetaExample, SamplingInfo
 def meta_scores(meta_rewards, params, mesh, batches) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """(rewards [m, k], sample_mask [m, k]) per meta batch, without a padded last batch's fill rows.
 
-    meta_rewards(params, {"input_ids", "attention_mask"}) -> [m, k], e.g. a jitted
-    ``metarm.meta_rewards`` on a reward_fn.
+    meta_rewards(params, batch) -> [m, k], e.g. a jitted ``metarm.meta_rewards`` on a
+    reward_fn; the batch is unpacked (input_ids, attention_mask) or shared-prompt packed.
     """
     for b in batches:
         b = dict(b, example_mask=D.real_rows(b).astype(np.int32))  # every host's rows, in order
         g = sharding.global_batch(mesh, b)
-        seqs = {k: g[k] for k in ("input_ids", "attention_mask")}
+        seqs = {k: v for k, v in g.items() if k not in ("example_mask", "sample_mask")}
         r, keep, sm = sharding.to_host(
             (meta_rewards(params, seqs), g["example_mask"], g["sample_mask"])
         )

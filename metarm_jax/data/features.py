@@ -13,6 +13,8 @@ Batch contract (numpy int32; n pairs, m prompts, k responses, T a bucket length)
   SFT:        input_ids, attention_mask, loss_mask                             [n, T]
   prompts:    input_ids, attention_mask [n, T] (LEFT-padded); prompt_index [n]
   + example_mask [n] (1 real, 0 padding row) only in batches made with drop_remainder=False.
+With ``shared_prompt`` (the RM stages' ``data.shared_prompt``), preference and meta batches are
+packed instead, one row per prompt with its responses (``metarm_jax.data.packing``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from metarm_jax.data import packing
 from metarm_jax.data.records import (
     TOO_LONG,
     DataError,
@@ -250,14 +253,24 @@ class Collate:
 
     def __init__(self, spec: TokenSpec, with_example_mask: bool = False, k: int = 0):
         self.spec, self.with_example_mask, self.k = spec, with_example_mask, k
+        self.shared_prompt = False  # pairs and meta: pack each prompt with its responses
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.spec}, {self.with_example_mask}, k={self.k})"
+        return (
+            f"{type(self).__name__}({self.spec}, {self.with_example_mask}, k={self.k}, "
+            f"shared_prompt={self.shared_prompt})"
+        )
 
     def _finish(self, batch, example_mask):
         if self.with_example_mask:
             batch["example_mask"] = example_mask
         return batch
+
+    def _pack(self, batch, pack):
+        """``pack`` (packing.pack_pairs / pack_meta) when shared_prompt is on."""
+        if not self.shared_prompt:
+            return batch
+        return pack(batch, self.spec.buckets, self.spec.pad_id)
 
 
 class CollatePairs(Collate):
@@ -272,9 +285,8 @@ class CollatePairs(Collate):
         T = s.bucket(max(len(x) for x in cs + rs))
         ci, cm = _pad_rows(cs, T, s.pad_id, s.pad_side)
         ri, rm = _pad_rows(rs, T, s.pad_id, s.pad_side)
-        return self._finish(
-            {"chosen_ids": ci, "chosen_mask": cm, "rejected_ids": ri, "rejected_mask": rm}, em
-        )
+        batch = {"chosen_ids": ci, "chosen_mask": cm, "rejected_ids": ri, "rejected_mask": rm}
+        return self._finish(self._pack(batch, packing.pack_pairs), em)
 
 
 class CollateSFT(Collate):
@@ -324,11 +336,9 @@ class CollateMeta(Collate):
             seqs += list(samples) + [blank] * (k - len(samples))
         T = s.bucket(max(len(x) for x in seqs))
         x, m = _pad_rows(seqs, T, s.pad_id, s.pad_side)
-        return self._finish(
-            {
-                "input_ids": x.reshape(len(feats), k, T),
-                "attention_mask": m.reshape(len(feats), k, T),
-                "sample_mask": smask,
-            },
-            em,
-        )
+        batch = {
+            "input_ids": x.reshape(len(feats), k, T),
+            "attention_mask": m.reshape(len(feats), k, T),
+            "sample_mask": smask,
+        }
+        return self._finish(self._pack(batch, packing.pack_meta), em)

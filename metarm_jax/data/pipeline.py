@@ -233,6 +233,7 @@ def iterator(
     shuffle=None,
     num_epochs=None,
     drop_remainder=None,
+    shared_prompt: bool = False,
 ):
     """Batches of one kind of example, from ``cfg`` (``config.data``): records (read from the
     kind's dataset keys, or passed in) -> tokens -> a checkpointable grain DatasetIterator with
@@ -245,7 +246,8 @@ def iterator(
                           (``it.records[prompt_index]`` is the row's PromptExample)
     split     the split to read instead of the kind's configured one (not for meta).
     shuffle, num_epochs, drop_remainder: None takes ``cfg``'s value. drop_remainder=False pads
-    the last batch and adds an ``example_mask`` [n].
+    the last batch and adds an ``example_mask`` [n]. shared_prompt (preference, meta): pack
+    each prompt with its responses in one row (``metarm_jax.data.packing``).
     """
     spec_of = KINDS[kind]
     if kind == "meta" and (k is None or k < 1):
@@ -257,6 +259,9 @@ def iterator(
     collate = spec_of.collate(spec, k)
     drop = cfg.drop_remainder if drop_remainder is None else drop_remainder
     collate.with_example_mask = not drop
+    if shared_prompt and kind not in ("preference", "meta"):
+        raise ValueError(f"shared_prompt packs preference and meta batches, not {kind!r} ones.")
+    collate.shared_prompt = bool(shared_prompt)
     ds = make_iter_dataset(
         feats,
         collate,

@@ -77,7 +77,9 @@ def from_config(
 
 class Split(NamedTuple):
     """A model as the pure core uses it: ``apply(params, ids [B, T], mask [B, T])`` is the head's
-    output (logits [B, T, V], rewards [B] or values [B, T]); ``params`` the trainable weights;
+    output (logits [B, T, V], rewards [B] or values [B, T]); ``apply(params, ids, None,
+    packing={...})`` the same on packed rows (``llama.Packing``; rewards [B, j]); ``params`` the
+    trainable weights;
     ``graphdef`` and ``rest`` (non-parameter state) rebuild the module with ``nnx.merge``."""
 
     apply: Callable[[Any, Any, Any], Any]
@@ -92,8 +94,10 @@ def split(model: llama.Llama, head: str | None = None) -> Split:
         raise ConfigError(f"this stage needs a model with the {head!r} head, got {model.head!r}.")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-    def apply(p, input_ids, attention_mask):
-        return nnx.merge(graphdef, p, rest)(input_ids, attention_mask)
+    def apply(p, input_ids, attention_mask, packing=None):
+        if packing is not None:  # packed rows (metarm_jax.data.packing): a dict of arrays
+            packing = llama.Packing(**packing)
+        return nnx.merge(graphdef, p, rest)(input_ids, attention_mask, packing)
 
     return Split(apply, params, graphdef, rest)
 

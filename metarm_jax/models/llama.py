@@ -11,6 +11,11 @@ Layout choices:
   loop over the same weights (sometimes faster to run, slower to compile).
 - Positions come from the attention mask (``cumsum(mask) - 1``), so left- and right-padded
   batches give the same per-token results.
+- Packed rows (``Packing``): several sequences share one row. A token sees the earlier tokens of
+  its own segment that are in the shared prefix (branch 0) or in its own branch, with explicit
+  positions; rewards are read at given indices. One prompt followed by its j responses
+  (``metarm_jax.data.packing``) computes the prompt once for the j of them; packed SFT puts
+  several examples in a row. Either gives the same per-token results as the unpacked rows.
 """
 
 from __future__ import annotations
@@ -189,6 +194,34 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
+@struct.dataclass
+class Packing:
+    """The layout of packed rows [B, T] (see ``metarm_jax.data.packing``).
+
+    segment_ids: 0 for padding, s >= 1 for the tokens of sequence group s (a group never sees
+                 another group's tokens)
+    branch_ids:  0 for a group's shared prefix (seen by every branch of the group), b >= 1 for the
+                 tokens of its branch b (seen only by branch b)
+    positions:   rotary position of each token (its position in its own unpacked sequence)
+    read_at:     [B, j] index in the row of each response's last token (the reward head reads
+                 there); None for heads that need no read-out
+    """
+
+    segment_ids: jax.Array
+    branch_ids: jax.Array
+    positions: jax.Array
+    read_at: jax.Array | None = None
+
+    def allowed(self) -> jax.Array:
+        """[B, T, T] True where query t may attend to key s."""
+        seg, br = self.segment_ids, self.branch_ids
+        t = seg.shape[1]
+        causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]  # [T, S]
+        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
+        branch = (br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])
+        return causal[None] & same & branch
+
+
 def positions_from_mask(mask: jax.Array, start: jax.Array | None = None) -> jax.Array:
     """Rotary positions [B, T]: count of real tokens before each token (pads repeat a position)."""
     pos = jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1
@@ -226,15 +259,14 @@ def block_apply(
     p: dict[str, jax.Array],
     x: jax.Array,
     positions: jax.Array,
-    query_slots: jax.Array,
-    key_mask: jax.Array,
+    allowed: jax.Array,
     kv: tuple | None,
     index,
 ):
     """One decoder layer on per-layer weights ``p``.
 
-    x: [B, T, E]; positions: [B, T]; query_slots: [T] cache slots of the queries;
-    key_mask: [B, S]; kv: None (then S = T) or (K, V, layer) with the whole stacked cache
+    x: [B, T, E]; positions: [B, T]; allowed: [B, T, S] which keys each query may attend to;
+    kv: None (then S = T) or (K, V, layer) with the whole stacked cache
     K, V: [L, B, S, KVH, D] and this layer's index. Only the T new keys/values are written into
     the stacked cache (in place under jit), so a decode step never copies the cache.
     Returns the new x and the updated (K, V).
@@ -255,13 +287,10 @@ def block_apply(
         cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], at)
         cache_k, cache_v = constrain(cache_k, CACHE_AXES), constrain(cache_v, CACHE_AXES)
         k, v = cache_k[layer], cache_v[layer]
-    s = k.shape[1]
     groups = cfg.num_heads // cfg.num_kv_heads
     qg = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
     scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dt)).astype(jnp.float32)
     scores = scores / math.sqrt(cfg.head_dim)
-    causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
-    allowed = causal[None] & (key_mask[:, None, :] > 0)  # [B, T, S]
     scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(dt)
     attn = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(
@@ -306,8 +335,10 @@ class Llama(nnx.Module):
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        packing: Packing | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [B, T, E] and the updated cache (None without a cache)."""
+        """Final-norm hidden states [B, T, E] and the updated cache (None without a cache).
+        ``packing``: packed rows (no cache; the attention mask is then ignored)."""
         cfg = self.cfg
         b, t = input_ids.shape
         mask = (
@@ -315,7 +346,11 @@ class Llama(nnx.Module):
             if attention_mask is None
             else attention_mask.astype(jnp.int32)
         )
-        if cache is None:
+        if packing is not None:
+            if cache is not None:
+                raise ValueError("packed rows are not decoded with a KV cache.")
+            positions, allowed, index = packing.positions, packing.allowed(), 0
+        elif cache is None:
             positions = positions_from_mask(mask)
             query_slots = jnp.arange(t)
             key_mask, index = mask, 0
@@ -324,13 +359,17 @@ class Llama(nnx.Module):
             index = cache.index
             query_slots = index + jnp.arange(t)
             key_mask = jax.lax.dynamic_update_slice_in_dim(cache.key_mask, mask, index, axis=1)
+        if packing is None:
+            s_len = key_mask.shape[1]
+            causal = jnp.arange(s_len)[None, :] <= query_slots[:, None]  # [T, S]
+            allowed = causal[None] & (key_mask[:, None, :] > 0)  # [B, T, S]
         x = jnp.take(self.embed[...].astype(cfg.compute_dtype), input_ids, axis=0)
         x = constrain(x, ("batch", "length", "act_embed"))
 
         layer_params = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
 
         def layer(x, p, kv):
-            return block_apply(cfg, p, x, positions, query_slots, key_mask, kv, index)
+            return block_apply(cfg, p, x, positions, allowed, kv, index)
 
         policy = REMAT_POLICIES[cfg.remat]
         if cfg.remat != "none":
@@ -368,8 +407,15 @@ class Llama(nnx.Module):
 
     # ---------------------------------------------------------------- heads
 
-    def head_output(self, x: jax.Array, attention_mask: jax.Array | None) -> jax.Array:
+    def head_output(
+        self, x: jax.Array, attention_mask: jax.Array | None, read_at: jax.Array | None = None
+    ) -> jax.Array:
+        """The head on hidden states x [B, T, E]. ``read_at`` [B, j] (reward head, packed rows):
+        rewards [B, j] read at those indices instead of one at each row's last real token."""
         dt = self.cfg.compute_dtype
+        if self.head == "reward" and read_at is not None:
+            pooled = jnp.take_along_axis(x, read_at[:, :, None], axis=1)  # [B, j, E]
+            return (pooled @ self.score[...].astype(dt))[..., 0].astype(jnp.float32)
         if self.head == "lm":
             if self.cfg.tie_word_embeddings:
                 logits = jnp.einsum("bte,ve->btv", x, self.embed[...].astype(dt))
@@ -392,13 +438,20 @@ class Llama(nnx.Module):
         input_ids: jax.Array,
         attention_mask: jax.Array | None = None,
         cache: KVCache | None = None,
+        packing: Packing | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Head output and the updated KV cache (cache in, cache out)."""
-        x, cache = self.hidden_states(input_ids, attention_mask, cache)
-        return self.head_output(x, attention_mask), cache
+        x, cache = self.hidden_states(input_ids, attention_mask, cache, packing)
+        read_at = None if packing is None else packing.read_at
+        return self.head_output(x, attention_mask, read_at), cache
 
-    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
-        return self.forward(input_ids, attention_mask)[0]
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        packing: Packing | None = None,
+    ) -> jax.Array:
+        return self.forward(input_ids, attention_mask, packing=packing)[0]
 
 
 def param_axes(model: nnx.Module) -> dict[str, tuple]:

@@ -79,7 +79,8 @@ def metarm_step(
 def layer_data(config, with_meta: bool) -> common.StageData:
     d, k = config.data, config.meta.k
     tok = D.load_tokenizer(d.tokenizer_path)
-    pref = D.preference_iterator(d, tok, num_epochs=0)  # the loop decides when to stop
+    shared = bool(d.shared_prompt)  # one row per prompt and its responses (data/packing.py)
+    pref = D.preference_iterator(d, tok, num_epochs=0, shared_prompt=shared)  # loop stops it
     report = pref.skip_report
     num_pairs = (report.total - report.skipped) if report is not None else 0
     train = {"pref": pref}
@@ -89,14 +90,20 @@ def layer_data(config, with_meta: bool) -> common.StageData:
             "the build_meta stage), or run the rm stage instead."
         )
     if with_meta:
-        train["meta"] = D.meta_iterator(d, tok, k=k, num_epochs=0)
+        train["meta"] = D.meta_iterator(d, tok, k=k, num_epochs=0, shared_prompt=shared)
     val = lambda: D.preference_iterator(
-        d, tok, split=d.eval_split, shuffle=False, num_epochs=1, drop_remainder=False
+        d,
+        tok,
+        split=d.eval_split,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+        shared_prompt=shared,
     )
     meta_eval = None
     if d.meta_path:
         meta_eval = lambda: D.meta_iterator(
-            d, tok, k=k, shuffle=False, num_epochs=1, drop_remainder=False
+            d, tok, k=k, shuffle=False, num_epochs=1, drop_remainder=False, shared_prompt=shared
         )
     return common.StageData(
         train=train, num_examples=num_pairs, val=val, tokenizer=tok, meta_eval=meta_eval
@@ -123,13 +130,12 @@ def make_eval_fn(
     def eval_fn(params) -> dict[str, Any]:
         r_w, r_l = [], []
         for b in batches(data.val):
-            keys = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
-            seqs = {k: b[k] for k in keys}
+            seqs = {k: v for k, v in b.items() if k != "example_mask"}  # unpacked or packed
             g = sharding.global_batch(
                 mesh, dict(seqs, example_mask=D.real_rows(b).astype(np.int32))
             )
             w, l, keep = sharding.to_host(
-                (*pair_rewards(params, {k: g[k] for k in keys}), g["example_mask"])
+                (*pair_rewards(params, {k: g[k] for k in seqs}), g["example_mask"])
             )
             r_w.append(w[keep > 0])
             r_l.append(l[keep > 0])

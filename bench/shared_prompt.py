@@ -1,0 +1,305 @@
+"""Shared-prompt packing: tokens computed and step time, shared vs unshared, and the unshared job
+in HF PyTorch on the same weights, side by side in one run.
+
+    python bench/shared_prompt.py                       # the HH sample and the quickstart world
+    python bench/shared_prompt.py --data=hh --reps=3
+
+Data (real length distributions, not random lengths):
+  hh          ../shared/data/hh-rlhf/harmless-base/test.jsonl.gz with the SmolLM2 tokenizer
+              (runs/smollm2-135m, `python -m metarm_jax.models.pretrained --out ...`), max_length
+              256; a meta example is an HH prompt with the responses (chosen and rejected) of k/2
+              pairs: real HH response lengths under a real prompt.
+  quickstart  the quickstart's synthetic world (configs/quickstart.py), its tokenizer, its
+              max_length; meta examples built the same way from its pairs.
+Tokens: over every batch of the data (n pairs / m meta prompts per batch), the tokens a step
+computes (rows x padded length) and the real ones, unpacked vs packed. Time: the loop's full
+jitted train step (grads, clipping, AdamW) on the same batches, median of --reps after a warm-up,
+with XLA's FLOP count of each compiled step; PyTorch: LlamaForSequenceClassification with the
+same weights, the same unpacked batches, the same job (BT loss; MetaRM first order: ∇J, the
+ascent θ' = θ + η∇J, ∇L at θ'), then torch.optim.AdamW, 2 threads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+import jax
+import numpy as np
+
+from metarm_jax import config_lib, models, sharding
+from metarm_jax.data import features as F
+from metarm_jax.data import packing, readers, tokenizer
+from metarm_jax.data.records import MetaExample, SamplingInfo
+from metarm_jax.models import llama
+from metarm_jax.train import loop, optim, rm
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = os.environ.get("METARM_SHARED_DIR", str(ROOT.parent / "shared"))
+ETA = 1e-3
+
+
+def _meta_examples(pairs, k, seed=0):
+    """Each pair's prompt with the chosen and rejected responses of k/2 pairs (its own first)."""
+    rng = np.random.default_rng(seed)
+    info = SamplingInfo(1.0, 1.0, 0, 0, 0, 1.0, 0, "bench")
+    out = []
+    for i, p in enumerate(pairs):
+        others = [i] + list(rng.choice(len(pairs), k // 2 - 1, replace=False))
+        responses = [r for j in others for r in (pairs[j].chosen, pairs[j].rejected)]
+        out.append(MetaExample(p.prompt, tuple(responses[:k]), info))
+    return out
+
+
+def load(name, args):
+    """(tokenizer, TokenSpec, pair features, meta features, vocab size)."""
+    if name == "hh":
+        tok = tokenizer.load_tokenizer(args.tokenizer)
+        path = os.path.join(SHARED, "data", "hh-rlhf", "harmless-base")
+        pairs = readers.load_preference_pairs("hh_rlhf", path, "test", max_skip_fraction=1.0)
+        max_length, buckets = args.max_length, (64, 128, 192)
+    else:
+        from configs import quickstart
+        from metarm_jax.data import synthetic
+
+        c = quickstart.get_config()
+        world = synthetic.write_world(tempfile.mkdtemp(prefix="bench-world-"), c.world)
+        tok = tokenizer.load_tokenizer(world["tokenizer"])
+        pairs = readers.load_preference_pairs("hh_rlhf", world["pairs_train"], "train")
+        max_length, buckets = c.data.max_length, tuple(c.data.bucket_lengths)
+    spec = F.TokenSpec(
+        max_length,
+        F.bucket_lengths(buckets, max_length),
+        tok.pad_token_id,
+        tok.eos_token_id,
+        tok.bos_token_id,
+        "right",
+    )
+    pf = list(F.tokenize_pairs(pairs, tok, spec))  # too-long rows are skipped (and counted)
+    mf = list(F.tokenize_meta(_meta_examples(pairs, args.k), tok, spec))
+    return tok, spec, pf, mf, len(tok)
+
+
+def batches(feats, collate_cls, spec, size, shared, **kw):
+    c = collate_cls(spec, **kw)
+    c.shared_prompt = shared
+    return [c(feats[i : i + size]) for i in range(0, len(feats) - size + 1, size)]
+
+
+def token_counts(pf, mf, spec, args):
+    """{kind: (computed unpacked, computed packed, real unpacked, real packed)} over the data."""
+    out = {}
+    for kind, feats, cls, size, kw in (
+        ("pairs", pf, F.CollatePairs, args.n, {}),
+        ("meta", mf, F.CollateMeta, args.m, {"k": args.k}),
+    ):
+        un = batches(feats, cls, spec, size, False, **kw)
+        pk = batches(feats, cls, spec, size, True, **kw)
+        if kind == "pairs":
+            cu = sum(b["chosen_ids"].size + b["rejected_ids"].size for b in un)
+            ru = sum(int(b["chosen_mask"].sum() + b["rejected_mask"].sum()) for b in un)
+        else:
+            cu = sum(b["input_ids"].size for b in un)
+            ru = sum(int(b["attention_mask"].sum()) for b in un)
+        cp = sum(b["packed_ids"].size for b in pk)
+        rp = sum(packing.packed_tokens(b) for b in pk)
+        out[kind] = (cu, cp, ru, rp)
+    return out
+
+
+def jax_steps(cfg_model, pref, meta, reps):
+    """{(step, layout): (s/step, XLA GFLOP)} and the model (for the torch copy)."""
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    tcfg = config_lib.base_config().train
+    out = {}
+    with jax.set_mesh(mesh):
+        model = llama.create(cfg_model, "reward", seed=0, mesh=mesh)
+        reward_fn, params, *_ = models.split(model)
+        opt, sched = optim.optimizer(tcfg, 1000)
+        shard = loop.state_shardings(mesh, params, opt)
+        for layout in ("unpacked", "packed"):
+            p, mt = pref[layout], meta[layout]
+            for name, step_fn, batch in (
+                ("RM", rm.rm_step(reward_fn), {"pref": p}),
+                ("MetaRM 1st", rm.metarm_step(reward_fn, ETA, "first"), {"pref": p, "meta": mt}),
+                ("MetaRM 2nd", rm.metarm_step(reward_fn, ETA, "second"), {"pref": p, "meta": mt}),
+            ):
+                state = loop.init_state(params, opt, 0, shard)
+                step = loop.jit_train_step(
+                    loop.make_train_step(step_fn, opt, sched), mesh, shard, batch
+                )
+                gb = sharding.global_batch(mesh, batch)
+                compiled = step.lower(state, gb).compile()
+                cost = compiled.cost_analysis()
+                cost = cost[0] if isinstance(cost, list) else cost
+                flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+                state, _ = compiled(state, gb)  # warm-up
+                jax.block_until_ready(state)
+                times = []
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    state, metrics = compiled(state, gb)
+                    jax.block_until_ready((state, metrics))
+                    times.append(time.perf_counter() - t0)
+                out[(name, layout)] = (float(np.median(times)), flops / 1e9)
+                del state
+    return out, model
+
+
+def torch_steps(model, pref, meta, reps):
+    """The unshared job in HF PyTorch on the same weights: {step: s/step}."""
+    import torch
+    from torch.func import functional_call
+
+    torch.set_num_threads(2)
+    from metarm_jax.models import hf
+
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_hf(model, d)
+        from transformers import LlamaForSequenceClassification
+
+        tm = LlamaForSequenceClassification.from_pretrained(d, torch_dtype=torch.float32)
+    tm.config.pad_token_id = 0
+    tm.train()
+    params = dict(tm.named_parameters())
+    opt = torch.optim.AdamW(tm.parameters(), lr=1e-6)
+    t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.long)
+
+    def rewards(p, ids, mask):
+        ids, mask = t(ids), t(mask)
+        out = functional_call(tm, p, (ids,), {"attention_mask": mask})
+        return out.logits[:, 0]
+
+    def bt(p):
+        ids = np.concatenate([pref["chosen_ids"], pref["rejected_ids"]])
+        mask = np.concatenate([pref["chosen_mask"], pref["rejected_mask"]])
+        r = rewards(p, ids, mask)
+        n = len(pref["chosen_ids"])
+        return -torch.nn.functional.logsigmoid(r[:n] - r[n:]).mean()
+
+    def J(p):
+        m, k, T = meta["input_ids"].shape
+        r = rewards(
+            p, meta["input_ids"].reshape(m * k, T), meta["attention_mask"].reshape(m * k, T)
+        )
+        r = r.reshape(m, k)
+        d = (r[:, :, None] - r[:, None, :]).abs()
+        iu = torch.triu_indices(k, k, 1)
+        return (2.0 / k**2 * torch.sigmoid(d[:, iu[0], iu[1]]).sum(-1)).mean()
+
+    def rm_step():
+        opt.zero_grad()
+        bt(params).backward()
+        opt.step()
+
+    def meta_step():
+        opt.zero_grad()
+        names = list(params)
+        gj = torch.autograd.grad(J(params), [params[n] for n in names])
+        prime = {n: (params[n] + ETA * g).detach().requires_grad_() for n, g in zip(names, gj)}
+        gl = torch.autograd.grad(bt(prime), [prime[n] for n in names])
+        for n, g in zip(names, gl):
+            params[n].grad = g
+        opt.step()
+
+    out = {}
+    for name, fn in (("RM", rm_step), ("MetaRM 1st", meta_step)):
+        fn()  # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times))
+    return out
+
+
+def median_batch(bs, key):
+    """The batch whose padded length is the median of the data's (a typical step)."""
+    lengths = [b[key].shape[-1] for b in bs]
+    return bs[int(np.argsort(lengths)[len(lengths) // 2])]
+
+
+def run(name, args):
+    _, spec, pf, mf, vocab = load(name, args)
+    print(
+        f"\n## {name}: {len(pf)} pairs, {len(mf)} meta prompts x k={args.k}, max_length "
+        f"{spec.max_length}, buckets {spec.buckets}; n={args.n} pairs, m={args.m} meta prompts "
+        "per step"
+    )
+    counts = token_counts(pf, mf, spec, args)
+    print(
+        "| batch | computed, unpacked | computed, packed | ratio | real, unpacked | real, packed |"
+    )
+    print("|---|---|---|---|---|---|")
+    for kind, (cu, cp, ru, rp) in counts.items():
+        print(f"| {kind} | {cu:,} | {cp:,} | {cu / cp:.2f}x | {ru:,} | {rp:,} |")
+    # One typical step: the unpacked batch of median length, and the same examples packed.
+    un_p = batches(pf, F.CollatePairs, spec, args.n, False)
+    i = next(j for j, b in enumerate(un_p) if b is median_batch(un_p, "chosen_ids"))
+    pref = {"unpacked": un_p[i], "packed": batches(pf, F.CollatePairs, spec, args.n, True)[i]}
+    un_m = batches(mf, F.CollateMeta, spec, args.m, False, k=args.k)
+    i = next(j for j, b in enumerate(un_m) if b is median_batch(un_m, "input_ids"))
+    meta = {
+        "unpacked": un_m[i],
+        "packed": batches(mf, F.CollateMeta, spec, args.m, True, k=args.k)[i],
+    }
+    cfg = llama.LlamaConfig(
+        vocab,
+        args.hidden,
+        args.mlp,
+        args.layers,
+        args.heads,
+        args.heads,
+        max_position_embeddings=4096,
+    )
+    jx, model = jax_steps(cfg, pref, meta, args.reps)
+    th = torch_steps(model, pref["unpacked"], meta["unpacked"], args.reps) if args.torch else {}
+    print(
+        f"\nmodel: {llama.count_params(model) / 1e6:.1f}M params ({args.layers} layers, width "
+        f"{args.hidden}); step on the median batch: pairs {pref['unpacked']['chosen_ids'].shape}"
+        f" -> packed {pref['packed']['packed_ids'].shape}, meta {meta['unpacked']['input_ids'].shape}"
+        f" -> packed {meta['packed']['packed_ids'].shape}; median of {args.reps} steps"
+    )
+    print(
+        "| step | unpacked s | packed s | speed-up | GFLOP unpacked | GFLOP packed | torch s "
+        "(unpacked) | packed JAX vs torch |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for step in ("RM", "MetaRM 1st", "MetaRM 2nd"):
+        (su, fu), (sp, fp) = jx[(step, "unpacked")], jx[(step, "packed")]
+        ts = th.get(step)
+        tcol = f"{ts:.3f} | {ts / sp:.2f}x" if ts else "- | -"
+        print(f"| {step} | {su:.3f} | {sp:.3f} | {su / sp:.2f}x | {fu:.1f} | {fp:.1f} | {tcol} |")
+    s1, s2 = jx[("MetaRM 1st", "packed")], jx[("MetaRM 2nd", "packed")]
+    print(f"second ÷ first order (packed): time {s2[0] / s1[0]:.2f}, FLOPs {s2[1] / s1[1]:.2f}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", default="hh,quickstart")
+    p.add_argument("--tokenizer", default=str(ROOT / "runs" / "smollm2-135m"))
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--m", type=int, default=4)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--mlp", type=int, default=1408)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--reps", type=int, default=2)
+    p.add_argument("--torch", type=int, default=1)
+    args = p.parse_args()
+    print(f"device: {jax.devices()[0].device_kind}; JAX {jax.__version__}")
+    for name in args.data.split(","):
+        run(name, args)
+
+
+if __name__ == "__main__":
+    main()

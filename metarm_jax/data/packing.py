@@ -1,0 +1,143 @@
+"""Shared-prompt packing: a prompt and its j responses in one row, so the prompt is computed once.
+
+Both sides of a preference pair share their prompt, and so do the k samples of a meta prompt. In a
+causal model the shared tokens' hidden states are the same in every sequence that starts with
+them, so one row ``[prefix | suffix_1 | ... | suffix_j | pad]`` with a branch-aware causal mask
+(``models.llama.Packing``: each suffix sees the prefix and itself, positions continuing from the
+prefix's end) gives every token exactly the hidden state it has in its own unpacked sequence, and
+the reward of response i is read at its suffix's last token. The prefix is the longest common
+prefix of the row's token sequences (at least the prompt: every sequence is BOS + prompt + reply
++ EOS), cut so that every sequence keeps at least one token of its own.
+
+Packed batch (numpy int32; R rows of length L, a packed bucket; j = 2 for pairs, k for meta):
+  packed_ids, packed_segment_ids, packed_branch_ids, packed_positions    [R, L]
+  packed_read_at                                                          [R, j]
+The other keys of the batch (sample_mask, example_mask, margin) are kept as they are.
+
+A sequence of length 0 (a masked meta sample, a padding row) gets an empty branch; its reward is
+read at the prefix's last token (a finite value that ``difference_loss`` drops with the mask).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+KEYS = ("packed_ids", "packed_segment_ids", "packed_branch_ids", "packed_positions")
+READ_AT = "packed_read_at"
+PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
+META_KEYS = ("input_ids", "attention_mask")
+
+
+def is_packed(batch) -> bool:
+    return "packed_ids" in batch
+
+
+def packed_buckets(buckets: Sequence[int], parts: int) -> tuple[int, ...]:
+    """Row lengths a packed batch is padded to: every bucket times 1..parts (a packed row of j
+    sequences of at most max(buckets) tokens each is never longer than j·max(buckets)), so a
+    jitted step compiles a bounded number of times."""
+    return tuple(sorted({int(b) * i for b in buckets for i in range(1, parts + 1)}))
+
+
+def common_prefix(seqs: Sequence[np.ndarray]) -> int:
+    """Length of the longest common prefix of the non-empty ``seqs``, cut so that each keeps at
+    least one token of its own (0 when none is non-empty)."""
+    real = [s for s in seqs if len(s)]
+    if not real:
+        return 0
+    limit = min(len(s) for s in real) - 1
+    if len(real) == 1:
+        return limit
+    first = real[0][:limit]
+    n = limit
+    for s in real[1:]:
+        neq = np.nonzero(s[:n] != first[:n])[0]
+        if len(neq):
+            n = int(neq[0])
+    return n
+
+
+def pack_rows(
+    groups: Sequence[Sequence[np.ndarray]], buckets: Sequence[int], pad_id: int
+) -> dict[str, np.ndarray]:
+    """Pack each group of sequences (the real tokens of each, no padding) into one row.
+
+    ``buckets``: the allowed row lengths (``packed_buckets``); the batch takes the smallest one
+    that holds its longest row. All groups must have the same number of sequences j."""
+    j = len(groups[0])
+    rows, read_at = [], np.zeros((len(groups), j), np.int32)
+    for r, seqs in enumerate(groups):
+        if len(seqs) != j:
+            raise ValueError(f"pack_rows: group {r} has {len(seqs)} sequences, expected {j}.")
+        p = common_prefix(seqs)
+        prefix = next((s[:p] for s in seqs if len(s)), np.zeros((0,), np.int32))
+        ids, branch, pos = [prefix], [np.zeros(p, np.int32)], [np.arange(p, dtype=np.int32)]
+        end = p
+        for i, s in enumerate(seqs):
+            suffix = s[p:] if len(s) else s
+            ids.append(suffix)
+            branch.append(np.full(len(suffix), i + 1, np.int32))
+            pos.append(np.arange(p, p + len(suffix), dtype=np.int32))
+            end += len(suffix)
+            read_at[r, i] = end - 1 if len(suffix) else max(p - 1, 0)
+        rows.append((np.concatenate(ids), np.concatenate(branch), np.concatenate(pos)))
+    need = max(len(ids) for ids, _, _ in rows)
+    length = next((b for b in sorted(buckets) if b >= need), None)
+    if length is None:
+        raise ValueError(
+            f"pack_rows: a packed row needs {need} tokens, past every bucket {buckets}."
+        )
+    out = {k: np.zeros((len(groups), length), np.int32) for k in KEYS}
+    out["packed_ids"][:] = pad_id
+    for r, (ids, branch, pos) in enumerate(rows):
+        n = len(ids)
+        out["packed_ids"][r, :n] = ids
+        out["packed_segment_ids"][r, :n] = 1
+        out["packed_branch_ids"][r, :n] = branch
+        out["packed_positions"][r, :n] = pos
+    out[READ_AT] = read_at
+    return out
+
+
+def _real(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.asarray(ids)[np.asarray(mask) > 0].astype(np.int32)
+
+
+def pack_pairs(batch, buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+    """A preference batch (chosen/rejected ids and masks [n, T], either padding side) as n packed
+    rows [prompt | chosen | rejected]; read_at[:, 0] is the chosen reward, [:, 1] the rejected."""
+    groups = [
+        (
+            _real(batch["chosen_ids"][i], batch["chosen_mask"][i]),
+            _real(batch["rejected_ids"][i], batch["rejected_mask"][i]),
+        )
+        for i in range(len(batch["chosen_ids"]))
+    ]
+    out = {k: v for k, v in batch.items() if k not in PAIR_KEYS}
+    out.update(pack_rows(groups, packed_buckets(buckets, 2), pad_id))
+    return out
+
+
+def pack_meta(batch, buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+    """A meta batch (input_ids, attention_mask [m, k, T]; sample_mask [m, k]) as m packed rows
+    [prompt | sample_1 | ... | sample_k]; a masked sample gets an empty branch."""
+    ids, mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
+    smask = np.asarray(batch.get("sample_mask", np.ones(ids.shape[:2], np.int32)))
+    m, k, _ = ids.shape
+    groups = [
+        [
+            _real(ids[i, s], mask[i, s]) if smask[i, s] else np.zeros((0,), np.int32)
+            for s in range(k)
+        ]
+        for i in range(m)
+    ]
+    out = {key: v for key, v in batch.items() if key not in META_KEYS}
+    out.update(pack_rows(groups, packed_buckets(buckets, k), pad_id))
+    return out
+
+
+def packed_tokens(batch) -> int:
+    """Real tokens a packed batch computes (its prompt counted once per row)."""
+    return int(np.sum(np.asarray(batch["packed_segment_ids"]) > 0))
