@@ -113,8 +113,8 @@ def data() -> ml_collections.ConfigDict:
     c.pad_side = "right"  # training batches; prompt batches are always left-padded
     c.add_bos = True
     c.max_prompt_length = 256  # prompt batches (roll-outs, meta sampling) keep the last N tokens
-    # The RM and MetaRM stages compute each prompt once for its responses (a pair's two, a meta
-    # prompt's k), packed in one row; exact (tests/test_shared_prompt.py). False: one row each.
+    # The RM, MetaRM and DPO stages compute each prompt once for its responses (a pair's two, a
+    # meta prompt's k), packed in one row; exact (tests/test_shared_prompt.py). False: a row each.
     c.shared_prompt = True
     # --- iterators ---
     c.shuffle = True

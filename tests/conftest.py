@@ -1,8 +1,19 @@
-"""Test-session setup: 8 simulated CPU devices (set before JAX is imported anywhere)."""
+"""Test-session setup: 8 simulated CPU devices and one persistent XLA compilation cache (both set
+before JAX is imported anywhere, and inherited by every subprocess a test starts)."""
 
 import os
 
 from tests.xla_env import xla_flags
+
+# Many tests run the same tiny programs in fresh processes (the soak's restarts, the multi-host
+# comparison's single process, a resumed run); with a cache each compiles once per session.
+# A cached executable is the program XLA compiled, so results are the same bit for bit (a tiny
+# iterative run's report and exports compared identical, cache cold vs warm). Off with
+# JAX_ENABLE_COMPILATION_CACHE=false; elsewhere with JAX_COMPILATION_CACHE_DIR.
+_CACHE = os.path.join(os.path.dirname(os.path.dirname(__file__)), ".pytest_cache", "jax-cc")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 2**30))  # LRU beyond 2 GiB
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = xla_flags(8)

@@ -1,4 +1,4 @@
-"""Shared-prompt packing (metarm_jax.data.packing) is exact: rewards, the preference loss, J, and
+"""Shared-prompt packing (metarm_jax.data.packing) is exact: rewards, the preference loss, J, DPO, and
 the vanilla and MetaRM gradients (first and second order) on packed rows equal those of the
 unpacked batch, for left and right padding, uneven response lengths, responses sharing more than
 the prompt, and masked meta samples. The reference is the unpacked computation of the same model
@@ -164,6 +164,30 @@ def test_metarm_gradient_equals_unpacked(rm, order, side="left"):
     g, m = step(params, _jnp(pref), _jnp(meta))
     gp, mp = step(params, _jnp(ppref), _jnp(pmeta))
     for key in ("loss", "meta/J", "meta/J_prime", "meta/grad_J_norm", "grad_norm"):
+        assert_close_to_scale(float(mp[key]), float(m[key]), RTOL, err_msg=key)
+    for a, e in zip(jax.tree.leaves(gp), jax.tree.leaves(g)):
+        assert_close_to_scale(np.asarray(a), np.asarray(e), RTOL)
+
+
+def test_dpo_loss_and_gradient_equal_unpacked():
+    from metarm_jax.train import dpo
+
+    model = llama.create(llama.preset("tiny", vocab_size=64), "lm", seed=4)
+    apply, policy, *_ = factory.split(model)
+    ref = jax.tree.map(
+        lambda x: x + 0.02 * jax.random.normal(jax.random.key(2), x.shape, x.dtype), policy
+    )
+    b = _pairs("left", seed=7)
+    pb = packing.pack_pairs(b, BUCKETS, PAD)
+
+    def loss_and_grad(batch):
+        f = lambda p: dpo.dpo_loss_on_batch(apply, {"policy": p, "ref": ref}, batch, 0.1, 0.0)
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(policy)
+
+    (loss, m), g = loss_and_grad(_jnp(b))
+    (lossp, mp), gp = loss_and_grad(_jnp(pb))
+    assert_close_to_scale(float(lossp), float(loss), RTOL)
+    for key in ("dpo/logp_chosen", "dpo/logp_rejected", "dpo/reward_margin"):
         assert_close_to_scale(float(mp[key]), float(m[key]), RTOL, err_msg=key)
     for a, e in zip(jax.tree.leaves(gp), jax.tree.leaves(g)):
         assert_close_to_scale(np.asarray(a), np.asarray(e), RTOL)

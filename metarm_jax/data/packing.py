@@ -11,7 +11,9 @@ prefix of the row's token sequences (at least the prompt: every sequence is BOS 
 
 Packed batch (numpy int32; R rows of length L, a packed bucket; j = 2 for pairs, k for meta):
   packed_ids, packed_segment_ids, packed_branch_ids, packed_positions    [R, L]
-  packed_read_at                                                          [R, j]
+  packed_prev     [R, L] index in the row of the token before each token in its own sequence
+                  (-1 for a sequence's first token): a causal LM's logits there predict it (DPO)
+  packed_read_at  [R, j]
 The other keys of the batch (sample_mask, example_mask, margin) are kept as they are.
 
 A sequence of length 0 (a masked meta sample, a padding row) gets an empty branch; its reward is
@@ -24,7 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-KEYS = ("packed_ids", "packed_segment_ids", "packed_branch_ids", "packed_positions")
+KEYS = ("packed_ids", "packed_segment_ids", "packed_branch_ids", "packed_positions", "packed_prev")
 READ_AT = "packed_read_at"
 PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 META_KEYS = ("input_ids", "attention_mask")
@@ -74,16 +76,25 @@ def pack_rows(
         p = common_prefix(seqs)
         prefix = next((s[:p] for s in seqs if len(s)), np.zeros((0,), np.int32))
         ids, branch, pos = [prefix], [np.zeros(p, np.int32)], [np.arange(p, dtype=np.int32)]
+        prev = [np.arange(-1, p - 1, dtype=np.int32)]
         end = p
         for i, s in enumerate(seqs):
             suffix = s[p:] if len(s) else s
             ids.append(suffix)
             branch.append(np.full(len(suffix), i + 1, np.int32))
             pos.append(np.arange(p, p + len(suffix), dtype=np.int32))
+            # the suffix's first token follows the prefix's last (none: it starts the sequence)
+            prev.append(
+                np.concatenate([[p - 1], np.arange(end, end + len(suffix) - 1)])[
+                    : len(suffix)
+                ].astype(np.int32)
+            )
             end += len(suffix)
             read_at[r, i] = end - 1 if len(suffix) else max(p - 1, 0)
-        rows.append((np.concatenate(ids), np.concatenate(branch), np.concatenate(pos)))
-    need = max(len(ids) for ids, _, _ in rows)
+        rows.append(
+            (np.concatenate(ids), np.concatenate(branch), np.concatenate(pos), np.concatenate(prev))
+        )
+    need = max(len(row[0]) for row in rows)
     length = next((b for b in sorted(buckets) if b >= need), None)
     if length is None:
         raise ValueError(
@@ -91,12 +102,14 @@ def pack_rows(
         )
     out = {k: np.zeros((len(groups), length), np.int32) for k in KEYS}
     out["packed_ids"][:] = pad_id
-    for r, (ids, branch, pos) in enumerate(rows):
+    out["packed_prev"][:] = -1
+    for r, (ids, branch, pos, prev) in enumerate(rows):
         n = len(ids)
         out["packed_ids"][r, :n] = ids
         out["packed_segment_ids"][r, :n] = 1
         out["packed_branch_ids"][r, :n] = branch
         out["packed_positions"][r, :n] = pos
+        out["packed_prev"][r, :n] = prev
     out[READ_AT] = read_at
     return out
 

@@ -85,8 +85,33 @@ def response_masks(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array
     return after(cm), after(rm)
 
 
+def packed_pair_logprobs(logits_fn, params, batch) -> tuple[jax.Array, jax.Array]:
+    """``pair_logprobs`` of a shared-prompt batch: ONE forward of the n rows [prompt | chosen |
+    rejected]. Each response token is scored by the logits of the token before it in its own
+    sequence (``packed_prev``: the prompt's last token for the first one). The response is the
+    branch: everything after the pair's common prefix, as ``response_masks`` reads it (the one
+    difference, a sequence that is a prefix of the other, gives both branches the same last
+    token with the same context, which cancels in the loss)."""
+    packing = {
+        "segment_ids": batch["packed_segment_ids"],
+        "branch_ids": batch["packed_branch_ids"],
+        "positions": batch["packed_positions"],
+    }
+    ids, prev, branch = batch["packed_ids"], batch["packed_prev"], batch["packed_branch_ids"]
+    logits = logits_fn(params, ids, None, packing=packing)  # [n, L, V]
+    before = jnp.take_along_axis(logits, jnp.maximum(prev, 0)[:, :, None], axis=1)
+    token_logp = pl.logprobs_of(before, ids)  # [n, L]
+    real = (batch["packed_segment_ids"] > 0) & (prev >= 0)
+    return tuple(
+        pl.sequence_logprobs(token_logp, (real & (branch == b)).astype(jnp.int32)) for b in (1, 2)
+    )
+
+
 def pair_logprobs(logits_fn, params, batch) -> tuple[jax.Array, jax.Array]:
-    """(log π(y_w|x) [n], log π(y_l|x) [n]): summed response log-probs, ONE forward of [2n, T]."""
+    """(log π(y_w|x) [n], log π(y_l|x) [n]): summed response log-probs, ONE forward of [2n, T]
+    (or of the n packed rows of a shared-prompt batch)."""
+    if "packed_ids" in batch:
+        return packed_pair_logprobs(logits_fn, params, batch)
     n = batch["chosen_ids"].shape[0]
     resp_w, resp_l = response_masks(batch)
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])
@@ -155,9 +180,16 @@ def layer_data(config) -> common.StageData:
             "the dpo stage needs config.data.tokenizer_path (a local HF tokenizer directory)."
         )
     tok = D.load_tokenizer(d.tokenizer_path)
-    pref = D.preference_iterator(d, tok, num_epochs=0)  # the loop decides when to stop
+    shared = bool(d.shared_prompt)  # one row per pair (data/packing.py)
+    pref = D.preference_iterator(d, tok, num_epochs=0, shared_prompt=shared)  # loop stops it
     val = lambda: D.preference_iterator(
-        d, tok, split=d.eval_split, shuffle=False, num_epochs=1, drop_remainder=False
+        d,
+        tok,
+        split=d.eval_split,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+        shared_prompt=shared,
     )
     return common.StageData(
         train={"pref": pref}, num_examples=pref.num_examples, val=val, tokenizer=tok
@@ -179,12 +211,12 @@ def make_eval_fn(
         for i, b in enumerate(val()):
             if eval_batches and i >= eval_batches:
                 break
+            seqs = {k: v for k, v in b.items() if k != "example_mask"}  # unpacked or packed
             g = sharding.global_batch(
-                mesh,
-                dict({k: b[k] for k in PAIR_KEYS}, example_mask=D.real_rows(b).astype(np.int32)),
+                mesh, dict(seqs, example_mask=D.real_rows(b).astype(np.int32))
             )
             (pw, plo), (rw, rl), keep = sharding.to_host(
-                (*both(params, {k: g[k] for k in PAIR_KEYS}), g["example_mask"])
+                (*both(params, {k: g[k] for k in seqs}), g["example_mask"])
             )
             for col, v in zip(cols, (pw, plo, rw, rl)):
                 col.append(v[keep > 0])
