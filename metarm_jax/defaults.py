@@ -369,6 +369,7 @@ def rlhf() -> ml_collections.ConfigDict:
     c.judge = "auto"
     c.judge_rm_path = ""  # an independent RM for the RM judge ("" : the vanilla RM)
     c.tie_margin = 0.05
+    c.report_examples = 3  # test prompts shown in the report with every policy's first response
     c.bootstrap = 2000  # resamples of the prompts for the 95% intervals (paired bootstrap)
     c.diversity = (
         "self_bleu"  # Table 3: "" | "self_bleu" | "all" (+ embeddings: pip install -e .[eval])

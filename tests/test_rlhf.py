@@ -74,6 +74,7 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
         "## Mean gold reward of the test samples",
         "## RM metrics",
         "## Budgets, clipping and the meta step",
+        "## Example responses",
         "Figure 1",
         "Figure 4",
         "Figure 5",
@@ -92,6 +93,9 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
     rep = _report(workdir)
     n = rep["prompts"]
     assert n == 32 and rep["valid_prompts"] == 32 and rep["samples_per_prompt"] == 4
+    assert len(rep["examples"]) == 3 and {"sft", "round1", "dpo"} <= set(
+        rep["examples"][0]["responses"]
+    )
     assert set(rep["table1"]) == {"round1", "round2", "eta0_round1", "eta0_round2"}
     best = rep["best_round"]
     r = best.removeprefix("round")

@@ -288,6 +288,10 @@ def build(
         "lengths": lengths,
         "diversity": div,
         "human": human_eval,
+        "examples": [
+            {"prompt": prompts[i], "responses": {name: first[name][i] for name in first}}
+            for i in range(min(int(rc.report_examples), len(prompts)))
+        ],
     }
     if rc.judge == "llm":
         result["judge_stats"] = dict(judge.stats)
@@ -547,6 +551,13 @@ def _plain_words(res: dict) -> list[str]:
     return out
 
 
+def _clip_text(text: str, limit: int, keep: str) -> str:
+    """``text`` cut to ``limit`` characters, keeping its ``keep`` end ("start" or "end")."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + " ..." if keep == "start" else "... " + text[-limit:]
+
+
 def _markdown(res: dict, figs: dict[str, str]) -> str:
     best = res["best_round"]
     lines = [
@@ -689,6 +700,25 @@ def _markdown(res: dict, figs: dict[str, str]) -> str:
     lines += ["| round | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for r, g in res["geometry"].items():
         lines.append(f"| {r} | " + " | ".join(f"{g.get(k, float('nan')):.4g}" for k in keys) + " |")
+    if res.get("examples"):
+        lines += [
+            "",
+            f"## Example responses: the first {len(res['examples'])} test prompts, each "
+            "policy's first sample",
+            "",
+        ]
+        for i, ex in enumerate(res["examples"], 1):
+            lines += [
+                f"**Prompt {i}.**",
+                "",
+                "```",
+                _clip_text(ex["prompt"], 800, "end"),
+                "```",
+                "",
+            ]
+            for name, text in ex["responses"].items():
+                lines += [f"- `{name}`: {_clip_text(text, 400, 'start')!r}"]
+            lines += [""]
     lines += ["", "## Figures", ""]
     fig5 = res["fig5"]
     lines += [
