@@ -36,7 +36,7 @@ import numpy as np
 from metarm_jax import config_lib, models, sharding
 from metarm_jax.data import features as F
 from metarm_jax.data import packing, readers, tokenizer
-from metarm_jax.data.records import MetaExample, SamplingInfo
+from metarm_jax.data.records import MetaExample, Records, SamplingInfo, SkipReport
 from metarm_jax.models import llama
 from metarm_jax.train import loop, optim, rm
 
@@ -82,7 +82,10 @@ def load(name, args):
         "right",
     )
     pf = list(F.tokenize_pairs(pairs, tok, spec))  # too-long rows are skipped (and counted)
-    mf = list(F.tokenize_meta(_meta_examples(pairs, args.k), tok, spec))
+    meta = _meta_examples(pairs, args.k)
+    report = SkipReport("meta (bench)", "skip", 1.0)  # too-long examples are left out, counted
+    report.total = len(meta)
+    mf = list(F.tokenize_meta(Records(meta, report), tok, spec))
     return tok, spec, pf, mf, len(tok)
 
 

@@ -134,9 +134,8 @@ def _smol(c):
     d.path = d.sft_path = d.prompt_path = hh  # the one shared file serves every role (as runlocal)
     d.split = d.eval_split = d.sft_split = d.prompt_split = "test"
     # Small budgets: a 135M model costs ~1 TFLOP per step of 16 sequences of 96 tokens, so every
-    # stage takes a few steps only. Measured on 2 CPU cores (2026-12-02, a partial run): a MetaRM
-    # step takes about 50 s, so the 4 MetaRM stages alone need ~40 min; the whole run takes
-    # well over an hour (it has not yet run to the end on this machine).
+    # stage takes a few steps only. Measured on 2 CPU cores (2026-12-02, end to end): 58 min wall
+    # (a MetaRM stage 4-8 min, a PPO stage 2-3 min) and 47 GB of checkpoints (README).
     d.max_length, d.bucket_lengths, d.max_prompt_length = 96, (64, 96), 48
     d.max_skip_fraction = 0.6  # transcripts longer than 96 tokens are skipped and counted
     d.num_epochs = 0

@@ -439,7 +439,8 @@ def _diversity(config, first, mode: str) -> dict[str, Any]:
     d = config.data
     rows = {}
     try:
-        pairs = D.load_records("preference", d, None, split=d.eval_split)
+        tok = D.load_tokenizer(d.tokenizer_path) if d.tokenizer_path else None  # chat templates
+        pairs = D.load_records("preference", d, tok, split=d.eval_split)
         rows["chosen (data)"] = [p.chosen for p in pairs][: len(next(iter(first.values())))]
     except Exception as e:
         rows_note = f"chosen responses unavailable: {str(e).splitlines()[0][:200]}"
