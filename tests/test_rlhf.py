@@ -292,6 +292,7 @@ def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
             "--config.rlhf.rounds=1",
             "--config.train.steps=10",
             "--config.train.eval_every=10",
+            "--config.train.eval_batches=2",
             "--config.sft.epochs=0.1",
             "--config.ppo.iterations=2",
             "--config.dpo.steps=4",

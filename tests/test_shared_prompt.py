@@ -1,8 +1,10 @@
-"""Shared-prompt packing (metarm_jax.data.packing) is exact: rewards, the preference loss, J, DPO, and
-the vanilla and MetaRM gradients (first and second order) on packed rows equal those of the
-unpacked batch, for left and right padding, uneven response lengths, responses sharing more than
-the prompt, and masked meta samples. The reference is the unpacked computation of the same model
-(itself checked against HF transformers in test_models_hf.py)."""
+"""Shared-prompt packing (metarm_jax.data.packing) is exact: rewards, the preference loss, J, DPO,
+and the vanilla and MetaRM gradients (first and second order) on packed rows equal those of the
+unpacked batch, for uneven response lengths, responses sharing more than the prompt, and masked
+meta samples. The packed rows are the same whichever side the batch was padded on (tested
+exactly), and the unpacked references use left padding for pairs and right for meta, so both
+sides are compared against. The reference is the unpacked computation of the same model (itself
+checked against HF transformers in test_models_hf.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -111,35 +113,42 @@ def test_packed_rows_compute_fewer_tokens_and_read_each_response():
     assert p["packed_ids"].shape[1] in packing.packed_buckets(BUCKETS, 2)
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_pair_rewards_and_gradients_equal_unpacked(rm, side):
+def test_pair_rewards_and_gradients_equal_unpacked(rm, side="left"):
     apply, params = rm
     b = _pairs(side)
     pb = packing.pack_pairs(b, BUCKETS, PAD)
-    r_w, r_l = metarm.pair_rewards(apply, params, _jnp(b))
-    p_w, p_l = metarm.pair_rewards(apply, params, _jnp(pb))
+    f = jax.jit(
+        lambda p, batch: (
+            metarm.pair_rewards(apply, p, batch),
+            metarm.vanilla_grads(apply, p, batch),
+        )
+    )
+    (r_w, r_l), (g, m) = f(params, _jnp(b))
+    (p_w, p_l), (gp, mp) = f(params, _jnp(pb))
     assert_close_to_scale(np.asarray(p_w), np.asarray(r_w), RTOL)
     assert_close_to_scale(np.asarray(p_l), np.asarray(r_l), RTOL)
-    g, m = metarm.vanilla_grads(apply, params, _jnp(b))
-    gp, mp = metarm.vanilla_grads(apply, params, _jnp(pb))
     assert_close_to_scale(float(mp["loss"]), float(m["loss"]), RTOL)
     for a, e in zip(jax.tree.leaves(gp), jax.tree.leaves(g)):
         assert_close_to_scale(np.asarray(a), np.asarray(e), RTOL)
 
 
-@pytest.mark.parametrize("side", ["right", "left"])
-def test_meta_rewards_and_J_equal_unpacked_with_masked_samples(rm, side):
+def test_meta_rewards_and_J_equal_unpacked_with_masked_samples(rm, side="right"):
     apply, params = rm
     b = _meta(side)
     pb = packing.pack_meta(b, BUCKETS, PAD)
     assert pb["packed_read_at"].shape == (3, 4)
-    r = np.asarray(metarm.meta_rewards(apply, params, _jnp(b)))
-    rp = np.asarray(metarm.meta_rewards(apply, params, _jnp(pb)))
+    f = jax.jit(
+        lambda p, batch: (
+            metarm.meta_rewards(apply, p, batch),
+            metarm.meta_loss(apply, p, batch),
+        )
+    )
+    r, j = f(params, _jnp(b))
+    rp, jp = f(params, _jnp(pb))
+    r, rp = np.asarray(r), np.asarray(rp)
     real = b["sample_mask"] > 0
     assert np.isfinite(rp).all()
     assert_close_to_scale(rp[real], r[real], RTOL)
-    j = metarm.meta_loss(apply, params, _jnp(b))
-    jp = metarm.meta_loss(apply, params, _jnp(pb))
     assert_close_to_scale(float(jp), float(j), RTOL)
 
 
