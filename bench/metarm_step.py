@@ -43,6 +43,21 @@ def random_batches(n: int, m: int, k: int, seq_len: int, vocab: int, seed: int =
     return pref, meta
 
 
+def time_steps(compiled, state, batch, reps: int, warmup: int = 1):
+    """Median seconds of ``reps`` calls of a compiled train step after ``warmup`` calls (each
+    call's outputs waited for); returns (seconds, the last state)."""
+    for _ in range(warmup):
+        state, _ = compiled(state, batch)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        jax.block_until_ready((state, metrics))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), state
+
+
 def bench(preset: str, seq_len: int, n: int, m: int, k: int, reps: int, warmup: int):
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
     cfg = config_lib.base_config().train
@@ -77,16 +92,8 @@ def bench(preset: str, seq_len: int, n: int, m: int, k: int, reps: int, warmup: 
                 if mem is not None
                 else float("nan")
             )
-            for _ in range(warmup):
-                state, metrics = compiled(state, gb)
-            jax.block_until_ready(state)
-            times = []
-            for _ in range(reps):
-                t0 = time.perf_counter()
-                state, metrics = compiled(state, gb)
-                jax.block_until_ready((state, metrics))
-                times.append(time.perf_counter() - t0)
-            rows[name] = dict(step_s=float(np.median(times)), compile_s=compile_s, peak_bytes=peak)
+            step_s, state = time_steps(compiled, state, gb, reps, warmup)
+            rows[name] = dict(step_s=step_s, compile_s=compile_s, peak_bytes=peak)
             del state
     return rows, llama.count_params(model)
 

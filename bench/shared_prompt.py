@@ -33,6 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax
 import numpy as np
 
+from bench.metarm_step import time_steps
 from metarm_jax import config_lib, models, sharding
 from metarm_jax.data import features as F
 from metarm_jax.data import packing, readers, tokenizer
@@ -142,15 +143,8 @@ def jax_steps(cfg_model, pref, meta, reps):
                 cost = compiled.cost_analysis()
                 cost = cost[0] if isinstance(cost, list) else cost
                 flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-                state, _ = compiled(state, gb)  # warm-up
-                jax.block_until_ready(state)
-                times = []
-                for _ in range(reps):
-                    t0 = time.perf_counter()
-                    state, metrics = compiled(state, gb)
-                    jax.block_until_ready((state, metrics))
-                    times.append(time.perf_counter() - t0)
-                out[(name, layout)] = (float(np.median(times)), flops / 1e9)
+                step_s, state = time_steps(compiled, state, gb, reps)
+                out[(name, layout)] = (step_s, flops / 1e9)
                 del state
     return out, model
 

@@ -12,6 +12,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from metarm_jax import data as D
 from metarm_jax.errors import ConfigError
 from metarm_jax.models import hf
 
@@ -27,6 +28,23 @@ class StageData:
     val: Batches  # a fresh pass over the validation batches (padded last batch: example_mask)
     tokenizer: Any = None
     meta_eval: Batches | None = None  # a fresh pass over meta batches (the RM stages' |Δr|)
+
+
+def preference_data(d, tok):
+    """(training iterator, validation batches) of ``config.data``'s preference pairs, packed one
+    row per pair when ``data.shared_prompt`` is on: what the RM, MetaRM and DPO stages read."""
+    shared = bool(d.shared_prompt)
+    train = D.preference_iterator(d, tok, num_epochs=0, shared_prompt=shared)  # loop stops it
+    val = lambda: D.preference_iterator(
+        d,
+        tok,
+        split=d.eval_split,
+        shuffle=False,
+        num_epochs=1,
+        drop_remainder=False,
+        shared_prompt=shared,
+    )
+    return train, val
 
 
 def stage_train_config(

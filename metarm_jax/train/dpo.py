@@ -180,17 +180,7 @@ def layer_data(config) -> common.StageData:
             "the dpo stage needs config.data.tokenizer_path (a local HF tokenizer directory)."
         )
     tok = D.load_tokenizer(d.tokenizer_path)
-    shared = bool(d.shared_prompt)  # one row per pair (data/packing.py)
-    pref = D.preference_iterator(d, tok, num_epochs=0, shared_prompt=shared)  # loop stops it
-    val = lambda: D.preference_iterator(
-        d,
-        tok,
-        split=d.eval_split,
-        shuffle=False,
-        num_epochs=1,
-        drop_remainder=False,
-        shared_prompt=shared,
-    )
+    pref, val = common.preference_data(d, tok)
     return common.StageData(
         train={"pref": pref}, num_examples=pref.num_examples, val=val, tokenizer=tok
     )

@@ -80,7 +80,7 @@ def layer_data(config, with_meta: bool) -> common.StageData:
     d, k = config.data, config.meta.k
     tok = D.load_tokenizer(d.tokenizer_path)
     shared = bool(d.shared_prompt)  # one row per prompt and its responses (data/packing.py)
-    pref = D.preference_iterator(d, tok, num_epochs=0, shared_prompt=shared)  # loop stops it
+    pref, val = common.preference_data(d, tok)
     report = pref.skip_report
     num_pairs = (report.total - report.skipped) if report is not None else 0
     train = {"pref": pref}
@@ -91,15 +91,6 @@ def layer_data(config, with_meta: bool) -> common.StageData:
         )
     if with_meta:
         train["meta"] = D.meta_iterator(d, tok, k=k, num_epochs=0, shared_prompt=shared)
-    val = lambda: D.preference_iterator(
-        d,
-        tok,
-        split=d.eval_split,
-        shuffle=False,
-        num_epochs=1,
-        drop_remainder=False,
-        shared_prompt=shared,
-    )
     meta_eval = None
     if d.meta_path:
         meta_eval = lambda: D.meta_iterator(
