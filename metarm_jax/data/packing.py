@@ -32,10 +32,6 @@ PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 META_KEYS = ("input_ids", "attention_mask")
 
 
-def is_packed(batch) -> bool:
-    return "packed_ids" in batch
-
-
 def packed_buckets(buckets: Sequence[int], parts: int) -> tuple[int, ...]:
     """Row lengths a packed batch is padded to: every bucket times 1..parts (a packed row of j
     sequences of at most max(buckets) tokens each is never longer than j·max(buckets)), so a
@@ -83,12 +79,10 @@ def pack_rows(
             ids.append(suffix)
             branch.append(np.full(len(suffix), i + 1, np.int32))
             pos.append(np.arange(p, p + len(suffix), dtype=np.int32))
-            # the suffix's first token follows the prefix's last (none: it starts the sequence)
-            prev.append(
-                np.concatenate([[p - 1], np.arange(end, end + len(suffix) - 1)])[
-                    : len(suffix)
-                ].astype(np.int32)
-            )
+            before = np.arange(end - 1, end - 1 + len(suffix), dtype=np.int32)
+            if len(suffix):  # its first token follows the prefix's last (-1: none, p = 0)
+                before[0] = p - 1
+            prev.append(before)
             end += len(suffix)
             read_at[r, i] = end - 1 if len(suffix) else max(p - 1, 0)
         rows.append(

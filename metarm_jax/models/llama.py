@@ -14,8 +14,9 @@ Layout choices:
 - Packed rows (``Packing``): several sequences share one row. A token sees the earlier tokens of
   its own segment that are in the shared prefix (branch 0) or in its own branch, with explicit
   positions; rewards are read at given indices. One prompt followed by its j responses
-  (``metarm_jax.data.packing``) computes the prompt once for the j of them; packed SFT puts
-  several examples in a row. Either gives the same per-token results as the unpacked rows.
+  (``metarm_jax.data.packing``) computes the prompt once for the j of them, with the same
+  per-token results as the unpacked rows. (Segments would also let independent examples share a
+  row; nothing packs them that way yet.)
 """
 
 from __future__ import annotations
