@@ -116,6 +116,9 @@ def data() -> ml_collections.ConfigDict:
     # The RM, MetaRM and DPO stages compute each prompt once for its responses (a pair's two, a
     # meta prompt's k), packed in one row; exact (tests/test_shared_prompt.py). False: a row each.
     c.shared_prompt = True
+    # The sft stage packs each batch's examples several to a row (segment ids, positions per
+    # example): the same examples and loss per step, less padding (tests/test_packed_sft.py).
+    c.pack_sft = True
     # --- iterators ---
     c.shuffle = True
     c.num_epochs = 1  # 0 or None: repeat forever

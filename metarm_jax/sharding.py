@@ -145,8 +145,13 @@ def global_batch(mesh: Mesh, batch: Any) -> Any:
     longest one of any host (one small all-gather of the lengths; pad 0, which the attention
     masks mark as padding: positions come from the masks, so the padding side does not matter).
     A leaf that is already a jax.Array (a StateSource's device batch) is a global array: it is
-    only placed on the batch sharding (a no-op when it is there already)."""
+    only placed on the batch sharding (a no-op when it is there already).
+
+    A packed SFT batch (a dict with ``packed_loss_mask``) holds as many rows as its examples
+    needed, so hosts may differ in rows too: each host's is padded with empty rows (segment 0,
+    loss mask 0: no token) to the most of any host."""
     if jax.process_count() > 1:
+        batch = _same_rows_on_all_hosts(batch)
         batch = _same_length_on_all_hosts(batch)
 
     def one(x):
@@ -169,6 +174,23 @@ def to_host(tree: Any) -> Any:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
     return jax.tree.map(one, tree)
+
+
+def _same_rows_on_all_hosts(batch: Any) -> Any:
+    from jax.experimental import multihost_utils
+
+    if not isinstance(batch, dict):
+        return batch
+    if "packed_loss_mask" not in batch:
+        return {k: _same_rows_on_all_hosts(v) for k, v in batch.items()}
+    rows = np.shape(batch["packed_loss_mask"])[0]
+    most = int(np.max(multihost_utils.process_allgather(np.asarray([rows], np.int32))))
+    if most == rows:
+        return batch
+    return {
+        k: np.pad(np.asarray(v), [(0, most - rows)] + [(0, 0)] * (np.ndim(v) - 1))
+        for k, v in batch.items()
+    }
 
 
 def _same_length_on_all_hosts(batch: Any) -> Any:

@@ -166,6 +166,44 @@ def test_sft_step_on_data_layer_batch_matches_numpy(world):
     assert float(m2["loss"]) == float(m["loss"])
 
 
+def test_packed_sft_batches_hold_the_same_examples_and_loss(world):
+    """data.pack_sft on real data-layer batches: each packed batch holds the unpacked batch's
+    examples (token for token), in fewer computed tokens, and the step's loss and gradient are
+    the unpacked step's (rows a multiple of row_multiple, for the devices and micro-batches)."""
+    from metarm_jax import data as D
+    from tests.tolerances import assert_close_to_scale
+
+    config = make_config(world)
+    tok = D.load_tokenizer(config.data.tokenizer_path)
+    common_args = dict(shuffle=False, num_epochs=1, drop_remainder=False)
+    plain = D.sft_iterator(config.data, tok, **common_args)
+    packed = D.sft_iterator(config.data, tok, pack_sft=True, row_multiple=4, **common_args)
+    model = models.from_config(config.model, "lm", seed=config.seed)
+    logits_fn, params, *_ = models.split(model, "lm")
+    step = jax.jit(sft.sft_step(logits_fn))
+    computed = [0, 0]
+    for i, (b, p) in enumerate(zip(plain, packed)):
+        rows = [tuple(x[m > 0]) for x, m in zip(b["input_ids"], b["attention_mask"])]
+        seg = p["packed_segment_ids"]
+        got = [
+            tuple(p["packed_ids"][r][seg[r] == s])
+            for r in range(len(seg))
+            for s in range(1, seg[r].max() + 1)
+        ]
+        assert sorted(got) == sorted(x for x in rows if x), i
+        assert len(seg) % 4 == 0
+        computed[0] += b["input_ids"].size
+        computed[1] += seg.size
+        if i < 2:
+            g, m = step(params, {"sft": b}, jax.random.key(0))
+            gp, mp = step(params, {"sft": p}, jax.random.key(0))
+            assert float(mp["num_tokens"]) == float(m["num_tokens"])
+            assert_close_to_scale(float(mp["loss"]), float(m["loss"]), 1e-5)
+            for a, e in zip(jax.tree.leaves(gp), jax.tree.leaves(g)):
+                assert_close_to_scale(np.asarray(a), np.asarray(e), 1e-5)
+    assert computed[1] < computed[0]
+
+
 def test_sft_stage_learns_and_exports_a_causal_lm(world, tmp_path):
     config = make_config(world)
     data = sft.layer_data(config)

@@ -1,7 +1,8 @@
 """Shared-prompt packing (metarm_jax.data.packing) is exact: rewards, the preference loss, J, DPO,
 and the vanilla and MetaRM gradients (first and second order) on packed rows equal those of the
 unpacked batch, for uneven response lengths, responses sharing more than the prompt, and masked
-meta samples. The packed rows are the same whichever side the batch was padded on (tested
+meta samples; and packed SFT (several examples per row, ``packing.pack_examples``) gives the
+unpacked batch's SFT loss and gradient. The packed rows are the same whichever side the batch was padded on (tested
 exactly), and the unpacked references use left padding for pairs and right for meta, so both
 sides are compared against. The reference is the unpacked computation of the same model (itself
 checked against HF transformers in test_models_hf.py)."""
@@ -198,5 +199,70 @@ def test_dpo_loss_and_gradient_equal_unpacked():
     assert_close_to_scale(float(lossp), float(loss), RTOL)
     for key in ("dpo/logp_chosen", "dpo/logp_rejected", "dpo/reward_margin"):
         assert_close_to_scale(float(mp[key]), float(m[key]), RTOL, err_msg=key)
+    for a, e in zip(jax.tree.leaves(gp), jax.tree.leaves(g)):
+        assert_close_to_scale(np.asarray(a), np.asarray(e), RTOL)
+
+
+# ------------------------------------------------------------------------------------------
+# Packed SFT: independent examples share a row, each its own segment and positions.
+
+
+def _sft_examples(seed=8):
+    """(ids, loss mask) of uneven lengths: a prompt (loss 0) then a reply and EOS (loss 1)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for prompt, reply in [(5, 3), (2, 9), (11, 4), (1, 1), (7, 6), (3, 2), (9, 12), (4, 4)]:
+        ids = np.concatenate([[1], rng.integers(3, 64, prompt + reply), [2]]).astype(np.int32)
+        loss = np.concatenate([np.zeros(1 + prompt), np.ones(reply + 1)]).astype(np.int32)
+        out.append((ids, loss))
+    return out
+
+
+def test_pack_examples_places_every_example_whole():
+    ex = _sft_examples() + [(np.zeros(0, np.int32), np.zeros(0, np.int32))]  # a padding row
+    p = packing.pack_examples(ex, (24, 32, 48), PAD, row_multiple=2)
+    rows, length = p["packed_ids"].shape
+    assert length in (24, 32, 48) and rows % 2 == 0 and rows < len(ex)
+    found = []
+    for r in range(rows):
+        seg = p["packed_segment_ids"][r]
+        for s in range(1, seg.max() + 1):
+            at = np.flatnonzero(seg == s)
+            assert (np.diff(at) == 1).all()  # contiguous
+            np.testing.assert_array_equal(p["packed_positions"][r, at], np.arange(len(at)))
+            found.append((tuple(p["packed_ids"][r, at]), tuple(p["packed_loss_mask"][r, at])))
+    assert sorted(found) == sorted((tuple(i), tuple(m)) for i, m in ex if len(i))
+    assert packing.packed_tokens(p) == sum(len(i) for i, _ in ex)
+    # rows x length is the fewest computed tokens over the row lengths that fit
+    for other in (24, 32, 48):
+        q = packing.pack_examples(ex, (other,), PAD, row_multiple=2)
+        assert q["packed_ids"].size >= p["packed_ids"].size
+    with pytest.raises(ValueError, match="past every row length"):
+        packing.pack_examples(ex, (8,), PAD)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_packed_sft_loss_and_gradient_equal_unpacked(side):
+    from metarm_jax.train import sft
+
+    model = llama.create(llama.preset("tiny", vocab_size=64), "lm", seed=5)
+    apply, params, *_ = factory.split(model)
+    ex = _sft_examples()
+    T = 24
+    ids, attn = F._pad_rows([i for i, _ in ex], T, PAD, side)
+    loss_mask, _ = F._pad_rows([m for _, m in ex], T, 0, side)
+    unpacked = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
+    packed = packing.pack_examples(ex, (24, 48), PAD)
+    assert packed["packed_ids"].size < ids.size
+
+    def loss_and_grad(batch):
+        f = lambda p: sft.sft_loss_on_batch(apply, p, batch)
+        return jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+
+    (loss, m), g = loss_and_grad(_jnp(unpacked))
+    (lossp, mp), gp = loss_and_grad(_jnp(packed))
+    assert float(mp["sft/num_tokens"]) == float(m["sft/num_tokens"]) == loss_mask[:, 1:].sum()
+    assert_close_to_scale(float(lossp), float(loss), RTOL)
+    assert_close_to_scale(float(mp["sft/token_accuracy"]), float(m["sft/token_accuracy"]), RTOL)
     for a, e in zip(jax.tree.leaves(gp), jax.tree.leaves(g)):
         assert_close_to_scale(np.asarray(a), np.asarray(e), RTOL)

@@ -11,6 +11,8 @@ Batch contract (numpy int32; n pairs, m prompts, k responses, T a bucket length)
   preference: chosen_ids, chosen_mask, rejected_ids, rejected_mask            [n, T]
   meta:       input_ids, attention_mask [m, k, T]; sample_mask [m, k]
   SFT:        input_ids, attention_mask, loss_mask                             [n, T]
+              packed (pack_sft): packed_ids, packed_segment_ids, packed_positions,
+              packed_loss_mask [R, L], the n examples in R <= n rows (no example_mask)
   prompts:    input_ids, attention_mask [n, T] (LEFT-padded); prompt_index [n]
   + example_mask [n] (1 real, 0 padding row) only in batches made with drop_remainder=False.
 With ``shared_prompt`` (the RM stages' ``data.shared_prompt``), preference and meta batches are
@@ -254,11 +256,14 @@ class Collate:
     def __init__(self, spec: TokenSpec, with_example_mask: bool = False, k: int = 0):
         self.spec, self.with_example_mask, self.k = spec, with_example_mask, k
         self.shared_prompt = False  # pairs and meta: pack each prompt with its responses
+        self.pack_sft = False  # sft: several examples per row (packing.pack_examples)
+        self.row_multiple = 1  # packed sft: the row count splits into this many equal parts
 
     def __repr__(self):
         return (
             f"{type(self).__name__}({self.spec}, {self.with_example_mask}, k={self.k}, "
-            f"shared_prompt={self.shared_prompt})"
+            f"shared_prompt={self.shared_prompt}, pack_sft={self.pack_sft}, "
+            f"row_multiple={self.row_multiple})"
         )
 
     def _finish(self, batch, example_mask):
@@ -297,6 +302,11 @@ class CollateSFT(Collate):
         s = self.spec
         blank = np.zeros((0,), np.int32)
         ids = [f["ids"] if f is not PAD_ROW else blank for f in feats]
+        if self.pack_sft:  # padding rows hold no token: no example_mask is needed
+            losses = [f["loss"] if f is not PAD_ROW else blank for f in feats]
+            return packing.pack_examples(
+                list(zip(ids, losses)), s.buckets, s.pad_id, self.row_multiple
+            )
         T = s.bucket(max(len(x) for x in ids))
         x, m = _pad_rows(ids, T, s.pad_id, s.pad_side)
         loss, _ = _pad_rows(

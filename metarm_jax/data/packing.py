@@ -18,6 +18,12 @@ The other keys of the batch (sample_mask, example_mask, margin) are kept as they
 
 A sequence of length 0 (a masked meta sample, a padding row) gets an empty branch; its reward is
 read at the prefix's last token (a finite value that ``difference_loss`` drops with the mask).
+
+Packed SFT (``pack_examples``): the other use of the same layout. Independent examples share a
+row, each its own segment (ids 1, 2, ... in the row; branch 0), positions restarting at 0, so
+every token has the hidden state of its unpacked row and the batch's SFT loss (a sum over its
+response tokens divided by their count) is unchanged. A batch keeps its examples: packing removes
+padding, not examples, so a packed run takes the same optimizer steps as an unpacked one.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+SFT_KEYS = ("packed_ids", "packed_segment_ids", "packed_positions", "packed_loss_mask")
 KEYS = ("packed_ids", "packed_segment_ids", "packed_branch_ids", "packed_positions", "packed_prev")
 READ_AT = "packed_read_at"
 PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
@@ -148,3 +155,67 @@ def pack_meta(batch, buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarra
 def packed_tokens(batch) -> int:
     """Real tokens a packed batch computes (its prompt counted once per row)."""
     return int(np.sum(np.asarray(batch["packed_segment_ids"]) > 0))
+
+
+def _first_fit(sizes: Sequence[int], row_length: int) -> list[list[int]]:
+    """Indices of the non-empty sizes in rows of ``row_length``: first fit by decreasing size."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        if sizes[i] == 0:
+            continue
+        r = next((r for r, free in enumerate(room) if free >= sizes[i]), None)
+        if r is None:
+            rows.append([])
+            room.append(row_length)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= sizes[i]
+    return rows
+
+
+def pack_examples(
+    examples: Sequence[tuple[np.ndarray, np.ndarray]],
+    row_lengths: Sequence[int],
+    pad_id: int,
+    row_multiple: int = 1,
+) -> dict[str, np.ndarray]:
+    """Packed SFT: each (ids, loss_mask) example (its real tokens) placed whole in a row, first
+    fit by decreasing length; empty examples (padding rows) hold no token and are dropped.
+
+    The row length is the one of ``row_lengths`` (the buckets) that computes the fewest tokens
+    (rows × length; ties: the shorter). The row count is rounded up to a multiple of
+    ``max(row_multiple, ceil(n / 8))`` rounded to ``row_multiple`` (n = len(examples)), so a
+    jitted step compiles for at most 8 row counts per length, and the rows split evenly over the
+    data-parallel devices and micro-batches (``row_multiple``). Padding rows are segment 0 with
+    loss mask 0. Returns ``SFT_KEYS`` arrays [R, L] (int32)."""
+    n = len(examples)
+    mult = max(int(row_multiple), 1)
+    step = mult * -(-max(1, -(-n // 8)) // mult)  # ceil(n/8), rounded up to row_multiple
+    sizes = [len(ids) for ids, _ in examples]
+    longest = max(sizes, default=0)
+    fits = [int(b) for b in sorted(row_lengths) if int(b) >= longest]
+    if not fits:
+        raise ValueError(
+            f"pack_examples: an example has {longest} tokens, past every row length {row_lengths}."
+        )
+    best = None
+    for length in fits:
+        rows = _first_fit(sizes, length)
+        count = max(step, step * -(-len(rows) // step))
+        if best is None or count * length < best[0] * best[1]:
+            best = (count, length, rows)
+    count, length, rows = best
+    out = {k: np.zeros((count, length), np.int32) for k in SFT_KEYS}
+    out["packed_ids"][:] = pad_id
+    for r, members in enumerate(rows):
+        at = 0
+        for seg, i in enumerate(sorted(members), start=1):  # batch order inside a row
+            ids, loss = examples[i]
+            sl = slice(at, at + len(ids))
+            out["packed_ids"][r, sl] = ids
+            out["packed_segment_ids"][r, sl] = seg
+            out["packed_positions"][r, sl] = np.arange(len(ids))
+            out["packed_loss_mask"][r, sl] = loss
+            at += len(ids)
+    return out

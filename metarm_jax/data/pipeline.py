@@ -234,6 +234,8 @@ def iterator(
     num_epochs=None,
     drop_remainder=None,
     shared_prompt: bool = False,
+    pack_sft: bool = False,
+    row_multiple: int = 1,
 ):
     """Batches of one kind of example, from ``cfg`` (``config.data``): records (read from the
     kind's dataset keys, or passed in) -> tokens -> a checkpointable grain DatasetIterator with
@@ -247,7 +249,9 @@ def iterator(
     split     the split to read instead of the kind's configured one (not for meta).
     shuffle, num_epochs, drop_remainder: None takes ``cfg``'s value. drop_remainder=False pads
     the last batch and adds an ``example_mask`` [n]. shared_prompt (preference, meta): pack
-    each prompt with its responses in one row (``metarm_jax.data.packing``).
+    each prompt with its responses in one row (``metarm_jax.data.packing``). pack_sft (sft):
+    several examples per row, the row count a multiple of ``row_multiple`` (the local
+    data-parallel devices times the micro-batches).
     """
     spec_of = KINDS[kind]
     if kind == "meta" and (k is None or k < 1):
@@ -262,6 +266,9 @@ def iterator(
     if shared_prompt and kind not in ("preference", "meta"):
         raise ValueError(f"shared_prompt packs preference and meta batches, not {kind!r} ones.")
     collate.shared_prompt = bool(shared_prompt)
+    if pack_sft and kind != "sft":
+        raise ValueError(f"pack_sft packs sft batches, not {kind!r} ones.")
+    collate.pack_sft, collate.row_multiple = bool(pack_sft), int(row_multiple)
     ds = make_iter_dataset(
         feats,
         collate,

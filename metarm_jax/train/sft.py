@@ -4,7 +4,10 @@
 
 The data layer's SFT batches (`input_ids, attention_mask, loss_mask: [n, T]`) mark the
 assistant tokens and the final EOS with `loss_mask = 1`; prompt and padding positions are in the
-context but never in the loss. The stage runs the one train loop with the paper's schedule
+context but never in the loss. With ``config.data.pack_sft`` (the default) a batch's examples are
+packed several to a row (`packed_ids, packed_segment_ids, packed_positions, packed_loss_mask`,
+``metarm_jax.data.packing.pack_examples``): each example its own segment with its own positions,
+the same examples and the same loss, less padding. The stage runs the one train loop with the paper's schedule
 (`config.sft`: lr 2e-5, 2 epochs, 0.3 epoch warm-up, linear decay to zero; global batch
 `config.data.sft_batch_size` = 32), evaluates validation loss and token accuracy, and writes the
 policy to ``workdir/export/sft`` as an HF ``LlamaForCausalLM`` with the tokenizer.
@@ -16,6 +19,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from metarm_jax import data as D
@@ -34,9 +38,22 @@ from metarm_jax.train import common, loop, optim
 
 def sft_loss_on_batch(logits_fn, params, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Masked next-token cross-entropy of one SFT batch: logits[:, t] predicts input_ids[:, t+1],
-    counted where loss_mask[:, t+1] = 1 (`policy_losses.next_token_targets` + `sft_loss`)."""
-    logits = logits_fn(params, batch["input_ids"], batch["attention_mask"])
-    logits, targets, mask = pl.next_token_targets(logits, batch["input_ids"], batch["loss_mask"])
+    counted where loss_mask[:, t+1] = 1 (`policy_losses.next_token_targets` + `sft_loss`).
+    A packed batch: the same within each segment (a token never predicts the next example's)."""
+    if "packed_ids" in batch:
+        ids, seg = batch["packed_ids"], batch["packed_segment_ids"]
+        layout = {
+            "segment_ids": seg,
+            "branch_ids": jnp.zeros_like(seg),
+            "positions": batch["packed_positions"],
+        }
+        logits = logits_fn(params, ids, None, packing=layout)
+        same = jnp.pad(seg[:, 1:] == seg[:, :-1], ((0, 0), (1, 0)))  # token t follows t-1
+        mask = batch["packed_loss_mask"] * same
+    else:
+        ids, mask = batch["input_ids"], batch["loss_mask"]
+        logits = logits_fn(params, ids, batch["attention_mask"])
+    logits, targets, mask = pl.next_token_targets(logits, ids, mask)
     return pl.sft_loss(logits, targets, mask)
 
 
@@ -75,7 +92,9 @@ def _same_files(path: str, split_a: str, split_b: str, data_dir: str) -> bool:
         return False  # the loader reports a missing split itself, with its own message
 
 
-def layer_data(config) -> common.StageData:
+def layer_data(config, row_multiple: int = 1) -> common.StageData:
+    """Train and validation SFT batches; ``row_multiple``: packed batches' rows split into this
+    many equal parts (this host's data-parallel devices times the micro-batches)."""
     d, s = config.data, config.sft
     if not d.tokenizer_path:
         raise ConfigError(
@@ -104,9 +123,10 @@ def layer_data(config) -> common.StageData:
         train_recs = records
         val_recs = D.load_records("sft", d, tok, split=d.eval_split)
     # the loop decides when to stop
-    train = D.sft_iterator(d, tok, records=train_recs, num_epochs=0)
+    pack = {"pack_sft": bool(d.pack_sft), "row_multiple": row_multiple}
+    train = D.sft_iterator(d, tok, records=train_recs, num_epochs=0, **pack)
     val = lambda: D.sft_iterator(
-        d, tok, records=val_recs, shuffle=False, num_epochs=1, drop_remainder=False
+        d, tok, records=val_recs, shuffle=False, num_epochs=1, drop_remainder=False, **pack
     )
     return common.StageData(
         train={"sft": train}, num_examples=train.num_examples, val=val, tokenizer=tok
@@ -130,9 +150,7 @@ def make_eval_fn(logits_fn, mesh, val: common.Batches, eval_batches: int = 0) ->
         for i, b in enumerate(val()):
             if eval_batches and i >= eval_batches:
                 break
-            seqs = {
-                k: b[k] for k in ("input_ids", "attention_mask", "loss_mask")
-            }  # pad rows: mask 0
+            seqs = {k: v for k, v in b.items() if k != "example_mask"}  # pad rows: loss mask 0
             a, c, n = sharding.to_host(sums(params, sharding.global_batch(mesh, seqs)))
             nll, correct, tokens = nll + float(a), correct + float(c), tokens + float(n)
         return {
@@ -154,7 +172,8 @@ def run_sft(ctx) -> dict[str, Any]:
     config, mesh = ctx.config, ctx.mesh
     s, d = config.sft, config.data
     t = common.stage_train_config(config.train, s)
-    data = layer_data(config)
+    local_dp = max(1, sharding.dp_size(mesh) // jax.process_count())
+    data = layer_data(config, row_multiple=local_dp * int(t.grad_accum))
     per_epoch = data.num_examples / d.sft_batch_size
     total = common.total_steps(
         "sft",
