@@ -7,6 +7,13 @@ Identical weights (our model saved with hf.save_hf, loaded by LlamaForCausalLM),
 (batch 16, left-padded, lengths 8..32) and settings (temperature 0.8, top-p 0.9, repetition
 penalty 1.1, exactly 64 new tokens forced by min_new_tokens = max_new_tokens = 64 on both sides).
 Reports generated tokens/s after compile (best of --repeats), and JAX's compile time separately.
+
+Roofline, measured in the same run: the decode step's weight matmuls alone (every layer's q, k,
+v, o, gate, up, down and the LM head at batch B, one token, in a layer scan as the model runs
+them; no attention, sampling or cache) jitted by XLA on the same CPU. Nothing a decode step does
+is cheaper than its matmuls, so that time is this machine's floor for one step at this batch,
+whether the matmuls are bound by compute or by reading the weights. Our decode step is timed as
+(T(64 new) - T(16 new)) / 48 (prefill and compile cancel), and its ratio to the floor printed.
 """
 
 from __future__ import annotations
@@ -17,6 +24,54 @@ import tempfile
 import time
 
 import numpy as np
+
+
+def matmul_floor(cfg, batch: int, repeats: int = 20) -> tuple[float, float]:
+    """Seconds of one decode step's weight matmuls at ``batch`` (median of ``repeats``) and its
+    GFLOP: the floor a decode step of ``cfg`` cannot beat on this machine."""
+    import jax
+    import jax.numpy as jnp
+
+    e, f, d = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.head_dim or cfg.hidden_size // cfg.num_heads,
+    )
+    h, kv, n = cfg.num_heads * d, cfg.num_kv_heads * d, cfg.num_layers
+    keys = iter(jax.random.split(jax.random.key(0), 9))
+    w = lambda *shape: 0.02 * jax.random.normal(next(keys), shape, jnp.float32)
+    layers = dict(
+        q=w(n, e, h),
+        k=w(n, e, kv),
+        v=w(n, e, kv),
+        o=w(n, h, e),
+        g=w(n, e, f),
+        u=w(n, e, f),
+        dn=w(n, f, e),
+    )
+    head = w(e, cfg.vocab_size)
+    x0 = w(batch, e)
+
+    @jax.jit
+    def step(layers, head, x):
+        def body(x, p):
+            a = x @ p["q"]
+            side = jnp.mean(x @ p["k"] + x @ p["v"], -1, keepdims=True)  # keeps k, v live
+            x = x + a @ p["o"] + 1e-6 * side
+            x = x + (jax.nn.silu(x @ p["g"]) * (x @ p["u"])) @ p["dn"]
+            return x, None
+
+        x, _ = jax.lax.scan(body, x, layers)
+        return x @ head
+
+    jax.block_until_ready(step(layers, head, x0))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(step(layers, head, x0))
+        times.append(time.perf_counter() - t0)
+    gflop = 2 * batch * (n * (e * h + 2 * e * kv + h * e + 3 * e * f) + e * cfg.vocab_size) / 1e9
+    return float(np.median(times)), gflop
 
 
 def main():
@@ -58,14 +113,14 @@ def main():
             ids[i, width - n :] = rs.randint(3, cfg.vocab_size, n)
             mask[i, width - n :] = 1
 
-        def run_jax(seed):
+        def run_jax(seed, new=n_new):
             out = sampling.generate(
                 model,
                 ids,
                 mask,
                 seed,
-                max_new_tokens=n_new,
-                min_new_tokens=n_new,
+                max_new_tokens=new,
+                min_new_tokens=new,
                 num_samples=1,
                 **settings,
             )
@@ -111,18 +166,39 @@ def main():
 
         tok = b * n_new
         jt, ht = tok / min(jax_times), tok / min(hf_times)
-        rows.append((name, cfg.num_params(), jt, ht, jt / ht, compile_s))
+        short = 16
+        run_jax(0, short)  # compile
+        short_s = min(
+            (lambda t0: (run_jax(r + 1, short), time.perf_counter() - t0)[1])(time.perf_counter())
+            for r in range(args.repeats)
+        )
+        step_s = (min(jax_times) - short_s) / (n_new - short)
+        floor_s, gflop = matmul_floor(cfg, b)
+        rows.append((name, cfg.num_params(), jt, ht, jt / ht, compile_s, step_s, floor_s, gflop))
         print(
             f"{name}: jax {jt:,.0f} tok/s ({min(jax_times):.3f}s), HF {ht:,.0f} tok/s "
-            f"({min(hf_times):.3f}s), speed-up {jt / ht:.2f}x, jax compile {compile_s:.1f}s",
+            f"({min(hf_times):.3f}s), speed-up {jt / ht:.2f}x, jax compile {compile_s:.1f}s; "
+            f"decode step {step_s * 1e3:.2f} ms vs matmul floor {floor_s * 1e3:.2f} ms "
+            f"({gflop:.2f} GFLOP, {gflop / floor_s:.0f} GFLOP/s): {step_s / floor_s:.2f}x",
             flush=True,
         )
 
     print(f"load average after: {os.getloadavg()}")
-    print("\n| model | params | JAX tok/s | HF tok/s | speed-up | JAX compile (s) |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, p, jt, ht, s, c in rows:
-        print(f"| {name} | {p / 1e6:.1f}M | {jt:,.0f} | {ht:,.0f} | {s:.2f}x | {c:.1f} |")
+    print(
+        "\n| model | params | JAX tok/s | HF tok/s | speed-up | JAX compile (s) | decode step ms "
+        "| matmul floor ms | step / floor |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, p, jt, ht, s, c, st, fl, _ in rows:
+        print(
+            f"| {name} | {p / 1e6:.1f}M | {jt:,.0f} | {ht:,.0f} | {s:.2f}x | {c:.1f} "
+            f"| {st * 1e3:.2f} | {fl * 1e3:.2f} | {st / fl:.2f}x |"
+        )
+    for name, *_, st, fl, _ in rows:
+        verdict = "met" if st <= 1.25 * fl else "MISSED"
+        print(
+            f"goal {name}: decode step within 1.25x of the matmul floor: {st / fl:.2f}x -> {verdict}"
+        )
 
 
 if __name__ == "__main__":

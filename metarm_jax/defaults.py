@@ -175,6 +175,10 @@ def meta() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.eta = 5e-6  # η, the ascent step on J (paper: 5e-6; sweep 1e-6, 5e-6, 1e-5)
     c.order = "first"  # 'first' (Algorithm 1) | 'second' (differentiate through the ascent)
+    # How order='second' is computed (the same gradient): 'hvp' (∇L at θ', then the Hessian-
+    # vector product of J forward over reverse; least memory) | 'linearize' | 'reverse'
+    # (reverse over reverse through the ascent). bench/README.md has their time and memory.
+    c.second_order = "hvp"
     # 'absolute': θ' = θ + η∇J (the paper; η is a raw gradient step). 'param_fraction' (beyond
     # the paper): ‖θ' − θ‖ = η‖θ‖, the same relative ascent at every model size.
     c.eta_mode = "absolute"

@@ -180,13 +180,20 @@ def test_first_order_equals_manual_composition():
     assert np.linalg.norm(tree_flat(got) - tree_flat(vanilla)) > 1e-2 * np.linalg.norm(b)
 
 
-@pytest.mark.parametrize("order", ["first", "second"])
-def test_meta_grads_match_torch_autograd(order):
+@pytest.mark.parametrize(
+    "order,second_order",
+    [("first", "hvp")] + [("second", s) for s in metarm.SECOND_ORDER],
+)
+def test_meta_grads_match_torch_autograd(order, second_order):
+    """Torch differentiates through the ascent (create_graph); each of our second-order forms
+    (through the ascent, or v + s∇²J v as an HVP) gives its gradient."""
     pref, meta = make_batches(seed=1)
     eta = 0.5
     with jax.enable_x64(True):
         params = make_params(seed=1, dtype=jnp.float64)
-        step = jax.jit(functools.partial(metarm.meta_grads, jax_reward, order=order))
+        step = jax.jit(
+            functools.partial(metarm.meta_grads, jax_reward, order=order, second_order=second_order)
+        )
         got, metrics = step(params, pref, meta, eta)
         got = jax.tree.map(np.asarray, got)
     expected, j, loss = torch_meta_grads(params, pref, meta, eta, order)

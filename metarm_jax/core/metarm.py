@@ -47,6 +47,13 @@ Metrics = dict[str, jax.Array]
 
 ORDERS = ("first", "second")
 ETA_MODES = ("absolute", "param_fraction")
+# How order="second" forms g = ∇_θ L_θ'(X_t) = (I + s∇²J(θ)) ∇_θ' L_θ'(X_t) (s: the ascent step;
+# ∇²J symmetric): 'reverse' differentiates through the ascent (reverse over reverse: the
+# residuals of ∇J's backward are kept for a second backward); 'hvp' takes ∇_θ' L first, then the
+# Hessian-vector product ∇²J(θ)v forward over reverse, recomputing ∇J's forward so that nothing
+# of it is held across the preference pass; 'linearize' the same product from jax.linearize of
+# ∇J (its residuals kept from the ascent instead of recomputed).
+SECOND_ORDER = ("reverse", "hvp", "linearize")
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,8 +194,10 @@ def meta_grads(
     order: str = "first",
     measure_j_prime: bool = False,
     eta_mode: str = "absolute",
+    second_order: str = "hvp",
 ) -> tuple[PyTree, Metrics]:
     """One MetaRM gradient (Algorithm 1); the caller applies it with its optimizer.
+    ``second_order``: how order="second" is computed (``SECOND_ORDER``; the same g).
 
     Returns `(g, metrics)`, g with the structure and dtypes of params. Metrics (float32 scalars):
       loss, accuracy, reward_*   L_θ'(X_t), accuracy and reward stats at θ' (from the forward
@@ -214,6 +223,8 @@ def meta_grads(
         raise ValueError(f"meta order must be one of {ORDERS} (config.meta.order), got {order!r}.")
     if eta_mode not in ETA_MODES:
         raise ValueError(f"meta.eta_mode must be one of {ETA_MODES}, got {eta_mode!r}.")
+    if second_order not in SECOND_ORDER:
+        raise ValueError(f"meta.second_order must be one of {SECOND_ORDER}, got {second_order!r}.")
     J = lambda theta: meta_loss(reward_fn, theta, meta_batch)  # J_θ(X_s)
     L = lambda theta: preference_loss(reward_fn, theta, pref_batch)  # L_θ(X_t), with metrics
 
@@ -231,8 +242,7 @@ def meta_grads(
             metrics["meta/J_prime"] = metrics["meta/J"]
         return g, metrics
 
-    def meta_process(theta):
-        j, grad_j = jax.value_and_grad(J)(theta)  # ∇_θ J_θ(X_s)
+    def step_size(theta, grad_j):
         if eta_mode == "absolute":
             step = eta  # as given (a Python float is cast to each param's dtype once)
         else:  # ‖θ' − θ‖ = η‖θ‖
@@ -240,13 +250,36 @@ def meta_grads(
             step = jax.lax.stop_gradient(
                 jnp.where(gj > 0, eta * global_norm(theta) / jnp.where(gj > 0, gj, 1.0), 0.0)
             )
+        return step
+
+    def meta_process(theta):
+        j, grad_j = jax.value_and_grad(J)(theta)  # ∇_θ J_θ(X_s)
+        step = step_size(theta, grad_j)
         theta_prime = ascend(theta, grad_j, step)  # θ' = θ + η ∇_θ J_θ(X_s)
         return theta_prime, (j, grad_j, step)
+
+    def plus_hvp(v, hv, step):  # v + s·∇²J v, summed in at least float32, in v's dtype
+        def one(a, h):
+            acc = jnp.promote_types(a.dtype, jnp.float32)
+            return (a.astype(acc) + jnp.asarray(step, acc) * h.astype(acc)).astype(a.dtype)
+
+        return jax.tree.map(one, v, hv)
 
     if order == "first":  # g = ∇_θ' L_θ'(X_t)
         theta_prime, (j, grad_j, step) = meta_process(params)
         (_, metrics), g = jax.value_and_grad(L, has_aux=True)(theta_prime)
-    else:  # g = ∇_θ L_θ'(X_t)
+    elif second_order == "hvp":  # g = v + s∇²J(θ)v, v = ∇_θ' L_θ'(X_t)
+        theta_prime, (j, grad_j, step) = meta_process(params)
+        (_, metrics), v = jax.value_and_grad(L, has_aux=True)(theta_prime)
+        _, hv = jax.jvp(jax.grad(J), (params,), (v,))
+        g = plus_hvp(v, hv, step)
+    elif second_order == "linearize":
+        (j, grad_j), lin = jax.linearize(jax.value_and_grad(J), params)
+        step = step_size(params, grad_j)
+        theta_prime = ascend(params, grad_j, step)
+        (_, metrics), v = jax.value_and_grad(L, has_aux=True)(theta_prime)
+        g = plus_hvp(v, lin(v)[1], step)
+    else:  # g = ∇_θ L_θ'(X_t), through the ascent
 
         def outer(theta):  # L_{θ + η ∇J(θ)}(X_t)
             theta_prime, meta_aux = meta_process(theta)

@@ -47,12 +47,18 @@ def metarm_step(
     order: str,
     eta_mode: str = "absolute",
     measure_j_prime: bool = False,
+    second_order: str = "hvp",
 ) -> loop.StepFn:
-    """MetaRM: g = ∇_θ' L_θ'(X_t) at θ' = θ + η∇_θ J_θ(X_s) (order 'first'), or through it."""
+    """MetaRM: g = ∇_θ' L_θ'(X_t) at θ' = θ + η∇_θ J_θ(X_s) (order 'first'), or through it
+    (order 'second', formed as ``second_order`` says: ``metarm.SECOND_ORDER``)."""
     if order not in metarm.ORDERS:
         raise ConfigError(f"config.meta.order={order!r}; expected one of {metarm.ORDERS}.")
     if eta_mode not in metarm.ETA_MODES:
         raise ConfigError(f"config.meta.eta_mode={eta_mode!r}; expected one of {metarm.ETA_MODES}.")
+    if second_order not in metarm.SECOND_ORDER:
+        raise ConfigError(
+            f"config.meta.second_order={second_order!r}; expected one of {metarm.SECOND_ORDER}."
+        )
     eta = float(eta)
 
     def step_fn(params, batch, rng):
@@ -66,6 +72,7 @@ def metarm_step(
             order,
             measure_j_prime=measure_j_prime,
             eta_mode=eta_mode,
+            second_order=second_order,
         )
 
     return step_fn
@@ -193,7 +200,9 @@ def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
         reward_fn, params, *_ = models.split(model)
         mc = config.meta
         step_fn = (
-            metarm_step(reward_fn, mc.eta, mc.order, mc.eta_mode, mc.measure_j_prime)
+            metarm_step(
+                reward_fn, mc.eta, mc.order, mc.eta_mode, mc.measure_j_prime, mc.second_order
+            )
             if with_meta
             else rm_step(reward_fn)
         )
