@@ -17,6 +17,15 @@ jitted train step (grads, clipping, AdamW) on the same batches, median of --reps
 with XLA's FLOP count of each compiled step; PyTorch: LlamaForSequenceClassification with the
 same weights, the same unpacked batches, the same job (BT loss; MetaRM first order: ∇J, the
 ascent θ' = θ + η∇J, ∇L at θ'), then torch.optim.AdamW, 2 threads.
+
+PPO scoring (``--ppo=1``): a roll-out batch of q prompts x r responses, built from the same data
+(each meta example's prompt, the common prefix of its sequences, with r real responses cut to
+Tn = --ppo-tn slots), scored by actor, reference (LM heads), critic (value head) and RM (reward
+head) as ``train/rollout.make_score_fn`` does: unpacked rows [prompt | response] against packed
+rows [prompt | g responses] (g from ``rollout.score_group``); torch: the four unpacked forwards
+(LlamaForCausalLM twice, then the backbone LlamaModel twice: critic and RM heads are one matmul).
+Packed SFT (``--sft=1``): the pairs' chosen sequences as SFT examples, tokens computed per batch of
+``--sft-batch`` (rows x padded length), unpacked vs ``packing.pack_examples``, and the SFT step.
 """
 
 from __future__ import annotations
@@ -58,8 +67,8 @@ def _meta_examples(pairs, k, seed=0):
     return out
 
 
-def load(name, args):
-    """(tokenizer, TokenSpec, pair features, meta features, vocab size)."""
+def load(name, args, k=None):
+    """(tokenizer, TokenSpec, pair features, meta features (k responses), vocab size)."""
     if name == "hh":
         tok = tokenizer.load_tokenizer(args.tokenizer)
         path = os.path.join(SHARED, "data", "hh-rlhf", "harmless-base")
@@ -83,7 +92,7 @@ def load(name, args):
         "right",
     )
     pf = list(F.tokenize_pairs(pairs, tok, spec))  # too-long rows are skipped (and counted)
-    meta = _meta_examples(pairs, args.k)
+    meta = _meta_examples(pairs, k or args.k)
     report = SkipReport("meta (bench)", "skip", 1.0)  # too-long examples are left out, counted
     report.total = len(meta)
     mf = list(F.tokenize_meta(Records(meta, report), tok, spec))
@@ -230,6 +239,43 @@ def run(name, args):
         f"{spec.max_length}, buckets {spec.buckets}; n={args.n} pairs, m={args.m} meta prompts "
         "per step"
     )
+    cfg = llama.LlamaConfig(
+        vocab,
+        args.hidden,
+        args.mlp,
+        args.layers,
+        args.heads,
+        args.heads,
+        max_position_embeddings=4096,
+    )
+    if args.sft:
+        un, pk, real = sft_counts(pf, spec, args.sft_batch)
+        print(
+            f"\nSFT (chosen sequences, batch {args.sft_batch}): tokens computed {un:,} unpacked -> "
+            f"{pk:,} packed ({un / pk:.2f}x fewer); real {real:,}"
+        )
+    if args.ppo:
+        _, _, _, mf_r, _ = load(name, args, k=args.ppo_r)
+        ro = rollout_batches(mf_r, args.ppo_q, args.ppo_r, args.ppo_tn, spec.pad_id)
+        res = ppo_scoring(cfg, ro, args.ppo_r, args.ppo_tn, args.reps, args.torch)
+        (cu, cp), t = res["computed"], res["times"]
+        print(
+            f"\nPPO scoring: {len(ro)} roll-out batches of {args.ppo_q} prompts x {args.ppo_r}, "
+            f"Tn={args.ppo_tn}; g={res['g']} responses per packed row; tokens computed {cu:,} -> "
+            f"{cp:,} ({cu / cp:.2f}x); median batch {res['shape']}, median of {args.reps}:"
+        )
+        tt = t.get("torch")
+        vs_torch = f"{tt:.3f} | {tt / t['packed']:.2f}x" if tt else "- | -"
+        print(
+            "| step | unpacked s | packed s | speed-up | torch s (unpacked) | packed JAX vs torch |"
+        )
+        print("|---|---|---|---|---|---|")
+        print(
+            f"| PPO scoring | {t['unpacked']:.3f} | {t['packed']:.3f} | "
+            f"{t['unpacked'] / t['packed']:.2f}x | {vs_torch} |"
+        )
+    if not args.steps:
+        return
     counts = token_counts(pf, mf, spec, args)
     print(
         "| batch | computed, unpacked | computed, packed | ratio | real, unpacked | real, packed |"
@@ -247,15 +293,6 @@ def run(name, args):
         "unpacked": un_m[i],
         "packed": batches(mf, F.CollateMeta, spec, args.m, True, k=args.k)[i],
     }
-    cfg = llama.LlamaConfig(
-        vocab,
-        args.hidden,
-        args.mlp,
-        args.layers,
-        args.heads,
-        args.heads,
-        max_position_embeddings=4096,
-    )
     jx, model = jax_steps(cfg, pref, meta, args.reps)
     th = torch_steps(model, pref["unpacked"], meta["unpacked"], args.reps) if args.torch else {}
     print(
@@ -278,6 +315,107 @@ def run(name, args):
     print(f"second ÷ first order (packed): time {s2[0] / s1[0]:.2f}, FLOPs {s2[1] / s1[1]:.2f}")
 
 
+def rollout_batches(mf, q, r, tn, pad_id):
+    """Roll-out rows [q*r, W + tn] (a left-padded prompt, a right-padded response of tn slots)
+    from meta examples: the prompt is the common prefix of a meta example's sequences."""
+    out = []
+    groups = [f["samples"] for f in mf if len(f["samples"]) >= r]
+    for start in range(0, len(groups) - q + 1, q):
+        batch = groups[start : start + q]
+        cuts = [packing.common_prefix(list(s[:r])) for s in batch]
+        w = 16 * -(-max(cuts) // 16)
+        ids = np.full((q * r, w + tn), pad_id, np.int32)
+        mask = np.zeros_like(ids)
+        for i, (samples, c) in enumerate(zip(batch, cuts)):
+            for j, seq in enumerate(samples[:r]):
+                row, resp = i * r + j, seq[c : c + tn]
+                ids[row, w - c : w], mask[row, w - c : w] = seq[:c], 1
+                ids[row, w : w + len(resp)], mask[row, w : w + len(resp)] = resp, 1
+        out.append((ids, mask))
+    return out
+
+
+def ppo_scoring(cfg_model, rollouts, r, tn, reps, with_torch):
+    """Tokens and time of the roll-out scoring, unpacked vs packed, and torch unpacked."""
+    import jax.numpy as jnp
+
+    from metarm_jax.models import hf
+    from metarm_jax.train import rollout
+
+    models_ = {
+        h: llama.create(cfg_model, h, seed=i) for i, h in enumerate(("lm", "value", "reward"))
+    }
+    split = {h: models.split(m) for h, m in models_.items()}
+    lm_apply, actor = split["lm"][:2]
+    args = (actor, actor, split["value"][1], split["reward"][1])
+    fns = {
+        "unpacked": rollout.make_score_fn(
+            lm_apply, lm_apply, split["value"][0], split["reward"][0]
+        ),
+        "packed": rollout.make_score_fn(
+            lm_apply, lm_apply, split["value"][0], split["reward"][0], per_prompt=r, cfg=cfg_model
+        ),
+    }
+    n, width = rollouts[0][0].shape
+    g = rollout.score_group(cfg_model, n, r, width - tn, tn, 1)
+    computed_u = sum(ids.size for ids, _ in rollouts)
+    computed_p = sum(ids.shape[0] // g * (ids.shape[1] - tn + g * tn) for ids, _ in rollouts)
+    lengths = [ids.shape[1] for ids, _ in rollouts]
+    ids, mask = rollouts[int(np.argsort(lengths)[len(lengths) // 2])]
+    jids, jmask = jnp.asarray(ids), jnp.asarray(mask)
+    times = {}
+    for name, fn in fns.items():
+        jax.block_until_ready(fn(*args, jids, jmask, tn))  # compile
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args, jids, jmask, tn))
+            ts.append(time.perf_counter() - t0)
+        times[name] = float(np.median(ts))
+    if with_torch:
+        import torch
+        from transformers import LlamaForCausalLM
+
+        torch.set_num_threads(2)
+        with tempfile.TemporaryDirectory() as d:
+            hf.save_hf(models_["lm"], d)
+            lm = LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+        tid, tmask = torch.as_tensor(ids, dtype=torch.long), torch.as_tensor(mask, dtype=torch.long)
+
+        head = torch.zeros(cfg_model.hidden_size, 1)
+
+        def torch_score():
+            out = []
+            with torch.inference_mode():
+                for _ in range(2):  # actor, reference
+                    out.append(lm(input_ids=tid, attention_mask=tmask).logits[:, -tn - 1 : -1])
+                for _ in range(2):  # critic, RM: the backbone, then a one-column head
+                    h = lm.model(input_ids=tid, attention_mask=tmask).last_hidden_state
+                    out.append(h @ head)
+            return out
+
+        torch_score()
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch_score()
+            ts.append(time.perf_counter() - t0)
+        times["torch"] = float(np.median(ts))
+    return dict(g=g, shape=ids.shape, computed=(computed_u, computed_p), times=times)
+
+
+def sft_counts(pf, spec, size, row_multiple=1):
+    """Tokens computed over the data's SFT batches (chosen sequences), unpacked vs packed."""
+    un = pk = real = 0
+    for i in range(0, len(pf) - size + 1, size):
+        seqs = [f["chosen"] for f in pf[i : i + size]]
+        un += size * spec.bucket(max(len(x) for x in seqs))
+        ex = [(x, np.ones_like(x)) for x in seqs]
+        pk += packing.pack_examples(ex, spec.buckets, spec.pad_id, row_multiple)["packed_ids"].size
+        real += sum(len(x) for x in seqs)
+    return un, pk, real
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="hh,quickstart")
@@ -292,6 +430,13 @@ def main():
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--torch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=1, help="the RM / MetaRM step section")
+    p.add_argument("--ppo", type=int, default=1)
+    p.add_argument("--ppo-q", type=int, default=2)
+    p.add_argument("--ppo-r", type=int, default=8)
+    p.add_argument("--ppo-tn", type=int, default=128)
+    p.add_argument("--sft", type=int, default=1)
+    p.add_argument("--sft-batch", type=int, default=32)
     args = p.parse_args()
     print(f"device: {jax.devices()[0].device_kind}; JAX {jax.__version__}")
     for name in args.data.split(","):

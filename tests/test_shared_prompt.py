@@ -1,7 +1,8 @@
 """Shared-prompt packing (metarm_jax.data.packing) is exact: rewards, the preference loss, J, DPO,
 and the vanilla and MetaRM gradients (first and second order) on packed rows equal those of the
 unpacked batch, for uneven response lengths, responses sharing more than the prompt, and masked
-meta samples; and packed SFT (several examples per row, ``packing.pack_examples``) gives the
+meta samples; PPO's roll-out scoring (actor, reference, critic and RM on rows holding a prompt
+and g of its roll-outs) equals the unpacked scoring at every real response token; and packed SFT (several examples per row, ``packing.pack_examples``) gives the
 unpacked batch's SFT loss and gradient. The packed rows are the same whichever side the batch was padded on (tested
 exactly), and the unpacked references use left padding for pairs and right for meta, so both
 sides are compared against. The reference is the unpacked computation of the same model (itself
@@ -266,3 +267,71 @@ def test_packed_sft_loss_and_gradient_equal_unpacked(side):
     assert_close_to_scale(float(mp["sft/token_accuracy"]), float(m["sft/token_accuracy"]), RTOL)
     for a, e in zip(jax.tree.leaves(gp), jax.tree.leaves(g)):
         assert_close_to_scale(np.asarray(a), np.asarray(e), RTOL)
+
+
+# ------------------------------------------------------------------------------------------
+# PPO scoring: a prompt and g of its roll-outs in one row.
+
+
+def _rollout_rows(q=3, r=4, w=10, tn=7, seed=9):
+    """q left-padded prompts of uneven length, each repeated r times, then r responses of Tn
+    slots (a prefix of real tokens; one response is empty, one fills every slot)."""
+    rng = np.random.default_rng(seed)
+    p_len = [10, 4, 7]
+    ids = np.zeros((q * r, w + tn), np.int32)
+    mask = np.zeros_like(ids)
+    lens = rng.integers(1, tn + 1, q * r)
+    lens[1], lens[5] = 0, tn
+    for i in range(q):
+        prompt = rng.integers(3, 64, p_len[i])
+        for j in range(r):
+            row = i * r + j
+            ids[row, w - p_len[i] : w], mask[row, w - p_len[i] : w] = prompt, 1
+            ids[row, w : w + lens[row]] = rng.integers(3, 64, lens[row])
+            mask[row, w : w + lens[row]] = 1
+    return ids, mask, tn
+
+
+@pytest.mark.parametrize("g", [2, 4])
+def test_ppo_scoring_on_packed_rows_equals_unpacked(g):
+    from metarm_jax.train import rollout
+
+    cfg = llama.preset("tiny", vocab_size=64)
+    jitter = lambda tree, seed: jax.tree.map(
+        lambda x: x + 0.05 * jax.random.normal(jax.random.key(seed), x.shape, x.dtype), tree
+    )
+    splits = {
+        head: factory.split(llama.create(cfg, head, seed=s))
+        for head, s in (("lm", 1), ("value", 2), ("reward", 3))
+    }
+    lm_apply, actor = splits["lm"][:2]
+    ref = jitter(actor, 4)
+    value_apply, critic = splits["value"][0], jitter(splits["value"][1], 5)
+    rm_apply, rm_params = splits["reward"][0], jitter(splits["reward"][1], 6)
+    ids, mask, tn = _rollout_rows()
+    args = (actor, ref, critic, rm_params, jnp.asarray(ids), jnp.asarray(mask), tn)
+    plain = rollout.make_score_fn(lm_apply, lm_apply, value_apply, rm_apply)(*args)
+    packed = rollout.make_score_fn(
+        lm_apply, lm_apply, value_apply, rm_apply, per_prompt=4, cfg=cfg, group=g
+    )(*args)
+    real = mask[:, -tn:] > 0
+    assert_close_to_scale(np.asarray(packed["score"]), np.asarray(plain["score"]), RTOL)
+    for key in ("old_logp", "ref_logp", "values"):
+        got, want = np.asarray(packed[key]), np.asarray(plain[key])
+        assert np.isfinite(got).all(), key
+        assert_close_to_scale(got[real], want[real], RTOL, err_msg=key)
+    # the layout computes each prompt once per g roll-outs
+    packed_ids, *_ = rollout.pack_scoring_rows(jnp.asarray(ids), jnp.asarray(mask), tn, g)
+    assert packed_ids.shape == (len(ids) // g, ids.shape[1] - tn + g * tn)
+
+
+def test_score_group_weighs_prompt_tokens_against_attention():
+    cfg = llama.preset("tiny", vocab_size=64)
+    from metarm_jax.train.rollout import score_group
+
+    # a long prompt and short responses: the whole group in one row
+    assert score_group(cfg, rows=64, per_prompt=8, width=256, num_response=8, dp=1) == 8
+    # no prompt to share: unpacked
+    assert score_group(cfg, rows=64, per_prompt=8, width=0, num_response=64, dp=1) == 1
+    # rows / g must stay divisible by the data-parallel devices
+    assert score_group(cfg, rows=16, per_prompt=8, width=256, num_response=8, dp=4) == 4

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from metarm_jax import data as D
-from metarm_jax import models
+from metarm_jax import models, sharding
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
 from metarm_jax.errors import ConfigError
@@ -180,7 +180,16 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
             ref=Frozen(ref_params, p.offload_frozen),
             rm=Frozen(rm_params, p.offload_frozen),
             critic_key="critic",
-            score_fn=make_score_fn(lm_apply, ref_apply, value_apply, rm_apply),
+            score_fn=make_score_fn(
+                lm_apply,
+                ref_apply,
+                value_apply,
+                rm_apply,
+                # data.shared_prompt: a prompt computed once for g of its roll-outs
+                per_prompt=int(p.rollouts_per_query) if config.data.shared_prompt else 0,
+                cfg=actor_model.cfg,
+                dp=sharding.dp_size(mesh),
+            ),
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
             eos_id=tok.eos_token_id,
             timer=timer,

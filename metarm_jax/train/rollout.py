@@ -58,22 +58,105 @@ def response_logprobs(lm_apply, params, ids, mask, num_response: int):
 # --------------------------------------------------------------------------------------------
 
 
-def make_score_fn(lm_apply, ref_apply, value_apply, rm_apply):
-    """Roll-out scoring: (actor, ref, critic, rm params, ids [N, T], mask [N, T], Tn) ->
-    {score [N], old_logp, ref_logp, values [N, Tn]}; one jitted forward of each model."""
+def score_group(cfg, rows: int, per_prompt: int, width: int, num_response: int, dp: int) -> int:
+    """How many of a prompt's roll-outs one packed scoring row holds: the divisor g of
+    ``per_prompt`` (keeping rows/g divisible by the ``dp`` data-parallel devices) whose rows
+    [prompt | response_1 | ... | response_g] cost the fewest FLOPs (weights 2·P per token, plus
+    attention 4·L²·H·D per layer over the row's L = width + g·num_response tokens: longer rows
+    save prompt tokens but pay attention quadratically). 1 means unpacked."""
+    hd = cfg.num_heads * (cfg.head_dim or cfg.hidden_size // cfg.num_heads)
+    per_token = 2.0 * cfg.num_params()
 
-    def score(actor, ref, critic, rm, ids, mask, num_response):
-        old_logp, _ = response_logprobs(lm_apply, actor, ids, mask, num_response)
-        ref_logp, _ = response_logprobs(ref_apply, ref, ids, mask, num_response)
-        values = response_slice(value_apply(critic, ids, mask), num_response)
+    def cost(g):
+        length = width + g * num_response
+        return rows / g * (length * per_token + cfg.num_layers * 4.0 * length**2 * hd)
+
+    fits = [g for g in range(1, per_prompt + 1) if per_prompt % g == 0 and (rows // g) % dp == 0]
+    return min(fits, key=lambda g: (cost(g), g))
+
+
+def pack_scoring_rows(ids: jax.Array, mask: jax.Array, num_response: int, g: int):
+    """Roll-out rows [N, W + Tn] (a left-padded prompt, then a response of Tn slots; every g
+    consecutive rows share their prompt) -> N/g packed rows [prompt | response_1 | ... |
+    response_g] (``llama.Packing``: one segment, the prompt branch 0, response b branch b, every
+    token at its unpacked position), the index in the packed row of the output that predicts
+    each response slot [g, Tn] (static), and the reward read-out (each response's last token;
+    the prompt's last for an empty one) [N/g, g]."""
+    n, t = ids.shape
+    w, rows = t - num_response, n // g
+    ids3, mask3 = ids.reshape(rows, g, t), mask.reshape(rows, g, t).astype(jnp.int32)
+    p_mask, r_mask = mask3[:, 0, :w], mask3[:, :, w:]  # [rows, W], [rows, g, Tn]
+    packed_ids = jnp.concatenate([ids3[:, 0, :w], ids3[:, :, w:].reshape(rows, -1)], axis=1)
+    seg = jnp.concatenate([p_mask, r_mask.reshape(rows, -1)], axis=1)
+    branch = np.concatenate(
+        [np.zeros(w, np.int32), np.repeat(np.arange(1, g + 1, dtype=np.int32), num_response)]
+    )
+    p_len = p_mask.sum(-1)
+    p_pos = jnp.maximum(jnp.cumsum(p_mask, -1) - 1, 0)
+    r_pos = p_len[:, None, None] + jnp.maximum(jnp.cumsum(r_mask, -1) - 1, 0)
+    layout = {
+        "segment_ids": seg,
+        "branch_ids": jnp.broadcast_to(jnp.asarray(branch), seg.shape),
+        "positions": jnp.concatenate([p_pos, r_pos.reshape(rows, -1)], axis=1),
+    }
+    start = w + num_response * np.arange(g)  # each response's first slot in the packed row
+    predict = start[:, None] + np.arange(num_response)[None, :] - 1
+    predict[:, 0] = w - 1  # a response's first token is predicted by the prompt's last
+    n_resp = r_mask.sum(-1)
+    read_at = jnp.where(n_resp > 0, jnp.asarray(start)[None, :] + n_resp - 1, w - 1)
+    return packed_ids, layout, predict, read_at.astype(jnp.int32)
+
+
+def make_score_fn(
+    lm_apply, ref_apply, value_apply, rm_apply, *, per_prompt=0, cfg=None, dp=1, group=0
+):
+    """Roll-out scoring: (actor, ref, critic, rm params, ids [N, T], mask [N, T], Tn) ->
+    {score [N], old_logp, ref_logp, values [N, Tn]}; one jitted forward of each model.
+
+    ``per_prompt`` > 0 (the roll-outs per prompt, consecutive rows; ``cfg`` the actor's
+    LlamaConfig, ``dp`` the data-parallel devices): each forward runs on packed rows that hold
+    one prompt and g of its responses (``score_group``), so the prompt is computed once for g;
+    the outputs are those of the unpacked rows at every response slot that is a real token.
+    ``group`` > 0 fixes g instead (a divisor of per_prompt)."""
+
+    def score(actor, ref, critic, rm, ids, mask, num_response, g):
+        if g == 1:
+            old_logp, _ = response_logprobs(lm_apply, actor, ids, mask, num_response)
+            ref_logp, _ = response_logprobs(ref_apply, ref, ids, mask, num_response)
+            values = response_slice(value_apply(critic, ids, mask), num_response)
+            score = rm_apply(rm, ids, mask)
+        else:
+            packed, layout, predict, read_at = pack_scoring_rows(ids, mask, num_response, g)
+            n = ids.shape[0]
+            at = jnp.asarray(predict.reshape(-1))
+            # [N/g, L, ...] -> the outputs that predict each response slot, [N, Tn, ...]
+            take = lambda x: jnp.take(x, at, axis=1).reshape(n, num_response, *x.shape[2:])
+            targets = ids[:, -num_response:]
+            old_logp, _ = pl.logprobs_and_entropy(
+                take(lm_apply(actor, packed, None, packing=layout)), targets
+            )
+            ref_logp, _ = pl.logprobs_and_entropy(
+                take(ref_apply(ref, packed, None, packing=layout)), targets
+            )
+            values = take(value_apply(critic, packed, None, packing=layout))
+            score = rm_apply(rm, packed, None, packing=dict(layout, read_at=read_at)).reshape(n)
         return {
-            "score": rm_apply(rm, ids, mask).astype(jnp.float32),
+            "score": score.astype(jnp.float32),
             "old_logp": old_logp,
             "ref_logp": ref_logp,
             "values": values.astype(jnp.float32),
         }
 
-    return jax.jit(score, static_argnums=6)
+    jitted = jax.jit(score, static_argnums=(6, 7))
+
+    def call(actor, ref, critic, rm, ids, mask, num_response):
+        n, t = ids.shape
+        g = 1
+        if per_prompt > 1:
+            g = group or score_group(cfg, n, per_prompt, t - num_response, num_response, dp)
+        return jitted(actor, ref, critic, rm, ids, mask, num_response, g)
+
+    return call
 
 
 def advantages(
