@@ -254,6 +254,13 @@ def run(name, args):
             f"\nSFT (chosen sequences, batch {args.sft_batch}): tokens computed {un:,} unpacked -> "
             f"{pk:,} packed ({un / pk:.2f}x fewer); real {real:,}"
         )
+        st = sft_step_times(cfg, pf, spec, args.sft_step_batch, args.reps)
+        (su, fu, bu), (sp, fp, bp) = st["unpacked"], st["packed"]
+        print(
+            f"SFT step on the median batch of {args.sft_step_batch}: unpacked "
+            f"{bu['input_ids'].shape} {su:.3f} s ({fu:.1f} GFLOP) -> packed "
+            f"{bp['packed_ids'].shape} {sp:.3f} s ({fp:.1f} GFLOP): {su / sp:.2f}x"
+        )
     if args.ppo:
         _, _, _, mf_r, _ = load(name, args, k=args.ppo_r)
         ro = rollout_batches(mf_r, args.ppo_q, args.ppo_r, args.ppo_tn, spec.pad_id)
@@ -416,6 +423,43 @@ def sft_counts(pf, spec, size, row_multiple=1):
     return un, pk, real
 
 
+def sft_step_times(cfg_model, pf, spec, size, reps):
+    """The SFT train step (grads, clipping, AdamW) on the batch of median padded length,
+    unpacked vs packed: {layout: (s/step, XLA GFLOP)}."""
+    from metarm_jax.train import sft
+
+    groups = [pf[i : i + size] for i in range(0, len(pf) - size + 1, size)]
+    lengths = [spec.bucket(max(len(f["chosen"]) for f in g)) for g in groups]
+    group = groups[int(np.argsort(lengths)[len(lengths) // 2])]
+    feats = [{"ids": f["chosen"], "loss": np.ones_like(f["chosen"])} for f in group]
+    collate = F.CollateSFT(spec)
+    layouts = {"unpacked": collate(feats)}
+    collate.pack_sft = True
+    layouts["packed"] = collate(feats)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    tcfg = config_lib.base_config().train
+    out = {}
+    with jax.set_mesh(mesh):
+        model = llama.create(cfg_model, "lm", seed=0, mesh=mesh)
+        logits_fn, params, *_ = models.split(model)
+        opt, sched = optim.optimizer(tcfg, 1000)
+        shard = loop.state_shardings(mesh, params, opt)
+        for layout, b in layouts.items():
+            batch = {"sft": b}
+            state = loop.init_state(params, opt, 0, shard)
+            step = loop.jit_train_step(
+                loop.make_train_step(sft.sft_step(logits_fn), opt, sched), mesh, shard, batch
+            )
+            gb = sharding.global_batch(mesh, batch)
+            compiled = step.lower(state, gb).compile()
+            cost = compiled.cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            step_s, state = time_steps(compiled, state, gb, reps)
+            out[layout] = (step_s, float(cost.get("flops", float("nan"))) / 1e9, b)
+            del state
+    return out
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", default="hh,quickstart")
@@ -437,6 +481,7 @@ def main():
     p.add_argument("--ppo-tn", type=int, default=128)
     p.add_argument("--sft", type=int, default=1)
     p.add_argument("--sft-batch", type=int, default=32)
+    p.add_argument("--sft-step-batch", type=int, default=8)
     args = p.parse_args()
     print(f"device: {jax.devices()[0].device_kind}; JAX {jax.__version__}")
     for name in args.data.split(","):

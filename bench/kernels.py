@@ -1,0 +1,271 @@
+"""Forward+backward at equal work, piece by piece: where JAX (XLA:CPU) loses to PyTorch.
+
+    python bench/kernels.py                    # llama_100m shapes, B x T = 2 x 128
+    python bench/kernels.py --flags=0          # the pieces only, no XLA flag sweep
+
+Part 1, the pieces of one fwd+bwd of the llama_100m model (106M; bench/forward.py times the
+whole), each jitted alone in JAX and run in torch (2 threads) on the same arrays, median of
+--repeats, as tokens/s and the JAX/torch ratio:
+  layer matmuls   one decoder layer's seven projections (q, k, v, o, gate, up, down), fwd+bwd
+  attention       scores, causal mask, softmax, weighted values of one layer, fwd+bwd
+                  (ours: einsum + where + softmax; jax.nn.dot_product_attention beside it)
+  lm head + CE    the [E, V] head and the log-softmax cross-entropy, fwd+bwd
+  embedding       the gather and its gradient (a scatter-add into [V, E]); beside it the
+                  gradient as a one-hot matmul
+Part 2, XLA:CPU flags: the whole model's fwd+bwd (scan over layers) in a fresh process per flag
+set, tokens/s, with torch's timed in this process before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+FLAG_SETS = [
+    "",
+    "--xla_cpu_use_onednn=true",
+    "--xla_cpu_experimental_onednn_custom_call=true",
+    "--xla_cpu_use_xnnpack=true",
+    "--xla_cpu_enable_fast_math=true",
+    "--xla_cpu_prefer_vector_width=512",
+    "--xla_cpu_multi_thread_eigen=false",
+    "--xla_cpu_use_thunk_runtime=false",
+]
+
+
+def median_time(fn, repeats):
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def pieces(b, t, repeats):
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    from metarm_jax.models import llama
+
+    torch.set_num_threads(2)
+    cfg = llama.preset("llama_100m")
+    e, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    h, d = cfg.num_heads, cfg.head_dim
+    rng = np.random.default_rng(0)
+    arr = lambda *s: (0.02 * rng.standard_normal(s)).astype(np.float32)
+    x = arr(b, t, e)
+    w = {
+        k: arr(*s)
+        for k, s in dict(
+            q=(e, h * d),
+            k=(e, h * d),
+            v=(e, h * d),
+            o=(h * d, e),
+            gate=(e, f),
+            up=(e, f),
+            down=(f, e),
+        ).items()
+    }
+    qkv = [arr(b, h, t, d) for _ in range(3)]
+    head = arr(e, v)
+    ids = rng.integers(0, v, (b, t))
+    table = arr(v, e)
+    rows = []
+
+    def both(name, jax_fn, jax_args, torch_fn):
+        jf = jax.jit(jax_fn)
+        jargs = [jax.tree.map(jnp.asarray, a) for a in jax_args]
+        jt = median_time(lambda: jax.block_until_ready(jf(*jargs)), repeats)
+        tt = median_time(torch_fn, repeats)
+        rows.append((name, b * t / jt, b * t / tt, tt / jt))
+        print(
+            f"  {name:34s} jax {b * t / jt:>10,.0f} tok/s  torch {b * t / tt:>10,.0f}  "
+            f"ratio {tt / jt:.2f}x",
+            flush=True,
+        )
+
+    # ---- layer matmuls
+    def layer(w, x):
+        q, k, vv = x @ w["q"], x @ w["k"], x @ w["v"]
+        y = x + (q + k + vv) @ w["o"]
+        return jnp.sum(y + (jax.nn.silu(y @ w["gate"]) * (y @ w["up"])) @ w["down"])
+
+    tw = {k: torch.tensor(a, requires_grad=True) for k, a in w.items()}
+    tx = torch.tensor(x, requires_grad=True)
+
+    def t_layer():
+        q, k, vv = tx @ tw["q"], tx @ tw["k"], tx @ tw["v"]
+        y = tx + (q + k + vv) @ tw["o"]
+        out = (y + (torch.nn.functional.silu(y @ tw["gate"]) * (y @ tw["up"])) @ tw["down"]).sum()
+        out.backward()
+
+    both("layer matmuls fwd+bwd", jax.grad(layer, argnums=(0, 1)), (w, x), t_layer)
+
+    # ---- attention core
+    causal = np.tril(np.ones((t, t), bool))
+
+    def attn_ours(q, k, vv):
+        s = jnp.einsum("bhtd,bhsd->bhts", q, k) / np.sqrt(d)
+        s = jnp.where(causal, s, jnp.finfo(jnp.float32).min)
+        return jnp.sum(jnp.einsum("bhts,bhsd->bhtd", jax.nn.softmax(s, -1), vv))
+
+    def attn_lib(q, k, vv):  # [B, T, H, D] layout
+        tr = lambda z: jnp.swapaxes(z, 1, 2)
+        return jnp.sum(jax.nn.dot_product_attention(tr(q), tr(k), tr(vv), is_causal=True))
+
+    tq = [torch.tensor(a, requires_grad=True) for a in qkv]
+
+    def t_attn():
+        out = torch.nn.functional.scaled_dot_product_attention(*tq, is_causal=True).sum()
+        out.backward()
+
+    both("attention fwd+bwd (ours: einsum)", jax.grad(attn_ours, argnums=(0, 1, 2)), qkv, t_attn)
+    both("attention fwd+bwd (jax.nn.dpa)", jax.grad(attn_lib, argnums=(0, 1, 2)), qkv, t_attn)
+
+    # ---- lm head + cross-entropy
+    y = arr(b, t, e)
+
+    def head_ce(hd, y):
+        logp = jax.nn.log_softmax(y @ hd, -1)
+        return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(ids)[..., None], -1))
+
+    th, ty = torch.tensor(head, requires_grad=True), torch.tensor(y, requires_grad=True)
+    tids = torch.tensor(ids)
+
+    def t_head():
+        logits = ty @ th
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, v), tids.reshape(-1))
+        loss.backward()
+
+    both("lm head + CE fwd+bwd", jax.grad(head_ce, argnums=(0, 1)), (head, y), t_head)
+
+    # ---- embedding gather + gradient
+    cot = arr(b, t, e)
+
+    def emb(tb):
+        return jnp.sum(jnp.take(tb, jnp.asarray(ids), axis=0) * cot)
+
+    def emb_onehot(tb):
+        oh = jax.nn.one_hot(jnp.asarray(ids), v, dtype=tb.dtype)
+        return jnp.sum((oh @ tb) * cot)
+
+    tt_ = torch.tensor(table, requires_grad=True)
+    tcot = torch.tensor(cot)
+
+    def t_emb():
+        (torch.nn.functional.embedding(tids, tt_) * tcot).sum().backward()
+
+    both("embedding fwd+bwd (gather/scatter)", jax.grad(emb), (table,), t_emb)
+    both("embedding fwd+bwd (one-hot matmul)", jax.grad(emb_onehot), (table,), t_emb)
+    return rows
+
+
+CHILD = r"""
+import json, os, sys, time
+import numpy as np, jax, jax.numpy as jnp
+from flax import nnx
+from metarm_jax.models import llama
+b, t, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+cfg = llama.preset("llama_100m")
+model = llama.create(cfg, "lm", seed=0)
+gd, params = nnx.split(model, nnx.Param)
+ids = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (b, t)), jnp.int32)
+def loss(p):
+    logits = nnx.merge(gd, p)(ids, None)
+    logp = jax.nn.log_softmax(logits[:, :-1], -1)
+    return -jnp.take_along_axis(logp, ids[:, 1:, None], -1).mean()
+f = jax.jit(jax.value_and_grad(loss))
+jax.block_until_ready(f(params))
+ts = []
+for _ in range(reps):
+    t0 = time.perf_counter(); jax.block_until_ready(f(params)); ts.append(time.perf_counter() - t0)
+print(json.dumps({"tok_s": b * t / float(np.median(ts)), "loss": float(f(params)[0])}))
+"""
+
+
+def torch_whole(b, t, repeats):
+    import tempfile
+
+    import torch
+    import transformers
+
+    from metarm_jax.models import hf, llama
+
+    torch.set_num_threads(2)
+    cfg = llama.preset("llama_100m")
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_hf(llama.create(cfg, "lm", seed=0), d)
+        m = transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32)
+    ids = torch.tensor(np.random.default_rng(0).integers(3, cfg.vocab_size, (b, t)))
+
+    def step():
+        m.zero_grad(set_to_none=True)
+        m(input_ids=ids, labels=ids).loss.backward()
+
+    return b * t / median_time(step, repeats)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--flags", type=int, default=1)
+    args = ap.parse_args()
+    import jax
+    import torch
+
+    print(
+        f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
+        f"llama_100m shapes, B x T = {args.batch} x {args.seq}"
+    )
+    print("\npart 1: the pieces, fwd+bwd, JAX vs torch")
+    pieces(args.batch, args.seq, args.repeats)
+    if not args.flags:
+        return
+    print("\npart 2: XLA:CPU flags, the whole model fwd+bwd (scan), fresh process per flag set")
+    before = torch_whole(args.batch, args.seq, 3)
+    print(f"  torch fwd+bwd: {before:,.0f} tok/s (before)", flush=True)
+    results = []
+    for flags in FLAG_SETS:
+        env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(args.batch), str(args.seq), "3"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode:
+            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"  {flags or '(defaults)':48s} failed: {tail[:120]}", flush=True)
+            continue
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        results.append((flags, r["tok_s"]))
+        print(
+            f"  {flags or '(defaults)':48s} {r['tok_s']:>8,.0f} tok/s  loss {r['loss']:.6f}  "
+            f"vs torch {r['tok_s'] / before:.2f}x",
+            flush=True,
+        )
+    after = torch_whole(args.batch, args.seq, 3)
+    print(f"  torch fwd+bwd: {after:,.0f} tok/s (after)")
+    if results:
+        best = max(results, key=lambda r: r[1])
+        torch_mean = (before + after) / 2
+        verdict = "met" if best[1] >= 0.8 * torch_mean else "MISSED"
+        print(
+            f"goal fwd+bwd >= 0.8x torch: best {best[0] or '(defaults)'} "
+            f"{best[1] / torch_mean:.2f}x -> {verdict}"
+        )
+
+
+if __name__ == "__main__":
+    main()
