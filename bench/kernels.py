@@ -14,6 +14,9 @@ whole), each jitted alone in JAX and run in torch (2 threads) on the same arrays
                   gradient as a one-hot matmul
 Part 2, XLA:CPU flags: the whole model's fwd+bwd (scan over layers) in a fresh process per flag
 set, tokens/s, with torch's timed in this process before and after.
+Part 3, the layer loop: the same whole fwd+bwd with the scan unrolled 1, 2, 4 and 8 (all) layers
+per iteration (``model.scan_unroll``) and as a Python loop (``scan_layers=False``), with compile
+time; torch before and after.
 """
 
 from __future__ import annotations
@@ -21,11 +24,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import subprocess
 import sys
-import time
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench.forward import best_time as median_time
 
 FLAG_SETS = [
     "",
@@ -37,16 +43,6 @@ FLAG_SETS = [
     "--xla_cpu_multi_thread_eigen=false",
     "--xla_cpu_use_thunk_runtime=false",
 ]
-
-
-def median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def pieces(b, t, repeats):
@@ -175,7 +171,9 @@ import numpy as np, jax, jax.numpy as jnp
 from flax import nnx
 from metarm_jax.models import llama
 b, t, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-cfg = llama.preset("llama_100m")
+scan, unroll = sys.argv[4] == "1", int(sys.argv[5])
+cfg = llama.preset("llama_100m", scan_layers=scan, scan_unroll=unroll)
+t0 = time.perf_counter()
 model = llama.create(cfg, "lm", seed=0)
 gd, params = nnx.split(model, nnx.Param)
 ids = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (b, t)), jnp.int32)
@@ -185,10 +183,12 @@ def loss(p):
     return -jnp.take_along_axis(logp, ids[:, 1:, None], -1).mean()
 f = jax.jit(jax.value_and_grad(loss))
 jax.block_until_ready(f(params))
+compile_s = time.perf_counter() - t0
 ts = []
 for _ in range(reps):
     t0 = time.perf_counter(); jax.block_until_ready(f(params)); ts.append(time.perf_counter() - t0)
-print(json.dumps({"tok_s": b * t / float(np.median(ts)), "loss": float(f(params)[0])}))
+print(json.dumps({"tok_s": b * t / float(np.median(ts)), "loss": float(f(params)[0]),
+                  "compile_s": compile_s}))
 """
 
 
@@ -220,6 +220,7 @@ def main():
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--flags", type=int, default=1)
+    ap.add_argument("--unroll", type=int, default=1)
     args = ap.parse_args()
     import jax
     import torch
@@ -228,43 +229,72 @@ def main():
         f"jax {jax.__version__}, torch {torch.__version__}, {os.cpu_count()} CPUs; "
         f"llama_100m shapes, B x T = {args.batch} x {args.seq}"
     )
-    print("\npart 1: the pieces, fwd+bwd, JAX vs torch")
-    pieces(args.batch, args.seq, args.repeats)
-    if not args.flags:
-        return
-    print("\npart 2: XLA:CPU flags, the whole model fwd+bwd (scan), fresh process per flag set")
+    if args.repeats:
+        print("\npart 1: the pieces, fwd+bwd, JAX vs torch")
+        pieces(args.batch, args.seq, args.repeats)
+    if args.flags:
+        flag_sweep(args)
+    if args.unroll:
+        unroll_sweep(args)
+
+
+def child(args, flags="", scan=True, unroll=1):
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(args.batch),
+            str(args.seq),
+            "3",
+            str(int(scan)),
+            str(unroll),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode:
+        return None, (proc.stderr.strip().splitlines() or ["?"])[-1][:120]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), ""
+
+
+def sweep(args, title, runs):
+    """Whole-model fwd+bwd in a fresh process per (name, XLA_FLAGS, scan, unroll) of ``runs``,
+    bracketed by torch's fwd+bwd timed here before and after; ratios against their mean."""
+    print(f"\n{title}")
     before = torch_whole(args.batch, args.seq, 3)
     print(f"  torch fwd+bwd: {before:,.0f} tok/s (before)", flush=True)
-    results = []
-    for flags in FLAG_SETS:
-        env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
-        proc = subprocess.run(
-            [sys.executable, "-c", CHILD, str(args.batch), str(args.seq), "3"],
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode:
-            tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"  {flags or '(defaults)':48s} failed: {tail[:120]}", flush=True)
+    rows = []
+    for name, flags, scan, unroll in runs:
+        r, err = child(args, flags, scan, unroll)
+        if r is None:
+            print(f"  {name:48s} failed: {err}", flush=True)
             continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        results.append((flags, r["tok_s"]))
+        rows.append((name, r["tok_s"]))
         print(
-            f"  {flags or '(defaults)':48s} {r['tok_s']:>8,.0f} tok/s  loss {r['loss']:.6f}  "
-            f"vs torch {r['tok_s'] / before:.2f}x",
+            f"  {name:48s} {r['tok_s']:>8,.0f} tok/s  compile {r['compile_s']:5.1f} s  "
+            f"loss {r['loss']:.6f}",
             flush=True,
         )
     after = torch_whole(args.batch, args.seq, 3)
-    print(f"  torch fwd+bwd: {after:,.0f} tok/s (after)")
-    if results:
-        best = max(results, key=lambda r: r[1])
-        torch_mean = (before + after) / 2
-        verdict = "met" if best[1] >= 0.8 * torch_mean else "MISSED"
-        print(
-            f"goal fwd+bwd >= 0.8x torch: best {best[0] or '(defaults)'} "
-            f"{best[1] / torch_mean:.2f}x -> {verdict}"
-        )
+    mean = (before + after) / 2
+    print(f"  torch fwd+bwd: {after:,.0f} tok/s (after); mean {mean:,.0f}")
+    for name, tok_s in rows:
+        verdict = "met" if tok_s >= 0.8 * mean else "missed"
+        print(f"  {name:48s} vs torch {tok_s / mean:.2f}x (goal >= 0.8x: {verdict})")
+
+
+def flag_sweep(args):
+    runs = [(flags or "(defaults)", flags, True, 1) for flags in FLAG_SETS]
+    sweep(args, "part 2: XLA:CPU flags, whole model fwd+bwd (scan), fresh process each", runs)
+
+
+def unroll_sweep(args):
+    runs = [(f"scan, unroll {u}", "", True, u) for u in (1, 2, 4, 8)]
+    runs.append(("Python loop (scan_layers=False)", "", False, 1))
+    sweep(args, "part 3: the layer loop, whole model fwd+bwd, fresh process each", runs)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax
 import numpy as np
 
-from bench.metarm_step import time_steps
+from bench.metarm_step import time_train_step
 from metarm_jax import config_lib, models, sharding
 from metarm_jax.data import features as F
 from metarm_jax.data import packing, readers, tokenizer
@@ -126,16 +126,21 @@ def token_counts(pf, mf, spec, args):
     return out
 
 
+def train_setup(cfg_model, head, mesh):
+    """A fresh model of ``cfg_model`` on ``mesh`` and the loop's optimizer: (model, apply,
+    params, opt, sched, shard). Call inside ``jax.set_mesh(mesh)``."""
+    model = llama.create(cfg_model, head, seed=0, mesh=mesh)
+    apply, params, *_ = models.split(model)
+    opt, sched = optim.optimizer(config_lib.base_config().train, 1000)
+    return model, apply, params, opt, sched, loop.state_shardings(mesh, params, opt)
+
+
 def jax_steps(cfg_model, pref, meta, reps):
     """{(step, layout): (s/step, XLA GFLOP)} and the model (for the torch copy)."""
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    tcfg = config_lib.base_config().train
     out = {}
     with jax.set_mesh(mesh):
-        model = llama.create(cfg_model, "reward", seed=0, mesh=mesh)
-        reward_fn, params, *_ = models.split(model)
-        opt, sched = optim.optimizer(tcfg, 1000)
-        shard = loop.state_shardings(mesh, params, opt)
+        model, reward_fn, params, opt, sched, shard = train_setup(cfg_model, "reward", mesh)
         for layout in ("unpacked", "packed"):
             p, mt = pref[layout], meta[layout]
             for name, step_fn, batch in (
@@ -143,18 +148,8 @@ def jax_steps(cfg_model, pref, meta, reps):
                 ("MetaRM 1st", rm.metarm_step(reward_fn, ETA, "first"), {"pref": p, "meta": mt}),
                 ("MetaRM 2nd", rm.metarm_step(reward_fn, ETA, "second"), {"pref": p, "meta": mt}),
             ):
-                state = loop.init_state(params, opt, 0, shard)
-                step = loop.jit_train_step(
-                    loop.make_train_step(step_fn, opt, sched), mesh, shard, batch
-                )
-                gb = sharding.global_batch(mesh, batch)
-                compiled = step.lower(state, gb).compile()
-                cost = compiled.cost_analysis()
-                cost = cost[0] if isinstance(cost, list) else cost
-                flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-                step_s, state = time_steps(compiled, state, gb, reps)
-                out[(name, layout)] = (step_s, flops / 1e9)
-                del state
+                r = time_train_step(step_fn, batch, params, opt, sched, shard, mesh, reps)
+                out[(name, layout)] = (r["step_s"], r["gflop"])
     return out, model
 
 
@@ -437,26 +432,14 @@ def sft_step_times(cfg_model, pf, spec, size, reps):
     collate.pack_sft = True
     layouts["packed"] = collate(feats)
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
-    tcfg = config_lib.base_config().train
     out = {}
     with jax.set_mesh(mesh):
-        model = llama.create(cfg_model, "lm", seed=0, mesh=mesh)
-        logits_fn, params, *_ = models.split(model)
-        opt, sched = optim.optimizer(tcfg, 1000)
-        shard = loop.state_shardings(mesh, params, opt)
+        _, logits_fn, params, opt, sched, shard = train_setup(cfg_model, "lm", mesh)
         for layout, b in layouts.items():
-            batch = {"sft": b}
-            state = loop.init_state(params, opt, 0, shard)
-            step = loop.jit_train_step(
-                loop.make_train_step(sft.sft_step(logits_fn), opt, sched), mesh, shard, batch
+            r = time_train_step(
+                sft.sft_step(logits_fn), {"sft": b}, params, opt, sched, shard, mesh, reps
             )
-            gb = sharding.global_batch(mesh, batch)
-            compiled = step.lower(state, gb).compile()
-            cost = compiled.cost_analysis()
-            cost = cost[0] if isinstance(cost, list) else cost
-            step_s, state = time_steps(compiled, state, gb, reps)
-            out[layout] = (step_s, float(cost.get("flops", float("nan"))) / 1e9, b)
-            del state
+            out[layout] = (r["step_s"], r["gflop"], b)
     return out
 
 

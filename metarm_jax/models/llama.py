@@ -62,6 +62,7 @@ class LlamaConfig:
     param_dtype: str = "float32"  # storage dtype of the weights
     remat: str = "none"  # one of REMAT_POLICIES
     scan_layers: bool = True
+    scan_unroll: int = 1  # layers per scan iteration (lax.scan's unroll); 1: no unrolling
 
     def __post_init__(self):
         if self.head_dim == 0:
@@ -387,7 +388,10 @@ class Llama(nnx.Module):
                 return (x, kv), None
 
             (x, new_kv), _ = jax.lax.scan(
-                body, (x, kv_all), (layer_params, jnp.arange(cfg.num_layers))
+                body,
+                (x, kv_all),
+                (layer_params, jnp.arange(cfg.num_layers)),
+                unroll=max(1, int(cfg.scan_unroll)),
             )
         else:
             new_kv = kv_all

@@ -58,18 +58,29 @@ def response_logprobs(lm_apply, params, ids, mask, num_response: int):
 # --------------------------------------------------------------------------------------------
 
 
+# Attention's FLOPs (scores, softmax, weighted values over a dense [L, L] mask) ran at about a
+# third of the projections' rate on XLA:CPU in bench/kernels.py (part 1: 68 vs 208 GFLOP/s at
+# llama_100m shapes), so score_group counts each of them three times.
+ATTENTION_FLOP_WEIGHT = 3.0
+
+
 def score_group(cfg, rows: int, per_prompt: int, width: int, num_response: int, dp: int) -> int:
     """How many of a prompt's roll-outs one packed scoring row holds: the divisor g of
     ``per_prompt`` (keeping rows/g divisible by the ``dp`` data-parallel devices) whose rows
-    [prompt | response_1 | ... | response_g] cost the fewest FLOPs (weights 2·P per token, plus
-    attention 4·L²·H·D per layer over the row's L = width + g·num_response tokens: longer rows
-    save prompt tokens but pay attention quadratically). 1 means unpacked."""
-    hd = cfg.num_heads * (cfg.head_dim or cfg.hidden_size // cfg.num_heads)
-    per_token = 2.0 * cfg.num_params()
+    [prompt | response_1 | ... | response_g] cost the least: per token the layers' weight FLOPs
+    and an LM head for half of the four models (actor and reference), plus attention's
+    4·L²·H·D per layer (weighted by ``ATTENTION_FLOP_WEIGHT``) over the row's L = width +
+    g·num_response tokens. Longer rows save prompt tokens but pay attention quadratically.
+    1 means unpacked."""
+    d = cfg.head_dim or cfg.hidden_size // cfg.num_heads
+    hd, kvd, e = cfg.num_heads * d, cfg.num_kv_heads * d, cfg.hidden_size
+    layer = 2 * e * hd + 2 * e * kvd + 3 * e * cfg.intermediate_size
+    per_token = 2.0 * cfg.num_layers * layer + e * cfg.vocab_size
 
     def cost(g):
         length = width + g * num_response
-        return rows / g * (length * per_token + cfg.num_layers * 4.0 * length**2 * hd)
+        attention = cfg.num_layers * 4.0 * length**2 * hd * ATTENTION_FLOP_WEIGHT
+        return rows / g * (length * per_token + attention)
 
     fits = [g for g in range(1, per_prompt + 1) if per_prompt % g == 0 and (rows // g) % dp == 0]
     return min(fits, key=lambda g: (cost(g), g))
