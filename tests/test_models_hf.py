@@ -252,9 +252,10 @@ def test_missing_directory_and_pickle_only_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "remat,scan", [("full", True), ("dots", False), ("dots_no_batch", True), ("none", False)]
+    "remat,scan,unroll",
+    [("full", True, 1), ("dots", False, 1), ("dots_no_batch", True, 2), ("none", False, 1)],
 )
-def test_remat_and_scan_policies_do_not_change_numbers(remat, scan):
+def test_remat_and_scan_policies_do_not_change_numbers(remat, scan, unroll):
     import jax
 
     ids, mask = (jnp.asarray(a % 256) for a in batches()["left"])
@@ -268,7 +269,9 @@ def test_remat_and_scan_policies_do_not_change_numbers(remat, scan):
         return jax.jit(jax.value_and_grad(loss))(params)
 
     ref_l, ref_g = loss_and_grads(llama.preset("tiny"))
-    l, g = loss_and_grads(llama.preset("tiny", remat=remat, scan_layers=scan))
+    l, g = loss_and_grads(
+        llama.preset("tiny", remat=remat, scan_layers=scan, scan_unroll=unroll)
+    )
     np.testing.assert_allclose(float(l), float(ref_l), rtol=1e-6)
     for (path, a), (_, b) in zip(nnx.to_flat_state(g), nnx.to_flat_state(ref_g)):
         np.testing.assert_allclose(
