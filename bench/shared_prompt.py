@@ -150,10 +150,30 @@ def jax_steps(cfg_model, pref, meta, reps):
             ):
                 r = time_train_step(step_fn, batch, params, opt, sched, shard, mesh, reps)
                 out[(name, layout)] = (r["step_s"], r["gflop"])
-    return out, model
+        # DPO: a causal LM of the same shape, policy and frozen reference (the dpo stage's step)
+        from metarm_jax.train import dpo
+
+        lm = llama.create(cfg_model, "lm", seed=1, mesh=mesh)
+        logits_fn, lm_params, *_ = models.split(lm)
+        both = {"policy": lm_params, "ref": lm_params}
+        dopt = dpo.frozen_ref_optimizer(opt)
+        dshard = loop.state_shardings(mesh, both, dopt)
+        for layout in ("unpacked", "packed"):
+            r = time_train_step(
+                dpo.dpo_step(logits_fn, 0.1),
+                {"pref": pref[layout]},
+                both,
+                dopt,
+                sched,
+                dshard,
+                mesh,
+                reps,
+            )
+            out[("DPO", layout)] = (r["step_s"], r["gflop"])
+    return out, model, lm
 
 
-def torch_steps(model, pref, meta, reps):
+def torch_steps(model, lm_model, pref, meta, reps):
     """The unshared job in HF PyTorch on the same weights: {step: s/step}."""
     import torch
     from torch.func import functional_call
@@ -209,8 +229,34 @@ def torch_steps(model, pref, meta, reps):
             params[n].grad = g
         opt.step()
 
+    # DPO: the policy's and the frozen reference's log-probabilities of both responses
+    from transformers import LlamaForCausalLM
+
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_hf(lm_model, d)
+        policy = LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32).train()
+        ref = LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+    dopt = torch.optim.AdamW(policy.parameters(), lr=1e-6)
+    both_ids = t(np.concatenate([pref["chosen_ids"], pref["rejected_ids"]]))
+    both_mask = t(np.concatenate([pref["chosen_mask"], pref["rejected_mask"]]))
+
+    def seq_logp(m, ids, mask):
+        logp = torch.log_softmax(m(input_ids=ids, attention_mask=mask).logits[:, :-1], -1)
+        tok = logp.gather(-1, ids[:, 1:, None])[..., 0]
+        return (tok * mask[:, 1:]).sum(-1)
+
+    def dpo_step():
+        dopt.zero_grad()
+        n = len(pref["chosen_ids"])
+        with torch.no_grad():
+            r = seq_logp(ref, both_ids, both_mask)
+        p = seq_logp(policy, both_ids, both_mask)
+        margin = (p[:n] - r[:n]) - (p[n:] - r[n:])
+        (-torch.nn.functional.logsigmoid(0.1 * margin).mean()).backward()
+        dopt.step()
+
     out = {}
-    for name, fn in (("RM", rm_step), ("MetaRM 1st", meta_step)):
+    for name, fn in (("RM", rm_step), ("MetaRM 1st", meta_step), ("DPO", dpo_step)):
         fn()  # warm-up
         times = []
         for _ in range(reps):
@@ -295,8 +341,8 @@ def run(name, args):
         "unpacked": un_m[i],
         "packed": batches(mf, F.CollateMeta, spec, args.m, True, k=args.k)[i],
     }
-    jx, model = jax_steps(cfg, pref, meta, args.reps)
-    th = torch_steps(model, pref["unpacked"], meta["unpacked"], args.reps) if args.torch else {}
+    jx, model, lm = jax_steps(cfg, pref, meta, args.reps)
+    th = torch_steps(model, lm, pref["unpacked"], meta["unpacked"], args.reps) if args.torch else {}
     print(
         f"\nmodel: {llama.count_params(model) / 1e6:.1f}M params ({args.layers} layers, width "
         f"{args.hidden}); step on the median batch: pairs {pref['unpacked']['chosen_ids'].shape}"
@@ -308,7 +354,7 @@ def run(name, args):
         "(unpacked) | packed JAX vs torch |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for step in ("RM", "MetaRM 1st", "MetaRM 2nd"):
+    for step in ("RM", "MetaRM 1st", "MetaRM 2nd", "DPO"):
         (su, fu), (sp, fp) = jx[(step, "unpacked")], jx[(step, "packed")]
         ts = th.get(step)
         tcol = f"{ts:.3f} | {ts / sp:.2f}x" if ts else "- | -"
