@@ -269,9 +269,7 @@ def test_remat_and_scan_policies_do_not_change_numbers(remat, scan, unroll):
         return jax.jit(jax.value_and_grad(loss))(params)
 
     ref_l, ref_g = loss_and_grads(llama.preset("tiny"))
-    l, g = loss_and_grads(
-        llama.preset("tiny", remat=remat, scan_layers=scan, scan_unroll=unroll)
-    )
+    l, g = loss_and_grads(llama.preset("tiny", remat=remat, scan_layers=scan, scan_unroll=unroll))
     np.testing.assert_allclose(float(l), float(ref_l), rtol=1e-6)
     for (path, a), (_, b) in zip(nnx.to_flat_state(g), nnx.to_flat_state(ref_g)):
         np.testing.assert_allclose(
