@@ -15,8 +15,8 @@ Layout choices:
   its own segment that are in the shared prefix (branch 0) or in its own branch, with explicit
   positions; rewards are read at given indices. One prompt followed by its j responses
   (``metarm_jax.data.packing``) computes the prompt once for the j of them, with the same
-  per-token results as the unpacked rows. (Segments would also let independent examples share a
-  row; nothing packs them that way yet.)
+  per-token results as the unpacked rows. Segments let independent examples share a row (packed
+  SFT, ``packing.pack_examples``: one segment per example, branch 0).
 """
 
 from __future__ import annotations
