@@ -67,8 +67,9 @@ def _meta_examples(pairs, k, seed=0):
     return out
 
 
-def load(name, args, k=None):
-    """(tokenizer, TokenSpec, pair features, meta features (k responses), vocab size)."""
+def load(name, args, ks=()):
+    """(tokenizer, TokenSpec, pair features, {k: meta features of k responses} for args.k and
+    each of ``ks``, vocab size): the data read and its pairs tokenized once."""
     if name == "hh":
         tok = tokenizer.load_tokenizer(args.tokenizer)
         path = os.path.join(SHARED, "data", "hh-rlhf", "harmless-base")
@@ -92,10 +93,12 @@ def load(name, args, k=None):
         "right",
     )
     pf = list(F.tokenize_pairs(pairs, tok, spec))  # too-long rows are skipped (and counted)
-    meta = _meta_examples(pairs, k or args.k)
-    report = SkipReport("meta (bench)", "skip", 1.0)  # too-long examples are left out, counted
-    report.total = len(meta)
-    mf = list(F.tokenize_meta(Records(meta, report), tok, spec))
+    mf = {}
+    for k in {args.k, *ks}:
+        meta = _meta_examples(pairs, k)
+        report = SkipReport("meta (bench)", "skip", 1.0)  # too-long examples left out, counted
+        report.total = len(meta)
+        mf[k] = list(F.tokenize_meta(Records(meta, report), tok, spec))
     return tok, spec, pf, mf, len(tok)
 
 
@@ -274,7 +277,8 @@ def median_batch(bs, key):
 
 
 def run(name, args):
-    _, spec, pf, mf, vocab = load(name, args)
+    _, spec, pf, metas, vocab = load(name, args, ks=(args.ppo_r,) if args.ppo else ())
+    mf = metas[args.k]
     print(
         f"\n## {name}: {len(pf)} pairs, {len(mf)} meta prompts x k={args.k}, max_length "
         f"{spec.max_length}, buckets {spec.buckets}; n={args.n} pairs, m={args.m} meta prompts "
@@ -303,8 +307,7 @@ def run(name, args):
             f"{bp['packed_ids'].shape} {sp:.3f} s ({fp:.1f} GFLOP): {su / sp:.2f}x"
         )
     if args.ppo:
-        _, _, _, mf_r, _ = load(name, args, k=args.ppo_r)
-        ro = rollout_batches(mf_r, args.ppo_q, args.ppo_r, args.ppo_tn, spec.pad_id)
+        ro = rollout_batches(metas[args.ppo_r], args.ppo_q, args.ppo_r, args.ppo_tn, spec.pad_id)
         res = ppo_scoring(cfg, ro, args.ppo_r, args.ppo_tn, args.reps, args.torch)
         (cu, cp), t = res["computed"], res["times"]
         print(

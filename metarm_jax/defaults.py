@@ -117,7 +117,7 @@ def data() -> ml_collections.ConfigDict:
     # meta prompt's k), packed in one row; exact (tests/test_shared_prompt.py). False: a row each.
     c.shared_prompt = True
     # The sft stage packs each batch's examples several to a row (segment ids, positions per
-    # example): the same examples and loss per step, less padding (tests/test_packed_sft.py).
+    # example): the same examples and loss per step, less padding (tests/test_shared_prompt.py).
     c.pack_sft = True
     # --- iterators ---
     c.shuffle = True

@@ -2,8 +2,9 @@
 and the vanilla and MetaRM gradients (first and second order) on packed rows equal those of the
 unpacked batch, for uneven response lengths, responses sharing more than the prompt, and masked
 meta samples; PPO's roll-out scoring (actor, reference, critic and RM on rows holding a prompt
-and g of its roll-outs) equals the unpacked scoring at every real response token; and packed SFT (several examples per row, ``packing.pack_examples``) gives the
-unpacked batch's SFT loss and gradient. The packed rows are the same whichever side the batch was padded on (tested
+and g of its roll-outs) equals the unpacked scoring at every real response token; and packed
+SFT (several examples per row, ``packing.pack_examples``) gives the unpacked batch's SFT loss
+and gradient. The packed rows are the same whichever side the batch was padded on (tested
 exactly), and the unpacked references use left padding for pairs and right for meta, so both
 sides are compared against. The reference is the unpacked computation of the same model (itself
 checked against HF transformers in test_models_hf.py)."""

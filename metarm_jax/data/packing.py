@@ -157,6 +157,10 @@ def packed_tokens(batch) -> int:
     return int(np.sum(np.asarray(batch["packed_segment_ids"]) > 0))
 
 
+def _round_up(x: int, multiple: int) -> int:
+    return multiple * -(-x // multiple)
+
+
 def _first_fit(sizes: Sequence[int], row_length: int) -> list[list[int]]:
     """Indices of the non-empty sizes in rows of ``row_length``: first fit by decreasing size."""
     rows: list[list[int]] = []
@@ -191,7 +195,7 @@ def pack_examples(
     loss mask 0. Returns ``SFT_KEYS`` arrays [R, L] (int32)."""
     n = len(examples)
     mult = max(int(row_multiple), 1)
-    step = mult * -(-max(1, -(-n // 8)) // mult)  # ceil(n/8), rounded up to row_multiple
+    step = _round_up(max(1, -(-n // 8)), mult)  # ceil(n/8), rounded up to row_multiple
     sizes = [len(ids) for ids, _ in examples]
     longest = max(sizes, default=0)
     fits = [int(b) for b in sorted(row_lengths) if int(b) >= longest]
@@ -202,7 +206,7 @@ def pack_examples(
     best = None
     for length in fits:
         rows = _first_fit(sizes, length)
-        count = max(step, step * -(-len(rows) // step))
+        count = max(step, _round_up(len(rows), step))
         if best is None or count * length < best[0] * best[1]:
             best = (count, length, rows)
     count, length, rows = best

@@ -59,8 +59,8 @@ def response_logprobs(lm_apply, params, ids, mask, num_response: int):
 
 
 # Attention's FLOPs (scores, softmax, weighted values over a dense [L, L] mask) ran at about a
-# third of the projections' rate on XLA:CPU in bench/kernels.py (part 1: 68 vs 208 GFLOP/s at
-# llama_100m shapes), so score_group counts each of them three times.
+# third of the projections' rate on XLA:CPU in bench/kernels.py (part 1 at llama_100m shapes,
+# tokens/s times FLOPs per token: about 68 vs 208 GFLOP/s), so score_group counts each three times.
 ATTENTION_FLOP_WEIGHT = 3.0
 
 
@@ -135,7 +135,7 @@ def make_score_fn(
             old_logp, _ = response_logprobs(lm_apply, actor, ids, mask, num_response)
             ref_logp, _ = response_logprobs(ref_apply, ref, ids, mask, num_response)
             values = response_slice(value_apply(critic, ids, mask), num_response)
-            score = rm_apply(rm, ids, mask)
+            rm_score = rm_apply(rm, ids, mask)
         else:
             packed, layout, predict, read_at = pack_scoring_rows(ids, mask, num_response, g)
             n = ids.shape[0]
@@ -150,9 +150,10 @@ def make_score_fn(
                 take(ref_apply(ref, packed, None, packing=layout)), targets
             )
             values = take(value_apply(critic, packed, None, packing=layout))
-            score = rm_apply(rm, packed, None, packing=dict(layout, read_at=read_at)).reshape(n)
+            rm_score = rm_apply(rm, packed, None, packing=dict(layout, read_at=read_at))
+            rm_score = rm_score.reshape(n)
         return {
-            "score": score.astype(jnp.float32),
+            "score": rm_score.astype(jnp.float32),
             "old_logp": old_logp,
             "ref_logp": ref_logp,
             "values": values.astype(jnp.float32),

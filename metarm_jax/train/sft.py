@@ -4,11 +4,11 @@
 
 The data layer's SFT batches (`input_ids, attention_mask, loss_mask: [n, T]`) mark the
 assistant tokens and the final EOS with `loss_mask = 1`; prompt and padding positions are in the
-context but never in the loss. With ``config.data.pack_sft`` (the default) a batch's examples are
-packed several to a row (`packed_ids, packed_segment_ids, packed_positions, packed_loss_mask`,
-``metarm_jax.data.packing.pack_examples``): each example its own segment with its own positions,
-the same examples and the same loss, less padding. The stage runs the one train loop with the paper's schedule
-(`config.sft`: lr 2e-5, 2 epochs, 0.3 epoch warm-up, linear decay to zero; global batch
+context but never in the loss. With ``config.data.pack_sft`` (the default) a batch's examples
+are packed several to a row (`packed_ids, packed_segment_ids, packed_positions,
+packed_loss_mask`, ``metarm_jax.data.packing.pack_examples``): each example its own segment with
+its own positions, the same examples and the same loss, less padding. The stage runs the one
+train loop with the paper's schedule (`config.sft`: lr 2e-5, 2 epochs, 0.3 epoch warm-up, linear decay to zero; global batch
 `config.data.sft_batch_size` = 32), evaluates validation loss and token accuracy, and writes the
 policy to ``workdir/export/sft`` as an HF ``LlamaForCausalLM`` with the tokenizer.
 """
