@@ -156,9 +156,9 @@ def main(argv) -> None:
         )
         per_seed = [run_pipeline(cfg, mesh, wd) for cfg, wd in runs]
         if seeds > 1 and jax.process_index() == 0:
-            from metarm_jax.eval import report  # matplotlib and the judges: only when needed
+            from metarm_jax.rlhf import seeds as seeds_lib  # matplotlib: only when needed
 
-            print(report.aggregate_seeds(workdir, per_seed))
+            print(seeds_lib.aggregate_seeds(workdir, per_seed))
         hosts.stop_peer_watch()
     except UserError as e:
         _fail(str(e))

@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "metarm_jax"
 
 # Bottom to top. A module may import modules of its own layer or below, never above.
 LAYERS = (
-    ("errors", "fileio", "defaults", "faults", "core"),
+    ("errors", "fileio", "defaults", "faults", "layout", "core"),
     ("sharding", "checkpoint", "hosts"),
     ("models",),
     ("data",),
@@ -24,7 +24,7 @@ LAYERS = (
     ("main",),
 )
 # Parts that may import nothing of the package outside themselves.
-SELF_CONTAINED = ("core", "defaults", "errors", "fileio", "faults")
+SELF_CONTAINED = ("core", "defaults", "errors", "fileio", "faults", "layout")
 
 
 def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:

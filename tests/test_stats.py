@@ -6,7 +6,7 @@ import pytest
 import scipy.stats
 
 from metarm_jax.core import stats
-from metarm_jax.eval import report
+from metarm_jax.rlhf import compute, seeds
 
 
 def test_bootstrap_interval_covers_a_known_rate_at_about_95_percent():
@@ -73,8 +73,8 @@ def test_ranking_agreement_by_hand_and_against_scipy():
 
 def test_select_best_reads_only_the_validation_table():
     valid = {"round1": {"net": 0.10}, "round2": {"net": 0.25}, "round3": {"net": 0.25}}
-    assert report.select_best(valid) == "round2"  # a tie goes to the earlier round
-    assert report.select_best({"round1": {"net": -0.5}}) == "round1"
+    assert compute.select_best(valid) == "round2"  # a tie goes to the earlier round
+    assert compute.select_best({"round1": {"net": -0.5}}) == "round1"
 
 
 def test_seed_aggregation_lines_up_baselines_and_pairs_rounds(tmp_path):
@@ -95,7 +95,7 @@ def test_seed_aggregation_lines_up_baselines_and_pairs_rounds(tmp_path):
         }}
         for i, (b, g) in enumerate(zip(best, gold))
     ]  # fmt: skip
-    text = report.aggregate_seeds(str(tmp_path), per_seed)
+    text = seeds.aggregate_seeds(str(tmp_path), per_seed)
     rows = {r.split(" | ")[0].lstrip("| "): r for r in text.splitlines() if r.startswith("| ")}
     assert "net.eta0 (same round)" in rows and "net.vanilla PPO (same budget)" in rows
     assert not any("(round " in k for k in rows)

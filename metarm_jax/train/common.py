@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from metarm_jax import data as D
 from metarm_jax.errors import ConfigError
+from metarm_jax.layout import StageDir
 from metarm_jax.models import hf
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
@@ -83,6 +83,6 @@ def total_steps(
 
 def export(model, workdir: str, name: str, *, tokenizer=None) -> str:
     """Write ``model`` to ``<workdir>/export/<name>`` as an HF checkpoint; returns the path."""
-    out = os.path.join(workdir, "export", name)
+    out = StageDir(workdir).export(name)
     hf.save_hf(model, out, tokenizer=tokenizer)
     return out

@@ -44,6 +44,7 @@ from metarm_jax import models, sharding
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core.tree import global_norm
 from metarm_jax.errors import ConfigError
+from metarm_jax.layout import StageDir
 from metarm_jax.models import llama
 from metarm_jax.train import common, loop, optim
 
@@ -291,7 +292,7 @@ def run_dpo(ctx) -> dict[str, Any]:
         params, summary = loop.train(
             t,
             mesh=mesh,
-            workdir=os.path.join(ctx.workdir, "dpo"),
+            workdir=StageDir(ctx.workdir).train("dpo"),
             params=params,
             step_fn=dpo_step(logits_fn, s.beta, s.label_smoothing),
             seed=config.seed,

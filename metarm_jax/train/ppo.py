@@ -25,7 +25,6 @@ randomness is a function of (seed, iteration), so a killed run resumes bit for b
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -37,6 +36,7 @@ from metarm_jax import models, sharding
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
 from metarm_jax.errors import ConfigError
+from metarm_jax.layout import StageDir
 from metarm_jax.train import common, loop, optim
 from metarm_jax.train.rollout import (
     Frozen,
@@ -203,7 +203,7 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
         tcfg = config.train.copy_and_resolve_references()
         tcfg.save_every = int(p.save_every) * spi
         tcfg.eval_every = 0
-        workdir = os.path.join(ctx.workdir, "ppo")
+        workdir = StageDir(ctx.workdir).train("ppo")
 
         def snapshot(step, params):
             nnx.update(actor_model, params["actor"])

@@ -10,7 +10,6 @@ an SFT ``LlamaForCausalLM`` export, which gets a fresh score head, or a previous
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -23,6 +22,7 @@ from metarm_jax import models, sharding
 from metarm_jax.core import losses, metarm
 from metarm_jax.core.stats import abs_differences
 from metarm_jax.errors import ConfigError
+from metarm_jax.layout import StageDir
 from metarm_jax.scoring import meta_scores
 from metarm_jax.train import common, loop, optim
 
@@ -211,7 +211,7 @@ def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
         params, summary = loop.train(
             t,
             mesh=mesh,
-            workdir=os.path.join(ctx.workdir, name),
+            workdir=StageDir(ctx.workdir).train(name),
             params=params,
             step_fn=step_fn,
             seed=config.seed,

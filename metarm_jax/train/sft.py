@@ -29,6 +29,7 @@ from metarm_jax.core.tree import global_norm
 from metarm_jax.data import readers
 from metarm_jax.data.records import SkipReport
 from metarm_jax.errors import ConfigError
+from metarm_jax.layout import StageDir
 from metarm_jax.train import common, loop, optim
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def run_sft(ctx) -> dict[str, Any]:
         params, summary = loop.train(
             t,
             mesh=mesh,
-            workdir=os.path.join(ctx.workdir, "sft"),
+            workdir=StageDir(ctx.workdir).train("sft"),
             params=params,
             step_fn=sft_step(logits_fn),
             seed=config.seed,

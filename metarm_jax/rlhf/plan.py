@@ -1,0 +1,230 @@
+"""The plan of arms: every policy the rlhf stage trains, what it differs in, and what the report
+calls it. The rounds driver, the budgets, the policy names and the report all read this table;
+adding an arm is one entry in ``ARMS`` plus, for a rounds arm, its RM-training function
+(``metarm_jax/rlhf/rm_methods.py``).
+
+Three schedules:
+
+    rounds      R rounds of: k samples per train prompt from the arm's current policy -> the
+                arm's RM for this round (``train_rm``) -> PPO from the current policy against it.
+                Policies ``round<r>`` (the method under test) or ``<arm>_round<r>``.
+    continuous  one PPO run of R x ppo.iterations against a fixed reward (r_0), exported at every
+                round boundary so that each round is compared at a matched budget. ``<arm>@<r>``.
+    single      one stage that is not PPO (DPO on the same pairs). Policy ``<arm>``.
+
+This module imports no JAX: ``validate`` runs before anything else does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from metarm_jax.errors import ConfigError
+
+ROUNDS, CONTINUOUS, SINGLE = "rounds", "continuous", "single"
+MAIN = "metarm"  # the method under test: always run; its rounds pick the best round
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm of the experiment.
+
+    name       its key in ``rlhf.baselines`` and in every table of the report
+    schedule   ROUNDS, CONTINUOUS or SINGLE (module docstring)
+    rm_method  ROUNDS only: the key of its RM-training function in ``rm_methods.METHODS``
+    title      how Table 2 names it next to the best round
+    needs_world  it reads the synthetic world's gold reward (refused on real data)
+    """
+
+    name: str
+    schedule: str
+    title: str
+    rm_method: str = ""
+    needs_world: bool = False
+    doc: str = ""
+
+    @property
+    def main(self) -> bool:
+        return self.name == MAIN
+
+    def policy(self, r: int | None = None) -> str:
+        """The report's name of this arm's policy after round ``r`` (SINGLE: ``r`` unused)."""
+        if self.schedule == ROUNDS:
+            return f"round{r}" if self.main else f"{self.name}_round{r}"
+        if self.schedule == CONTINUOUS:
+            return f"{self.name}@{r}"
+        return self.name
+
+    def policies(self, rounds: int) -> list[str]:
+        if self.schedule == SINGLE:
+            return [self.policy()]
+        return [self.policy(r) for r in range(1, rounds + 1)]
+
+    def opponents(self, r_best: int, rounds: int) -> dict[str, str]:
+        """Table 2's rows for this arm when the best MetaRM round is ``r_best``: label -> policy."""
+        if self.main:
+            return {}
+        if self.schedule == ROUNDS:
+            return {f"{self.title} (round {r_best})": self.policy(r_best)}
+        if self.schedule == CONTINUOUS:
+            out = {f"{self.title} (round {r_best} budget)": self.policy(r_best)}
+            if r_best != rounds:
+                out[f"{self.title} (full budget, round {rounds})"] = self.policy(rounds)
+            return out
+        return {self.title: self.policy()}
+
+
+ARMS: tuple[Arm, ...] = (
+    Arm(
+        MAIN,
+        ROUNDS,
+        "MetaRM",
+        rm_method="metarm",
+        doc="MetaRM (eta = meta.eta) on the original pairs, from the previous round's RM",
+    ),
+    Arm(
+        "eta0",
+        ROUNDS,
+        "eta0",
+        rm_method="eta0",
+        doc="the same rounds with eta = 0: identical data order, seeds, steps, RM continuation",
+    ),
+    Arm(
+        "oracle",
+        ROUNDS,
+        "oracle",
+        rm_method="oracle",
+        needs_world=True,
+        doc="an RM trained on gold-labelled pairs of the current policy's samples",
+    ),
+    Arm("vanilla_ppo", CONTINUOUS, "vanilla PPO", doc="PPO against r_0 for the whole budget"),
+    Arm("dpo", SINGLE, "dpo", doc="DPO on the same preference pairs"),
+)
+BY_NAME = {a.name: a for a in ARMS}
+BASELINES = tuple(a.name for a in ARMS if not a.main)
+
+
+def arms(config) -> list[Arm]:
+    """The arms this run trains, in ``ARMS`` order: the method and ``rlhf.baselines``."""
+    chosen = set(config.rlhf.baselines)
+    return [a for a in ARMS if a.main or a.name in chosen]
+
+
+def validate(config) -> None:
+    """The rlhf stage's own checks (ConfigError, one line), before any stage runs."""
+    rc = config.rlhf
+    if rc.rounds < 1:
+        raise ConfigError(f"config.rlhf.rounds={rc.rounds}: at least one round.")
+    if rc.rm_init not in ("previous", "vanilla"):
+        raise ConfigError(f"config.rlhf.rm_init={rc.rm_init!r}; expected 'previous' or 'vanilla'.")
+    if rc.meta_prompts not in ("train", "ood"):
+        raise ConfigError(
+            f"config.rlhf.meta_prompts={rc.meta_prompts!r}; expected 'train' or 'ood'."
+        )
+    if rc.meta_prompts == "ood" and not rc.ood_prompt_path and not rc.world:
+        raise ConfigError(
+            "config.rlhf.meta_prompts='ood' needs config.rlhf.ood_prompt_path (a hub "
+            "name or a local copy of the OOD prompt set)."
+        )
+    unknown = sorted(set(rc.baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(
+            f"config.rlhf.baselines: unknown {unknown}; expected a subset of {list(BASELINES)}."
+        )
+    for arm in arms(config):
+        if arm.needs_world and not rc.world:
+            raise ConfigError(
+                f"config.rlhf.baselines: {arm.name!r} needs the synthetic world's gold reward "
+                "(config.rlhf.world=True); drop it for real data."
+            )
+    if rc.valid_prompts < 1 or rc.eval_prompts < 1 or rc.eval_k < 2:
+        raise ConfigError(
+            f"config.rlhf: valid_prompts={rc.valid_prompts} and eval_prompts={rc.eval_prompts} "
+            f"must be >= 1 and eval_k={rc.eval_k} >= 2 (the RM metrics compare responses of "
+            "the same prompt)."
+        )
+    if rc.judge not in ("auto", "gold", "rm", "llm"):
+        raise ConfigError(f"config.rlhf.judge={rc.judge!r}; expected auto, gold, rm or llm.")
+    if rc.diversity not in ("", "self_bleu", "all"):
+        raise ConfigError(
+            f"config.rlhf.diversity={rc.diversity!r}; expected '', 'self_bleu' or 'all'."
+        )
+    if not rc.sft and not config.model.hf_path:
+        raise ConfigError("config.rlhf.sft=False needs config.model.hf_path (the SFT policy).")
+
+
+# --------------------------------------------------------------------------------------------
+# What a run produced: the driver fills these, the report reads them.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Round:
+    """One round of a ROUNDS arm."""
+
+    round: int
+    policy: str  # the PPO export
+    rm: str  # the RM export PPO optimised
+    meta: str  # the meta samples the round's RM saw
+    rm_metrics: str  # the RM stage's metrics.jsonl
+    rm_steps: int
+    ppo_metrics: str  # the PPO stage's metrics.jsonl
+    ppo_iterations: int
+
+
+@dataclasses.dataclass
+class ArmRun:
+    arm: Arm
+    rounds: list[Round] = dataclasses.field(default_factory=list)  # ROUNDS
+    at_round: dict[int, str] = dataclasses.field(default_factory=dict)  # CONTINUOUS: r -> export
+    final: str = ""  # CONTINUOUS and SINGLE: the last export
+    ppo_metrics: str = ""  # CONTINUOUS
+    steps: int = 0  # SINGLE: its optimizer steps
+
+    def policy_paths(self, sft: str) -> dict[str, str]:
+        """Report name -> HF export of every policy of this arm."""
+        a = self.arm
+        if a.schedule == ROUNDS:
+            return {a.policy(x.round): x.policy for x in self.rounds}
+        if a.schedule == CONTINUOUS:
+            return {a.policy(r): p for r, p in self.at_round.items()}
+        return {a.policy(): self.final}
+
+    def rm_at(self, r: int) -> str:
+        return self.rounds[r - 1].rm
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """The products of a run that the report reads."""
+
+    sft: str
+    rm0: str
+    rm0_steps: int
+    rm0_metrics: str  # "" when r_0 was given (rlhf.rm_path)
+    ppo_iterations: int  # per round
+    rounds: int
+    arms: dict[str, ArmRun]
+
+    @property
+    def main(self) -> ArmRun:
+        return self.arms[MAIN]
+
+    def of(self, schedule: str) -> list[ArmRun]:
+        return [a for a in self.arms.values() if a.arm.schedule == schedule]
+
+    def policies(self) -> dict[str, str]:
+        """Report name -> export of every policy, in report order (SFT first)."""
+        out = {"sft": self.sft}
+        for run in self.arms.values():
+            out.update(run.policy_paths(self.sft))
+        return out
+
+
+def describe(config) -> list[dict[str, Any]]:
+    """The plan as rows (README, the report's header)."""
+    return [
+        {"arm": a.name, "schedule": a.schedule, "rm": a.rm_method, "what": a.doc}
+        for a in arms(config)
+    ]

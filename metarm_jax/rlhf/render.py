@@ -1,0 +1,310 @@
+"""The report's text and figures: markdown (``report.md``), the console summary and the PNG
+figures, from the numbers ``compute`` made (nothing here computes a statistic)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from metarm_jax.eval import diversity, plots
+from metarm_jax.rlhf import compute
+from metarm_jax.rlhf.plan import RunRecord
+
+
+def figures(workdir, res: dict, ppo_rows, rm_rows, fig5, meta_names) -> dict[str, str]:
+    """Draw every figure into ``workdir``; returns {key: file name}."""
+    return {
+        "fig1": plots.shift_variance(workdir, ppo_rows),
+        "fig1_paper": plots.checkpoint_variance(workdir, res["fig1"]),
+        "fig3": plots.win_rates(
+            workdir,
+            {
+                "vs SFT": {k: res["table1"][k] for k in meta_names},
+                "vs vanilla PPO": res["rounds_vs_vanilla"],
+            },
+            "Figure 3: MetaRM rounds on OOD prompts"
+            if res["setting"] == "ood"
+            else "MetaRM rounds: win / tie / lose on the test prompts",
+        ),
+        "fig4": plots.rm_accuracy(workdir, rm_rows),
+        "fig5": plots.reward_differences(workdir, fig5),
+        "rewards": plots.rewards(
+            workdir, {k: (v["mean"], *v["ci"]) for k, v in res["gold"].items()}, ppo_rows
+        ),
+    }
+
+
+def _pct(x) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def _ci(ci, pct=True) -> str:
+    f = _pct if pct else (lambda v: f"{v:+.3f}")
+    return f"[{f(ci[0])}, {f(ci[1])}]" if np.isfinite(ci[0]) else "[n/a]"
+
+
+def _cmp_table(rows: dict, header: str) -> list[str]:
+    out = [
+        f"| {header} | win | tie | lose | win rate (95% CI) | lose rate (95% CI) | win - lose (95% CI) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for k, v in rows.items():
+        out.append(
+            f"| {k} | {v['win']} | {v['tie']} | {v['lose']} | {_pct(v['win_rate'])} "
+            f"{_ci(v['win_ci'])} | {_pct(v['lose_rate'])} {_ci(v['lose_ci'])} | "
+            f"{_pct(v['net'])} {_ci(v['net_ci'])} |"
+        )
+    return out
+
+
+def _plain_words(res: dict, rec: RunRecord) -> list[str]:
+    best = res["best_round"]
+    out = [
+        f"The best MetaRM round on the {res['valid_prompts']} validation prompts is {best} "
+        f"(win - lose vs SFT there: {_pct(res['selection'][best]['net'])})."
+    ]
+    for label, v in res["table2"].items():
+        if compute.excludes_zero(v["net_ci"]):
+            word = "beats" if v["net"] > 0 else "loses to"
+            out.append(
+                f"On the test prompts {best} {word} {label}: win - lose {_pct(v['net'])} "
+                f"{_ci(v['net_ci'])}, an interval that excludes 0."
+            )
+        else:
+            out.append(
+                f"On the test prompts {best} and {label} cannot be told apart: win - lose "
+                f"{_pct(v['net'])} {_ci(v['net_ci'])} includes 0."
+            )
+    r_best = int(best.removeprefix("round"))
+    if "oracle" in rec.arms and "vanilla_ppo" in rec.arms:
+        o = res["gold"].get(rec.arms["oracle"].arm.policy(r_best), {}).get("mean")
+        v = res["gold"].get(rec.arms["vanilla_ppo"].arm.policy(r_best), {}).get("mean")
+        if o is not None and v is not None and o <= v:
+            out.append(
+                f"The oracle arm (an RM trained on gold-labelled on-policy pairs) does not reach "
+                f"a higher mean gold than vanilla PPO at the same budget ({o:.3f} vs {v:.3f}): "
+                "this world and budget cannot reward a better RM, so no RM method can win here."
+            )
+    for name, c in res["reward_clip"].items():
+        if c["flag"]:
+            out.append(
+                f"Warning: {_pct(c['mean'])} of {name}'s PPO scores were clipped (more than "
+                f"{_pct(compute.CLIP_FLAG)}): the reward is flat where the clip cuts it."
+            )
+    return out
+
+
+def _clip_text(text: str, limit: int, keep: str) -> str:
+    """``text`` cut to ``limit`` characters, keeping its ``keep`` end ("start" or "end")."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + " ..." if keep == "start" else "... " + text[-limit:]
+
+
+def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
+    best = res["best_round"]
+    lines = [
+        "# Iterative RLHF with MetaRM: report"
+        + (" (OOD setting, the paper's Figure 3)" if res["setting"] == "ood" else ""),
+        "",
+        f"Meta samples and PPO prompts: `{res['train_prompts']}`; validation and test prompts: "
+        f"`{res['eval_prompts']}`.",
+        "",
+        f"Judge: {res['judge']}"
+        + ("" if res.get("judge_stats") else f"; tie margin {res['tie_margin']}")
+        + f"; {res['prompts']} test prompts "
+        f"({res['samples_per_prompt']} samples each; the judge reads the first), "
+        f"{res['valid_prompts']} validation prompts; 95% intervals from {res['bootstrap']} "
+        "paired bootstrap resamples of the prompts.",
+        "",
+        "## In plain words",
+        "",
+        *[f"- {line}" for line in _plain_words(res, rec)],
+        "",
+        "## Selection (validation prompts): each MetaRM round vs SFT",
+        "",
+        *_cmp_table(res["selection"], "round vs SFT"),
+        "",
+        "## Table 1 (test prompts): each round of each arm vs SFT",
+        "",
+        *_cmp_table(res["table1"], "policy vs SFT"),
+        "",
+        f"## Table 2 (test prompts): the best round ({best}) vs the baselines",
+        "",
+        *_cmp_table(res["table2"], f"{best} vs"),
+        "",
+    ]
+    if res["rounds_vs_vanilla"]:
+        lines += [
+            "## Each MetaRM round vs vanilla PPO after the same PPO iterations (test prompts)",
+            "",
+            *_cmp_table(res["rounds_vs_vanilla"], "round vs vanilla PPO"),
+            "",
+        ]
+    if res["gold"]:
+        lines += [
+            "## Mean gold reward of the test samples",
+            "",
+            "| policy | gold (95% CI) | proxy: vanilla RM | proxy: last MetaRM |",
+            "|---|---|---|---|",
+        ]
+        for name, v in res["gold"].items():
+            p = res["proxy"][name]
+            lines.append(
+                f"| {name} | {v['mean']:.4f} {_ci(v['ci'], pct=False)} | "
+                f"{p['vanilla_rm']:+.4f} | {p['last_metarm']:+.4f} |"
+            )
+        lines += ["", f"Paired differences, {best} minus each opponent:", ""]
+        lines += ["| opponent | gold difference (95% CI) |", "|---|---|"]
+        lines += [
+            f"| {k} | {v['diff']:+.4f} {_ci(v['ci'], pct=False)} |"
+            for k, v in res["gold_diff"].items()
+        ]
+        lines += [""]
+    rm = res["rm_metrics"]
+    lines += ["## RM metrics: ranking agreement within prompts", ""]
+    if rm.get("reference") is None:
+        lines += [rm.get("note", "not measured"), ""]
+    else:
+        lines += [
+            f"Against {rm['reference']}: pairwise accuracy (pairs whose reference differs) and "
+            "Kendall τ, mean over prompts, 95% intervals over prompts.",
+            "",
+        ]
+        for rname, table in rm["rounds"].items():
+            rms = list(next(iter(table.values())))
+            lines += [
+                f"### {rname}",
+                "",
+                "| samples | " + " | ".join(f"{k} acc / τ" for k in rms) + " |",
+                "|---" * (len(rms) + 1) + "|",
+            ]
+            for set_label, row in table.items():
+                cells = [
+                    f"{v['accuracy']:.3f} {_ci(v['accuracy_ci'], pct=False)} / {v['tau']:.3f}"
+                    for v in row.values()
+                ]
+                lines.append(f"| {set_label} | " + " | ".join(cells) + " |")
+            lines += [""]
+    lines += [
+        "## Response length (tokens) of the test samples",
+        "",
+        "| policy | mean | p10 | median | p90 |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {k} | {v['mean']:.1f} | {v['p10']:.0f} | {v['median']:.0f} | {v['p90']:.0f} |"
+            for k, v in res["lengths"].items()
+        ],
+        "",
+    ]
+    if res["diversity"]:
+        lines += [
+            "## Table 3: diversity (one response per test prompt; lower = more diverse)",
+            "",
+            diversity.markdown(res["diversity"]["rows"]),
+            "",
+        ]
+        if res["diversity"].get("note"):
+            lines += [res["diversity"]["note"], ""]
+    if res["human"].get("export"):
+        folder = os.path.dirname(res["human"]["export"]["html"])
+        lines += [
+            f"Human evaluation: blind pairs ({res['best_round']} vs SFT) in `{folder}` "
+            "(open pairs.html; the key is in key.json).",
+            "",
+        ]
+    if res["human"].get("verdicts"):
+        rows = {"best round vs SFT": res["human"]["verdicts"]}
+        lines += ["## Human verdicts", "", *_cmp_table(rows, "people"), ""]
+    if res.get("judge_stats"):
+        js = res["judge_stats"]
+        lines += ["## LLM judge accounting", "", "| " + " | ".join(js) + " |"]
+        lines += [
+            "|---" * len(js) + "|",
+            "| "
+            + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in js.values())
+            + " |",
+            "",
+        ]
+    lines += [
+        "## Budgets, clipping and the meta step",
+        "",
+        "| arm | RM steps | PPO iterations | scores clipped |",
+        "|---|---|---|---|",
+    ]
+    for name, b in res["budget"].items():
+        c = res["reward_clip"].get(name, {"mean": 0.0, "flag": False})
+        flag = " (flagged)" if c["flag"] else ""
+        lines.append(
+            f"| {name} | {b['rm_steps']} | {b['ppo_iterations']} | {_pct(c['mean'])}{flag} |"
+        )
+    lines += ["", "MetaRM step geometry (means over each round's steps):", ""]
+    keys = sorted({k for g in res["geometry"].values() for k in g})
+    lines += ["| round | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for r, g in res["geometry"].items():
+        lines.append(f"| {r} | " + " | ".join(f"{g.get(k, float('nan')):.4g}" for k in keys) + " |")
+    if res.get("examples"):
+        lines += [
+            "",
+            f"## Example responses: the first {len(res['examples'])} test prompts, each "
+            "policy's first sample",
+            "",
+        ]
+        for i, ex in enumerate(res["examples"], 1):
+            lines += [
+                f"**Prompt {i}.**",
+                "",
+                "```",
+                _clip_text(ex["prompt"], 800, "end"),
+                "```",
+                "",
+            ]
+            for name, text in ex["responses"].items():
+                lines += [f"- `{name}`: {_clip_text(text, 400, 'start')!r}"]
+            lines += [""]
+    lines += ["", "## Figures", ""]
+    fig5 = res["fig5"]
+    lines += [
+        "Figure 5, mean |Δr| on the final policy's samples (raw / divided by the spread of r): "
+        + "; ".join(f"{k} {v['mean']:.4f} / {v['normalised_mean']:.4f}" for k, v in fig5.items())
+        + ".",
+        "",
+    ]
+    for key, title in (
+        (
+            "fig1_paper",
+            "Figure 1 as the paper draws it: variance of r(x, y1) - r(x, y2) at each checkpoint",
+        ),
+        ("fig1", "Figure 1, every PPO iteration's roll-outs: variance of within-prompt |Δr|"),
+        (
+            "fig3",
+            "Figure 3 (OOD setting) / win-tie-lose per round: vs SFT and vs vanilla PPO at the same budget",
+        ),
+        ("fig4", "Figure 4: RM validation accuracy"),
+        ("fig5", "Figure 5: |Δr| raw and normalised"),
+        ("rewards", "Rewards by policy and over PPO"),
+    ):
+        lines += [f"### {title}", "", f"![{key}]({figs[key]})", ""]
+    return "\n".join(lines)
+
+
+def console(res: dict, rec: RunRecord) -> str:
+    lines = [f"Judge: {res['judge']}; best round on validation: {res['best_round']}"]
+    lines += ["Table 1 (test): vs SFT, win/tie/lose  win-lose [95% CI]"]
+    lines += [
+        f"  {k:16s} {v['win']} / {v['tie']} / {v['lose']}  {_pct(v['net'])} {_ci(v['net_ci'])}"
+        for k, v in res["table1"].items()
+    ]
+    lines += [f"Table 2 (test): {res['best_round']} vs"]
+    lines += [
+        f"  {k:34s} {v['win']} / {v['tie']} / {v['lose']}  {_pct(v['net'])} {_ci(v['net_ci'])}"
+        for k, v in res["table2"].items()
+    ]
+    if res["gold"]:
+        lines += ["Mean gold of test samples [95% CI]:"]
+        lines += [
+            f"  {k:16s} {v['mean']:.4f} {_ci(v['ci'], pct=False)}" for k, v in res["gold"].items()
+        ]
+    lines += [f"  {line}" for line in _plain_words(res, rec)]
+    return "\n".join(lines)

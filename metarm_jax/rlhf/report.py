@@ -1,0 +1,358 @@
+"""The run report of iterative RLHF: the paper's tables and figures, with the controls and the
+intervals that let them be read.
+
+    Selection  the best MetaRM round, chosen on VALIDATION prompts (round r vs SFT)
+    Table 1    each round of each ROUNDS arm vs π_SFT on TEST prompts (win / tie / lose, 95% CI)
+    Table 2    the best round r* vs SFT and every other arm at r* (its ``Arm.opponents``)
+    Gold       mean gold reward of every policy (synthetic world), 95% intervals, and paired
+               differences for Table 2
+    RM metrics within-prompt pairwise accuracy and Kendall τ of each round's RMs (r_0 and every
+               ROUNDS arm's) against gold, on each arm's round-r samples and on a fixed probe
+               set (π_SFT's samples), 95% intervals over prompts
+    Figure 1   variance of within-prompt reward differences over PPO, per arm
+    Figure 4   RM validation accuracy per round
+    Figure 5   |Δr| on the final policy's samples, raw and normalised, step-matched RMs
+    Checks     every arm's RM and PPO step counts, the fraction of PPO scores the reward clip
+               cut (flagged above 10%), the MetaRM step's geometry
+
+This module gathers: it loads the samples and metrics a run left (``RunRecord``, ``RunLayout``),
+scores them with the judge and the reward models, and hands plain arrays to ``compute`` (the
+numbers) and ``render`` (markdown, console, plots). Everything goes to the workdir:
+``report.md``, ``report.json``, ``fig*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import numpy as np
+
+from metarm_jax import data as D
+from metarm_jax import faults
+from metarm_jax.data import synthetic
+from metarm_jax.eval import diversity, human, judges, llm_judge
+from metarm_jax.layout import read_metrics
+from metarm_jax.rlhf import compute, render
+from metarm_jax.rlhf.layout import RunLayout
+from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, RunRecord
+from metarm_jax.scoring import RewardScorer
+
+
+def load_samples(path: str) -> tuple[list[str], list[list[str]]]:
+    recs = D.load_meta_examples(path, on_bad_record="error")
+    return [r.prompt for r in recs], [list(r.responses) for r in recs]
+
+
+def _same_prompts(texts: dict[str, tuple[list[str], list]], what: str) -> list[str]:
+    prompts = next(iter(texts.values()))[0]
+    for name, (p, _) in texts.items():
+        if p != prompts:
+            raise RuntimeError(f"report: the {what} prompts of {name} differ from the others'.")
+    return prompts
+
+
+class Scorers:
+    """One RewardScorer per RM export, built on first use."""
+
+    def __init__(self, config, mesh):
+        self.config, self.mesh, self.cache = config, mesh, {}
+
+    def __call__(self, path: str) -> RewardScorer:
+        if path not in self.cache:
+            self.cache[path] = RewardScorer(self.config, self.mesh, path)
+        return self.cache[path]
+
+
+def make_judge(config, world, scorer: Scorers, rm0: str, workdir: str):
+    """The judge ``rlhf.judge`` names: (judge, its description for the report)."""
+    rc = config.rlhf
+    if rc.judge == "llm":
+        judge = llm_judge.from_config(config.judge, workdir=workdir)
+        return judge, judge.describe()
+    if world is not None:
+        return judges.GoldJudge(world, tie_margin=rc.tie_margin), "gold reward (synthetic world)"
+    ref = rc.judge_rm_path or rm0
+    judge = judges.RewardModelJudge(scorer(ref).score_fn, tie_margin=rc.tie_margin)
+    return judge, f"reward model {ref}" + (
+        "" if rc.judge_rm_path else " (the vanilla RM: not independent of training)"
+    )
+
+
+def build(
+    ctx, rec: RunRecord, *, test_samples: dict[str, str], valid_samples: dict[str, str]
+) -> dict[str, Any]:
+    """Judge, tabulate and plot; write report.md / report.json / fig*.png into ctx.workdir."""
+    config, workdir = ctx.config, ctx.workdir
+    layout = RunLayout(workdir)
+    rc = config.rlhf
+    n_boot = int(rc.bootstrap)
+    lead = jax.process_index() == 0
+    rounds = rec.rounds
+    main = rec.main.arm
+
+    test = {name: load_samples(path) for name, path in test_samples.items()}
+    valid = {name: load_samples(path) for name, path in valid_samples.items()}
+    prompts, vprompts = _same_prompts(test, "test"), _same_prompts(valid, "validation")
+    if set(prompts) & set(vprompts):
+        raise RuntimeError(
+            f"report: {len(set(prompts) & set(vprompts))} validation prompts are also test "
+            "prompts; the best round must be chosen on prompts it is not compared on."
+        )
+    first = {name: [r[0] for r in resp] for name, (_, resp) in test.items()}
+    vfirst = {name: [r[0] for r in resp] for name, (_, resp) in valid.items()}
+
+    use_gold = rc.judge == "gold" or (rc.judge == "auto" and rc.world)
+    world = synthetic.World(config.world) if use_gold else None
+    scorer = Scorers(config, ctx.mesh)
+    judge, judge_name = make_judge(config, world, scorer, rec.rm0, workdir)
+
+    def vs(a, b, texts=first, ps=prompts):
+        return compute.comparison(judge.compare(ps, texts[a], texts[b]), n_boot)
+
+    # Selection on validation prompts only; Tables 1 and 2 on test prompts only.
+    meta_names = main.policies(rounds)
+    selection = {name: vs(name, "sft", vfirst, vprompts) for name in meta_names}
+    best = compute.select_best(selection)
+    r_best = int(best.removeprefix("round"))
+    table1 = {p: vs(p, "sft") for run in rec.of(ROUNDS) for p in run.arm.policies(rounds)}
+    opponents = {"sft": "sft"}
+    for run in rec.arms.values():
+        opponents.update(run.arm.opponents(r_best, rounds))
+    table2 = {label: vs(best, name) for label, name in opponents.items()}
+    # Every round against vanilla PPO after the same PPO iterations (Figure 3 in the OOD setting)
+    vanilla = rec.arms.get("vanilla_ppo")
+    rounds_vs_vanilla = (
+        {n: vs(n, vanilla.arm.policy(int(n.removeprefix("round")))) for n in meta_names}
+        if vanilla
+        else {}
+    )
+
+    # Rewards of every policy's test samples (the judge reads the first sample of each prompt).
+    gold: dict[str, dict] = {}
+    gold_diff: dict[str, dict] = {}
+    if world is not None:
+        g = {
+            name: np.asarray(world.gold(prompts, resp), np.float64) for name, resp in first.items()
+        }
+        gold = {name: compute.mean_ci(v, n_boot) for name, v in g.items()}
+        for label, name in opponents.items():
+            gold_diff[label] = compute.paired_difference(g[best], g[name], n_boot)
+    last_rm = rec.main.rounds[-1].rm
+    proxies = {
+        name: {
+            "vanilla_rm": float(np.mean(scorer(rec.rm0).score_fn(prompts, resp))),
+            "last_metarm": float(np.mean(scorer(last_rm).score_fn(prompts, resp))),
+        }
+        for name, resp in first.items()
+    }
+
+    rm_metrics = _rm_metrics(rec, test, prompts, world, scorer, rc, n_boot)
+    fig1 = _figure1(rec, test, scorer)
+    lengths = _lengths(config, test)
+    div = _diversity(config, first, rc.diversity)
+    human_eval = _human(config, layout, prompts, first, best, n_boot, lead)
+    fig5 = _figure5(rec, test, scorer)
+
+    # Curves, step counts, clipping and the meta step's geometry, from the stages' metrics.
+    ppo_rows, rm_rows, geometry = {}, {}, {}
+    if rec.rm0_metrics:
+        rm_rows["vanilla_rm"] = read_metrics(rec.rm0_metrics)
+    for run in rec.of(ROUNDS):
+        ppo_rows[run.arm.name] = [row for x in run.rounds for row in read_metrics(x.ppo_metrics)]
+        for x in run.rounds:
+            rm_rows[run.arm.policy(x.round)] = rrows = read_metrics(x.rm_metrics)
+            if run.arm.main:
+                geometry[run.arm.policy(x.round)] = compute.geometry(rrows)
+    for run in rec.of(CONTINUOUS):
+        ppo_rows[run.arm.name] = read_metrics(run.ppo_metrics)
+    clip = {name: compute.clip_fraction(rows) for name, rows in ppo_rows.items()}
+
+    d = config.data
+    result = {
+        "setting": "ood" if rc.meta_prompts == "ood" else "in-distribution",
+        "train_prompts": f"{d.prompt_dataset}:{d.prompt_path}:{d.prompt_split}",
+        "eval_prompts": f"{rc.eval_prompt_dataset}:{rc.eval_prompt_path}:{rc.eval_prompt_split}",
+        "judge": judge_name,
+        "tie_margin": rc.tie_margin,
+        "prompts": len(prompts),
+        "valid_prompts": len(vprompts),
+        "samples_per_prompt": len(test["sft"][1][0]),
+        "bootstrap": n_boot,
+        "best_round": best,
+        "selection": selection,
+        "table1": table1,
+        "table2": table2,
+        "rounds_vs_vanilla": rounds_vs_vanilla,
+        "gold": gold,
+        "gold_diff": gold_diff,
+        "proxy": proxies,
+        "rm_metrics": rm_metrics,
+        "fig5": {
+            k: {"mean": float(v["raw"].mean()), "normalised_mean": float(v["normalised"].mean())}
+            for k, v in fig5.items()
+        },
+        "budget": compute.budgets(rec),
+        "reward_clip": clip,
+        "geometry": geometry,
+        "fig1": fig1,
+        "lengths": lengths,
+        "diversity": div,
+        "human": human_eval,
+        "examples": [
+            {"prompt": prompts[i], "responses": {name: first[name][i] for name in first}}
+            for i in range(min(int(rc.report_examples), len(prompts)))
+        ],
+    }
+    if rc.judge == "llm":
+        result["judge_stats"] = dict(judge.stats)
+    faults.point("report")
+    if lead:
+        figs = render.figures(workdir, result, ppo_rows, rm_rows, fig5, meta_names)
+        with open(layout.report("report.md"), "w") as f:
+            f.write(render.markdown(result, figs, rec))
+        with open(layout.report("report.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        print(render.console(result, rec))
+    return {"report": layout.report("report.md"), **compute.summary(result)}
+
+
+def _reference(world, prompts, scorer, rc):
+    """The truth RM rankings are measured against: (its name, fn(responses) -> [prompts, k]),
+    or (None, None) when there is none."""
+    if world is not None:
+
+        def gold(resp):
+            return np.asarray(
+                [world.gold([p] * len(r), r) for p, r in zip(prompts, resp)], np.float64
+            )
+
+        return "gold", gold
+    if rc.judge_rm_path:
+        return f"independent RM {rc.judge_rm_path}", lambda resp: scorer(rc.judge_rm_path).score(
+            prompts, resp
+        )[0]
+    return None, None
+
+
+def _rm_metrics(rec: RunRecord, test, prompts, world, scorer, rc, n_boot) -> dict[str, Any]:
+    """For each round r: the RMs of that round (r_0 and every ROUNDS arm's) on the probe set
+    (π_SFT's samples) and on each ROUNDS arm's round-r policy samples, against the reference."""
+    ref_name, reference = _reference(world, prompts, scorer, rc)
+    if reference is None:
+        return {"reference": None, "note": "no gold and no rlhf.judge_rm_path: not measured"}
+    refs: dict[str, np.ndarray] = {}
+    out: dict[str, Any] = {"reference": ref_name, "rounds": {}}
+    for r in range(1, rec.rounds + 1):
+        rms = {"r0": rec.rm0}
+        sets = {"probe (SFT samples)": "sft"}
+        for run in rec.of(ROUNDS):
+            rms[f"{run.arm.name}_r{r}"] = run.rm_at(r)
+            sets[f"{run.arm.name} round {r} samples"] = run.arm.policy(r)
+        table = {}
+        for set_label, policy in sets.items():
+            resp = test[policy][1]
+            if policy not in refs:
+                refs[policy] = reference(resp)
+            row = {}
+            for rm_label, path in rms.items():
+                scores, mask = scorer(path).score(prompts, resp)
+                row[rm_label] = compute.rm_agreement(scores, refs[policy], mask, n_boot)
+            table[set_label] = row
+        out["rounds"][f"round{r}"] = table
+    return out
+
+
+def _figure1(rec: RunRecord, test, scorer) -> dict[str, Any]:
+    """Figure 1 as the paper draws it: at each PPO checkpoint of an arm (π_SFT, then the end of
+    every round), two responses per test prompt, scored by the RM that arm's PPO optimised at
+    that point; the variance of r(x, y1) - r(x, y2) over the prompts. It shrinks as PPO shifts
+    the policy and the RM stops telling its responses apart."""
+    iters = rec.ppo_iterations
+    lines = {}
+    for run in rec.arms.values():
+        if run.arm.schedule == ROUNDS:
+            lines[run.arm.name] = [("sft", rec.rm0, 0)] + [
+                (run.arm.policy(x.round), x.rm, x.round * iters) for x in run.rounds
+            ]
+        elif run.arm.schedule == CONTINUOUS:
+            lines[run.arm.name] = [("sft", rec.rm0, 0)] + [
+                (run.arm.policy(r), rec.rm0, r * iters) for r in range(1, rec.rounds + 1)
+            ]
+    out: dict[str, Any] = {}
+    for name, points in lines.items():
+        xs, vs = [], []
+        for policy, rm, x in points:
+            prompts, resp = test[policy]
+            scores, _ = scorer(rm).score(prompts, [r[:2] for r in resp])
+            xs.append(x)
+            vs.append(compute.pair_variance(scores))
+        out[name] = {"iteration": xs, "variance": vs}
+    return out
+
+
+def _lengths(config, test) -> dict[str, dict[str, float]]:
+    """Response length in tokens (the RM's tokenizer) of every policy's test samples: PPO's
+    length drift is the first thing to check next to a win rate."""
+    tok = D.load_tokenizer(config.data.tokenizer_path)
+    return {
+        name: compute.length_stats(
+            [len(tok(t, add_special_tokens=False)["input_ids"]) for rs in resp for t in rs]
+        )
+        for name, (_, resp) in test.items()
+    }
+
+
+def _diversity(config, first, mode: str) -> dict[str, Any]:
+    """Table 3: Self-BLEU (and with mode 'all' embedding similarity) of one response per test
+    prompt for every policy, and of the data's chosen responses (lower = more diverse)."""
+    if not mode:
+        return {}
+    d = config.data
+    rows = {}
+    try:
+        tok = D.load_tokenizer(d.tokenizer_path) if d.tokenizer_path else None  # chat templates
+        pairs = D.load_records("preference", d, tok, split=d.eval_split)
+        rows["chosen (data)"] = [p.chosen for p in pairs][: len(next(iter(first.values())))]
+    except Exception as e:
+        rows_note = f"chosen responses unavailable: {str(e).splitlines()[0][:200]}"
+    else:
+        rows_note = ""
+    rows.update(first)
+    out = {"rows": diversity.table(rows, embeddings=mode == "all")}
+    if rows_note:
+        out["note"] = rows_note
+    return out
+
+
+def _human(config, layout: RunLayout, prompts, first, best, n_boot, lead) -> dict[str, Any]:
+    """Blind pairs for people (best round vs SFT) and, when filled in, their verdicts."""
+    rc = config.rlhf
+    out: dict[str, Any] = {}
+    folder = layout.path("human_eval")
+    if rc.human_export and lead:
+        out["export"] = human.export_pairs(
+            folder, prompts, first[best], first["sft"], name_a=best, name_b="sft",
+            seed=int(config.seed),
+        )  # fmt: skip
+    if rc.human_verdicts:
+        res = human.import_verdicts(rc.human_verdicts, layout.path("human_eval", "key.json"))
+        out["verdicts"] = compute.comparison(res, n_boot)
+    return out
+
+
+def _figure5(rec: RunRecord, test, scorer) -> dict[str, dict[str, np.ndarray]]:
+    """|Δr| on the final MetaRM policy's test samples for step-matched RMs: r_0, and the last
+    round's RM of the method and of every other ROUNDS arm that trains on the same pairs with
+    the same steps (eta0); raw and / std(r)."""
+    final = rec.main.rounds[-1]
+    prompts, resp = test[rec.main.arm.policy(final.round)]
+    rms = {"vanilla RM r0": rec.rm0, f"MetaRM round {final.round}": final.rm}
+    if "eta0" in rec.arms:
+        rms[f"eta0 RM round {final.round}"] = rec.arms["eta0"].rounds[-1].rm
+    out = {}
+    for name, path in rms.items():
+        scores, mask = scorer(path).score(prompts, resp)
+        out[name] = compute.normalised_differences(scores, mask)
+    return out

@@ -1,0 +1,71 @@
+"""Steps of an rlhf run: each an ordinary stage in its own directory, run once.
+
+A finished step leaves ``DONE.json`` (its summary) and is skipped on restart; a step that was
+killed resumes from its own checkpoints (the loop's orbax checkpoints, build_meta's chunks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import jax
+
+from metarm_jax import faults, fileio, hosts, stages
+from metarm_jax.config_lib import derive
+from metarm_jax.errors import ConfigError
+from metarm_jax.layout import StageDir
+
+
+class Runner:
+    """Runs sub-stages in their own directories under ``ctx.workdir``, once each."""
+
+    def __init__(self, ctx: stages.StageContext):
+        self.ctx = ctx
+        self.config = ctx.config
+        self.lead = jax.process_index() == 0
+
+    def step(self, name: str, stage: str, overrides: dict[str, Any]) -> dict:
+        """Run ``stage`` in ``<workdir>/<name>`` with the run's config plus ``overrides``;
+        returns its summary (with ``seconds`` and ``workdir``)."""
+        workdir = os.path.join(self.ctx.workdir, name)
+        where = StageDir(workdir)
+        if os.path.exists(where.done):
+            with open(where.done) as f:
+                return json.load(f)
+        if self.lead:
+            print(f"-- rlhf: {name} ({stage})", flush=True)
+        config = derive(self.config, overrides)
+        with config.unlocked():
+            config.workdir = workdir
+        t0 = time.time()
+        sub = stages.StageContext(config, self.ctx.mesh, workdir)
+        if self.lead:  # what this step ran with, resolved (arms are compared by these files)
+            fileio.write_text(where.config, sub.config.to_json_best_effort(indent=1))
+        faults.point(f"stage_start:{stage}")
+        summary = stages.get(stage)(sub) or {}
+        summary = dict(summary, seconds=round(time.time() - t0, 1), workdir=workdir)
+        faults.point("done_marker")
+        if self.lead:
+            fileio.write_json(where.done, summary, indent=1, default=_jsonable)
+        hosts.barrier(f"rlhf:{name}:done")  # a restart on any process sees the same steps done
+        return json.loads(json.dumps(summary, default=_jsonable))
+
+    def path(self, *parts) -> str:
+        return os.path.join(self.ctx.workdir, *parts)
+
+
+def _jsonable(x):
+    try:
+        return float(x) if getattr(x, "ndim", 1) == 0 else x.tolist()
+    except Exception:
+        return str(x)
+
+
+def export_of(summary: dict, kind: str) -> str:
+    path = summary.get("export")
+    if not path:
+        raise ConfigError(f"rlhf: the {kind} step exported nothing (is its export switched off?).")
+    return path
