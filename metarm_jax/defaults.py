@@ -328,6 +328,9 @@ def ppo() -> ml_collections.ConfigDict:
     # "module:function" of config -> fn(prompt_ids, prompt_mask, response_ids, response_mask) -> [n],
     # logged (never trained on) as rollout/monitor_mean: e.g. the synthetic world's gold reward.
     c.monitor = ""
+    # "module:function" whose function of token ids REPLACES the RM's score as PPO's reward (the
+    # ceiling arm: "metarm_jax.data.synthetic:gold_monitor", PPO on the world's gold); "" = the RM
+    c.reward_fn = ""
     c.export = True  # workdir/export/ppo (policy + tokenizer), export/ppo_critic
     return c
 
@@ -401,11 +404,17 @@ def world() -> ml_collections.ConfigDict:
     c.response_len = (1, 16)  # inclusive
     c.base_good_frac = (0.0, 1.0)  # per response, P(token from G(x)) ~ U(lo, hi)
     c.saturated_good_frac = (0.9, 1.0)  # a policy that has saturated the coarse part
+    # The fine (subtle) part: F(x) = the first fine_size symbols of the topic; a base response's
+    # topic tokens are from F(x) with probability ~ U(base_fine_frac) (0: no fine part).
+    c.fine_size = 0
+    c.base_fine_frac = (0.0, 1.0)
+    c.saturated_fine_frac = (0.0, 1.0)  # the same for the learnability probe (tests, analysis)
     c.base_sorted_prob = 0.3  # a response is sorted (random direction) with this probability
     c.base_repeat_prob = 0.1  # each token repeats its predecessor with this probability
     # Gold reward g = sum_k weight_k * part_k, every part in [0, 1].
     c.coarse_cap = 0.75  # coarse = min(good fraction / coarse_cap, 1)
     c.w_coarse = 1.0
+    c.w_fine = 0.0  # weight of the fine part (fraction of response tokens in F(x))
     c.w_order = 0.3
     c.w_norep = 0.2
     c.w_length = 0.2

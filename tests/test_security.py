@@ -119,10 +119,10 @@ def test_the_user_code_hook_is_module_colon_function():
 
     cfg = ml_collections.ConfigDict({"ppo": {"monitor": "no_such_module_xyz:f"}})
     with pytest.raises(ConfigError, match="'package.module:function'"):
-        rollout.load_monitor(cfg)
+        rollout.load_token_fn(cfg, "monitor")
     cfg.ppo.monitor = "metarm_jax.data.synthetic:no_such_function"
     with pytest.raises(ConfigError, match="cannot load it"):
-        rollout.load_monitor(cfg)
+        rollout.load_token_fn(cfg, "monitor")
     doc = (REPO / "docs" / "ppo.md").read_text()
     assert "the one place" in doc and "imports user code" in doc
 

@@ -46,7 +46,7 @@ Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 ORDERS = ("first", "second")
-ETA_MODES = ("absolute", "param_fraction")
+ETA_MODES = ("absolute", "param_fraction", "update")
 # How order="second" forms g = ∇_θ L_θ'(X_t) = (I + s∇²J(θ)) ∇_θ' L_θ'(X_t) (s: the ascent step;
 # ∇²J symmetric): 'reverse' differentiates through the ascent (reverse over reverse: the
 # residuals of ∇J's backward are kept for a second backward); 'hvp' takes ∇_θ' L first, then the
@@ -195,9 +195,15 @@ def meta_grads(
     measure_j_prime: bool = False,
     eta_mode: str = "absolute",
     second_order: str = "hvp",
+    prev_update_norm: jax.Array | None = None,
 ) -> tuple[PyTree, Metrics]:
     """One MetaRM gradient (Algorithm 1); the caller applies it with its optimizer.
     ``second_order``: how order="second" is computed (``SECOND_ORDER``; the same g).
+    ``eta_mode``: what η means. 'absolute': θ' = θ + η∇J (the paper). 'param_fraction':
+    ‖θ' − θ‖ = η‖θ‖. 'update' (beyond the paper; sizes the ascent on the optimizer's scale):
+    ‖θ' − θ‖ = η·‖Δθ_opt‖, ``prev_update_norm`` being the norm of the optimizer's last applied
+    update (the train loop passes it; 0 at the first step, which then takes no ascent), so η is
+    the ratio ρ of ascent to update that ``meta/ascent_to_update`` logs.
 
     Returns `(g, metrics)`, g with the structure and dtypes of params. Metrics (float32 scalars):
       loss, accuracy, reward_*   L_θ'(X_t), accuracy and reward stats at θ' (from the forward
@@ -244,13 +250,15 @@ def meta_grads(
 
     def step_size(theta, grad_j):
         if eta_mode == "absolute":
-            step = eta  # as given (a Python float is cast to each param's dtype once)
-        else:  # ‖θ' − θ‖ = η‖θ‖
-            gj = global_norm(grad_j)
-            step = jax.lax.stop_gradient(
-                jnp.where(gj > 0, eta * global_norm(theta) / jnp.where(gj > 0, gj, 1.0), 0.0)
-            )
-        return step
+            return eta  # as given (a Python float is cast to each param's dtype once)
+        # ‖θ' − θ‖ = η‖θ‖ ('param_fraction') or η‖Δθ_opt‖ ('update')
+        size = global_norm(theta) if eta_mode == "param_fraction" else prev_update_norm
+        if size is None:
+            raise ValueError("meta.eta_mode='update' needs the optimizer's last update norm.")
+        gj = global_norm(grad_j)
+        return jax.lax.stop_gradient(
+            jnp.where(gj > 0, eta * size / jnp.where(gj > 0, gj, 1.0), 0.0)
+        )
 
     def meta_process(theta):
         j, grad_j = jax.value_and_grad(J)(theta)  # ∇_θ J_θ(X_s)

@@ -61,6 +61,7 @@ class Components:
     norep: np.ndarray
     length: np.ndarray
     good_frac: np.ndarray  # the coarse part before the cap
+    fine: np.ndarray  # fraction of response tokens in F(x), the topic's first fine_size symbols
 
 
 class World:
@@ -88,7 +89,12 @@ class World:
                 )
         if cfg.coarse_cap <= 0 or cfg.coarse_cap > 1 or cfg.length_tolerance <= 0:
             raise ValueError("world.coarse_cap must be in (0, 1] and world.length_tolerance > 0.")
+        if not 0 <= cfg.fine_size < v // g:
+            raise ValueError(
+                f"world.fine_size={cfg.fine_size} must be in [0, {v // g}) (symbols per topic)."
+            )
         self.num_symbols, self.num_groups, self.group_size = v, g, v // g
+        self.fine_size = int(cfg.fine_size)
         width = len(str(v - 1))
         self.symbols = tuple(f"w{i:0{max(2, width)}d}" for i in range(v))
         self._index = {s: i for i, s in enumerate(self.symbols)}
@@ -125,6 +131,11 @@ class World:
         """G(x): the symbol indices of the prompt's topic."""
         g = self.good_group(prompt)
         return np.arange(g * self.group_size, (g + 1) * self.group_size)
+
+    def fine_set(self, prompt: Seq) -> np.ndarray:
+        """F(x): the first ``fine_size`` symbols of the prompt's topic (the subtle component)."""
+        g = self.good_group(prompt)
+        return np.arange(g * self.group_size, g * self.group_size + self.fine_size)
 
     def _groups(self, s: np.ndarray, m: np.ndarray) -> np.ndarray:
         """[B, L] prompt symbols (mask m) -> [B] majority group."""
@@ -184,16 +195,21 @@ class World:
         prompts: Sequence[Seq],
         *,
         good_frac: tuple[float, float] | None = None,
+        fine_frac: tuple[float, float] | None = None,
     ) -> list[np.ndarray]:
         """One response per prompt from the base distribution (symbol indices).
 
         Per response: q ~ U(good_frac) (default world.base_good_frac); length ~ U(response_len); each
-        token is from G(x) w.p. q, else from the other symbols; each token repeats its predecessor
-        w.p. base_repeat_prob; the whole response is sorted (random direction) w.p. base_sorted_prob.
-        `good_frac=world.saturated_good_frac` gives a coarse-saturated policy's responses.
+        token is from G(x) w.p. q, else from the other symbols; with ``fine_size > 0`` a token from
+        G(x) is from F(x) w.p. q_f ~ U(fine_frac) (default world.base_fine_frac, drawn per
+        response), else from G(x) \\ F(x); each token repeats its predecessor w.p.
+        base_repeat_prob; the whole response is sorted (random direction) w.p. base_sorted_prob.
+        `good_frac=world.saturated_good_frac` gives a coarse-saturated policy's responses, and
+        `fine_frac=world.saturated_fine_frac` one whose fine part varies over its whole range.
         """
         c = self.cfg
         qlo, qhi = c.base_good_frac if good_frac is None else good_frac
+        flo, fhi = c.base_fine_frac if fine_frac is None else fine_frac
         lo, hi = c.response_len
         out = []
         for prompt in prompts:
@@ -201,9 +217,17 @@ class World:
             bad = np.setdiff1d(np.arange(self.num_symbols), good)
             q = rng.uniform(qlo, qhi)
             length = int(rng.integers(lo, hi + 1))
-            y = np.where(
-                rng.random(length) < q, rng.choice(good, size=length), rng.choice(bad, size=length)
-            )
+            if self.fine_size:
+                fine, plain = good[: self.fine_size], good[self.fine_size :]
+                qf = rng.uniform(flo, fhi)
+                pick = np.where(
+                    rng.random(length) < qf,
+                    rng.choice(fine, size=length),
+                    rng.choice(plain, size=length),
+                )
+            else:  # the world without a fine part draws exactly as it always did
+                pick = rng.choice(good, size=length)
+            y = np.where(rng.random(length) < q, pick, rng.choice(bad, size=length))
             for i in range(1, length):
                 if rng.random() < c.base_repeat_prob:
                     y[i] = y[i - 1]
@@ -266,7 +290,7 @@ class World:
     @property
     def max_gold(self) -> float:
         c = self.cfg
-        return float(c.w_coarse + c.w_order + c.w_norep + c.w_length)
+        return float(c.w_coarse + c.w_fine + c.w_order + c.w_norep + c.w_length)
 
     def _components(self, px, pm, ry, rm) -> Components:
         """px [B, P] prompt symbols (pm: real), ry [B, R] response symbols (-1 junk; rm: real)."""
@@ -282,6 +306,9 @@ class World:
         good = sym & (ry // self.group_size == topic[:, None])
         good_frac = np.where(n > 0, good.sum(-1) / nz, 0.0)
         coarse = np.minimum(good_frac / c.coarse_cap, 1.0)
+        # fine: fraction of tokens in F(x), the first fine_size symbols of the topic.
+        in_fine = good & (ry % self.group_size < self.fine_size)
+        fine = np.where(n > 0, in_fine.sum(-1) / nz, 0.0)
         # order: adjacent pairs stepping in the prompt's direction (first <= last: ascending).
         plen = pm.sum(-1)
         if px.shape[1]:  # first and last real prompt symbol (prompts may be left-padded)
@@ -304,8 +331,14 @@ class World:
         # length: near len(prompt) + offset.
         target = plen + c.length_offset
         length = np.maximum(0.0, 1.0 - np.abs(n - target) / c.length_tolerance)
-        gold = c.w_coarse * coarse + c.w_order * order + c.w_norep * norep + c.w_length * length
-        return Components(gold, coarse, order, norep, length, good_frac)
+        gold = (
+            c.w_coarse * coarse
+            + c.w_fine * fine
+            + c.w_order * order
+            + c.w_norep * norep
+            + c.w_length * length
+        )
+        return Components(gold, coarse, order, norep, length, good_frac, fine)
 
     # --- preference labels -------------------------------------------------------------------------
 

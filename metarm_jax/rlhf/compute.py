@@ -152,3 +152,113 @@ def summary(res: dict) -> dict[str, Any]:
             for r, t in res["rm_metrics"].get("rounds", {}).items()
         },
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment's controls and curves (docs/synthetic.md, "Can the experiment discriminate?").
+# --------------------------------------------------------------------------------------------
+
+OVEROPTIMISED_DROP = 0.2  # vanilla PPO over-optimises when its final gold is this far below peak
+
+
+def peak_round(valid_gold: Mapping[int, float]) -> int:
+    """The round whose policy has the highest mean gold on the VALIDATION prompts (a tie goes to
+    the earlier round); round 0 is π_SFT."""
+    return max(valid_gold, key=lambda r: (valid_gold[r], -r))
+
+
+def peak_and_final(
+    valid_gold: Mapping[int, float], test_gold: Mapping[int, np.ndarray], n_boot: int
+) -> dict[str, Any]:
+    """An arm's peak (its round chosen on validation, read on test) and final (last round) gold
+    on the test prompts, with bootstrap intervals, and the drop from one to the other (paired)."""
+    r_peak, r_final = peak_round(valid_gold), max(test_gold)
+    peak, final = test_gold[r_peak], test_gold[r_final]
+    return {
+        "peak_round": r_peak,
+        "peak": mean_ci(peak, n_boot),
+        "final_round": r_final,
+        "final": mean_ci(final, n_boot),
+        "drop": paired_difference(peak, final, n_boot),
+    }
+
+
+def overoptimised(vanilla: Mapping[str, Any], drop: float = OVEROPTIMISED_DROP) -> dict[str, Any]:
+    """Does vanilla PPO over-optimise inside the budget: its final test gold at least ``drop``
+    below its peak (the peak chosen on validation)?"""
+    d = vanilla["drop"]["diff"]
+    return {
+        "peak_round": vanilla["peak_round"],
+        "peak": vanilla["peak"]["mean"],
+        "final": vanilla["final"]["mean"],
+        "drop": d,
+        "drop_ci": vanilla["drop"]["ci"],
+        "threshold": drop,
+        "passed": bool(d >= drop),
+    }
+
+
+def control_difference(
+    arm_gold: Mapping[int, np.ndarray],
+    arm_valid: Mapping[int, float],
+    vanilla_gold: Mapping[int, np.ndarray],
+    vanilla_valid: Mapping[int, float],
+    n_boot: int,
+) -> dict[str, Any]:
+    """A positive control minus vanilla PPO on the same test prompts: at the end of the budget
+    (``diff``/``ci``, what ``passed`` reads) and at each one's peak chosen on validation."""
+    final = paired_difference(arm_gold[max(arm_gold)], vanilla_gold[max(vanilla_gold)], n_boot)
+    peak = paired_difference(
+        arm_gold[peak_round(arm_valid)], vanilla_gold[peak_round(vanilla_valid)], n_boot
+    )
+    return {**final, "at": "final", "peak": peak, "passed": bool(final["ci"][0] > 0)}
+
+
+def controls(over: Mapping[str, Any], diffs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The pre-registered checks the report opens with: vanilla over-optimises, and every
+    positive control beats vanilla with an interval above 0. ``discriminates`` when all pass
+    (a missing control fails: the experiment is not shown to discriminate without it)."""
+    out: dict[str, Any] = {"overoptimised": dict(over)}
+    for name in ("ceiling", "oracle"):
+        out[f"{name}_minus_vanilla"] = dict(diffs[name]) if name in diffs else None
+    out["discriminates"] = bool(
+        over["passed"]
+        and all(
+            out[f"{n}_minus_vanilla"] is not None and out[f"{n}_minus_vanilla"]["passed"]
+            for n in ("ceiling", "oracle")
+        )
+    )
+    return out
+
+
+def gao_fit(sqrt_kl: Sequence[float], gold: Sequence[float]) -> dict[str, float]:
+    """Gao et al.'s RL form R(d) = d(α − β log d) fitted by least squares to the gold gain over
+    π_SFT (R = gold − gold at d = 0) against d = √KL, on the points with d > 0: R/d = α − β log d
+    is linear in log d. Fewer than two such points (or one d): α = R/d averaged, β = nan."""
+    d = np.asarray(sqrt_kl, np.float64)
+    g = np.asarray(gold, np.float64)
+    base = g[d == 0].mean() if np.any(d == 0) else 0.0
+    keep = d > 0
+    d, r = d[keep], g[keep] - base
+    if len(d) == 0:
+        return {"alpha": float("nan"), "beta": float("nan"), "points": 0}
+    y = r / d
+    if len(d) < 2 or np.ptp(np.log(d)) == 0:
+        return {"alpha": float(y.mean()), "beta": float("nan"), "points": len(d)}
+    a = np.stack([np.ones_like(d), -np.log(d)], 1)
+    (alpha, beta), *_ = np.linalg.lstsq(a, y, rcond=None)
+    return {"alpha": float(alpha), "beta": float(beta), "points": len(d)}
+
+
+def curve_point(r: int, iteration: int, kl: np.ndarray, gold, proxy) -> dict[str, Any]:
+    """One point of an arm's frontier: √(mean KL) (KL clipped at 0: the sample estimate can go
+    below), mean gold and mean proxy of its test samples."""
+    k = float(np.mean(kl)) if len(kl) else 0.0
+    return {
+        "round": r,
+        "iteration": iteration,
+        "kl": k,
+        "sqrt_kl": float(np.sqrt(max(k, 0.0))),
+        "gold": float(np.mean(gold)),
+        "proxy": float(np.mean(proxy)) if proxy is not None else None,
+    }

@@ -220,14 +220,19 @@ def _rounds_arm(runner, layout, arm: Arm, rec: RunRecord, meta_prompts: dict) ->
     return out
 
 
+GOLD_REWARD = "metarm_jax.data.synthetic:gold_monitor"  # the world's gold of token ids
+
+
 def _continuous_arm(runner, layout, arm: Arm, rec: RunRecord) -> ArmRun:
-    """PPO against r_0 for the whole budget, exported at every round boundary."""
+    """PPO against r_0 (or, for the ceiling, the world's gold reward) for the whole budget,
+    exported at every round boundary; the critic starts from r_0 either way."""
     iters, name = rec.ppo_iterations, layout.single_step(arm)
+    extra = {"reward_fn": GOLD_REWARD} if arm.reward == "gold" else {}
     s = runner.step(
         name,
         "ppo",
         _ppo_overrides(
-            rec.sft, rec.sft, rec.rm0, iterations=iters * rec.rounds, export_every=iters
+            rec.sft, rec.sft, rec.rm0, iterations=iters * rec.rounds, export_every=iters, **extra
         ),
     )
     final = export_of(s, "ppo")

@@ -8,8 +8,9 @@ Three schedules:
     rounds      R rounds of: k samples per train prompt from the arm's current policy -> the
                 arm's RM for this round (``train_rm``) -> PPO from the current policy against it.
                 Policies ``round<r>`` (the method under test) or ``<arm>_round<r>``.
-    continuous  one PPO run of R x ppo.iterations against a fixed reward (r_0), exported at every
-                round boundary so that each round is compared at a matched budget. ``<arm>@<r>``.
+    continuous  one PPO run of R x ppo.iterations against a fixed reward (r_0, or the world's gold
+                reward for the ceiling), exported at every round boundary so that each round is
+                compared at a matched budget. ``<arm>@<r>``.
     single      one stage that is not PPO (DPO on the same pairs). Policy ``<arm>``.
 
 This module imports no JAX: ``validate`` runs before anything else does.
@@ -33,15 +34,19 @@ class Arm:
     name       its key in ``rlhf.baselines`` and in every table of the report
     schedule   ROUNDS, CONTINUOUS or SINGLE (module docstring)
     rm_method  ROUNDS only: the key of its RM-training function in ``rm_methods.METHODS``
+    reward     CONTINUOUS only: what PPO optimises, "rm0" (r_0) or "gold" (the world's gold)
     title      how Table 2 names it next to the best round
     needs_world  it reads the synthetic world's gold reward (refused on real data)
+    control    a positive control (the report checks it before it shows a MetaRM number)
     """
 
     name: str
     schedule: str
     title: str
     rm_method: str = ""
+    reward: str = "rm0"
     needs_world: bool = False
+    control: bool = False
     doc: str = ""
 
     @property
@@ -84,6 +89,13 @@ ARMS: tuple[Arm, ...] = (
         doc="MetaRM (eta = meta.eta) on the original pairs, from the previous round's RM",
     ),
     Arm(
+        "metarm2",
+        ROUNDS,
+        "MetaRM second order",
+        rm_method="metarm_second",
+        doc="MetaRM differentiating through the ascent (meta.order='second', hvp form)",
+    ),
+    Arm(
         "eta0",
         ROUNDS,
         "eta0",
@@ -96,7 +108,18 @@ ARMS: tuple[Arm, ...] = (
         "oracle",
         rm_method="oracle",
         needs_world=True,
-        doc="an RM trained on gold-labelled pairs of the current policy's samples",
+        control=True,
+        doc="continues its RM on every round's gold-labelled pairs of its own policy's samples "
+        "plus the original pairs and earlier rounds' (replay), the same RM steps",
+    ),
+    Arm(
+        "ceiling",
+        CONTINUOUS,
+        "ceiling (PPO on gold)",
+        reward="gold",
+        needs_world=True,
+        control=True,
+        doc="PPO on the world's gold reward itself for the whole budget (critic from r_0)",
     ),
     Arm("vanilla_ppo", CONTINUOUS, "vanilla PPO", doc="PPO against r_0 for the whole budget"),
     Arm("dpo", SINGLE, "dpo", doc="DPO on the same preference pairs"),

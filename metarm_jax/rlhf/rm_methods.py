@@ -54,24 +54,46 @@ def metarm(req: RMRequest) -> RMResult:
     return _stage(req, "metarm", {"data.meta_path": req.meta, "meta.eta": eta})
 
 
+def metarm_second(req: RMRequest) -> RMResult:
+    """MetaRM of the second order: g = ∇_θ L(θ + η∇J(θ)), through the ascent (``hvp`` form)."""
+    eta = float(req.runner.config.meta.eta)
+    return _stage(
+        req, "metarm", {"data.meta_path": req.meta, "meta.eta": eta, "meta.order": "second"}
+    )
+
+
 def eta0(req: RMRequest) -> RMResult:
     """The control: the MetaRM stage with η = 0 (same data order, seeds and steps)."""
     return _stage(req, "metarm", {"data.meta_path": req.meta, "meta.eta": 0.0})
 
 
+def _oracle_dir(req: RMRequest, r: int) -> str:
+    return req.layout.path(req.layout.round_dir(req.arm, r), "oracle_pairs")
+
+
 def oracle(req: RMRequest) -> RMResult:
-    """A Bradley-Terry RM on gold-labelled pairs of the current policy's samples (every pair of a
-    prompt's k responses whose gold rewards differ; chosen = the higher gold), as an hh_rlhf train
-    split; its test split is the world's own test pairs, so it validates like every other RM."""
+    """The accumulating oracle, a positive control: a Bradley-Terry RM continued (from the
+    previous round's oracle RM) on the original pairs plus every round's gold-labelled pairs of
+    its own policy's samples so far (every pair of a prompt's k responses whose gold differs;
+    chosen = the higher gold): replay, so it does not forget the base distribution. It takes the
+    same RM steps as every other arm (a random sample of the growing pool; synthetic world
+    only). Its test split is the world's own test pairs, so it validates like every other RM."""
     runner, config = req.runner, req.runner.config
-    out_dir = req.layout.path(req.layout.round_dir(req.arm, req.round), "oracle_pairs")
+    out_dir = _oracle_dir(req, req.round)
     test = os.path.join(out_dir, "test.jsonl")
     if runner.lead and not os.path.exists(test):
         world = synthetic.World(config.world)
         recs = D.load_meta_examples(req.meta, on_bad_record="error")
         rows = synthetic.gold_pairs(world, [(r.prompt, list(r.responses)) for r in recs])
-        fileio.write_jsonl(os.path.join(out_dir, "train.jsonl"), rows)
+        fileio.write_jsonl(os.path.join(out_dir, "gold.jsonl"), rows)
         d = config.data
+        pool = [os.path.join(d.path, f"{d.split}.jsonl")]
+        pool += [os.path.join(_oracle_dir(req, r), "gold.jsonl") for r in range(1, req.round + 1)]
+        text = ""
+        for path in pool:
+            with open(path, encoding="utf-8") as f:
+                text += f.read()
+        fileio.write_text(os.path.join(out_dir, "train.jsonl"), text)
         with open(os.path.join(d.path, f"{d.eval_split}.jsonl"), encoding="utf-8") as f:
             fileio.write_text(test, f.read())
     hosts.barrier(f"rlhf:{out_dir}")
@@ -80,6 +102,7 @@ def oracle(req: RMRequest) -> RMResult:
 
 METHODS: dict[str, Callable[[RMRequest], RMResult]] = {
     "metarm": metarm,
+    "metarm_second": metarm_second,
     "eta0": eta0,
     "oracle": oracle,
 }

@@ -24,6 +24,7 @@ Train state (a dict pytree, all jax.Arrays; this is what a checkpoint holds besi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -145,6 +146,7 @@ def init_state(
             "rng": jax.random.key_data(jax.random.key(seed)),
             "nonfinite": jnp.zeros((), jnp.int32),
             "streak": jnp.zeros((), jnp.int32),
+            "update_norm": jnp.zeros((), jnp.float32),  # ‖the last applied update‖
         }
 
     return jax.jit(make, out_shardings=shardings)(params)
@@ -171,6 +173,7 @@ def state_shardings(mesh: Mesh, params: PyTree, optimizer: optax.GradientTransfo
         "rng": rep,
         "nonfinite": rep,
         "streak": rep,
+        "update_norm": rep,
     }
 
 
@@ -199,7 +202,10 @@ def make_train_step(
 
     def train_step(state, batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-        grads, metrics = accumulate(step_fn, state["params"], batch, rng, num_micro)
+        fn = step_fn
+        if getattr(step_fn, "wants_update_norm", False):  # MetaRM's ascent sized by the update
+            fn = functools.partial(step_fn, prev_update_norm=state["update_norm"])
+        grads, metrics = accumulate(fn, state["params"], batch, rng, num_micro)
         finite = all_finite(metrics["loss"], grads)
         params, opt_state, update_norm = jax.lax.cond(finite, apply, keep, state, grads)
         skipped = (~finite).astype(jnp.int32)
@@ -210,6 +216,7 @@ def make_train_step(
             "rng": state["rng"],
             "nonfinite": state["nonfinite"] + skipped,
             "streak": jnp.where(finite, 0, state["streak"] + 1),
+            "update_norm": jnp.where(finite, update_norm, state["update_norm"]),
         }
         metrics = {k: v.astype(jnp.float32) for k, v in metrics.items()}
         metrics.update(skipped=skipped, nonfinite=new["nonfinite"], streak=new["streak"])

@@ -61,7 +61,7 @@ def metarm_step(
         )
     eta = float(eta)
 
-    def step_fn(params, batch, rng):
+    def step_fn(params, batch, rng, prev_update_norm=None):
         del rng
         return metarm.meta_grads(
             reward_fn,
@@ -73,8 +73,10 @@ def metarm_step(
             measure_j_prime=measure_j_prime,
             eta_mode=eta_mode,
             second_order=second_order,
+            prev_update_norm=prev_update_norm,
         )
 
+    step_fn.wants_update_norm = eta_mode == "update"  # the loop passes ‖Δθ_opt‖ of the last step
     return step_fn
 
 

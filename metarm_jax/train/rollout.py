@@ -284,9 +284,11 @@ def _from_bits(b: int) -> jax.Array:
     return jnp.asarray(np.asarray(b, np.uint32).view(np.float32))
 
 
-def load_monitor(config):
-    """The optional roll-out monitor of ``config.ppo.monitor`` ("module:function"), or None."""
-    spec = config.ppo.monitor
+def load_token_fn(config, key: str = "monitor"):
+    """The optional function of token ids that ``config.ppo.<key>`` names ("module:function", a
+    factory called with the config), or None: ``monitor`` (logged) or ``reward_fn`` (replaces the
+    RM's score, e.g. the synthetic world's gold reward for the ceiling arm)."""
+    spec = config.ppo[key]
     if not spec:
         return None
     module, _, fn = spec.partition(":")
@@ -294,8 +296,7 @@ def load_monitor(config):
         return getattr(importlib.import_module(module), fn)(config)
     except (ImportError, AttributeError) as e:
         raise ConfigError(
-            f"config.ppo.monitor={spec!r}: cannot load it ({e}); expected "
-            "'package.module:function'."
+            f"config.ppo.{key}={spec!r}: cannot load it ({e}); expected 'package.module:function'."
         ) from None
 
 
@@ -348,7 +349,8 @@ class Rollouts(loop.StateSource):
         self.buffer_iteration = -1
         self.metrics: dict[str, Any] = {}
         self.timer = timer if timer is not None else {}
-        self.monitor = load_monitor(config)
+        self.monitor = load_token_fn(config, "monitor")
+        self.reward_fn = load_token_fn(config, "reward_fn")
         num_queries = self.q
         self._advantages = jax.jit(
             lambda mo, sc, ol, rl, v, m, e: advantages(
@@ -409,6 +411,15 @@ class Rollouts(loop.StateSource):
             num_response,
         )
         scored = jax.block_until_ready(scored)
+        host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        if self.reward_fn is not None:  # PPO on a given reward of the tokens (e.g. gold)
+            given = np.asarray(
+                self.reward_fn(rep(ids), rep(pmask), host(tokens), host(rmask)), np.float32
+            )
+            sh = scored["score"].sharding
+            scored = dict(
+                scored, score=jax.make_array_from_callback(given.shape, sh, lambda i: given[i])
+            )
         scored = dict(
             scored,
             score=faults.poison("reward", scored["score"]),
@@ -456,7 +467,6 @@ class Rollouts(loop.StateSource):
             score = shd.to_host(scored["score"]).reshape(self.q, self.r)
             metrics["shift/absdiff"] = stats.abs_differences(score, None).astype(np.float64)
         if self.monitor is not None:
-            host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
             values = self.monitor(rep(ids), rep(pmask), host(tokens), host(rmask))
             metrics["rollout/monitor_mean"] = float(np.mean(values))
         metrics["rollout/iteration"] = float(iteration)
