@@ -157,3 +157,32 @@ def rewards(
     a2.set_title("reward over PPO (proxy: the RM PPO optimises)")
     a2.legend(fontsize=6)
     return _save(fig, workdir, "fig_rewards.png")
+
+
+def frontier(workdir: str, curves: dict[str, list[dict]], fits: dict[str, dict]) -> str:
+    """Gao et al.'s frontier: gold (solid, with the fitted R = d(α − β log d) dotted) and proxy
+    (dashed, its own axis: RM units) against d = √KL(π‖π_SFT) at every export of every arm."""
+    plt = _plt(workdir)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, pts in curves.items():
+        d = np.asarray([p["sqrt_kl"] for p in pts])
+        g = np.asarray([p["gold"] for p in pts])
+        line = a1.plot(d, g, marker="o", ms=3, label=name, **_style(name))[0]
+        fit = fits.get(name, {})
+        if np.isfinite(fit.get("beta", np.nan)) and d.max() > 0:
+            x = np.linspace(1e-3, d.max(), 50)
+            base = g[d == 0].mean() if np.any(d == 0) else 0.0
+            a1.plot(x, base + x * (fit["alpha"] - fit["beta"] * np.log(x)), ":", lw=1,
+                    color=line.get_color())  # fmt: skip
+        p = [q["proxy"] for q in pts]
+        if all(v is not None for v in p):
+            a2.plot(d, p, marker="o", ms=3, label=name, color=line.get_color(), ls="--")
+    a1.set_xlabel("√KL(π ‖ π_SFT)")
+    a1.set_ylabel("gold reward (test prompts)")
+    a1.set_title("gold against √KL (dotted: fitted d(α − β log d))")
+    a1.legend(fontsize=7)
+    a2.set_xlabel("√KL(π ‖ π_SFT)")
+    a2.set_ylabel("proxy: the RM the arm optimised")
+    a2.set_title("proxy against √KL")
+    a2.legend(fontsize=7)
+    return _save(fig, workdir, "fig_frontier.png")

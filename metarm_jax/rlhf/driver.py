@@ -281,7 +281,8 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
             rec.arms[arm.name] = _single_arm(runner, layout, arm, rec)
 
     # Samples: eval_k per test prompt for every policy (the judge reads the first); one per
-    # validation prompt for the method's rounds, which choose the best round.
+    # validation prompt for every policy (the method's rounds choose the best round there, and
+    # every arm its peak).
     valid_prompts, test_prompts = eval_prompt_sets(config)
     policies = rec.policies()
     test, valid = {}, {}
@@ -292,7 +293,7 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
             "build_meta",
             _sample_overrides(path, int(rc.eval_k), test[name], test_prompts),
         )
-    for name in ["sft"] + rec.main.arm.policies(rec.rounds):
+    for name in policies:
         valid[name] = layout.sample_file("valid", name)
         runner.step(
             layout.sample_step("valid", name),

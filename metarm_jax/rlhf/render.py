@@ -32,6 +32,11 @@ def figures(workdir, res: dict, ppo_rows, rm_rows, fig5, meta_names) -> dict[str
         "rewards": plots.rewards(
             workdir, {k: (v["mean"], *v["ci"]) for k, v in res["gold"].items()}, ppo_rows
         ),
+        **(
+            {"frontier": plots.frontier(workdir, res["curves"], res["frontier_fit"])}
+            if res.get("curves")
+            else {}
+        ),
     }
 
 
@@ -102,6 +107,100 @@ def _clip_text(text: str, limit: int, keep: str) -> str:
     return text[:limit] + " ..." if keep == "start" else "... " + text[-limit:]
 
 
+def _unreadable(res: dict) -> str:
+    """The mark a MetaRM table carries when the controls did not pass."""
+    c = res.get("controls") or {}
+    if "discriminates" in c and not c["discriminates"]:
+        return " — not readable: the positive controls failed"
+    return ""
+
+
+def _controls_section(res: dict) -> list[str]:
+    """ "Can this experiment discriminate?": the pre-registered positive controls, read before
+    any MetaRM number (docs/synthetic.md)."""
+    c = res.get("controls") or {}
+    lines = ["## Can this experiment discriminate? (positive controls, read first)", ""]
+    if "overoptimised" not in c:
+        return lines + [f"Not measured: {c.get('note', 'no controls in this run')}.", ""]
+    o = c["overoptimised"]
+    lines += [
+        f"- **Vanilla PPO over-optimises inside the budget** (final gold at least "
+        f"{o['threshold']} below its peak, the peak chosen on validation): peak {o['peak']:.3f} "
+        f"(round {o['peak_round']}), final {o['final']:.3f}, drop {o['drop']:+.3f} "
+        f"{_ci(o['drop_ci'], pct=False)} — **{'passed' if o['passed'] else 'FAILED'}**.",
+    ]
+    for name, label in (("ceiling", "PPO on the gold reward"), ("oracle", "accumulating oracle")):
+        d = c.get(f"{name}_minus_vanilla")
+        if d is None:
+            lines.append(f"- **{name} ({label}) beats vanilla PPO**: not run — **FAILED**.")
+            continue
+        lines.append(
+            f"- **{name} ({label}) beats vanilla PPO** at the end of the budget: "
+            f"{d['diff']:+.3f} {_ci(d['ci'], pct=False)} in test gold (at each one's peak: "
+            f"{d['peak']['diff']:+.3f} {_ci(d['peak']['ci'], pct=False)}) — "
+            f"**{'passed' if d['passed'] else 'FAILED'}**."
+        )
+    if c["discriminates"]:
+        lines += ["", "Every control passed: a better reward model can win here.", ""]
+    else:
+        lines += [
+            "",
+            "**At least one control failed: this experiment cannot tell a better reward model "
+            "from a worse one, so the MetaRM comparisons below cannot be read as evidence either "
+            "way (every MetaRM table is marked so).**",
+            "",
+        ]
+    if res.get("peak_final"):
+        lines += [
+            "| arm | peak gold (round, chosen on validation) | final gold | peak − final |",
+            "|---|---|---|---|",
+        ]
+        for arm, v in res["peak_final"].items():
+            lines.append(
+                f"| {arm} | {v['peak']['mean']:.3f} {_ci(v['peak']['ci'], pct=False)} (round "
+                f"{v['peak_round']}) | {v['final']['mean']:.3f} "
+                f"{_ci(v['final']['ci'], pct=False)} | {v['drop']['diff']:+.3f} |"
+            )
+        lines += [""]
+    if res.get("curves"):
+        lines += [
+            "Frontier (test prompts): √KL(π‖π_SFT) / gold / proxy at each round's export, and "
+            "the fitted R = d(α − β log d):",
+            "",
+            "| arm | "
+            + " | ".join(f"round {p['round']}" for p in next(iter(res["curves"].values())))
+            + " | α, β |",
+            "|---" * (len(next(iter(res["curves"].values()))) + 2) + "|",
+        ]
+        for arm, pts in res["curves"].items():
+            f = res["frontier_fit"][arm]
+            cells = [
+                f"{p['sqrt_kl']:.2f} / {p['gold']:.3f} / "
+                + ("gold" if p["proxy"] is None else f"{p['proxy']:+.2f}")
+                for p in pts
+            ]
+            lines.append(
+                f"| {arm} | " + " | ".join(cells) + f" | {f['alpha']:.3f}, {f['beta']:.3f} |"
+            )
+        lines += [""]
+    if res.get("rm_on_policy_accuracy"):
+        acc = res["rm_on_policy_accuracy"]
+        rounds = sorted({r for v in acc.values() for r in v}, key=lambda r: int(r[5:]))
+        lines += [
+            "Each arm's RM against gold on its own policy's test samples (within-prompt pairwise "
+            "accuracy; the mechanism the paper claims):",
+            "",
+            "| arm | " + " | ".join(rounds) + " |",
+            "|---" * (len(rounds) + 1) + "|",
+        ]
+        for arm, v in acc.items():
+            lines.append(
+                f"| {arm} | " + " | ".join(f"{v.get(r, float('nan')):.3f}" for r in rounds) + " |"
+            )
+        lines += [""]
+    return lines
+
+
 def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
     best = res["best_round"]
     lines = [
@@ -118,19 +217,20 @@ def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
         f"{res['valid_prompts']} validation prompts; 95% intervals from {res['bootstrap']} "
         "paired bootstrap resamples of the prompts.",
         "",
+        *_controls_section(res),
         "## In plain words",
         "",
         *[f"- {line}" for line in _plain_words(res, rec)],
         "",
-        "## Selection (validation prompts): each MetaRM round vs SFT",
+        "## Selection (validation prompts): each MetaRM round vs SFT" + _unreadable(res),
         "",
         *_cmp_table(res["selection"], "round vs SFT"),
         "",
-        "## Table 1 (test prompts): each round of each arm vs SFT",
+        "## Table 1 (test prompts): each round of each arm vs SFT" + _unreadable(res),
         "",
         *_cmp_table(res["table1"], "policy vs SFT"),
         "",
-        f"## Table 2 (test prompts): the best round ({best}) vs the baselines",
+        f"## Table 2 (test prompts): the best round ({best}) vs the baselines" + _unreadable(res),
         "",
         *_cmp_table(res["table2"], f"{best} vs"),
         "",
@@ -272,6 +372,7 @@ def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
         "",
     ]
     for key, title in (
+        ("frontier", "Gold and proxy against √KL (Gao et al.'s frontier), every arm"),
         (
             "fig1_paper",
             "Figure 1 as the paper draws it: variance of r(x, y1) - r(x, y2) at each checkpoint",
@@ -285,7 +386,8 @@ def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
         ("fig5", "Figure 5: |Δr| raw and normalised"),
         ("rewards", "Rewards by policy and over PPO"),
     ):
-        lines += [f"### {title}", "", f"![{key}]({figs[key]})", ""]
+        if key in figs:
+            lines += [f"### {title}", "", f"![{key}]({figs[key]})", ""]
     return "\n".join(lines)
 
 

@@ -35,6 +35,7 @@ from metarm_jax.data import synthetic
 from metarm_jax.eval import diversity, human, judges, llm_judge
 from metarm_jax.layout import read_metrics
 from metarm_jax.rlhf import compute, render
+from metarm_jax.rlhf import kl as kl_lib
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, RunRecord
 from metarm_jax.scoring import RewardScorer
@@ -94,6 +95,7 @@ def build(
 
     test = {name: load_samples(path) for name, path in test_samples.items()}
     valid = {name: load_samples(path) for name, path in valid_samples.items()}
+    meta_names = main.policies(rounds)
     prompts, vprompts = _same_prompts(test, "test"), _same_prompts(valid, "validation")
     if set(prompts) & set(vprompts):
         raise RuntimeError(
@@ -102,6 +104,7 @@ def build(
         )
     first = {name: [r[0] for r in resp] for name, (_, resp) in test.items()}
     vfirst = {name: [r[0] for r in resp] for name, (_, resp) in valid.items()}
+    vfirst = {name: vfirst[name] for name in ["sft", *meta_names]}  # the best round's choice
 
     use_gold = rc.judge == "gold" or (rc.judge == "auto" and rc.world)
     world = synthetic.World(config.world) if use_gold else None
@@ -112,7 +115,6 @@ def build(
         return compute.comparison(judge.compare(ps, texts[a], texts[b]), n_boot)
 
     # Selection on validation prompts only; Tables 1 and 2 on test prompts only.
-    meta_names = main.policies(rounds)
     selection = {name: vs(name, "sft", vfirst, vprompts) for name in meta_names}
     best = compute.select_best(selection)
     r_best = int(best.removeprefix("round"))
@@ -149,6 +151,7 @@ def build(
     }
 
     rm_metrics = _rm_metrics(rec, test, prompts, world, scorer, rc, n_boot)
+    experiment = _experiment(ctx, rec, layout, test, valid, world, scorer, n_boot)
     fig1 = _figure1(rec, test, scorer)
     lengths = _lengths(config, test)
     div = _diversity(config, first, rc.diversity)
@@ -171,6 +174,7 @@ def build(
 
     d = config.data
     result = {
+        **experiment,
         "setting": "ood" if rc.meta_prompts == "ood" else "in-distribution",
         "train_prompts": f"{d.prompt_dataset}:{d.prompt_path}:{d.prompt_split}",
         "eval_prompts": f"{rc.eval_prompt_dataset}:{rc.eval_prompt_path}:{rc.eval_prompt_split}",
@@ -234,6 +238,92 @@ def _reference(world, prompts, scorer, rc):
             prompts, resp
         )[0]
     return None, None
+
+
+def _points(rec: RunRecord, run) -> list[tuple[int, str, str | None]]:
+    """(round, policy, the reward it optimised: an RM export, or None for the gold reward) at
+    every export of a ROUNDS or CONTINUOUS arm, π_SFT (round 0) first."""
+    a = run.arm
+    gold_reward = a.schedule == CONTINUOUS and a.reward == "gold"
+    out = [(0, "sft", None if gold_reward else rec.rm0)]
+    for r in range(1, rec.rounds + 1):
+        rm = run.rm_at(r) if a.schedule == ROUNDS else (None if gold_reward else rec.rm0)
+        out.append((r, a.policy(r), rm))
+    return out
+
+
+def _experiment(ctx, rec: RunRecord, layout, test, valid, world, scorer, n_boot) -> dict:
+    """The experiment's controls, every arm's frontier (gold and proxy against √KL at every
+    export), its peak (chosen on validation) and final gold, and each arm's RM accuracy against
+    gold on its own policy's samples. Needs the synthetic world's gold reward."""
+    if world is None:
+        note = "needs the synthetic world's gold reward (rlhf.world); not measured"
+        return {"controls": {"note": note}, "curves": {}, "rm_on_policy_accuracy": {}}
+    config = ctx.config
+    policies = rec.policies()
+    gold_test, gold_valid = {}, {}
+
+    def gold_of(name):
+        if name not in gold_test:
+            ps, resp = test[name]
+            gold_test[name] = np.asarray(
+                [np.mean(world.gold([p] * len(r), r)) for p, r in zip(ps, resp)], np.float64
+            )
+            vps, vresp = valid[name]
+            gold_valid[name] = float(np.mean(world.gold(vps, [r[0] for r in vresp])))
+        return gold_test[name]
+
+    curves, fits, peak_final, on_policy = {}, {}, {}, {}
+    for run in rec.arms.values():
+        if run.arm.schedule not in (ROUNDS, CONTINUOUS):
+            continue
+        name, pts = run.arm.name, []
+        for r, policy, rm in _points(rec, run):
+            ps, resp = test[policy]
+            g = gold_of(policy)
+            kl_file = layout.path("samples", "kl", f"{policy}.json")
+            kl = kl_lib.estimate(
+                config, ctx.mesh, policies[policy], rec.sft, ps, int(config.seed), kl_file
+            )
+            proxy = g if rm is None else scorer(rm).score(ps, resp)[0].mean(-1)
+            pts.append(compute.curve_point(r, r * rec.ppo_iterations, kl, g, proxy))
+            if r > 0 and rm is not None:
+                scores, mask = scorer(rm).score(ps, resp)
+                ref = np.asarray([world.gold([p] * len(x), x) for p, x in zip(ps, resp)])
+                on_policy.setdefault(name, {})[f"round{r}"] = compute.rm_agreement(
+                    scores, ref, mask, n_boot
+                )["accuracy"]
+        curves[name] = pts
+        fits[name] = compute.gao_fit([p["sqrt_kl"] for p in pts], [p["gold"] for p in pts])
+        names = {r: p for r, p, _ in _points(rec, run)}
+        peak_final[name] = compute.peak_and_final(
+            {r: gold_valid[p] for r, p in names.items()},
+            {r: gold_test[p] for r, p in names.items()},
+            n_boot,
+        )
+    controls: dict[str, Any] = {"note": "needs the vanilla_ppo arm"}
+    if "vanilla_ppo" in peak_final:
+        v = rec.arms["vanilla_ppo"]
+        v_names = {r: p for r, p, _ in _points(rec, v)}
+        diffs = {}
+        for ctl in ("ceiling", "oracle"):
+            if ctl in rec.arms:
+                c_names = {r: p for r, p, _ in _points(rec, rec.arms[ctl])}
+                diffs[ctl] = compute.control_difference(
+                    {r: gold_test[p] for r, p in c_names.items()},
+                    {r: gold_valid[p] for r, p in c_names.items()},
+                    {r: gold_test[p] for r, p in v_names.items()},
+                    {r: gold_valid[p] for r, p in v_names.items()},
+                    n_boot,
+                )
+        controls = compute.controls(compute.overoptimised(peak_final["vanilla_ppo"]), diffs)
+    return {
+        "controls": controls,
+        "curves": curves,
+        "frontier_fit": fits,
+        "peak_final": peak_final,
+        "rm_on_policy_accuracy": on_policy,
+    }
 
 
 def _rm_metrics(rec: RunRecord, test, prompts, world, scorer, rc, n_boot) -> dict[str, Any]:

@@ -1,0 +1,132 @@
+"""The report's numbers without a run: every function of metarm_jax/rlhf/compute.py on small
+hand-made inputs whose answers are computed by hand here (or by numpy/scipy independently)."""
+
+import numpy as np
+import pytest
+
+from metarm_jax.eval.judges import JudgeResult
+from metarm_jax.rlhf import compute, plan
+from metarm_jax.rlhf.plan import ArmRun, Round, RunRecord
+
+
+def test_comparison_counts_and_its_interval_holds_the_estimate():
+    res = JudgeResult(3, 1, 1, outcomes=np.array([1, 1, 1, 0, -1]))
+    c = compute.comparison(res, n_boot=200)
+    assert (c["win"], c["tie"], c["lose"], c["n"]) == (3, 1, 1, 5)
+    assert c["net"] == pytest.approx(0.4) and c["win_rate"] == pytest.approx(0.6)
+    assert c["net_ci"][0] <= 0.4 <= c["net_ci"][1]
+
+
+def test_paired_difference_and_mean_ci():
+    a, b = np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.5, 2.0, 2.0, 3.5])
+    d = compute.paired_difference(a, b, n_boot=200)
+    assert d["diff"] == pytest.approx(0.5)
+    assert d["ci"][0] <= 0.5 <= d["ci"][1]
+    assert compute.mean_ci(a, 200)["mean"] == pytest.approx(2.5)
+
+
+def test_select_best_and_peak_round_break_ties_towards_the_earlier_round():
+    assert compute.select_best({"round1": {"net": 0.1}, "round2": {"net": 0.1}}) == "round1"
+    assert compute.peak_round({0: 1.0, 1: 1.2, 2: 1.2, 3: 0.9}) == 1
+
+
+def test_clip_fraction_geometry_and_lengths():
+    rows = [{compute.CLIP_KEY: 0.05}, {compute.CLIP_KEY: 0.25}, {"other": 1.0}]
+    assert compute.clip_fraction(rows) == {"mean": pytest.approx(0.15), "flag": True}
+    assert compute.clip_fraction([]) == {"mean": 0.0, "flag": False}
+    g = compute.geometry([{"meta/ascent_norm": 1.0, "update_norm": 2.0}, {"meta/ascent_norm": 3.0}])
+    assert g == {"meta/ascent_norm": 2.0, "update_norm": 2.0}
+    s = compute.length_stats([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
+    assert s["mean"] == 5.5 and s["median"] == 5.5
+    assert s["p10"] == pytest.approx(np.percentile(np.arange(1, 11), 10))
+
+
+def test_pair_variance_and_normalised_differences():
+    scores = np.array([[1.0, 0.0], [0.0, 0.0], [2.0, 1.0]])
+    assert compute.pair_variance(scores) == pytest.approx(np.var([1.0, 0.0, 1.0]))
+    out = compute.normalised_differences(scores, np.ones_like(scores))
+    np.testing.assert_allclose(out["raw"], [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(out["normalised"], out["raw"] / np.std(scores))
+
+
+def test_rm_agreement_on_a_hand_ranked_prompt():
+    ref = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    scores = np.array([[0.9, 0.5, 0.1], [0.9, 0.5, 0.1]])  # right on prompt 0, reversed on 1
+    out = compute.rm_agreement(scores, ref, np.ones_like(ref), n_boot=100)
+    assert out["accuracy"] == pytest.approx(0.5) and out["tau"] == pytest.approx(0.0)
+
+
+def _record():
+    a = {n: plan.BY_NAME[n] for n in ("metarm", "eta0", "vanilla_ppo", "dpo")}
+    rounds = [Round(r, f"p{r}", f"rm{r}", "m", "x", 10, "y", 3) for r in (1, 2)]
+    arms = {
+        "metarm": ArmRun(a["metarm"], rounds=rounds),
+        "eta0": ArmRun(a["eta0"], rounds=rounds),
+        "vanilla_ppo": ArmRun(a["vanilla_ppo"], at_round={1: "v1", 2: "v2"}, final="v2"),
+        "dpo": ArmRun(a["dpo"], final="d", steps=7),
+    }
+    return RunRecord("sft", "rm0", 5, "", 3, 2, arms)
+
+
+def test_budgets_count_each_arms_rm_steps_and_ppo_iterations():
+    b = compute.budgets(_record())
+    assert b["metarm"] == {"rm_steps": 5 + 20, "ppo_iterations": 6} == b["eta0"]
+    assert b["vanilla_ppo"] == {"rm_steps": 5, "ppo_iterations": 6}
+    assert b["dpo"] == {"rm_steps": 0, "ppo_iterations": 0, "dpo_steps": 7}
+
+
+def test_the_plan_names_every_policy_once():
+    rec = _record()
+    assert list(rec.policies()) == [
+        "sft", "round1", "round2", "eta0_round1", "eta0_round2", "vanilla_ppo@1",
+        "vanilla_ppo@2", "dpo",
+    ]  # fmt: skip
+    assert plan.BY_NAME["vanilla_ppo"].opponents(1, 2) == {
+        "vanilla PPO (round 1 budget)": "vanilla_ppo@1",
+        "vanilla PPO (full budget, round 2)": "vanilla_ppo@2",
+    }
+    assert plan.BY_NAME["eta0"].opponents(2, 2) == {"eta0 (round 2)": "eta0_round2"}
+
+
+def test_peak_and_final_read_the_peak_on_validation_and_report_it_on_test():
+    valid = {0: 1.0, 1: 1.5, 2: 1.2}
+    test = {0: np.array([1.0, 1.0]), 1: np.array([1.4, 1.6]), 2: np.array([1.0, 1.2])}
+    pf = compute.peak_and_final(valid, test, n_boot=100)
+    assert pf["peak_round"] == 1 and pf["peak"]["mean"] == pytest.approx(1.5)
+    assert pf["final_round"] == 2 and pf["final"]["mean"] == pytest.approx(1.1)
+    assert pf["drop"]["diff"] == pytest.approx(0.4)
+    over = compute.overoptimised(pf)
+    assert over["passed"] and over["drop"] == pytest.approx(0.4)
+    assert not compute.overoptimised(pf, drop=0.5)["passed"]
+
+
+def test_controls_discriminate_only_when_every_check_passes():
+    v_test = {0: np.zeros(4), 1: np.full(4, 1.0), 2: np.full(4, 0.5)}
+    v_valid = {0: 0.0, 1: 1.0, 2: 0.5}
+    over = compute.overoptimised(compute.peak_and_final(v_valid, v_test, 100))
+    up = {0: np.zeros(4), 1: np.full(4, 1.0), 2: np.array([1.1, 1.3, 1.2, 1.4])}
+    good = compute.control_difference(up, {0: 0, 1: 1, 2: 1.2}, v_test, v_valid, 100)
+    assert good["diff"] == pytest.approx(1.25 - 0.5) and good["passed"]
+    assert good["peak"]["diff"] == pytest.approx(1.25 - 1.0)
+    flat = compute.control_difference(v_test, v_valid, v_test, v_valid, 100)
+    assert not flat["passed"]  # equal to vanilla: an interval of [0, 0] does not exclude 0
+    assert compute.controls(over, {"ceiling": good, "oracle": good})["discriminates"]
+    assert not compute.controls(over, {"ceiling": good, "oracle": flat})["discriminates"]
+    assert not compute.controls(over, {"ceiling": good})["discriminates"]  # oracle missing
+
+
+def test_gao_fit_recovers_the_coefficients_of_its_own_form():
+    d = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    alpha, beta = 0.8, 0.3
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gain = np.where(d > 0, d * (alpha - beta * np.log(d)), 0.0)
+    fit = compute.gao_fit(d, 1.0 + gain)  # gold at d = 0 is the baseline
+    assert fit["alpha"] == pytest.approx(alpha) and fit["beta"] == pytest.approx(beta)
+    assert fit["points"] == 4
+    assert np.isnan(compute.gao_fit([0.0, 1.0], [1.0, 1.5])["beta"])
+
+
+def test_curve_point_clips_a_negative_kl_estimate():
+    p = compute.curve_point(2, 60, np.array([-0.1, 0.05]), [1.0, 2.0], [0.5])
+    assert p["sqrt_kl"] == 0.0 and p["gold"] == 1.5 and p["proxy"] == 0.5
+    assert compute.curve_point(1, 30, np.array([0.25]), [1.0], None)["sqrt_kl"] == 0.5
