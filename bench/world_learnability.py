@@ -33,28 +33,6 @@ from metarm_jax.rlhf.runner import Runner, export_of
 from metarm_jax.scoring import RewardScorer
 
 
-def saturated_pairs(world, rng, n, exclude):
-    """n gold-ordered HH rows on training-distribution prompts, coarse-saturated responses."""
-    c = world.cfg
-    prompts = world.sample_prompts(rng, n, exclude=exclude)
-    kw = dict(good_frac=tuple(c.saturated_good_frac), fine_frac=tuple(c.saturated_fine_frac))
-    a, b = world.sample_responses(rng, prompts, **kw), world.sample_responses(rng, prompts, **kw)
-    ga, gb = world.gold(prompts, a), world.gold(prompts, b)
-    rows = []
-    for i, x in enumerate(prompts):
-        if abs(ga[i] - gb[i]) < 1e-9:
-            continue
-        w, l = (a[i], b[i]) if ga[i] > gb[i] else (b[i], a[i])
-        text = world.render(x)
-        rows.append(
-            {
-                "chosen": synthetic.hh_transcript(text, world.render(w)),
-                "rejected": synthetic.hh_transcript(text, world.render(l)),
-            }
-        )
-    return rows
-
-
 def read_pairs(path):
     """(prompts, chosen, rejected) of an hh_rlhf file whose chosen side has the higher gold."""
     ps, cs, rs = [], [], []
@@ -127,10 +105,11 @@ def main() -> None:
         for f in ("valid", "test"):
             held |= {r["prompt"] for r in _jsonl(layout.path("world", "prompts", f + ".jsonl"))}
         fileio.write_jsonl(
-            os.path.join(sat_dir, "train.jsonl"), saturated_pairs(world, rng, args.pairs, held)
+            os.path.join(sat_dir, "train.jsonl"),
+            synthetic.saturated_pairs(world, rng, args.pairs, held),
         )
         fileio.write_jsonl(
-            os.path.join(sat_dir, "test.jsonl"), saturated_pairs(world, rng, 500, held)
+            os.path.join(sat_dir, "test.jsonl"), synthetic.saturated_pairs(world, rng, 500, held)
         )
     rm_sat = export_of(
         runner.step(

@@ -397,3 +397,122 @@ def _tmp_jsonl(rows) -> str:
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     return f.name
+
+
+# --- the fine (subtle) part, the quickstart's world (docs/synthetic.md) -------------------------
+
+
+def quickstart_world_config():
+    from metarm_jax import config_lib
+
+    return config_lib.load_config_file(
+        str(pathlib.Path(__file__).parents[1] / "configs" / "quickstart.py")
+    ).world
+
+
+def test_fine_part_by_hand():
+    """F(x) is the first fine_size symbols of the topic; fine = their share of the response."""
+    cfg = defaults.world()
+    cfg.fine_size, cfg.w_fine = 4, 0.5
+    w = World(cfg)
+    assert list(w.fine_set(ASC)) == [0, 1, 2, 3]  # topic 0: w00..w11, F = w00..w03
+    # w01, w02 in F; w05 good but not in F; w40 neither: fine 2/4, coarse (3/4)/0.75 = 1
+    c = w.components([ASC], ["w01 w02 w05 w40"])
+    assert c.fine[0] == pytest.approx(0.5) and c.coarse[0] == pytest.approx(1.0)
+    # order 1<2<5<40 = 3/3, norep 1, length 4 == 4 -> 1
+    assert c.gold[0] == pytest.approx(1.0 + 0.5 * 0.5 + 0.3 + 0.2 + 0.2)
+    assert w.max_gold == pytest.approx(2.2)
+    # the base sampler draws a topic token from F with probability ~ U(base_fine_frac)
+    rng = np.random.default_rng(0)
+    prompts = w.sample_prompts(rng, 500)
+    none = w.components(
+        prompts, w.sample_responses(rng, prompts, good_frac=(1, 1), fine_frac=(0, 0))
+    )
+    full = w.components(
+        prompts, w.sample_responses(rng, prompts, good_frac=(1, 1), fine_frac=(1, 1))
+    )
+    assert np.all(none.fine == 0) and np.all(full.fine == 1)
+    # fine_size 0 keeps the world without the part exactly (same draws, same gold)
+    rng1, rng2 = np.random.default_rng(3), np.random.default_rng(3)
+    old = World(defaults.world())
+    a = old.sample_responses(rng1, prompts[:50])
+    b = World(defaults.world()).sample_responses(rng2, prompts[:50])
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_quickstart_world_exercises_the_fine_part_little_on_base_samples():
+    """The premise of the experiment's world: on base samples the fine part's weighted spread is
+    a small fraction of the coarse part's; on coarse-saturated samples it is the largest."""
+    w = World(quickstart_world_config())
+    c = w.cfg
+    rng = np.random.default_rng(6)
+    prompts = w.sample_prompts(rng, 2000)
+    base = w.components(prompts, w.sample_responses(rng, prompts))
+    sat = w.components(
+        prompts,
+        w.sample_responses(
+            rng,
+            prompts,
+            good_frac=tuple(c.saturated_good_frac),
+            fine_frac=tuple(c.saturated_fine_frac),
+        ),
+    )
+    assert c.w_fine * base.fine.std() < 0.3 * c.w_coarse * base.coarse.std()
+    parts = {
+        "coarse": c.w_coarse * sat.coarse.std(),
+        "order": c.w_order * sat.order.std(),
+        "norep": c.w_norep * sat.norep.std(),
+        "length": c.w_length * sat.length.std(),
+    }
+    assert c.w_fine * sat.fine.std() > max(parts.values()), parts
+
+
+def test_subtle_part_is_learnable_and_r0_learns_it_poorly(tmp_path):
+    """The learnability probe (bench/world_learnability.py at full size): an RM trained with
+    r_0's recipe (from π_SFT, the same lr, steps and batch) on coarse-saturated pairs ordered by
+    gold ranks held-out saturated pairs at >= 0.75; r_0, trained on the base pairs, does not."""
+    from metarm_jax import config_lib, sharding, stages
+    from metarm_jax.data import synthetic
+    from metarm_jax.rlhf import driver
+    from metarm_jax.rlhf.layout import RunLayout
+    from metarm_jax.rlhf.runner import Runner, export_of
+    from metarm_jax.scoring import RewardScorer
+
+    config = config_lib.load_config_file(
+        str(pathlib.Path(__file__).parents[1] / "configs" / "quickstart.py")
+    )
+    config = config_lib.derive(
+        config, {"workdir": str(tmp_path), "sft.epochs": 1.0, "train.progress": False}
+    )
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1})
+    layout = RunLayout(str(tmp_path))
+    ctx = driver._prepare(stages.StageContext(config, mesh, str(tmp_path)), layout)
+    runner = Runner(ctx)
+    sft = export_of(runner.step("sft", "sft", {}), "sft")
+    rm0 = export_of(runner.step("rm", "rm", {"model.hf_path": sft}), "rm")
+    world = synthetic.World(ctx.config.world)
+    rng = np.random.default_rng(101)
+    held: set[str] = set()
+    sat = tmp_path / "saturated"
+    n = int(ctx.config.world.num_train_pairs)
+    fileio_rows = {"train": synthetic.saturated_pairs(world, rng, n, held)}
+    fileio_rows["test"] = synthetic.saturated_pairs(world, rng, 400, held)
+    sat.mkdir()
+    for split, rows in fileio_rows.items():
+        (sat / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rm_sat = export_of(
+        runner.step("rm_sat", "rm", {"model.hf_path": sft, "data.path": str(sat)}), "rm"
+    )
+    test = fileio_rows["test"]
+    cut = [(r["chosen"].rpartition(ASSISTANT), r["rejected"].rpartition(ASSISTANT)) for r in test]
+    prompts = [c[0] + c[1] for c, _ in cut]
+    pairs = [[c[2], r[2]] for c, r in cut]
+
+    def accuracy(path):
+        s = RewardScorer(ctx.config, mesh, path).score(prompts, pairs)[0]
+        return float(np.mean(s[:, 0] > s[:, 1]))
+
+    acc_sat, acc_r0 = accuracy(rm_sat), accuracy(rm0)
+    print({"rm_sat": acc_sat, "r0": acc_r0})
+    assert acc_sat >= 0.75
+    assert acc_r0 < acc_sat - 0.1

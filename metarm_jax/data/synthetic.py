@@ -630,6 +630,33 @@ def gold_pairs(world: World, examples) -> list[dict]:
     return rows
 
 
+def saturated_pairs(
+    world: World, rng: np.random.Generator, n: int, exclude: set[str]
+) -> list[dict]:
+    """Up to n hh_rlhf rows ordered exactly by gold (ties dropped) on training-distribution
+    prompts (none in ``exclude``) with coarse-saturated responses (good fraction ~
+    U(world.saturated_good_frac), fine fraction ~ U(world.saturated_fine_frac)): the pairs on
+    which the world's subtle part decides, for the learnability probe (docs/synthetic.md)."""
+    c = world.cfg
+    prompts = world.sample_prompts(rng, n, exclude=exclude)
+    kw = dict(good_frac=tuple(c.saturated_good_frac), fine_frac=tuple(c.saturated_fine_frac))
+    a, b = world.sample_responses(rng, prompts, **kw), world.sample_responses(rng, prompts, **kw)
+    ga, gb = world.gold(prompts, a), world.gold(prompts, b)
+    rows = []
+    for i, x in enumerate(prompts):
+        if abs(ga[i] - gb[i]) < 1e-9:
+            continue
+        w, l = (a[i], b[i]) if ga[i] > gb[i] else (b[i], a[i])
+        text = world.render(x)
+        rows.append(
+            {
+                "chosen": hh_transcript(text, world.render(w)),
+                "rejected": hh_transcript(text, world.render(l)),
+            }
+        )
+    return rows
+
+
 def gold_monitor(config):
     """PPO roll-out monitor (config.ppo.monitor): the gold reward of sampled token ids."""
     world = World(config.world)
