@@ -635,7 +635,7 @@ from transformers import pipeline
 
 rm = pipeline("text-classification", model="path/to/this/directory")
 text = {"rm.tokenizer.bos_token + " if bos else ""}prompt + response + rm.tokenizer.eos_token
-score = rm(text, function_to_apply="none", add_special_tokens=False)["score"]
+score = rm(text, function_to_apply="none", add_special_tokens=False)[0]["score"]
 ```
 
 With TRL or OpenRLHF: see the section "Using the reward model in TRL and OpenRLHF" of the

@@ -230,15 +230,19 @@ def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
             tok = data.tokenizer
             if tok is None and config.data.tokenizer_path:
                 tok = D.load_tokenizer(config.data.tokenizer_path)
-            scoring = None
-            if tok is not None:
-                scoring = scoring_convention(config.data, tok, name, summary)
-                if scoring.get("warning"):
-                    print(f"[metarm_jax] {name}: {scoring['warning']}")
-            summary["export"] = common.export(
-                model, ctx.workdir, "rm", tokenizer=tok, scoring=scoring
-            )
+            summary["export"] = export_rm(model, ctx.workdir, config.data, tok, name, summary)
     return summary
+
+
+def export_rm(model, workdir: str, data_cfg, tokenizer, stage: str, summary=None) -> str:
+    """``workdir/export/rm``: the RM as an HF sequence classifier with its tokenizer and its
+    scoring convention (config.json and README.md); without a tokenizer, the weights only."""
+    scoring = None
+    if tokenizer is not None:
+        scoring = scoring_convention(data_cfg, tokenizer, stage, summary)
+        if scoring.get("warning"):
+            print(f"[metarm_jax] {stage}: {scoring['warning']}")
+    return common.export(model, workdir, "rm", tokenizer=tokenizer, scoring=scoring)
 
 
 def scoring_convention(data_cfg, tokenizer, stage: str, summary: dict | None = None) -> dict:
