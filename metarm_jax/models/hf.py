@@ -156,9 +156,8 @@ def _rope_config(hf_cfg: dict, source: str) -> dict:
         raise CheckpointError(
             f"{source}: rope_type 'llama3' needs {missing[0]!r} in rope_scaling/rope_parameters."
         )
-    out = {
-        ours: type(getattr(llama.LlamaConfig, ours))(rope[k]) for k, ours in _LLAMA3_KEYS.items()
-    }
+    out = {ours: float(rope[k]) for k, ours in _LLAMA3_KEYS.items()}
+    out["rope_original_max_position_embeddings"] = int(rope["original_max_position_embeddings"])
     return {"rope_theta": theta, "rope_type": "llama3", **out}
 
 
@@ -638,7 +637,7 @@ text = {"rm.tokenizer.bos_token + " if bos else ""}prompt + response + rm.tokeni
 score = rm(text, function_to_apply="none", add_special_tokens=False)[0]["score"]
 ```
 
-With TRL or OpenRLHF: see the section "Using the reward model in TRL and OpenRLHF" of the
-metarm-jax README (TRL's trainers tokenize prompt + completion without the EOS, so pass a
-reward function that formats the text as above).
+With TRL or OpenRLHF: see the section "Using the reward model in transformers, TRL and
+OpenRLHF" of the metarm-jax README (TRL's `reward_funcs` tokenize prompt + completion without
+the EOS: pass the README's reward function, which formats the text as above).
 """

@@ -295,7 +295,7 @@ class Block(nnx.Module):
         self.k = _param(rngs, w, L + (e, kvh, d), ("layers", "embed", "kv_heads", "head_dim"), dt)
         self.v = _param(rngs, w, L + (e, kvh, d), ("layers", "embed", "kv_heads", "head_dim"), dt)
         self.o = _param(rngs, w, L + (h, d, e), ("layers", "heads", "head_dim", "embed"), dt)
-        if cfg.qkv_bias:  # zeros, as an nn.Linear bias HF re-initialises for these families
+        if cfg.qkv_bias:  # zeros, as HF initialises these Linear biases
             self.q_bias = _param(rngs, _zeros, L + (h, d), ("layers", "heads", "head_dim"), dt)
             self.k_bias = _param(rngs, _zeros, L + (kvh, d), ("layers", "kv_heads", "head_dim"), dt)
             self.v_bias = _param(rngs, _zeros, L + (kvh, d), ("layers", "kv_heads", "head_dim"), dt)
