@@ -1,7 +1,9 @@
-"""Our Llama against HF transformers (PyTorch, fp32), and HF checkpoint import/export."""
+"""Our Llama against HF transformers (PyTorch, fp32), and HF checkpoint import/export: Llama-2,
+Llama-3.x (llama3 rotary scaling, GQA, tied embeddings) and Qwen2 (q/k/v biases)."""
 
 import json
 import os
+from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +13,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from metarm_jax import sampling
 from metarm_jax.models import hf, llama
 
 PAD = 0
@@ -49,6 +52,8 @@ def make_hf(cls, cfg, seed, path):
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith("_proj.bias"):  # Qwen2's q/k/v biases (HF initialises them to 0)
+                p.copy_(0.3 * torch.randn_like(p))
     model.save_pretrained(path)
     return model
 
@@ -279,3 +284,272 @@ def test_remat_and_scan_policies_do_not_change_numbers(remat, scan, unroll):
             atol=1e-8,
             err_msg=str(path),
         )
+
+
+# ------------------------------------------------------------ Llama-3.x and Qwen2 checkpoints
+
+# head_dim 8, theta 1e4: wavelengths 6.3, 63, 628, 6283 against the llama3 band edges
+# 64/4 = 16 and 64/1 = 64, so one frequency is kept, one interpolated and two divided by 8.
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 10000.0,
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
+FAMILY_CLASSES = {  # HF class per head: lm, reward, value
+    "llama3": ("LlamaForCausalLM", "LlamaForSequenceClassification", "LlamaForTokenClassification"),
+    "qwen2": ("Qwen2ForCausalLM", "Qwen2ForSequenceClassification", "Qwen2ForTokenClassification"),
+}
+
+
+def family_config(family, rope=None, **kw):
+    """A tiny Llama-3.2-style (llama3 rope, GQA, tied) or Qwen2.5-style (biases, GQA, tied)."""
+    common = dict(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        pad_token_id=PAD,
+        bos_token_id=1,
+        eos_token_id=2,
+        initializer_range=0.2,
+        **kw,
+    )
+    if family == "llama3":
+        return transformers.LlamaConfig(rope_parameters=rope or LLAMA3_ROPE, **common)
+    rope = rope or {"rope_type": "default", "rope_theta": 1e6}
+    return transformers.Qwen2Config(rope_parameters=rope, use_sliding_window=False, **common)
+
+
+@pytest.fixture(scope="module", params=["llama3", "qwen2"])
+def family(request, tmp_path_factory):
+    """One HF causal LM and one HF sequence classifier of the family, and ours loaded from them."""
+    name = request.param
+    root = tmp_path_factory.mktemp(name)
+    lm_cls, rm_cls, _ = (getattr(transformers, c) for c in FAMILY_CLASSES[name])
+    hf_lm = make_hf(lm_cls, family_config(name), 11, root / "lm")
+    hf_rm = make_hf(rm_cls, family_config(name, num_labels=1), 12, root / "rm")
+    return SimpleNamespace(
+        name=name,
+        root=root,
+        hf_lm=hf_lm,
+        hf_rm=hf_rm,
+        lm=hf.load_hf(str(root / "lm"), "lm"),
+        rm=hf.load_hf(str(root / "rm"), "reward"),
+    )
+
+
+def test_family_config_and_logits_match_hf(family):
+    cfg = family.lm.cfg
+    assert cfg.family == ("llama" if family.name == "llama3" else "qwen2")
+    assert cfg.qkv_bias == (family.name == "qwen2") and cfg.tie_word_embeddings
+    assert cfg.num_kv_heads == 2 and cfg.rope_type == (
+        "llama3" if family.name == "llama3" else "default"
+    )
+    assert cfg.num_params("lm") == sum(p.numel() for p in family.hf_lm.parameters())
+    if cfg.qkv_bias:
+        assert np.abs(_params(family.lm)["layers.q_bias"]).max() > 0.1  # the biases were read
+    for pad_side, (ids, mask) in batches().items():
+        want = torch_logits(family.hf_lm, ids, mask)
+        got = np.asarray(family.lm(jnp.asarray(ids), jnp.asarray(mask)))
+        real = mask.astype(bool)
+        assert np.abs(got - want)[real].max() <= 1e-4, pad_side
+
+
+def test_llama3_scaling_is_exercised():
+    """The tiny config puts one frequency in each llama3 band, and the scaling moves HF's own
+    logits by far more than the parity tolerance, so the parity test above cannot pass with the
+    default rotary embedding."""
+    cfg = hf.config_from_hf(family_config("llama3").to_dict())
+    scaled = np.asarray(llama.rope_inv_freq(cfg))
+    plain = np.asarray(llama.rope_inv_freq(cfg.replace(rope_type="default")))
+    ratio = plain / scaled
+    assert ratio[0] == 1 and 1 < ratio[1] < 8 and np.allclose(ratio[2:], 8), ratio
+    torch.manual_seed(0)
+    scaled_model = transformers.LlamaForCausalLM(family_config("llama3")).eval()
+    default = {"rope_type": "default", "rope_theta": LLAMA3_ROPE["rope_theta"]}
+    plain_model = transformers.LlamaForCausalLM(family_config("llama3", rope=default)).eval()
+    plain_model.load_state_dict(scaled_model.state_dict())
+    ids, mask = batches()["none"]
+    moved = torch_logits(scaled_model, ids, mask) - torch_logits(plain_model, ids, mask)
+    assert np.abs(moved).max() > 1e-2
+
+
+def test_family_rewards_match_hf(family):
+    for pad_side, (ids, mask) in batches().items():
+        with torch.no_grad():
+            want = (
+                family.hf_rm(
+                    input_ids=torch.tensor(ids),
+                    attention_mask=torch.tensor(mask),
+                    position_ids=torch.tensor(np.maximum(mask.cumsum(-1) - 1, 0)),
+                )
+                .logits[:, 0]
+                .numpy()
+            )
+        got = np.asarray(family.rm(jnp.asarray(ids), jnp.asarray(mask)))
+        np.testing.assert_allclose(got, want, atol=1e-4, err_msg=pad_side)
+
+
+def test_family_greedy_decoding_matches_hf_generate(family):
+    ids, mask = batches()["left"]
+    new = 8
+    out = sampling.generate(
+        family.lm, ids, mask, 0, max_new_tokens=new, temperature=0.0, repetition_penalty=1.0
+    )
+    with torch.inference_mode():
+        ref = family.hf_lm.generate(
+            torch.tensor(ids),
+            attention_mask=torch.tensor(mask),
+            do_sample=False,
+            max_new_tokens=new,
+            min_new_tokens=new,
+            pad_token_id=PAD,
+            eos_token_id=None,
+        )
+    np.testing.assert_array_equal(np.asarray(out.tokens), ref[:, ids.shape[1] :].numpy())
+
+
+@pytest.mark.parametrize("head", ["lm", "reward", "value"])
+def test_family_export_loads_as_its_own_class_in_transformers(family, head, tmp_path):
+    """save_hf writes the family's config.json: AutoModel* builds the family's class, with our
+    outputs, and the export reads back bit-exactly."""
+    ours = family.rm if head == "reward" else hf.load_hf(str(family.root / "lm"), head)
+    hf.save_hf(ours, str(tmp_path / "out"))
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    want_type = "llama" if family.name == "llama3" else "qwen2"
+    assert config["model_type"] == want_type
+    auto = {
+        "lm": transformers.AutoModelForCausalLM,
+        "reward": transformers.AutoModelForSequenceClassification,
+        "value": transformers.AutoModelForTokenClassification,
+    }[head]
+    theirs = auto.from_pretrained(str(tmp_path / "out")).eval()
+    assert (
+        type(theirs).__name__ == FAMILY_CLASSES[family.name][("lm", "reward", "value").index(head)]
+    )
+    ids, mask = batches()["right"]
+    want = torch_logits(theirs, ids, mask)
+    got = np.asarray(ours(jnp.asarray(ids), jnp.asarray(mask)))
+    real = mask == 1
+    if head == "reward":
+        np.testing.assert_allclose(got, want[:, 0], atol=1e-4)
+    elif head == "value":
+        np.testing.assert_allclose(got[real], want[..., 0][real], atol=1e-4)
+    else:
+        np.testing.assert_allclose(got[real], want[real], atol=1e-4)
+    again = hf.load_hf(str(tmp_path / "out"), head)
+    assert again.cfg == ours.cfg
+    a, b = _params(ours), _params(again)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# Hub config.json files as published (transformers 4 layout: rope_scaling + top-level rope_theta).
+LLAMA31_8B = {
+    "architectures": ["LlamaForCausalLM"],
+    "attention_bias": False,
+    "bos_token_id": 128000,
+    "eos_token_id": [128001, 128008, 128009],
+    "hidden_act": "silu",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "max_position_embeddings": 131072,
+    "mlp_bias": False,
+    "model_type": "llama",
+    "num_attention_heads": 32,
+    "num_hidden_layers": 32,
+    "num_key_value_heads": 8,
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+        "rope_type": "llama3",
+    },
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "vocab_size": 128256,
+}
+QWEN25_05B = {
+    "architectures": ["Qwen2ForCausalLM"],
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
+    "hidden_act": "silu",
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "max_position_embeddings": 32768,
+    "max_window_layers": 24,
+    "model_type": "qwen2",
+    "num_attention_heads": 14,
+    "num_hidden_layers": 24,
+    "num_key_value_heads": 2,
+    "rms_norm_eps": 1e-06,
+    "rope_theta": 1000000.0,
+    "sliding_window": 32768,
+    "tie_word_embeddings": True,
+    "use_sliding_window": False,
+    "vocab_size": 151936,
+}
+
+
+@pytest.mark.parametrize("hub", [LLAMA31_8B, QWEN25_05B], ids=["llama3.1-8b", "qwen2.5-0.5b"])
+def test_hub_configs_read_and_count_parameters_like_transformers(hub):
+    """Published config.json files map to our config; the parameter count equals that of the
+    transformers model of the same config (built on the meta device: no memory)."""
+    cfg = hf.config_from_hf(hub)
+    assert cfg.rope_theta == hub["rope_theta"] and cfg.eos_token_id == _first(hub["eos_token_id"])
+    if hub["model_type"] == "llama":
+        assert (cfg.rope_type, cfg.rope_factor, cfg.rope_original_max_position_embeddings) == (
+            "llama3",
+            8.0,
+            8192,
+        )
+    else:
+        assert cfg.qkv_bias and cfg.tie_word_embeddings and cfg.family == "qwen2"
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(
+            transformers.AutoConfig.for_model(**hub)
+        )
+    assert cfg.num_params("lm") == sum(p.numel() for p in model.parameters())
+
+
+def _first(x):
+    return x[0] if isinstance(x, list) else x
+
+
+@pytest.mark.parametrize(
+    "base,change,message",
+    [
+        (
+            LLAMA31_8B,
+            {"model_type": "mistral"},
+            r"model_type='mistral' is not supported; supported:",
+        ),
+        (LLAMA31_8B, {"model_type": "gemma2"}, r"model_type='gemma2' is not supported; supported:"),
+        (QWEN25_05B, {"use_sliding_window": True}, r"use_sliding_window=true .* not supported"),
+        (
+            LLAMA31_8B,
+            {"rope_scaling": {"rope_type": "yarn", "factor": 4.0}},
+            r"rope_type='yarn' is not supported \(only 'default' and 'llama3'",
+        ),
+        (
+            LLAMA31_8B,
+            {"rope_scaling": {"rope_type": "llama3", "factor": 8.0}},
+            r"rope_type 'llama3' needs 'low_freq_factor'",
+        ),
+        (LLAMA31_8B, {"attention_bias": True}, r"attention_bias=true is not supported"),
+        (LLAMA31_8B, {"mlp_bias": True}, r"mlp_bias=true is not supported"),
+        (QWEN25_05B, {"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported"),
+    ],
+)
+def test_unsupported_checkpoints_fail_with_one_line_naming_the_key(base, change, message):
+    with pytest.raises(hf.CheckpointError, match=message) as e:
+        hf.config_from_hf({**base, **change}, source="ckpt/config.json")
+    assert str(e.value).startswith("ckpt/config.json: ") and "\n" not in str(e.value)

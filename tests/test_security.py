@@ -6,6 +6,7 @@ outside the workdir."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import pathlib
 import subprocess
@@ -168,6 +169,11 @@ def test_odd_paths_work_a_secret_is_never_written_and_nothing_outside_is(world, 
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert (workdir / "export" / "rm" / "model.safetensors").exists()
+    # The RM export carries its tokenizer and scoring convention (README, "Using the reward model").
+    assert (workdir / "export" / "rm" / "tokenizer.json").exists()
+    rm_config = json.loads((workdir / "export" / "rm" / "config.json").read_text())
+    assert rm_config["metarm_scoring"]["eos_token"] == "</s>"  # the world's BPE tokenizer
+    assert (workdir / "export" / "rm" / "README.md").exists()
     assert secret not in res.stdout and secret not in res.stderr
     written = [p for p in workdir.rglob("*") if p.is_file()]
     assert written

@@ -1,5 +1,8 @@
-"""HF transformers checkpoints in and out: safetensors ``LlamaForCausalLM``,
-``LlamaForSequenceClassification`` (num_labels=1) and ``LlamaForTokenClassification`` (critic).
+"""HF transformers checkpoints in and out: safetensors ``*ForCausalLM``,
+``*ForSequenceClassification`` (num_labels=1, the RM) and ``*ForTokenClassification`` (critic) of
+the Llama family (Llama-2, Llama-3/3.1/3.2) and the Qwen2 family (Qwen2, Qwen2.5); any other
+model_type, rotary scaling or attention variant is refused with one line naming the key
+(``SUPPORTED``). An export is written in the family it was loaded from.
 
 Loading never materialises the whole model on one host or device: every weight is built with
 ``jax.make_array_from_callback`` in its target ``NamedSharding``, and each device shard is read
@@ -8,9 +11,10 @@ from the (memory-mapped) safetensors file with a slice, so a host holds at most 
     from metarm_jax.models import hf
     lm = hf.load_hf(path, head="lm")          # LlamaForCausalLM weights
     logits = lm(input_ids, attention_mask=m)  # [B, T, vocab]
-    rm = hf.load_hf(path, head="reward")      # LlamaForSequenceClassification weights
+    rm = hf.load_hf(path, head="reward")      # *ForSequenceClassification weights
     rewards = rm(input_ids, attention_mask=m) # [B], at the last non-pad token
     hf.save_hf(model, out_dir)                # loadable by transformers.from_pretrained
+    hf.save_hf(rm, out_dir, tokenizer=tok, scoring=convention)  # an RM for other trainers
 """
 
 from __future__ import annotations
@@ -29,11 +33,25 @@ from metarm_jax.errors import UserError
 from metarm_jax.models import llama
 from metarm_jax.sharding import state_shardings, to_host
 
+# The checkpoint families this module reads and writes: HF model_type -> class per head.
 ARCHITECTURES = {
-    "lm": "LlamaForCausalLM",
-    "reward": "LlamaForSequenceClassification",
-    "value": "LlamaForTokenClassification",
+    "llama": {
+        "lm": "LlamaForCausalLM",
+        "reward": "LlamaForSequenceClassification",
+        "value": "LlamaForTokenClassification",
+    },
+    "qwen2": {
+        "lm": "Qwen2ForCausalLM",
+        "reward": "Qwen2ForSequenceClassification",
+        "value": "Qwen2ForTokenClassification",
+    },
 }
+SUPPORTED = (
+    "supported: model_type 'llama' (Llama-2, Llama-3/3.1/3.2 and Llama-architecture models such "
+    "as TinyLlama or SmolLM2; rope_type 'default' or 'llama3') and 'qwen2' (Qwen2, Qwen2.5; "
+    "without sliding-window attention)"
+)
+SCORING_KEY = "metarm_scoring"  # config.json key of an RM export's scoring convention
 _HEAD_PARAMS = ("score", "score_bias")  # may be freshly initialised when absent
 
 
@@ -46,26 +64,37 @@ class CheckpointError(UserError):
 
 
 def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> llama.LlamaConfig:
-    """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype/param_dtype/remat/scan."""
-    if hf_cfg.get("model_type", "llama") != "llama":
+    """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype/param_dtype/remat/scan.
+
+    Reads the families of ``ARCHITECTURES``; anything the model would compute differently from
+    the checkpoint (another model_type, rotary scaling, bias, activation or attention window) is
+    a CheckpointError naming the key, never a silent approximation."""
+    family = hf_cfg.get("model_type", "llama")
+    if family not in ARCHITECTURES:
+        raise CheckpointError(f"{source}: model_type={family!r} is not supported; {SUPPORTED}.")
+    act = hf_cfg.get("hidden_act", "silu")
+    if act != "silu":
         raise CheckpointError(
-            f"{source}: model_type={hf_cfg.get('model_type')!r}; only 'llama' "
-            "checkpoints are supported."
+            f"{source}: hidden_act={act!r} is not supported (the {family} MLP here is SwiGLU, "
+            "'silu')."
         )
-    rope = hf_cfg.get("rope_parameters") or {}
-    scaling = hf_cfg.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if rope_type not in ("default", None):
-        raise CheckpointError(
-            f"{source}: rope_type={rope_type!r} is not supported (only the "
-            "default rotary embedding of Llama-2)."
-        )
-    for flag in ("attention_bias", "mlp_bias"):
-        if hf_cfg.get(flag):
+    if family == "llama":
+        for flag in ("attention_bias", "mlp_bias"):
+            if hf_cfg.get(flag):
+                raise CheckpointError(
+                    f"{source}: {flag}=true is not supported for model_type 'llama' (only "
+                    "Qwen2's q/k/v biases are); " + SUPPORTED + "."
+                )
+    else:  # qwen2: q/k/v biases; sliding-window attention (off by default) is refused
+        layer_types = hf_cfg.get("layer_types") or []
+        if hf_cfg.get("use_sliding_window") or "sliding_attention" in layer_types:
             raise CheckpointError(
-                f"{source}: {flag}=true is not supported (Llama-2 has no biases)."
+                f"{source}: use_sliding_window=true (sliding-window attention in layers from "
+                f"max_window_layers={hf_cfg.get('max_window_layers')}) is not supported; every "
+                "layer here attends to the whole sequence. Set use_sliding_window=false only "
+                "if the model was trained that way (Qwen2/2.5 ship with it off)."
             )
-    theta = rope.get("rope_theta", hf_cfg.get("rope_theta", 10000.0))
+    rope = _rope_config(hf_cfg, source)
     try:
         cfg = llama.LlamaConfig(
             vocab_size=hf_cfg["vocab_size"],
@@ -75,7 +104,6 @@ def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> ll
             num_heads=hf_cfg["num_attention_heads"],
             num_kv_heads=hf_cfg.get("num_key_value_heads") or hf_cfg["num_attention_heads"],
             head_dim=hf_cfg.get("head_dim") or 0,
-            rope_theta=float(theta),
             rms_norm_eps=hf_cfg.get("rms_norm_eps", 1e-6),
             tie_word_embeddings=bool(hf_cfg.get("tie_word_embeddings", False)),
             max_position_embeddings=hf_cfg.get("max_position_embeddings", 4096),
@@ -84,12 +112,53 @@ def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> ll
             # `x or 1` would turn a real id 0 into 1: only a missing or null id takes the default.
             bos_token_id=_default(_first(hf_cfg.get("bos_token_id")), 1),
             eos_token_id=_default(_first(hf_cfg.get("eos_token_id")), 2),
+            family=family,
+            qkv_bias=family == "qwen2",
+            **rope,
         )
     except KeyError as e:
         raise CheckpointError(
-            f"{source}: missing key {e.args[0]!r}, needed to build a Llama config."
+            f"{source}: missing key {e.args[0]!r}, needed to build a {family} config."
         ) from None
     return cfg.replace(**{k: v for k, v in policy.items() if v is not None})
+
+
+_LLAMA3_KEYS = {
+    "factor": "rope_factor",
+    "low_freq_factor": "rope_low_freq_factor",
+    "high_freq_factor": "rope_high_freq_factor",
+    "original_max_position_embeddings": "rope_original_max_position_embeddings",
+}
+
+
+def _rope_config(hf_cfg: dict, source: str) -> dict:
+    """LlamaConfig's rope fields from ``rope_parameters`` (transformers 5) or the older
+    ``rope_scaling`` + top-level ``rope_theta``."""
+    rope = dict(hf_cfg.get("rope_scaling") or {})
+    rope.update(hf_cfg.get("rope_parameters") or {})
+    rope_type = rope.get("rope_type", rope.get("type")) or "default"
+    theta = float(rope.get("rope_theta", hf_cfg.get("rope_theta", 10000.0)))
+    partial = rope.get("partial_rotary_factor", hf_cfg.get("partial_rotary_factor", 1.0))
+    if partial not in (None, 1, 1.0):
+        raise CheckpointError(
+            f"{source}: partial_rotary_factor={partial} is not supported (rotary on the whole "
+            "head only)."
+        )
+    if rope_type == "default":
+        return {"rope_theta": theta}
+    if rope_type != "llama3":
+        raise CheckpointError(
+            f"{source}: rope_type={rope_type!r} is not supported (only 'default' and 'llama3', "
+            "the scaling of Llama-3.1/3.2); " + SUPPORTED + "."
+        )
+    missing = [k for k in _LLAMA3_KEYS if rope.get(k) is None]
+    if missing:
+        raise CheckpointError(
+            f"{source}: rope_type 'llama3' needs {missing[0]!r} in rope_scaling/rope_parameters."
+        )
+    out = {ours: float(rope[k]) for k, ours in _LLAMA3_KEYS.items()}
+    out["rope_original_max_position_embeddings"] = int(rope["original_max_position_embeddings"])
+    return {"rope_theta": theta, "rope_type": "llama3", **out}
 
 
 def _first(x):
@@ -101,9 +170,13 @@ def _default(x, default):
 
 
 def config_to_hf(cfg: llama.LlamaConfig, head: str = "lm"):
-    """A ``transformers.LlamaConfig`` for this model (built by transformers itself)."""
+    """The ``transformers`` config of this model's family (``LlamaConfig`` or ``Qwen2Config``,
+    built by transformers itself), with the architecture of ``head``."""
     import transformers
 
+    rope = {"rope_type": cfg.rope_type, "rope_theta": cfg.rope_theta}
+    if cfg.rope_type == "llama3":
+        rope.update({k: getattr(cfg, ours) for k, ours in _LLAMA3_KEYS.items()})
     kw = dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -119,12 +192,22 @@ def config_to_hf(cfg: llama.LlamaConfig, head: str = "lm"):
         pad_token_id=cfg.pad_token_id,
         bos_token_id=cfg.bos_token_id,
         eos_token_id=cfg.eos_token_id,
-        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-        architectures=[ARCHITECTURES[head]],
+        rope_parameters=rope,
+        architectures=[ARCHITECTURES[cfg.family][head]],
         dtype=cfg.param_dtype,
     )
     if head != "lm":
         kw["num_labels"] = 1
+    if cfg.family == "qwen2":
+        if not cfg.qkv_bias:
+            raise CheckpointError("a qwen2 export needs qkv_bias=True (Qwen2 has q/k/v biases).")
+        kw["use_sliding_window"] = False
+        return transformers.Qwen2Config(**kw)
+    if cfg.qkv_bias:
+        raise CheckpointError(
+            "a Llama export cannot hold q/k/v biases without an o_proj bias; export the model "
+            "with family='qwen2'."
+        )
     return transformers.LlamaConfig(**kw)
 
 
@@ -153,6 +236,11 @@ def weight_map(cfg: llama.LlamaConfig, head: str) -> dict[str, _Map]:
         "layers.up": _Map("{prefix}layers.{i}.mlp.up_proj.weight", "T", True),
         "layers.down": _Map("{prefix}layers.{i}.mlp.down_proj.weight", "T", True),
     }
+    if cfg.qkv_bias:
+        for n in "qkv":
+            m[f"layers.{n}_bias"] = _Map(
+                f"{{prefix}}layers.{{i}}.self_attn.{n}_proj.bias", "heads", True
+            )
     if head == "lm" and not cfg.tie_word_embeddings:
         m["lm_head"] = _Map("lm_head.weight", "T")
     elif head in ("reward", "value"):
@@ -178,6 +266,9 @@ def _hf_shape(kind: str, our_shape: tuple) -> tuple:
     if kind == "split_in":  # ours [H, D, E]  <-  HF [E, H*D]
         h, d, e = our_shape
         return (e, h * d)
+    if kind == "heads":  # ours [H, D]  <-  HF [H*D] (a q/k/v bias)
+        h, d = our_shape
+        return (h * d,)
     raise AssertionError(kind)
 
 
@@ -197,6 +288,10 @@ def _read_region(sl, kind: str, our_shape: tuple, region: list[slice]) -> np.nda
         d = our_shape[1]
         cols = np.asarray(sl[se, sh.start * d : sh.stop * d])  # [e, h*D]
         return cols.reshape(cols.shape[0], sh.stop - sh.start, d)[:, :, sd].transpose(1, 2, 0)
+    if kind == "heads":
+        sh, sd = region
+        d = our_shape[1]
+        return np.asarray(sl[sh.start * d : sh.stop * d]).reshape(-1, d)[:, sd]
     raise AssertionError(kind)
 
 
@@ -211,6 +306,8 @@ def _to_hf(kind: str, ours: np.ndarray) -> np.ndarray:
     if kind == "split_in":
         h, d, e = ours.shape
         return ours.reshape(h * d, e).T
+    if kind == "heads":
+        return ours.reshape(-1)
     raise AssertionError(kind)
 
 
@@ -355,7 +452,7 @@ def load_hf(
                 continue
             raise CheckpointError(
                 f"{path}: tensor {absent[0]!r} is missing (needed for "
-                f"parameter {name!r} of a {ARCHITECTURES[head]})."
+                f"parameter {name!r} of a {ARCHITECTURES[cfg.family][head]})."
             )
         expected = _hf_shape(m.kind, per_layer_shape)
         for n in layer_names:
@@ -406,16 +503,29 @@ def save_hf(
     *,
     dtype: str | None = None,
     tokenizer=None,
+    scoring: dict | None = None,
     max_shard_bytes: int = 5 * 2**30,
 ) -> None:
     """Write ``model`` as an HF checkpoint directory (config.json + safetensors, sharded with an
     index when larger than ``max_shard_bytes``). Only process 0 writes; all must call it, and all
-    return once the directory is complete (a barrier), so any process may load it next."""
-    _save_hf(model, out_dir, dtype=dtype, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes)
+    return once the directory is complete (a barrier), so any process may load it next.
+
+    tokenizer: saved alongside; its pad id becomes config.json's ``pad_token_id`` (HF's sequence
+      classifier finds the last token by it). scoring: an RM's scoring convention (how a text
+      must be formatted and tokenized, where the reward is read), written into config.json under
+      ``SCORING_KEY`` and, with the usage, into a README.md model card."""
+    _save_hf(
+        model,
+        out_dir,
+        dtype=dtype,
+        tokenizer=tokenizer,
+        scoring=scoring,
+        max_shard_bytes=max_shard_bytes,
+    )
     hosts.barrier(f"save_hf:{os.path.abspath(out_dir)}")
 
 
-def _save_hf(model, out_dir, *, dtype, tokenizer, max_shard_bytes) -> None:
+def _save_hf(model, out_dir, *, dtype, tokenizer, scoring, max_shard_bytes) -> None:
     from safetensors.numpy import save_file
 
     cfg, head = model.cfg, model.head
@@ -463,11 +573,71 @@ def _save_hf(model, out_dir, *, dtype, tokenizer, max_shard_bytes) -> None:
             json.dump(
                 {"metadata": {"total_size": total}, "weight_map": weight_map_json}, f, indent=2
             )
-    config_to_hf(
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        cfg = cfg.replace(pad_token_id=int(tokenizer.pad_token_id))
+    hf_cfg = config_to_hf(
         cfg.replace(
             param_dtype=np_dtype.name if np_dtype.name in llama.DTYPES else cfg.param_dtype
         ),
         head,
-    ).save_pretrained(out_dir)
+    )
+    if scoring is not None:
+        setattr(hf_cfg, SCORING_KEY, scoring)
+        # OpenRLHF's reward normalisation (its --reward.normalize_enable) reads these two keys.
+        for key in ("mean", "std"):
+            if scoring.get(f"validation_reward_{key}") is not None:
+                setattr(hf_cfg, key, float(scoring[f"validation_reward_{key}"]))
+    hf_cfg.save_pretrained(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
+    if scoring is not None:
+        with open(os.path.join(out_dir, "README.md"), "w") as f:
+            f.write(reward_model_card(scoring, ARCHITECTURES[cfg.family][head]))
+
+
+def reward_model_card(scoring: dict, architecture: str) -> str:
+    """A short README.md for an RM export: what it is, the scoring convention, how to call it."""
+    bos, eos = scoring.get("bos_token"), scoring["eos_token"]
+    text = ("BOS + " if bos else "") + "prompt + response + EOS"
+    fmt = scoring.get("prompt_format_doc", scoring.get("prompt_format", ""))
+    stats = ""
+    if scoring.get("validation_reward_mean") is not None:
+        stats = (
+            f"\nOn its validation pairs the rewards had mean {scoring['validation_reward_mean']:.4g}"
+            f" and std {scoring['validation_reward_std']:.4g} (also config.json's `mean`/`std`, "
+            "which OpenRLHF uses when reward normalisation is on).\n"
+        )
+    warn = f"\n**Warning:** {scoring['warning']}\n" if scoring.get("warning") else ""
+    return f"""---
+library_name: transformers
+tags: [reward-model, metarm-jax]
+---
+# Reward model (metarm-jax export)
+
+A scalar reward model (`{architecture}`, `num_labels=1`) trained by metarm-jax's
+`{scoring.get("stage", "rm")}` stage.
+Higher is better; the score is a raw logit (apply no sigmoid).
+
+## Scoring convention (also in config.json under `{SCORING_KEY}`)
+
+- Score the text **{text}**, where BOS is `{bos}` and EOS is `{eos}`
+  (no BOS is added when the prompt text already starts with it{"" if bos else "; this tokenizer has none"}).
+- Tokenize it with `add_special_tokens=False`: the tokenizer must add nothing else.
+- The reward is read at the last non-pad token, i.e. at the EOS. Without the EOS the score is
+  read at another token and is not the trained reward.
+- Prompt and response format: {fmt}
+{warn}{stats}
+## Use
+
+```python
+from transformers import pipeline
+
+rm = pipeline("text-classification", model="path/to/this/directory")
+text = {"rm.tokenizer.bos_token + " if bos else ""}prompt + response + rm.tokenizer.eos_token
+score = rm(text, function_to_apply="none", add_special_tokens=False)[0]["score"]
+```
+
+With TRL or OpenRLHF: see the section "Using the reward model in transformers, TRL and
+OpenRLHF" of the metarm-jax README (TRL's `reward_funcs` tokenize prompt + completion without
+the EOS: pass the README's reward function, which formats the text as above).
+"""

@@ -1,7 +1,10 @@
-"""Llama-2 decoder in Flax NNX with three heads: LM logits, scalar reward, token values.
+"""Llama decoder in Flax NNX with three heads: LM logits, scalar reward, token values.
 
 Numerics follow HF transformers' ``LlamaModel`` (RMSNorm in fp32, rotate-half rotary embeddings,
 grouped-query attention, SwiGLU) so that HF checkpoints load without any weight permutation.
+Two config switches cover the other supported checkpoint families: ``rope_type="llama3"``
+(Llama-3.1/3.2's rotary frequency scaling) and ``qkv_bias`` (Qwen2/2.5's q/k/v projection
+biases); ``family`` only names the HF architecture an export is written as.
 
 Layout choices:
 - Every weight names its logical axes (``nnx.Param(..., axes=...)``); ``metarm_jax.sharding``
@@ -38,6 +41,8 @@ REMAT_POLICIES = {
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+FAMILIES = ("llama", "qwen2")  # HF model_type an export is written as
+ROPE_TYPES = ("default", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,16 @@ class LlamaConfig:
     pad_token_id: int | None = 0
     bos_token_id: int = 1
     eos_token_id: int = 2
+    family: str = "llama"  # one of FAMILIES
+    qkv_bias: bool = False  # biases on the q/k/v projections (Qwen2)
+    # Rotary frequencies: "default" (theta only) or "llama3" (Llama-3.1's scaling: wavelengths
+    # above original_max_position_embeddings / low_freq_factor are divided by factor, those below
+    # original_max_position_embeddings / high_freq_factor kept, the band between interpolated).
+    rope_type: str = "default"  # one of ROPE_TYPES
+    rope_factor: float = 8.0
+    rope_low_freq_factor: float = 1.0
+    rope_high_freq_factor: float = 4.0
+    rope_original_max_position_embeddings: int = 8192
     # Execution policy (not part of the checkpoint).
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the weights
@@ -71,6 +86,18 @@ class LlamaConfig:
             raise ValueError(
                 f"num_heads={self.num_heads} must be a multiple of "
                 f"num_kv_heads={self.num_kv_heads} (grouped-query attention)."
+            )
+        if self.family not in FAMILIES:
+            raise ValueError(f"family={self.family!r}; expected one of {FAMILIES}.")
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_type={self.rope_type!r}; expected one of {ROPE_TYPES}.")
+        if (
+            self.rope_type == "llama3"
+            and not self.rope_high_freq_factor > self.rope_low_freq_factor
+        ):
+            raise ValueError(
+                f"rope_high_freq_factor={self.rope_high_freq_factor} must be above "
+                f"rope_low_freq_factor={self.rope_low_freq_factor} (llama3 rotary scaling)."
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
@@ -92,6 +119,8 @@ class LlamaConfig:
     def num_params(self, head: str = "lm") -> int:
         e, f, d = self.hidden_size, self.intermediate_size, self.head_dim
         attn = e * d * (self.num_heads * 2 + self.num_kv_heads * 2)
+        if self.qkv_bias:
+            attn += d * (self.num_heads + 2 * self.num_kv_heads)
         layer = attn + 3 * e * f + 2 * e
         total = self.vocab_size * e + self.num_layers * layer + e
         if head == "lm" and not self.tie_word_embeddings:
@@ -185,10 +214,26 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return scale.astype(x.dtype) * xf.astype(x.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate-half rotary embedding (HF convention). x: [B, T, H, D], positions: [B, T]."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+def rope_inv_freq(cfg: LlamaConfig) -> jax.Array:
+    """Rotary inverse frequencies [D/2] in fp32, as HF's ``ROPE_INIT_FUNCTIONS[cfg.rope_type]``."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
+    if cfg.rope_type == "default":
+        return inv_freq
+    # llama3 (Llama-3.1 and later): HF's _compute_llama3_parameters, step by step.
+    factor, low, high = cfg.rope_factor, cfg.rope_low_freq_factor, cfg.rope_high_freq_factor
+    old_len = cfg.rope_original_max_position_embeddings
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < old_len / high) & ~(wavelen > old_len / low)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate-half rotary embedding (HF convention). x: [B, T, H, D], positions: [B, T],
+    inv_freq: [D/2] (``rope_inv_freq``)."""
     freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, D/2]
     emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [B, T, 1, D]
     cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
@@ -250,6 +295,10 @@ class Block(nnx.Module):
         self.k = _param(rngs, w, L + (e, kvh, d), ("layers", "embed", "kv_heads", "head_dim"), dt)
         self.v = _param(rngs, w, L + (e, kvh, d), ("layers", "embed", "kv_heads", "head_dim"), dt)
         self.o = _param(rngs, w, L + (h, d, e), ("layers", "heads", "head_dim", "embed"), dt)
+        if cfg.qkv_bias:  # zeros, as HF initialises these Linear biases
+            self.q_bias = _param(rngs, _zeros, L + (h, d), ("layers", "heads", "head_dim"), dt)
+            self.k_bias = _param(rngs, _zeros, L + (kvh, d), ("layers", "kv_heads", "head_dim"), dt)
+            self.v_bias = _param(rngs, _zeros, L + (kvh, d), ("layers", "kv_heads", "head_dim"), dt)
         self.mlp_norm = _param(rngs, _ones, L + (e,), ("layers", "norm"), dt)
         self.gate = _param(rngs, w, L + (e, f), ("layers", "embed", "mlp"), dt)
         self.up = _param(rngs, w, L + (e, f), ("layers", "embed", "mlp"), dt)
@@ -279,8 +328,11 @@ def block_apply(
     q = jnp.einsum("bte,ehd->bthd", h, p["q"].astype(dt))
     k = jnp.einsum("bte,ehd->bthd", h, p["k"].astype(dt))
     v = jnp.einsum("bte,ehd->bthd", h, p["v"].astype(dt))
-    q = constrain(rope(q, positions, cfg.rope_theta), ("batch", "length", "act_heads", None))
-    k = constrain(rope(k, positions, cfg.rope_theta), ("batch", "length", "act_kv_heads", None))
+    if cfg.qkv_bias:
+        q, k, v = (a + p[f"{n}_bias"].astype(dt) for a, n in ((q, "q"), (k, "k"), (v, "v")))
+    inv_freq = rope_inv_freq(cfg)
+    q = constrain(rope(q, positions, inv_freq), ("batch", "length", "act_heads", None))
+    k = constrain(rope(k, positions, inv_freq), ("batch", "length", "act_kv_heads", None))
     v = constrain(v, ("batch", "length", "act_kv_heads", None))
     if kv is not None:
         cache_k, cache_v, layer = kv

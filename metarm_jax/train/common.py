@@ -81,8 +81,9 @@ def total_steps(
     return total
 
 
-def export(model, workdir: str, name: str, *, tokenizer=None) -> str:
-    """Write ``model`` to ``<workdir>/export/<name>`` as an HF checkpoint; returns the path."""
+def export(model, workdir: str, name: str, *, tokenizer=None, scoring=None) -> str:
+    """Write ``model`` to ``<workdir>/export/<name>`` as an HF checkpoint (with ``tokenizer``, and
+    an RM's ``scoring`` convention: ``hf.save_hf``); returns the path."""
     out = StageDir(workdir).export(name)
-    hf.save_hf(model, out, tokenizer=tokenizer)
+    hf.save_hf(model, out, tokenizer=tokenizer, scoring=scoring)
     return out

@@ -107,7 +107,7 @@ def _check(config) -> None:
     if not p.rm_path:
         raise ConfigError(
             "config.ppo.rm_path is empty: PPO needs a reward model (an HF "
-            "LlamaForSequenceClassification directory, e.g. <workdir>/export/rm "
+            "*ForSequenceClassification directory, e.g. <workdir>/export/rm "
             "written by the rm/metarm stage)."
         )
     n = p.queries_per_iteration * p.rollouts_per_query

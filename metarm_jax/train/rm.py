@@ -4,8 +4,10 @@ step function and in drawing a meta batch besides the preference batch.
 
 The model starts from ``config.model``: a random preset, or ``model.hf_path`` (an HF Llama base,
 an SFT ``LlamaForCausalLM`` export, which gets a fresh score head, or a previous RM's
-``LlamaForSequenceClassification`` export). At the end the RM is written to
-``workdir/export/rm`` as an HF ``LlamaForSequenceClassification``.
+``*ForSequenceClassification`` export). At the end the RM is written to ``workdir/export/rm`` as
+an HF ``*ForSequenceClassification`` (Llama or Qwen2, the family it started from) with its
+tokenizer and its scoring convention (``scoring_convention``: in config.json and a README.md), so
+that transformers, TRL and OpenRLHF can score texts as this stage did.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from metarm_jax import data as D
 from metarm_jax import models, sharding
 from metarm_jax.core import losses, metarm
 from metarm_jax.core.stats import abs_differences
+from metarm_jax.data import formats
 from metarm_jax.errors import ConfigError
 from metarm_jax.layout import StageDir
 from metarm_jax.scoring import meta_scores
@@ -226,8 +229,78 @@ def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
         )
         nnx.update(model, params)
         if t.export:  # rm and metarm both write export/rm: the RM that PPO reads
-            summary["export"] = common.export(model, ctx.workdir, "rm")
+            tok = data.tokenizer
+            if tok is None and config.data.tokenizer_path:
+                tok = D.load_tokenizer(config.data.tokenizer_path)
+            summary["export"] = export_rm(model, ctx.workdir, config.data, tok, name, summary)
     return summary
+
+
+def export_rm(model, workdir: str, data_cfg, tokenizer, stage: str, summary=None) -> str:
+    """``workdir/export/rm``: the RM as an HF sequence classifier with its tokenizer and its
+    scoring convention (config.json and README.md); without a tokenizer, the weights only."""
+    scoring = None
+    if tokenizer is not None:
+        scoring = scoring_convention(data_cfg, tokenizer, stage, summary)
+        if scoring.get("warning"):
+            print(f"[metarm_jax] {stage}: {scoring['warning']}")
+    return common.export(model, workdir, "rm", tokenizer=tokenizer, scoring=scoring)
+
+
+def scoring_convention(data_cfg, tokenizer, stage: str, summary: dict | None = None) -> dict:
+    """How the exported RM scores a text: the sequences this stage trained on (data.features:
+    ``[BOS] + prompt + response + EOS``, no BOS when the prompt starts with it) and where the
+    head reads (the last non-pad token, the EOS). Written into the export's config.json
+    (``hf.SCORING_KEY``) and model card; the README's TRL and OpenRLHF recipes follow it."""
+    has_bos = bool(data_cfg.add_bos) and tokenizer.bos_token_id is not None
+    if data_cfg.conversation_format == "chat_template":
+        fmt = (
+            "dialogues in the tokenizer's chat template: the prompt is the rendering with "
+            "add_generation_prompt=True, the response is the assistant turn as the template "
+            "renders it after that prompt, up to (not including) its end-of-turn token, which is "
+            "the EOS above (anything the template renders after it is not scored)."
+        )
+    else:
+        fmt = (
+            f"dialogues in the Anthropic HH format: the prompt is {formats.HUMAN!r} + ' ' + user "
+            f"turn (+ {formats.ASSISTANT!r} + ' ' + assistant turn ...) ending with "
+            f"{formats.ASSISTANT!r}, the response is ' ' + its text."
+        )
+    if data_cfg.dataset == "summarize_from_feedback" and data_cfg.conversation_format == "hh":
+        fmt = (
+            "TL;DR summarisation: the prompt is 'SUBREDDIT: r/{subreddit}\nTITLE: {title}\n"
+            "POST: {post}\nTL;DR:', the response is ' ' + the summary."
+        )
+    out = {
+        "sequence": ("BOS + " if has_bos else "") + "prompt + response + EOS",
+        "bos_token": tokenizer.bos_token if has_bos else None,
+        "bos_token_id": int(tokenizer.bos_token_id) if has_bos else None,
+        "bos_added_unless_prompt_starts_with_it": has_bos,
+        "eos_token": tokenizer.eos_token,
+        "eos_token_id": int(tokenizer.eos_token_id),
+        "pad_token": tokenizer.pad_token,
+        "pad_token_id": int(tokenizer.pad_token_id),
+        "add_special_tokens": False,
+        "reward_read_at": "last non-pad token (the EOS)",
+        "prompt_format": data_cfg.conversation_format,
+        "prompt_format_doc": fmt,
+        "tokenization": "prompt and response tokenized apart, then joined (for the HH format and "
+        "checked chat templates this equals tokenizing the whole text)",
+        "dataset": data_cfg.dataset,
+        "stage": stage,
+    }
+    summary = summary or {}
+    if summary.get("eval/reward_mean") is not None:
+        out["validation_reward_mean"] = float(summary["eval/reward_mean"])
+        out["validation_reward_std"] = float(summary["eval/reward_std"])
+    if tokenizer.pad_token_id == tokenizer.eos_token_id:
+        out["warning"] = (
+            "the pad token is the EOS: transformers' *ForSequenceClassification finds the last "
+            "token by pad_token_id, so it reads the token before the EOS (TRL does too); score "
+            "through the attention mask (OpenRLHF, or the README's reward function) or give "
+            "the tokenizer a pad token of its own before training."
+        )
+    return out
 
 
 def run_rm(ctx, *, data: common.StageData | None = None) -> dict[str, Any]:
