@@ -34,7 +34,7 @@ from metarm_jax import data as D
 from metarm_jax import faults, fileio, hosts, models, sampling, sharding
 from metarm_jax.data import MetaExample, SamplingInfo
 from metarm_jax.data.features import CollatePrompts, TokenSpec
-from metarm_jax.data.readers import meta_row
+from metarm_jax.data.schemas.meta import meta_row
 from metarm_jax.errors import ConfigError, UserError
 
 MANIFEST = "manifest.json"

@@ -27,12 +27,13 @@ _EXPORTS = {
         "sft_iterator",
     ),
     "readers": (
+        "DataSource",
+        "load",
+        # kept for rlhf.py/report.py until the lead's merge
         "load_meta_examples",
         "load_preference_pairs",
-        "load_prompts",
-        "load_sft_examples",
-        "write_meta_dataset",
     ),
+    "schemas.meta": ("write_meta_dataset",),
     "records": (
         "DataError",
         "MetaExample",
