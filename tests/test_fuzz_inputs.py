@@ -66,6 +66,11 @@ TEMPLATES = {
         "safer_response_id": 1,
     },
     "prompts": {"prompt": "hello there"},
+    "trl": {
+        "prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "hello"}],
+        "rejected": [{"role": "assistant", "content": "go away"}],
+    },
     "meta": {
         "prompt": "\n\nHuman: hi\n\nAssistant:",
         "responses": ["a", "b"],
@@ -226,6 +231,7 @@ READERS = {
     "tldr_sft": (lambda p, **kw: load("sft", DataSource.of("tldr_sft", p, **kw)), "sft"),
     "sharegpt": (lambda p, **kw: load("sft", DataSource.of("sharegpt", p, **kw)), "sft"),
     "prompts": (lambda p, **kw: load("prompt", DataSource.of("prompts", p, **kw)), "prompts"),
+    "trl": (lambda p, **kw: load("preference", DataSource.of("trl", p, **kw)), "pairs"),
     "meta": (lambda p, **kw: load("meta", DataSource.of("meta", p, **kw), k=4), "meta"),
 }
 
