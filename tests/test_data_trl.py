@@ -169,7 +169,7 @@ BAD = [  # (kind, row, field, reason)
     ),
     (
         "preference",
-        {"prompt": USER, "chosen": said("a") * 2, "rejected": said("b")},
+        {"prompt": USER, "chosen": said("a") * 2, "rejected": said("b") * 2},
         "chosen",
         "malformed_row",
     ),

@@ -163,7 +163,8 @@ def _messages_pair(where, row, report, o: ParseOptions):
             return None
     if not _check_prompt(where, report, prompt, field):
         return None
-    c, r = _reply(where, report, c, "chosen"), _reply(where, report, r, "rejected")
+    c = _reply(where, report, c, "chosen")
+    r = _reply(where, report, r, "rejected") if c is not None else None
     if c is None or r is None:
         return None
     if c.strip() == r.strip():
