@@ -20,8 +20,9 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from metarm_jax import defaults
 from metarm_jax.data import (
+    DataSource,
     TokenSpec,
-    load_preference_pairs,
+    load,
     load_tokenizer,
     make_iter_dataset,
     tokenize_pairs,
@@ -45,7 +46,7 @@ def main():
         sys.exit(f"missing {a.path} (set METARM_SHARED_DIR)")
 
     t0 = time.perf_counter()
-    pairs = load_preference_pairs("hh_rlhf", a.path, split="test")
+    pairs = load("preference", DataSource.of("hh_rlhf", a.path, split="test"))
     t_read = time.perf_counter() - t0
     tok = (
         load_tokenizer(a.tokenizer)

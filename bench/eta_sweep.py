@@ -32,7 +32,7 @@ import numpy as np
 
 from metarm_jax import config_lib, sharding, stages
 from metarm_jax.core import stats
-from metarm_jax.data import load_meta_examples, synthetic
+from metarm_jax.data import DataSource, load, synthetic
 from metarm_jax.scoring import RewardScorer
 
 
@@ -92,7 +92,7 @@ def main():
                 "build_meta.max_prompts": args.prompts,
             },
         )
-        recs = load_meta_examples(str(path))
+        recs = load("meta", DataSource.of("meta", str(path)))
         prompts, resp = [r.prompt for r in recs], [list(r.responses) for r in recs]
         gold = np.asarray([world.gold([p] * len(r), r) for p, r in zip(prompts, resp)])
         samples[name] = (prompts, resp, gold)

@@ -73,7 +73,10 @@ def load(name, args, ks=()):
     if name == "hh":
         tok = tokenizer.load_tokenizer(args.tokenizer)
         path = os.path.join(SHARED, "data", "hh-rlhf", "harmless-base")
-        pairs = readers.load_preference_pairs("hh_rlhf", path, "test", max_skip_fraction=1.0)
+        pairs = readers.load(
+            "preference",
+            readers.DataSource.of("hh_rlhf", path, split="test", max_skip_fraction=1.0),
+        )
         max_length, buckets = args.max_length, (64, 128, 192)
     else:
         from configs import quickstart
@@ -82,7 +85,9 @@ def load(name, args, ks=()):
         c = quickstart.get_config()
         world = synthetic.write_world(tempfile.mkdtemp(prefix="bench-world-"), c.world)
         tok = tokenizer.load_tokenizer(world["tokenizer"])
-        pairs = readers.load_preference_pairs("hh_rlhf", world["pairs_train"], "train")
+        pairs = readers.load(
+            "preference", readers.DataSource.of("hh_rlhf", world["pairs_train"], split="train")
+        )
         max_length, buckets = c.data.max_length, tuple(c.data.bucket_lengths)
     spec = F.TokenSpec(
         max_length,

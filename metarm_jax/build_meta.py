@@ -7,7 +7,7 @@ Round r of iterative RLHF samples its meta dataset X_s from the round r-1 policy
 SFT model). Prompts come from the data layer (``load_prompts``), are tokenized like roll-out
 prompts (``tokenize_prompts``: BOS + the last ``data.max_prompt_length`` tokens), sampled with
 :func:`metarm_jax.sampling.generate` (``config.sampling``, k = ``build_meta.k``) and written with
-``write_meta_dataset`` in the schema ``load_meta_examples`` reads, with the sampling settings and
+``write_meta_dataset`` in the schema ``load("meta", ...)`` reads, with the sampling settings and
 the policy step on every row.
 
 Resumable: prompts are processed in chunks of ``chunk_size``; each chunk is written atomically
@@ -34,7 +34,7 @@ from metarm_jax import data as D
 from metarm_jax import faults, fileio, hosts, models, sampling, sharding
 from metarm_jax.data import MetaExample, SamplingInfo
 from metarm_jax.data.features import CollatePrompts, TokenSpec
-from metarm_jax.data.readers import meta_row
+from metarm_jax.data.schemas.meta import meta_row
 from metarm_jax.errors import ConfigError, UserError
 
 MANIFEST = "manifest.json"

@@ -79,14 +79,14 @@ def data() -> ml_collections.ConfigDict:
     """The data layer: datasets, tokenization, iterators, bad-row policy (docs/data.md)."""
     c = ml_collections.ConfigDict()
     # --- preference pairs (the RM's X_t) ---
-    c.dataset = "hh_rlhf"  # hh_rlhf | summarize_from_feedback | oasst1 | pku_saferlhf
+    c.dataset = "hh_rlhf"  # hh_rlhf | summarize_from_feedback | oasst1 | pku_saferlhf | trl
     c.path = "Anthropic/hh-rlhf"  # hub name, or a local file / glob / directory
     c.name = ""  # datasets config name, e.g. 'comparisons' for summarize_from_feedback
     c.data_dir = ""  # hub subset, e.g. 'harmless-base' for hh-rlhf
     c.split = "train"
     c.eval_split = "test"
     # --- SFT examples ---
-    c.sft_dataset = "hh_rlhf"  # hh_rlhf (prompt + chosen) | tldr_sft | sharegpt | oasst1
+    c.sft_dataset = "hh_rlhf"  # hh_rlhf (prompt + chosen) | tldr_sft | sharegpt | oasst1 | trl
     c.sft_path = "Anthropic/hh-rlhf"
     c.sft_name = ""
     c.sft_data_dir = ""

@@ -90,7 +90,7 @@ def _ns():
 
 
 def test_killed_and_resumed_run_is_byte_identical(root):
-    from metarm_jax.data import load_meta_examples
+    from metarm_jax.data import DataSource, load
 
     ns = _ns()
     clean = str(root / "clean" / "meta.jsonl")
@@ -128,7 +128,7 @@ def test_killed_and_resumed_run_is_byte_identical(root):
         assert a.read() == b.read()
 
     # The data layer reads it back with the sampling settings and policy step on every row.
-    examples = load_meta_examples(clean, k=3)
+    examples = load("meta", DataSource.of("meta", clean), k=3)
     assert [e.prompt for e in examples] == [f"\n\nHuman: {p}\n\nAssistant:" for p in PROMPTS]
     for e in examples:
         assert len(e.responses) == 3

@@ -17,10 +17,9 @@ import pytest
 
 from metarm_jax.data import (
     DataError,
+    DataSource,
     TokenSpec,
-    load_preference_pairs,
-    load_prompts,
-    load_sft_examples,
+    load,
     load_tokenizer,
     train_bpe_tokenizer,
 )
@@ -161,9 +160,13 @@ def hf_tokens(tok, turns, generation_prompt=False):
     return ids
 
 
-def kw(tok):
-    # The HH sample has a few rows with an empty reply (skipped as in 'hh'); nothing else may be.
-    return dict(conversation_format="chat_template", tokenizer=tok, max_skip_fraction=0.05)
+def read(kind, dataset, path, tok):
+    """``dataset``'s records in the tokenizer's chat template. The HH sample has a few rows with
+    an empty reply (skipped as in 'hh'); nothing else may be."""
+    source = DataSource.of(
+        dataset, path, split="", conversation_format="chat_template", max_skip_fraction=0.05
+    )
+    return load(kind, source, tokenizer=tok)
 
 
 def no_template_skips(records):
@@ -179,7 +182,7 @@ def _one_bos(tok, seq):
 def test_pairs_are_the_templates_tokens(tok, files, dataset):
     if dataset not in files:
         pytest.skip("the shared HH-RLHF sample is absent (set METARM_SHARED_DIR)")
-    pairs = load_preference_pairs(dataset, files[dataset], split="", **kw(tok))
+    pairs = read("preference", dataset, files[dataset], tok)
     no_template_skips(pairs)
     feats = tokenize_pairs(pairs, tok, spec_of(tok))
     assert len(feats) == len(pairs) > 0
@@ -204,7 +207,7 @@ def test_pairs_are_the_templates_tokens(tok, files, dataset):
 def test_sft_loss_covers_exactly_the_assistant_turns(tok, files, dataset):
     if dataset not in files:
         pytest.skip("the shared HH-RLHF sample is absent (set METARM_SHARED_DIR)")
-    examples = load_sft_examples(dataset, files[dataset], split="", **kw(tok))
+    examples = read("sft", dataset, files[dataset], tok)
     no_template_skips(examples)
     feats = tokenize_sft(examples, tok, spec_of(tok))
     assert len(feats) == len(examples) > 0
@@ -231,7 +234,7 @@ def test_prompts_and_scored_samples(tok, files, dataset):
     text (the report, the RM judge, meta data) gets the tokens the RM was trained on."""
     if dataset not in files:
         pytest.skip("the shared HH-RLHF sample is absent (set METARM_SHARED_DIR)")
-    prompts = load_prompts(dataset, files[dataset], split="", **kw(tok))
+    prompts = read("prompt", dataset, files[dataset], tok)
     no_template_skips(prompts)
     feats = tokenize_prompts(prompts, tok, spec_of(tok))
     for p, f in zip(prompts, feats):
@@ -246,14 +249,14 @@ def test_prompts_and_scored_samples(tok, files, dataset):
 
 
 def test_chatml_strings(smol_tok, files):
-    pairs = load_preference_pairs("pku_saferlhf", files["pku_saferlhf"], split="", **kw(smol_tok))
+    pairs = read("preference", "pku_saferlhf", files["pku_saferlhf"], smol_tok)
     assert pairs[0].prompt == (
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
         "Face<|im_end|>\n<|im_start|>user\nHow do I pick a lock?<|im_end|>\n"
         "<|im_start|>assistant\n"
     )
     assert pairs[0].chosen == "Use a tension wrench and a pick."
-    ex = load_sft_examples("sharegpt", files["sharegpt"], split="", **kw(smol_tok))
+    ex = read("sft", "sharegpt", files["sharegpt"], smol_tok)
     segs = ex[0].segments
     assert [s for s, loss in segs if loss] == [
         "Hello. How can I help?<|im_end|>",
@@ -267,7 +270,7 @@ def test_chatml_strings(smol_tok, files):
 
 def test_llama2_strings(bpe_tok, files, tmp_path_factory):
     tok = _with_template(bpe_tok, LLAMA2_CHAT, tmp_path_factory)
-    ex = load_sft_examples("sharegpt", files["sharegpt"], split="", **kw(tok))
+    ex = read("sft", "sharegpt", files["sharegpt"], tok)
     assert ex[1].segments == (
         ("<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n2+2? [/INST]", False),
         (" 4 ", True),
@@ -285,11 +288,11 @@ def test_a_template_the_tokenizer_cannot_split_is_an_error(bpe_tok, files, tmp_p
         "{% if add_generation_prompt %}assistant: {% endif %}"
     )
     with pytest.raises(DataError, match="do not tokenize apart"):
-        load_preference_pairs(
+        read(
+            "preference",
             "pku_saferlhf",
             files["pku_saferlhf"],
-            split="",
-            **kw(_with_template(bpe_tok, merges, tmp_path_factory)),
+            _with_template(bpe_tok, merges, tmp_path_factory),
         )
     # The generation prompt is not how the template starts an assistant turn.
     differs = (
@@ -297,11 +300,11 @@ def test_a_template_the_tokenizer_cannot_split_is_an_error(bpe_tok, files, tmp_p
         "{% if add_generation_prompt %}<|bot|>{% endif %}"
     )
     with pytest.raises(DataError, match="renders the assistant turn differently"):
-        load_preference_pairs(
+        read(
+            "preference",
             "pku_saferlhf",
             files["pku_saferlhf"],
-            split="",
-            **kw(_with_template(bpe_tok, differs, tmp_path_factory)),
+            _with_template(bpe_tok, differs, tmp_path_factory),
         )
 
 
@@ -318,8 +321,9 @@ def test_a_conversation_the_template_refuses_is_a_bad_row(bpe_tok, tmp_path, tmp
         },
     ]
     path = write_jsonl(tmp_path / "hh.jsonl", rows)
-    opts = dict(conversation_format="chat_template", tokenizer=tok, max_skip_fraction=0.5)
-    pairs = load_preference_pairs("hh_rlhf", path, split="", **opts)
+    opts = dict(conversation_format="chat_template", max_skip_fraction=0.5)
+    pairs = load("preference", DataSource.of("hh_rlhf", path, split="", **opts), tokenizer=tok)
     assert len(pairs) == 1 and pairs.skip_report.counts == {"malformed_row": 1}
     with pytest.raises(DataError, match="roles must alternate"):
-        load_preference_pairs("hh_rlhf", path, split="", **{**opts, "on_bad_record": "error"})
+        source = DataSource.of("hh_rlhf", path, split="", on_bad_record="error", **opts)
+        load("preference", source, tokenizer=tok)

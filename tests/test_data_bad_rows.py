@@ -6,9 +6,9 @@ import pytest
 
 from metarm_jax.data import (
     DataError,
+    DataSource,
     TokenSpec,
-    load_meta_examples,
-    load_preference_pairs,
+    load,
     tokenize_pairs,
 )
 
@@ -58,7 +58,7 @@ def test_error_mode_names_row_field_and_reason(tmp_path, reason):
     bad, field = BAD_HH[reason]
     path = write(tmp_path / "train.jsonl", _rows(bad))
     with pytest.raises(DataError) as e:
-        load_preference_pairs("hh_rlhf", path, on_bad_record="error")
+        load("preference", DataSource.of("hh_rlhf", path, on_bad_record="error"))
     msg = str(e.value)
     assert f"{path}: row {BAD_AT}: field {field!r}: {reason}" in msg, msg
     assert "\n" not in msg.strip()  # one clear message
@@ -67,7 +67,7 @@ def test_error_mode_names_row_field_and_reason(tmp_path, reason):
 @pytest.mark.parametrize("reason", sorted(BAD_HH))
 def test_skip_mode_counts_and_threshold(tmp_path, reason, capsys):
     bad, field = BAD_HH[reason]
-    pairs = load_preference_pairs("hh_rlhf", write(tmp_path / "a.jsonl", _rows(bad)))
+    pairs = load("preference", DataSource.of("hh_rlhf", write(tmp_path / "a.jsonl", _rows(bad))))
     assert len(pairs) == N_GOOD
     assert pairs.skip_report.counts == {reason: 1}
     assert pairs.skip_report.first_rows == {reason: [str(BAD_AT)]}
@@ -77,10 +77,15 @@ def test_skip_mode_counts_and_threshold(tmp_path, reason, capsys):
     with pytest.raises(
         DataError, match=rf"3 of 203 rows are bad .*{reason}: 3 \(first rows 7, 17, 27; fields "
     ):
-        load_preference_pairs("hh_rlhf", write(tmp_path / "b.jsonl", _rows(bad, 3)))
+        load("preference", DataSource.of("hh_rlhf", write(tmp_path / "b.jsonl", _rows(bad, 3))))
     # A looser limit lets them through.
     assert (
-        len(load_preference_pairs("hh_rlhf", str(tmp_path / "b.jsonl"), max_skip_fraction=0.05))
+        len(
+            load(
+                "preference",
+                DataSource.of("hh_rlhf", str(tmp_path / "b.jsonl"), max_skip_fraction=0.05),
+            )
+        )
         == N_GOOD
     )
 
@@ -105,8 +110,8 @@ def _raw_lines(tmp_path, bad_line: bytes, name="train.jsonl"):
 def test_undecodable_and_malformed_lines(tmp_path, line, reason):
     path = _raw_lines(tmp_path, line)
     with pytest.raises(DataError, match=rf"row {BAD_AT}: (field .chosen.: )?{reason}"):
-        load_preference_pairs("hh_rlhf", path, on_bad_record="error")
-    pairs = load_preference_pairs("hh_rlhf", path)
+        load("preference", DataSource.of("hh_rlhf", path, on_bad_record="error"))
+    pairs = load("preference", DataSource.of("hh_rlhf", path))
     assert len(pairs) == N_GOOD and pairs.skip_report.counts == {reason: 1}
 
 
@@ -118,21 +123,23 @@ def test_too_long_after_prompt_truncation(tmp_path, tiny_tokenizer):
     }
     path = write(tmp_path / "train.jsonl", rows)
     spec = TokenSpec(max_length=32, buckets=(32,), pad_id=0, eos_id=2, bos_id=1)
-    feats = tokenize_pairs(load_preference_pairs("hh_rlhf", path), tiny_tokenizer, spec)
+    feats = tokenize_pairs(load("preference", DataSource.of("hh_rlhf", path)), tiny_tokenizer, spec)
     assert len(feats) == N_GOOD - 1 and feats.skip_report.counts == {"too_long": 1}
     with pytest.raises(DataError, match=rf"row {BAD_AT}: too_long \(the response alone needs"):
         tokenize_pairs(
-            load_preference_pairs("hh_rlhf", path, on_bad_record="error"), tiny_tokenizer, spec
+            load("preference", DataSource.of("hh_rlhf", path, on_bad_record="error")),
+            tiny_tokenizer,
+            spec,
         )
 
 
 def test_empty_file_and_no_rows(tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(DataError, match="empty.jsonl: the file is empty"):
-        load_preference_pairs("hh_rlhf", str(tmp_path / "empty.jsonl"))
+        load("preference", DataSource.of("hh_rlhf", str(tmp_path / "empty.jsonl")))
     write(tmp_path / "nothing.json", [])
     with pytest.raises(DataError, match="no rows found|could not parse"):
-        load_preference_pairs("hh_rlhf", str(tmp_path / "nothing.json"))
+        load("preference", DataSource.of("hh_rlhf", str(tmp_path / "nothing.json")))
 
 
 def test_wrong_dataset_for_the_file_is_caught_by_the_threshold(tmp_path):
@@ -151,7 +158,7 @@ def test_wrong_dataset_for_the_file_is_caught_by_the_threshold(tmp_path):
         * 5,
     )
     with pytest.raises(DataError, match="5 of 5 rows are bad.*missing_field"):
-        load_preference_pairs("hh_rlhf", path)
+        load("preference", DataSource.of("hh_rlhf", path))
 
 
 def test_bad_values_in_other_schemas(tmp_path):
@@ -165,11 +172,14 @@ def test_bad_values_in_other_schemas(tmp_path):
         }
     ]
     with pytest.raises(DataError, match="row 0: field 'better_response_id': bad_value"):
-        load_preference_pairs(
-            "pku_saferlhf", write(tmp_path / "p.jsonl", pku), on_bad_record="error"
+        load(
+            "preference",
+            DataSource.of("pku_saferlhf", write(tmp_path / "p.jsonl", pku), on_bad_record="error"),
         )
     meta = [
         {"prompt": "p", "responses": ["a", "b"], "temperature": 0.8, "top_p": 0.9, "policy_step": 3}
     ]  # no seed
     with pytest.raises(DataError, match="row 0: field 'seed': missing_field"):
-        load_meta_examples(write(tmp_path / "m.jsonl", meta), on_bad_record="error")
+        load(
+            "meta", DataSource.of("meta", write(tmp_path / "m.jsonl", meta), on_bad_record="error")
+        )

@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from metarm_jax.data import DataError, load_preference_pairs, load_prompts
+from metarm_jax.data import DataError, DataSource, load
 
 SHARED = pathlib.Path(
     os.environ.get("METARM_SHARED_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared")
@@ -32,7 +32,9 @@ def rows():
 
 @pytest.fixture(scope="module")
 def pairs(rows):
-    return load_preference_pairs("hh_rlhf", str(SAMPLE), split="test", on_bad_record="skip")
+    return load(
+        "preference", DataSource.of("hh_rlhf", str(SAMPLE), split="test", on_bad_record="skip")
+    )
 
 
 def test_every_row_parses_and_round_trips(rows, pairs):
@@ -70,14 +72,19 @@ def test_error_mode_stops_at_first_bad_row():
     if not SAMPLE.exists():
         pytest.skip(f"missing shared HH sample {SAMPLE}")
     with pytest.raises(DataError, match=r"test.jsonl.gz: row 86: field .chosen.: empty_response"):
-        load_preference_pairs("hh_rlhf", str(SAMPLE), split="test", on_bad_record="error")
+        load(
+            "preference", DataSource.of("hh_rlhf", str(SAMPLE), split="test", on_bad_record="error")
+        )
 
 
 def test_directory_with_data_dir_and_prompts(rows):
-    pairs = load_preference_pairs(
-        "hh_rlhf", str(SHARED / "data" / "hh-rlhf"), split="test", data_dir="harmless-base"
+    pairs = load(
+        "preference",
+        DataSource.of(
+            "hh_rlhf", str(SHARED / "data" / "hh-rlhf"), split="test", data_dir="harmless-base"
+        ),
     )
     assert len(pairs) == 1996
-    prompts = load_prompts("hh_rlhf", str(SAMPLE), split="test")
+    prompts = load("prompt", DataSource.of("hh_rlhf", str(SAMPLE), split="test"))
     assert len(prompts) == len({p.prompt for p in pairs}) == 1994  # two prompts appear twice
     assert all(p.prompt.endswith(A) for p in prompts)

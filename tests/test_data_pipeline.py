@@ -7,6 +7,7 @@ import pytest
 
 from metarm_jax import defaults
 from metarm_jax.data import (
+    DataSource,
     MetaExample,
     PreferencePair,
     PromptExample,
@@ -14,7 +15,7 @@ from metarm_jax.data import (
     SFTExample,
     Source,
     TokenSpec,
-    load_meta_examples,
+    load,
     meta_iterator,
     preference_iterator,
     prompt_iterator,
@@ -303,7 +304,7 @@ def test_meta_dataset_round_trip(tmp_path, ext):
     )
     path = write_meta_dataset(str(tmp_path / "round2" / f"meta.{ext}"), ex)
     assert os.listdir(tmp_path / "round2") == [f"meta.{ext}"]  # no temporary file left behind
-    got = load_meta_examples(path, k=3)
+    got = load("meta", DataSource.of("meta", path), k=3)
     assert [(e.prompt, e.responses, e.sampling) for e in got] == [
         (e.prompt, e.responses, e.sampling) for e in ex
     ]

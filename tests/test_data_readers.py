@@ -7,9 +7,8 @@ import pytest
 
 from metarm_jax.data import (
     DataError,
-    load_preference_pairs,
-    load_prompts,
-    load_sft_examples,
+    DataSource,
+    load,
     train_bpe_tokenizer,
 )
 
@@ -58,7 +57,7 @@ HH = [
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_hh_all_formats(tmp_path, fmt):
-    pairs = load_preference_pairs("hh_rlhf", write(tmp_path / f"train.{fmt}", HH))
+    pairs = load("preference", DataSource.of("hh_rlhf", write(tmp_path / f"train.{fmt}", HH)))
     assert [(p.prompt, p.chosen, p.rejected) for p in pairs] == [
         ("\n\nHuman: Hi\n\nAssistant:", " Hello!", " Go."),
         ("\n\nHuman: 2+2?\n\nAssistant: 4\n\nHuman: Sure?\n\nAssistant:", " Yes, 4.", " 5"),
@@ -72,14 +71,19 @@ def test_glob_directory_and_split(tmp_path):
     write(d / "test.jsonl.gz", HH[:1])
     assert (
         len(
-            load_preference_pairs("hh_rlhf", str(tmp_path / "hh"), "train", data_dir="helpful-base")
+            load(
+                "preference",
+                DataSource.of(
+                    "hh_rlhf", str(tmp_path / "hh"), split="train", data_dir="helpful-base"
+                ),
+            )
         )
         == 2
     )
-    assert len(load_preference_pairs("hh_rlhf", str(d), "test")) == 1
-    assert len(load_preference_pairs("hh_rlhf", str(d / "*.json*"))) == 3
+    assert len(load("preference", DataSource.of("hh_rlhf", str(d), split="test"))) == 1
+    assert len(load("preference", DataSource.of("hh_rlhf", str(d / "*.json*")))) == 3
     with pytest.raises(DataError, match="no data file for split .validation."):
-        load_preference_pairs("hh_rlhf", str(d), "validation")
+        load("preference", DataSource.of("hh_rlhf", str(d), split="validation"))
 
 
 SUMMARIZE = [
@@ -126,13 +130,16 @@ SUMMARIZE = [
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_summarize_from_feedback(tmp_path, fmt):
-    pairs = load_preference_pairs(
-        "summarize_from_feedback", write(tmp_path / f"comparisons.{fmt}", SUMMARIZE)
+    pairs = load(
+        "preference",
+        DataSource.of("summarize_from_feedback", write(tmp_path / f"comparisons.{fmt}", SUMMARIZE)),
     )
     assert pairs[0].prompt == "SUBREDDIT: r/cats\nTITLE: Cat help\nPOST: My cat ignores me.\nTL;DR:"
     assert (pairs[0].chosen, pairs[0].rejected) == (" Cat ignores me.", " Dogs are great.")
     assert (pairs[1].chosen, pairs[1].rejected) == (" Rent up by half.", " Something else.")
-    prompts = load_prompts("summarize_from_feedback", str(tmp_path / f"comparisons.{fmt}"))
+    prompts = load(
+        "prompt", DataSource.of("summarize_from_feedback", str(tmp_path / f"comparisons.{fmt}"))
+    )
     assert [p.prompt for p in prompts] == [p.prompt for p in pairs]
 
 
@@ -141,7 +148,7 @@ def test_tldr_sft(tmp_path):
         {"prompt": "SUBREDDIT: r/a\nTITLE: t\nPOST: p\nTL;DR:", "label": "short"},
         {"prompt": "SUBREDDIT: r/b\nTITLE: u\nPOST: q\nTL;DR:", "label": " already spaced"},
     ]
-    ex = load_sft_examples("tldr_sft", write(tmp_path / "train.jsonl", rows))
+    ex = load("sft", DataSource.of("tldr_sft", write(tmp_path / "train.jsonl", rows)))
     assert [(e.prompt, e.response) for e in ex] == [
         (rows[0]["prompt"], " short"),
         (rows[1]["prompt"], " already spaced"),
@@ -173,7 +180,7 @@ SHAREGPT = [
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_sharegpt_multi_turn(tmp_path, fmt):
-    ex = load_sft_examples("sharegpt", write(tmp_path / f"sharegpt.{fmt}", SHAREGPT))
+    ex = load("sft", DataSource.of("sharegpt", write(tmp_path / f"sharegpt.{fmt}", SHAREGPT)))
     assert ex[0].segments == (
         ("\n\nHuman: Hi\n\nAssistant:", False),
         (" Hello.", True),
@@ -227,7 +234,7 @@ OASST = [
 @pytest.mark.parametrize("fmt", ["jsonl.gz", "parquet"])
 def test_oasst_tree(tmp_path, fmt):
     path = write(tmp_path / f"train.{fmt}", OASST)
-    pairs = load_preference_pairs("oasst1", path)
+    pairs = load("preference", DataSource.of("oasst1", path))
     got = {(p.prompt, p.chosen, p.rejected) for p in pairs}
     root = "\n\nHuman: Root Q\n\nAssistant:"
     deep = "\n\nHuman: Root Q\n\nAssistant: Best\n\nHuman: Follow-up\n\nAssistant:"
@@ -238,11 +245,11 @@ def test_oasst_tree(tmp_path, fmt):
         (deep, " Deep best", " Deep worse"),
     }
     assert len(pairs) == 4
-    assert len(load_preference_pairs("oasst1", path, oasst_lang="de")) == 1
-    assert len(load_preference_pairs("oasst1", path, oasst_lang="")) == 5
-    sft = load_sft_examples("oasst1", path)
+    assert len(load("preference", DataSource.of("oasst1", path, oasst_lang="de"))) == 1
+    assert len(load("preference", DataSource.of("oasst1", path, oasst_lang=""))) == 5
+    sft = load("sft", DataSource.of("oasst1", path))
     assert {(e.prompt, e.response) for e in sft} == {(root, " Best"), (deep, " Deep best")}
-    assert [p.prompt for p in load_prompts("oasst1", path)] == [root]
+    assert [p.prompt for p in load("prompt", DataSource.of("oasst1", path))] == [root]
 
 
 PKU = [
@@ -261,12 +268,14 @@ PKU = [
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_pku_helpful_or_harmless(tmp_path, fmt):
     path = write(tmp_path / f"train.{fmt}", PKU)
-    helpful = load_preference_pairs("pku_saferlhf", path, pku_preference="helpful")[0]
-    harmless = load_preference_pairs("pku_saferlhf", path, pku_preference="harmless")[0]
+    helpful = load("preference", DataSource.of("pku_saferlhf", path, pku_preference="helpful"))[0]
+    harmless = load("preference", DataSource.of("pku_saferlhf", path, pku_preference="harmless"))[0]
     assert helpful.prompt == "\n\nHuman: How to pick a lock?\n\nAssistant:"
     assert (helpful.chosen, helpful.rejected) == (" Use a pick.", " I cannot help.")
     assert (harmless.chosen, harmless.rejected) == (" I cannot help.", " Use a pick.")
-    assert [p.prompt for p in load_prompts("pku_saferlhf", path)] == [helpful.prompt]
+    assert [p.prompt for p in load("prompt", DataSource.of("pku_saferlhf", path))] == [
+        helpful.prompt
+    ]
 
 
 def test_chat_template_format(tmp_path):
@@ -275,20 +284,24 @@ def test_chat_template_format(tmp_path):
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>"
         "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
-    pairs = load_preference_pairs(
-        "hh_rlhf",
-        write(tmp_path / "hh.jsonl", HH),
-        conversation_format="chat_template",
+    pairs = load(
+        "preference",
+        DataSource.of(
+            "hh_rlhf", write(tmp_path / "hh.jsonl", HH), conversation_format="chat_template"
+        ),
         tokenizer=tok,
     )
     assert pairs[1].prompt == (
         "<|user|>2+2?<|end|><|assistant|>4<|end|><|user|>Sure?<|end|><|assistant|>"
     )
     assert (pairs[1].chosen, pairs[1].rejected) == ("Yes, 4.", "5")
-    ex = load_sft_examples(
-        "sharegpt",
-        write(tmp_path / "s.jsonl", SHAREGPT[:1]),
-        conversation_format="chat_template",
+    ex = load(
+        "sft",
+        DataSource.of(
+            "sharegpt",
+            write(tmp_path / "s.jsonl", SHAREGPT[:1]),
+            conversation_format="chat_template",
+        ),
         tokenizer=tok,
     )
     assert ex[0].segments == (
@@ -298,10 +311,11 @@ def test_chat_template_format(tmp_path):
         ("Bot.", True),
     )
     with pytest.raises(DataError, match="chat template"):
-        load_preference_pairs(
-            "hh_rlhf",
-            str(tmp_path / "hh.jsonl"),
-            conversation_format="chat_template",
+        load(
+            "preference",
+            DataSource.of(
+                "hh_rlhf", str(tmp_path / "hh.jsonl"), conversation_format="chat_template"
+            ),
             tokenizer=None,
         )
 
@@ -310,15 +324,18 @@ def test_hub_name_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="pass a local path"):
-        load_preference_pairs("hh_rlhf", "no-such-owner-zz9/no-such-dataset-zz9", split="test")
+        load(
+            "preference",
+            DataSource.of("hh_rlhf", "no-such-owner-zz9/no-such-dataset-zz9", split="test"),
+        )
 
 
 def test_unknown_dataset_or_format(tmp_path):
     path = write(tmp_path / "hh.jsonl", HH)
     with pytest.raises(DataError, match="unknown preference dataset 'hh_rlhf2'"):
-        load_preference_pairs("hh_rlhf2", path)
+        load("preference", DataSource.of("hh_rlhf2", path))
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(DataError, match="unknown file format"):
-        load_preference_pairs("hh_rlhf", str(tmp_path / "data.csv"))
+        load("preference", DataSource.of("hh_rlhf", str(tmp_path / "data.csv")))
     with pytest.raises(DataError, match="no such file"):
-        load_preference_pairs("hh_rlhf", str(tmp_path / "missing.jsonl"))
+        load("preference", DataSource.of("hh_rlhf", str(tmp_path / "missing.jsonl")))

@@ -25,11 +25,9 @@ from hypothesis import strategies as st
 
 from metarm_jax import config_lib
 from metarm_jax.data import (
+    DataSource,
     TokenSpec,
-    load_meta_examples,
-    load_preference_pairs,
-    load_prompts,
-    load_sft_examples,
+    load,
     tokenize_pairs,
     tokenize_prompts,
     tokenize_sft,
@@ -68,6 +66,11 @@ TEMPLATES = {
         "safer_response_id": 1,
     },
     "prompts": {"prompt": "hello there"},
+    "trl": {
+        "prompt": [{"role": "system", "content": "be kind"}, {"role": "user", "content": "hi"}],
+        "chosen": [{"role": "assistant", "content": "hello"}],
+        "rejected": [{"role": "assistant", "content": "go away"}],
+    },
     "meta": {
         "prompt": "\n\nHuman: hi\n\nAssistant:",
         "responses": ["a", "b"],
@@ -198,9 +201,9 @@ def _check_records(kind, recs):
             assert all(isinstance(x, str) for x in r.responses)
 
 
-def _outcome(reader: str, load, kind: str, path: pathlib.Path) -> str:
+def _outcome(reader: str, read, kind: str, path: pathlib.Path) -> str:
     try:
-        recs = load(str(path))
+        recs = read(str(path))
     except UserError as e:
         msg = str(e)
         assert "\n" not in msg.strip(), msg  # one line
@@ -216,16 +219,20 @@ def _outcome(reader: str, load, kind: str, path: pathlib.Path) -> str:
 
 
 READERS = {
-    "hh_rlhf": (lambda p, **kw: load_preference_pairs("hh_rlhf", p, **kw), "pairs"),
+    "hh_rlhf": (lambda p, **kw: load("preference", DataSource.of("hh_rlhf", p, **kw)), "pairs"),
     "summarize_from_feedback": (
-        lambda p, **kw: load_preference_pairs("summarize_from_feedback", p, **kw),
+        lambda p, **kw: load("preference", DataSource.of("summarize_from_feedback", p, **kw)),
         "pairs",
     ),
-    "pku_saferlhf": (lambda p, **kw: load_preference_pairs("pku_saferlhf", p, **kw), "pairs"),
-    "tldr_sft": (lambda p, **kw: load_sft_examples("tldr_sft", p, **kw), "sft"),
-    "sharegpt": (lambda p, **kw: load_sft_examples("sharegpt", p, **kw), "sft"),
-    "prompts": (lambda p, **kw: load_prompts("prompts", p, **kw), "prompts"),
-    "meta": (lambda p, **kw: load_meta_examples(p, k=4, **kw), "meta"),
+    "pku_saferlhf": (
+        lambda p, **kw: load("preference", DataSource.of("pku_saferlhf", p, **kw)),
+        "pairs",
+    ),
+    "tldr_sft": (lambda p, **kw: load("sft", DataSource.of("tldr_sft", p, **kw)), "sft"),
+    "sharegpt": (lambda p, **kw: load("sft", DataSource.of("sharegpt", p, **kw)), "sft"),
+    "prompts": (lambda p, **kw: load("prompt", DataSource.of("prompts", p, **kw)), "prompts"),
+    "trl": (lambda p, **kw: load("preference", DataSource.of("trl", p, **kw)), "pairs"),
+    "meta": (lambda p, **kw: load("meta", DataSource.of("meta", p, **kw), k=4), "meta"),
 }
 
 
@@ -233,7 +240,7 @@ READERS = {
 @FUZZ
 @given(data=st.data())
 def test_readers_on_malformed_rows(reader, data):
-    load, kind = READERS[reader]
+    read, kind = READERS[reader]
     n = data.draw(st.integers(1, 6))
     rows = [_mutate(TEMPLATES[reader], data) for _ in range(n)]
     if data.draw(st.booleans()):
@@ -247,7 +254,7 @@ def test_readers_on_malformed_rows(reader, data):
         _write(path, rows, fmt, data)
         _outcome(
             reader,
-            lambda p: load(p, on_bad_record=policy, max_skip_fraction=1.0),
+            lambda p: read(p, on_bad_record=policy, max_skip_fraction=1.0),
             kind,
             path,
         )
@@ -261,17 +268,13 @@ def test_oasst1_threads_on_malformed_messages(data):
     with tempfile.TemporaryDirectory() as d:
         path = pathlib.Path(d) / "data.jsonl"
         _write(path, rows, "jsonl", data)
-        for name, load, kind in (
-            ("oasst1 pairs", load_preference_pairs, "pairs"),
-            ("oasst1 sft", load_sft_examples, "sft"),
-            ("oasst1 prompts", load_prompts, "prompts"),
+        for name, kind, records in (
+            ("oasst1 pairs", "preference", "pairs"),
+            ("oasst1 sft", "sft", "sft"),
+            ("oasst1 prompts", "prompt", "prompts"),
         ):
-            _outcome(
-                name,
-                lambda p: load("oasst1", p, on_bad_record="skip", max_skip_fraction=1.0),
-                kind,
-                path,
-            )
+            source = DataSource.of("oasst1", str(path), on_bad_record="skip", max_skip_fraction=1.0)
+            _outcome(name, lambda p: load(kind, source), records, path)
 
 
 def test_damaged_files_are_one_line_errors(tmp_path):
@@ -288,11 +291,11 @@ def test_damaged_files_are_one_line_errors(tmp_path):
     notparquet.write_bytes(b"PAR1garbage")
     for path, what in ((truncated, "cannot read it"), (notparquet, "not a readable parquet")):
         with pytest.raises(UserError, match=what) as e:
-            load_prompts("prompts", str(path))
+            load("prompt", DataSource.of("prompts", str(path)))
         assert "\n" not in str(e.value) and path.name in str(e.value)
     # a parquet with the wrong schema: every row is a counted bad row, then our threshold error
     with pytest.raises(UserError, match=r"wrong.parquet.*missing_field.*fields prompt") as e:
-        load_prompts("prompts", str(wrong))
+        load("prompt", DataSource.of("prompts", str(wrong)))
     assert "\n" not in str(e.value)
 
 

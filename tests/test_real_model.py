@@ -20,7 +20,7 @@ import transformers
 from safetensors.numpy import load_file
 
 from metarm_jax import models, sampling
-from metarm_jax.data import TokenSpec, load_prompts, load_tokenizer
+from metarm_jax.data import DataSource, TokenSpec, load, load_tokenizer
 from metarm_jax.data.features import CollatePrompts, tokenize_prompts
 from metarm_jax.data.formats import formatter
 from metarm_jax.data.records import PromptExample, Source
@@ -64,11 +64,9 @@ def prompts(tok, shared_dir):
     sample = shared_dir / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
     if not sample.exists():
         pytest.skip(f"the shared HH-RLHF sample {sample} is absent (set METARM_SHARED_DIR)")
-    hh = load_prompts(
-        "hh_rlhf",
-        str(sample),
-        split="test",
-        conversation_format="chat_template",
+    hh = load(
+        "prompt",
+        DataSource.of("hh_rlhf", str(sample), split="test", conversation_format="chat_template"),
         tokenizer=tok,
     )
     prompt_fn, _ = formatter("chat_template", tok)

@@ -195,14 +195,20 @@ def test_the_control_arm_differs_from_metarm_only_in_eta(seed0):
 
 
 def test_the_best_round_is_chosen_on_validation_prompts_only(seed0):
-    from metarm_jax.data import load_meta_examples
+    from metarm_jax.data import DataSource, load
     from metarm_jax.rlhf import compute
 
     workdir, _ = seed0
     rep = _report(workdir)
     assert rep["best_round"] == compute.select_best(rep["selection"])
-    valid = {e.prompt for e in load_meta_examples(str(workdir / "samples/valid/round1.jsonl"))}
-    test = {e.prompt for e in load_meta_examples(str(workdir / "samples/test/round1.jsonl"))}
+    valid = {
+        e.prompt
+        for e in load("meta", DataSource.of("meta", str(workdir / "samples/valid/round1.jsonl")))
+    }
+    test = {
+        e.prompt
+        for e in load("meta", DataSource.of("meta", str(workdir / "samples/test/round1.jsonl")))
+    }
     assert len(valid) == len(test) == 32 and not valid & test
     world = {json.loads(l)["prompt"] for l in (workdir / "world/prompts/valid.jsonl").open()}
     assert all(p.split("Human: ")[1].split("\n")[0] in world for p in valid)

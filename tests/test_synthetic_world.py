@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metarm_jax import defaults
-from metarm_jax.data import load_preference_pairs, load_prompts, load_sft_examples
+from metarm_jax.data import DataSource, load
 from metarm_jax.data.formats import ASSISTANT, HUMAN
 from metarm_jax.data.synthetic import (
     ASSISTANT_ID,
@@ -279,7 +279,9 @@ def test_write_world_files_load_through_the_readers(world, written):
     cfg = small_config()
     kw = dict(on_bad_record="error")
     for split, n in (("train", cfg.num_train_pairs), ("test", cfg.num_test_pairs)):
-        pairs = load_preference_pairs("hh_rlhf", paths[f"pairs_{split}"], split=split, **kw)
+        pairs = load(
+            "preference", DataSource.of("hh_rlhf", paths[f"pairs_{split}"], split=split, **kw)
+        )
         assert len(pairs) == n and pairs.skip_report.skipped == 0
         rows = [
             json.loads(l) for l in pathlib.Path(paths[f"pairs_{split}"]).read_text().splitlines()
@@ -294,10 +296,15 @@ def test_write_world_files_load_through_the_readers(world, written):
             np.testing.assert_allclose(g, [row["gold_chosen"], row["gold_rejected"]], atol=1e-6)
     # the whole directory by split name works too
     assert (
-        len(load_preference_pairs("hh_rlhf", os.path.join(out, "pairs"), split="test", **kw))
+        len(
+            load(
+                "preference",
+                DataSource.of("hh_rlhf", os.path.join(out, "pairs"), split="test", **kw),
+            )
+        )
         == cfg.num_test_pairs
     )
-    sft = load_sft_examples("hh_rlhf", paths["sft_train"], **kw)
+    sft = load("sft", DataSource.of("hh_rlhf", paths["sft_train"], **kw))
     assert len(sft) == cfg.num_sft and sft.skip_report.skipped == 0
     assert all(np.all(world.parse(e.response) >= 0) for e in sft)
     texts = {}
@@ -306,8 +313,11 @@ def test_write_world_files_load_through_the_readers(world, written):
         ("prompts_eval", cfg.num_eval_prompts),
         ("prompts_ood", cfg.num_ood_prompts),
     ):
-        recs = load_prompts(
-            "prompts", paths[name], split="test" if "train" not in name else "train", **kw
+        recs = load(
+            "prompt",
+            DataSource.of(
+                "prompts", paths[name], split="test" if "train" not in name else "train", **kw
+            ),
         )
         raw = [json.loads(l)["prompt"] for l in pathlib.Path(paths[name]).read_text().splitlines()]
         assert len(recs) == n == len(raw) and recs.skip_report.skipped == 0
@@ -329,7 +339,7 @@ def test_written_files_tokenize_with_the_world_tokenizer(written):
 
     _, paths = written
     tok = load_tokenizer(paths["tokenizer"])
-    pairs = load_preference_pairs("hh_rlhf", paths["pairs_test"], split="test")
+    pairs = load("preference", DataSource.of("hh_rlhf", paths["pairs_test"], split="test"))
     spec = TokenSpec(64, (32, 64), tok.pad_token_id, tok.eos_token_id, tok.bos_token_id)
     feats = tokenize_pairs(pairs, tok, spec)
     assert len(feats) == len(pairs) and feats.skip_report.skipped == 0
@@ -387,7 +397,7 @@ def test_gold_pairs_label_by_gold_and_leave_out_unrepresentable_responses():
     for row in rows:
         assert row["gold_chosen"] > row["gold_rejected"]
         assert row["chosen"].startswith(prompt + " ") and HUMAN not in row["chosen"][len(prompt) :]
-    pairs = load_preference_pairs("hh_rlhf", _tmp_jsonl(rows), on_bad_record="error")
+    pairs = load("preference", DataSource.of("hh_rlhf", _tmp_jsonl(rows), on_bad_record="error"))
     assert len(pairs) == len(rows)  # every row reads back as one pair of one prompt
 
 

@@ -27,12 +27,10 @@ _EXPORTS = {
         "sft_iterator",
     ),
     "readers": (
-        "load_meta_examples",
-        "load_preference_pairs",
-        "load_prompts",
-        "load_sft_examples",
-        "write_meta_dataset",
+        "DataSource",
+        "load",
     ),
+    "schemas.meta": ("write_meta_dataset",),
     "records": (
         "DataError",
         "MetaExample",

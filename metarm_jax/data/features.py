@@ -26,6 +26,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from metarm_jax import defaults
 from metarm_jax.data import packing
 from metarm_jax.data.records import (
     TOO_LONG,
@@ -113,8 +114,9 @@ def _report(records, name) -> SkipReport:
     rep = getattr(records, "skip_report", None)
     if rep is not None:
         rep = rep.copy()
-    else:
-        rep = SkipReport(name)
+    else:  # records made in memory: the configured bad-row policy's defaults
+        d = defaults.data()
+        rep = SkipReport(name, d.on_bad_record, d.max_skip_fraction)
         rep.total = len(records)
     return rep
 

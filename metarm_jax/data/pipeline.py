@@ -133,48 +133,10 @@ def make_iter_dataset(
 # DatasetIterator with `.skip_report`, `.num_examples` (and `.records` for prompt iterators).
 
 
-def _load_kwargs(cfg, tokenizer):
-    return dict(
-        on_bad_record=cfg.on_bad_record,
-        max_skip_fraction=cfg.max_skip_fraction,
-        conversation_format=cfg.conversation_format,
-        tokenizer=tokenizer,
-        oasst_lang=cfg.oasst_lang,
-    )
-
-
-def _load_dataset(reader, prefix: str, **extra):
-    """A loader reading the dataset named by the ``<prefix>dataset/path/split/name/data_dir``
-    keys of ``config.data`` with ``reader`` (``readers.load_*``)."""
-
-    def load(cfg, tokenizer, split, k):
-        return reader(
-            cfg[f"{prefix}dataset"],
-            cfg[f"{prefix}path"],
-            split or cfg[f"{prefix}split"],
-            name=cfg[f"{prefix}name"],
-            data_dir=cfg[f"{prefix}data_dir"],
-            **{key: cfg[value] for key, value in extra.items()},
-            **_load_kwargs(cfg, tokenizer),
-        )
-
-    return load
-
-
-def _load_meta(cfg, tokenizer, split, k):
-    return readers.load_meta_examples(
-        cfg.meta_path,
-        k=k,
-        on_bad_record=cfg.on_bad_record,
-        max_skip_fraction=cfg.max_skip_fraction,
-    )
-
-
 @dataclasses.dataclass(frozen=True)
 class Kind:
-    """How one kind of example goes from ``config.data`` to batches."""
+    """How one kind of example goes from records (``readers.load``) to batches."""
 
-    load: Callable  # (cfg, tokenizer, split, k) -> Records
     tokenize: Callable  # (records, tokenizer, spec) -> Records of features
     collate: Callable  # (spec, k) -> Collate
     batch_size_key: str  # config.data key of the global batch size
@@ -183,28 +145,24 @@ class Kind:
 
 KINDS = {
     "preference": Kind(
-        _load_dataset(readers.load_preference_pairs, "", pku_preference="pku_preference"),
         F.tokenize_pairs,
         lambda spec, k: F.CollatePairs(spec),
         "pref_batch_size",
         "pref_seed",
     ),
     "meta": Kind(
-        _load_meta,
         F.tokenize_meta,
         lambda spec, k: F.CollateMeta(spec, k=k),
         "meta_batch_size",
         "meta_seed",
     ),
     "sft": Kind(
-        _load_dataset(readers.load_sft_examples, "sft_"),
         F.tokenize_sft,
         lambda spec, k: F.CollateSFT(spec),
         "sft_batch_size",
         "sft_seed",
     ),
     "prompt": Kind(
-        _load_dataset(readers.load_prompts, "prompt_"),
         F.tokenize_prompts,
         lambda spec, k: F.CollatePrompts(spec),
         "prompt_batch_size",
@@ -214,9 +172,12 @@ KINDS = {
 
 
 def load_records(kind: str, cfg, tokenizer, *, split: str | None = None, k: int | None = None):
-    """The records of one kind (see ``iterator``) from its ``config.data`` keys; ``split``
-    instead of the configured split."""
-    return KINDS[kind].load(cfg, tokenizer, split, k)
+    """The records of one kind (see ``iterator``) from its ``config.data`` keys
+    (``readers.DataSource.from_config``); ``split`` instead of the configured split (not for
+    meta)."""
+    changes = {"split": split} if split and kind != "meta" else {}
+    source = readers.DataSource.from_config(cfg, kind, **changes)
+    return readers.load(kind, source, tokenizer=tokenizer, k=k)
 
 
 def iterator(
@@ -257,7 +218,7 @@ def iterator(
     if kind == "meta" and (k is None or k < 1):
         raise ValueError(f"meta batches need k (responses per prompt, config.meta.k), got {k!r}.")
     if records is None:
-        records = spec_of.load(cfg, tokenizer, split, k)
+        records = load_records(kind, cfg, tokenizer, split=split, k=k)
     spec = F.TokenSpec.from_config(cfg, tokenizer)
     feats = spec_of.tokenize(records, tokenizer, spec)
     collate = spec_of.collate(spec, k)

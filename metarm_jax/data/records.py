@@ -115,13 +115,7 @@ class SkipReport:
     `check()` stops the run when more than `max_skip_fraction` of the rows were bad.
     """
 
-    def __init__(
-        self,
-        name: str,
-        on_bad_record: str = "skip",
-        max_skip_fraction: float = 0.01,
-        first_n: int = 5,
-    ):
+    def __init__(self, name: str, on_bad_record: str, max_skip_fraction: float, first_n: int = 5):
         if on_bad_record not in ("skip", "error"):
             raise DataError(f"data.on_bad_record must be 'skip' or 'error', got {on_bad_record!r}.")
         self.name = name

@@ -84,15 +84,16 @@ def _tokenizer(runner: Runner, layout: RunLayout, config) -> str:
     out = layout.path(layout.tokenizer)
     if not os.path.exists(os.path.join(out, "tokenizer.json")) and runner.lead:
         d = config.data
-        pairs = D.load_preference_pairs(
+        source = D.DataSource.of(
             d.dataset,
             d.path,
-            d.split,
+            split=d.split,
             name=d.name,
             data_dir=d.data_dir,
             on_bad_record="skip",
             max_skip_fraction=1.0,
         )
+        pairs = D.load("preference", source)
         texts = [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
         train_bpe_tokenizer(texts, int(config.rlhf.tokenizer_vocab), out)
     hosts.barrier("rlhf:tokenizer")

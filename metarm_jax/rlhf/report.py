@@ -42,7 +42,7 @@ from metarm_jax.scoring import RewardScorer
 
 
 def load_samples(path: str) -> tuple[list[str], list[list[str]]]:
-    recs = D.load_meta_examples(path, on_bad_record="error")
+    recs = D.load("meta", D.DataSource.of("meta", path, split="", on_bad_record="error"))
     return [r.prompt for r in recs], [list(r.responses) for r in recs]
 
 

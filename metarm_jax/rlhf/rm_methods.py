@@ -83,7 +83,7 @@ def oracle(req: RMRequest) -> RMResult:
     test = os.path.join(out_dir, "test.jsonl")
     if runner.lead and not os.path.exists(test):
         world = synthetic.World(config.world)
-        recs = D.load_meta_examples(req.meta, on_bad_record="error")
+        recs = D.load("meta", D.DataSource.of("meta", req.meta, split="", on_bad_record="error"))
         rows = synthetic.gold_pairs(world, [(r.prompt, list(r.responses)) for r in recs])
         fileio.write_jsonl(os.path.join(out_dir, "gold.jsonl"), rows)
         d = config.data

@@ -26,7 +26,7 @@ from metarm_jax import data as D
 from metarm_jax import models, sharding
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core.tree import global_norm
-from metarm_jax.data import readers
+from metarm_jax.data import rows
 from metarm_jax.data.records import SkipReport
 from metarm_jax.errors import ConfigError
 from metarm_jax.layout import StageDir
@@ -86,7 +86,7 @@ def _same_files(path: str, split_a: str, split_b: str, data_dir: str) -> bool:
     if not os.path.exists(path):
         return False  # a hub dataset: its splits are distinct
     try:
-        return readers.resolve_files(path, split_a, data_dir) == readers.resolve_files(
+        return rows.resolve_files(path, split_a, data_dir) == rows.resolve_files(
             path, split_b, data_dir
         )
     except Exception:
