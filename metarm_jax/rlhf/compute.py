@@ -250,9 +250,12 @@ def gao_fit(sqrt_kl: Sequence[float], gold: Sequence[float]) -> dict[str, float]
     return {"alpha": float(alpha), "beta": float(beta), "points": len(d)}
 
 
-def curve_point(r: int, iteration: int, kl: np.ndarray, gold, proxy) -> dict[str, Any]:
+def curve_point(
+    r: int, iteration: int, kl: np.ndarray, gold, proxy, valid_gold: float | None = None
+) -> dict[str, Any]:
     """One point of an arm's frontier: √(mean KL) (KL clipped at 0: the sample estimate can go
-    below), mean gold and mean proxy of its test samples."""
+    below), mean gold and mean proxy of its test samples (and the validation prompts' mean gold,
+    which chooses peaks)."""
     k = float(np.mean(kl)) if len(kl) else 0.0
     return {
         "round": r,
@@ -261,4 +264,5 @@ def curve_point(r: int, iteration: int, kl: np.ndarray, gold, proxy) -> dict[str
         "sqrt_kl": float(np.sqrt(max(k, 0.0))),
         "gold": float(np.mean(gold)),
         "proxy": float(np.mean(proxy)) if proxy is not None else None,
+        "valid_gold": valid_gold,
     }

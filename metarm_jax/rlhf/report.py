@@ -286,7 +286,9 @@ def _experiment(ctx, rec: RunRecord, layout, test, valid, world, scorer, n_boot)
                 config, ctx.mesh, policies[policy], rec.sft, ps, int(config.seed), kl_file
             )
             proxy = g if rm is None else scorer(rm).score(ps, resp)[0].mean(-1)
-            pts.append(compute.curve_point(r, r * rec.ppo_iterations, kl, g, proxy))
+            pts.append(
+                compute.curve_point(r, r * rec.ppo_iterations, kl, g, proxy, gold_valid[policy])
+            )
             if r > 0 and rm is not None:
                 scores, mask = scorer(rm).score(ps, resp)
                 ref = np.asarray([world.gold([p] * len(x), x) for p, x in zip(ps, resp)])
