@@ -283,6 +283,24 @@ def test_param_fraction_mode_sets_the_ascent_by_its_size(order):
         metarm.meta_grads(jax_reward, params, pref, meta, eta=0.1, eta_mode="relative")
 
 
+def test_update_mode_sizes_the_ascent_against_the_last_optimizer_step():
+    """eta_mode='update': ‖θ' − θ‖ = η·(the last update's norm), a traced value; none given is an
+    error, and a zero norm (the first step) takes no ascent."""
+    params, (pref, meta) = make_params(seed=7), make_batches(seed=7)
+    for rho, u in ((0.25, 0.3), (4.0, 0.05)):
+        _, m = metarm.meta_grads(
+            jax_reward, params, pref, meta, eta=rho, eta_mode="update",
+            prev_update_norm=jnp.float32(u),
+        )  # fmt: skip
+        np.testing.assert_allclose(float(m["meta/ascent_norm"]), rho * u, rtol=1e-4)
+    _, m = metarm.meta_grads(
+        jax_reward, params, pref, meta, eta=1.0, eta_mode="update", prev_update_norm=jnp.zeros(())
+    )
+    assert float(m["meta/ascent_norm"]) == 0.0
+    with pytest.raises(ValueError, match="last update norm"):
+        metarm.meta_grads(jax_reward, params, pref, meta, eta=1.0, eta_mode="update")
+
+
 def test_absolute_mode_ascent_norm_is_eta_times_grad_j_norm():
     params, (pref, meta) = make_params(seed=6), make_batches(seed=6)
     _, m = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.05)

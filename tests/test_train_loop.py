@@ -205,3 +205,29 @@ def test_a_checkpoint_commits_only_after_its_steps_rows_are_written(tmp_path, mo
     for step, (trained, evaluated) in seen.items():
         assert trained == set(range(1, step + 1)), step
         assert evaluated == {s for s in (4, 8) if s <= step}, step
+
+
+def test_a_step_that_asks_gets_the_last_applied_update_norm():
+    """MetaRM's eta_mode='update' reads the optimizer's last update norm: the loop keeps it in
+    its state and passes it to a step function that declares ``wants_update_norm``; a skipped
+    (non-finite) step leaves it as it was."""
+    cfg = _cfg()
+    params, inner, batches = _toy(poison_at=(2,))
+
+    def step_fn(p, b, rng, prev_update_norm=None):
+        g, m = inner(p, b, rng)
+        return g, {**m, "seen": prev_update_norm}
+
+    step_fn.wants_update_norm = True
+    opt, sched = optim.optimizer(cfg, 4)
+    mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
+    state = loop.init_state(params, opt, 0, loop.state_shardings(mesh, params, opt))
+    step = jax.jit(loop.make_train_step(step_fn, opt, sched))
+    seen, applied = [], []
+    for _ in range(4):
+        state, m = step(state, {"toy": next(batches["toy"])})
+        seen.append(float(m["seen"]))
+        applied.append(float(m["update_norm"]))
+    assert seen[0] == 0.0 and applied[0] > 0  # no update before the first step
+    assert seen[1] == applied[0] and seen[2] == applied[1]
+    assert applied[2] == 0.0 and seen[3] == applied[1]  # step 2 was skipped: the norm is kept
