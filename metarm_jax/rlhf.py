@@ -272,7 +272,9 @@ def _arm(runner: Runner, name: str, *, sft_path: str, rm0: str, meta_prompts: di
     return rounds
 
 
-def _check(rc, world: bool) -> None:
+def validate(config) -> None:
+    """The rlhf stage's checks (``stages.VALIDATORS``: run by ``config_lib.validate``)."""
+    rc, world = config.rlhf, bool(config.rlhf.world)
     if rc.rounds < 1:
         raise ConfigError(f"config.rlhf.rounds={rc.rounds}: at least one round.")
     if rc.rm_init not in ("previous", "vanilla"):
@@ -281,7 +283,7 @@ def _check(rc, world: bool) -> None:
         raise ConfigError(
             f"config.rlhf.meta_prompts={rc.meta_prompts!r}; expected 'train' or 'ood'."
         )
-    if rc.meta_prompts == "ood" and not rc.ood_prompt_path:
+    if rc.meta_prompts == "ood" and not rc.ood_prompt_path and not world:  # the world has its own
         raise ConfigError(
             "config.rlhf.meta_prompts='ood' needs config.rlhf.ood_prompt_path (a hub "
             "name or a local copy of the OOD prompt set)."
@@ -346,7 +348,6 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
         runner = Runner(ctx)
         config, rc, d = ctx.config, ctx.config.rlhf, ctx.config.data
 
-    _check(rc, bool(rc.world))
     if rc.meta_prompts == "ood":  # Figure 3: meta samples, PPO and evaluation on OOD prompts
         ood = {
             "data.prompt_dataset": rc.ood_prompt_dataset,
