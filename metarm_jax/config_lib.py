@@ -319,8 +319,8 @@ DIVERSITY = ("", "self_bleu", "all")  # eval/report.py
 class _Rule:
     """One key's allowed values: ``ok(value)`` and the words for them."""
 
-    def __init__(self, ok, expect: str):
-        self.ok, self.expect = ok, expect
+    def __init__(self, ok, expect: str, options: tuple = ()):
+        self.ok, self.expect, self.options = ok, expect, options  # options: an enum's values
 
 
 def _is_int(v) -> bool:
@@ -352,7 +352,9 @@ def _real(lo: float, hi: float | None = None, *, lo_open=False, hi_open=False) -
 
 def _choice(*options) -> _Rule:
     return _Rule(
-        lambda v: isinstance(v, str) and v in options, "one of " + ", ".join(map(repr, options))
+        lambda v: isinstance(v, str) and v in options,
+        "one of " + ", ".join(map(repr, options)),
+        options,
     )
 
 
@@ -384,6 +386,7 @@ _INT_PAIR = _Rule(
 _DTYPE_OR_INHERIT = _Rule(
     lambda v: v == "" or (isinstance(v, str) and v in llama.DTYPES),
     f"'' or one of {', '.join(map(repr, sorted(llama.DTYPES)))}",
+    ("", *sorted(llama.DTYPES)),
 )
 # The keys train.* shares with sft.* and dpo.* (which override it for their stage).
 _LOOP_RULES = {
@@ -608,24 +611,6 @@ def _check_across_keys(config) -> None:
             )
         if p.monitor:
             stages.load_function(p.monitor, "ppo.monitor")
-    if "rlhf" in config:
-        rc = config.rlhf
-        if rc.judge == "gold" and not rc.world:
-            raise ConfigError(
-                "config.rlhf.judge='gold' needs the synthetic world's gold reward "
-                "(config.rlhf.world=True); use 'rm', 'llm' or 'auto' on real data."
-            )
-        if not rc.world:  # the synthetic world sets its own splits
-            ood = rc.meta_prompts == "ood"
-            valid = rc.ood_valid_split if ood else rc.valid_prompt_split
-            test = rc.ood_eval_split if ood else rc.eval_prompt_split
-            if valid and valid == test:
-                key = "ood_valid_split" if ood else "valid_prompt_split"
-                raise ConfigError(
-                    f"config.rlhf.{key}={valid!r} is the test split: the best round would be "
-                    "chosen on the prompts it is compared on. Use another split, or '' to hold "
-                    "out the first rlhf.valid_prompts test prompts."
-                )
     if "world" in config:
         try:
             synthetic.World(config.world)  # the world's own checks of its sizes
@@ -633,9 +618,26 @@ def _check_across_keys(config) -> None:
             raise ConfigError(f"config.{e}") from None
 
 
-def _check_paths(config) -> None:
-    """Inputs of the rlhf stage that must exist before it starts (they are read at its end)."""
+def _check_rlhf(config) -> None:
+    """What the rlhf stage needs besides its arms (``rlhf.validate``): a judge that exists, disjoint
+    validation and test prompts, and inputs that must exist before it starts (read at its end)."""
     rc = config.rlhf
+    if rc.judge == "gold" and not rc.world:
+        raise ConfigError(
+            "config.rlhf.judge='gold' needs the synthetic world's gold reward "
+            "(config.rlhf.world=True); use 'rm', 'llm' or 'auto' on real data."
+        )
+    if not rc.world:  # the synthetic world sets its own splits
+        ood = rc.meta_prompts == "ood"
+        valid = rc.ood_valid_split if ood else rc.valid_prompt_split
+        test = rc.ood_eval_split if ood else rc.eval_prompt_split
+        if valid and valid == test:
+            key = "ood_valid_split" if ood else "valid_prompt_split"
+            raise ConfigError(
+                f"config.rlhf.{key}={valid!r} is the test split: the best round would be "
+                "chosen on the prompts it is compared on. Use another split, or '' to hold "
+                "out the first rlhf.valid_prompts test prompts."
+            )
     for key in ("rm_path", "judge_rm_path"):
         path = rc[key]
         if path and not (
@@ -671,7 +673,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     if "model" in config:
         _check_model(config.model)
     if "rlhf" in pipeline:
-        _check_paths(config)
+        _check_rlhf(config)
     for name in dict.fromkeys(pipeline):
         for check in stages.validators(name):
             check(config)

@@ -23,6 +23,7 @@ from metarm_jax.errors import ConfigError, UserError
 from metarm_jax.eval import llm_judge
 from metarm_jax.eval.judges import JudgeResult
 from metarm_jax.eval.llm_judge import JudgeAPIError, JudgeSettings, LLMJudge, parse_verdict
+from tests.conftest import REPO
 
 SERVER = pathlib.Path(__file__).with_name("fake_openai_server.py")
 KEY = "sk-test-FAKE-7c1e9b2d4a6f8e0c3b5d7f9a"
@@ -313,7 +314,7 @@ def test_the_settings_take_every_default_from_defaults_py(monkeypatch):
 def test_the_judge_settings_are_checked_before_any_stage(monkeypatch, tmp_path):
     """config_lib.validate checks the judge block (endpoint, key variable, template) when the rlhf
     stage will use the LLM judge, and leaves it alone otherwise."""
-    config = config_lib.load_config_file("configs/quickstart.py")
+    config = config_lib.load_config_file(str(REPO / "configs" / "quickstart.py"))
     config.rlhf.judge = "llm"
     with pytest.raises(ConfigError, match="judge.base_url is empty"):
         config_lib.validate(config)
