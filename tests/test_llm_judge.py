@@ -296,7 +296,7 @@ def test_the_settings_take_every_default_from_defaults_py(monkeypatch):
     """The judge has no default of its own: a key the block lacks takes defaults.judge()'s value
     (changing a default there changes the judge), and the fields are exactly the block's keys."""
     block = defaults.judge()
-    assert [f.name for f in dataclasses.fields(JudgeSettings)] == list(block)
+    assert sorted(f.name for f in dataclasses.fields(JudgeSettings)) == sorted(block)
     monkeypatch.setenv(ENV, KEY)
     s = JudgeSettings.from_config({"base_url": "u", "model": "m", "api_key_env": ENV})
     assert {k: getattr(s, k) for k in block if k not in ("base_url", "model", "api_key_env")} == {
