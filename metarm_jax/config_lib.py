@@ -446,6 +446,11 @@ RULES: dict[str, dict[str, _Rule]] = {
         "order": _choice(*metarm.ORDERS),
         "second_order": _choice(*metarm.SECOND_ORDER),
         "eta_mode": _choice(*metarm.ETA_MODES),
+        "k": _Rule(
+            _int(2).ok,
+            "an integer >= 2 (the difference loss J compares pairs of responses to the same "
+            "prompt; with fewer MetaRM is the vanilla RM); set e.g. --config.meta.k=5 (the paper's)",
+        ),
         "hist_bins": _COUNT,
         "hist_max": _NONNEG,
     },
@@ -551,10 +556,10 @@ RULES: dict[str, dict[str, _Rule]] = {
 }
 
 
-def _fail_value(key: str, value, expect: str, hint: str = "") -> ConfigError:
+def _fail_value(key: str, value, expect: str) -> ConfigError:
     shown = _show(repr(value))
     shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    return ConfigError(f"config.{key}={shown}: expected {expect}.{hint}")
+    return ConfigError(f"config.{key}={shown}: expected {expect}.")
 
 
 def _check_rules(config) -> None:
@@ -584,16 +589,6 @@ def _check_model(m) -> None:
 
 def _check_across_keys(config) -> None:
     """The checks that relate two keys (each key's own value is already checked)."""
-    if "meta" in config and "k" in config.meta:
-        k = config.meta.k
-        if not _is_int(k) or k < 2:
-            raise _fail_value(
-                "meta.k",
-                k,
-                "an integer >= 2",
-                " The difference loss J compares pairs of responses to the same prompt (with "
-                "fewer MetaRM is the vanilla RM); set e.g. --config.meta.k=5 (the paper's value).",
-            )
     if "sampling" in config:
         s = config.sampling
         if s.min_new_tokens > s.max_new_tokens:

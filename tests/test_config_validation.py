@@ -254,7 +254,7 @@ def test_every_option_of_every_enum_passes():
 @pytest.mark.parametrize(
     "values,message",
     [
-        ({"meta__k": 1}, "config.meta.k=1: expected an integer >= 2. The difference loss J"),
+        ({"meta__k": 1}, "config.meta.k=1: expected an integer >= 2 (the difference loss J"),
         ({"meta__k": 2.0}, "config.meta.k=2.0: expected an integer >= 2."),
         ({"meta__k": "5"}, "config.meta.k='5': expected an integer >= 2."),
         ({"meta__eta_mode": "relative"}, "config.meta.eta_mode='relative': expected one of"),
