@@ -95,8 +95,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
             "config", config, "The config of --config=FILE.py[:ARGS].", sys_argv=rest
         )
         remaining = flags.FLAGS(rest)
-        with config.unlocked():  # --config.pipeline=inspect,sft: two stages
-            config.pipeline = config_lib.pipeline_stages(config.pipeline)
+        parsed = _CONFIG.value
+        with parsed.unlocked():  # --config.pipeline=inspect,sft: two stages
+            parsed.pipeline = config_lib.pipeline_stages(parsed.pipeline)
         return remaining
     except UserError as e:
         _fail(str(e))

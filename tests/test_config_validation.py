@@ -12,7 +12,7 @@ import time
 import ml_collections
 import pytest
 
-from metarm_jax import config_lib, defaults, stages
+from metarm_jax import config_lib, config_rules, defaults, stages
 from metarm_jax.errors import ConfigError
 from tests.conftest import REPO
 from tests.xla_env import xla_flags
@@ -229,7 +229,7 @@ def test_the_defaults_and_every_shipped_config_pass():
 
 def test_every_rule_names_a_key_and_rejects_a_value_of_another_type():
     base = config_lib.base_config()
-    for block, rules in config_lib.RULES.items():
+    for block, rules in config_rules.RULES.items():
         for key, rule in rules.items():
             assert key in base[block], f"{block}.{key}: a rule for a key no code reads"
             assert rule.ok(base[block][key]), f"{block}.{key}: its default breaks its rule"
@@ -242,7 +242,7 @@ def test_every_rule_names_a_key_and_rejects_a_value_of_another_type():
 def test_every_option_of_every_enum_passes():
     """The rules refuse nothing the code accepts: each value of each enum validates."""
     config = _quickstart()
-    for block, rules in config_lib.RULES.items():
+    for block, rules in config_rules.RULES.items():
         for key, rule in rules.items():
             for option in rule.options:
                 if (block, key, option) != ("rlhf", "judge", "llm"):  # needs an endpoint: below

@@ -22,7 +22,7 @@ def schedule(
     """lr(count), count = optimizer updates done so far (0 for the first step).
 
     Linear warm-up 0 -> lr over W steps, then constant, linear or cosine decay to
-    lr * end_lr_factor at count = total_steps. ``name``: one of ``config_lib.SCHEDULES``, as
+    lr * end_lr_factor at count = total_steps. ``name``: one of ``config_rules.SCHEDULES``, as
     every ``*.schedule`` key (``config_lib.validate`` checks them).
     """
     if total_steps < 1:
@@ -53,7 +53,7 @@ def _decay_mask(params):
 
 def optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """(clip -> AdamW) with the configured schedule; `cfg` is `config.train` (its optimizer one
-    of ``config_lib.OPTIMIZERS``: ``config_lib.validate`` checks it)."""
+    of ``config_rules.OPTIMIZERS``: ``config_lib.validate`` checks it)."""
     lr = schedule(cfg.schedule, cfg.lr, total_steps, cfg.warmup, cfg.end_lr_factor)
     opt = {
         "adamw": lambda: optax.adamw(
