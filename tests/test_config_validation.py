@@ -89,23 +89,33 @@ BAD = [
 def test_every_config_error_is_one_line_exit_2_and_writes_nothing(tmp_path):
     """The issue's bad values (and a few more) through ``python -m metarm_jax.main``: each stops
     with exactly one line on stderr and exit code 2, and no workdir or stage folder appears.
-    One process per case (absl's flags are global), all started at once: the cost is the imports
+    One process per case (absl's flags are global), four at a time: the cost is the imports
     (about 3 s of CPU each; validation runs before JAX starts its backend). The other errors are
     checked in process below."""
-    procs = []
+    cases = []
     for i, (args, want, *elsewhere) in enumerate(BAD):
         workdir = tmp_path / f"run{i}"
         args = [a.format(repo=REPO) for a in args] + [f"--workdir={workdir}"]
-        procs.append((args, want, workdir, _cli(*args, cwd=tmp_path if elsewhere else REPO)))
-    t0 = time.monotonic()
-    for args, want, workdir, proc in procs:
-        out, err = proc.communicate(timeout=300)
-        lines = err.strip().splitlines()
-        assert proc.returncode == 2, (args, proc.returncode, err[-2000:])
-        assert len(lines) == 1 and lines[0].startswith(want), (args, err[-2000:])
-        assert not workdir.exists(), (args, sorted(os.listdir(workdir)))
-        assert "== stage" not in out, (args, out[-500:])
-    print(f"{len(procs)} processes, {time.monotonic() - t0:.1f} s after the last started")
+        cases.append((args, want, workdir, tmp_path if elsewhere else REPO))
+    t0, running, done = time.monotonic(), [], []
+    try:
+        while cases or running:
+            while cases and len(running) < 4:  # at most 4 at once (memory: ~0.4 GB each)
+                args, want, workdir, cwd = cases.pop(0)
+                running.append((args, want, workdir, _cli(*args, cwd=cwd)))
+            args, want, workdir, proc = running.pop(0)
+            out, err = proc.communicate(timeout=300)
+            done.append(proc)
+            lines = err.strip().splitlines()
+            assert proc.returncode == 2, (args, proc.returncode, err[-2000:])
+            assert len(lines) == 1 and lines[0].startswith(want), (args, err[-2000:])
+            assert not workdir.exists(), (args, sorted(os.listdir(workdir)))
+            assert "== stage" not in out, (args, out[-500:])
+    finally:
+        for *_, proc in running:  # a failed case: stop the others
+            proc.kill()
+            proc.communicate()
+    print(f"{len(done)} processes in {time.monotonic() - t0:.1f} s")
 
 
 def test_help_needs_no_config_and_lists_the_configs(capsys):
