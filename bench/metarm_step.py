@@ -22,10 +22,15 @@ import time
 import jax
 import numpy as np
 
-from metarm_jax import config_lib, models, sharding
+from metarm_jax import config_lib, defaults, models, sharding
 from metarm_jax.core import metarm
 from metarm_jax.models import llama
 from metarm_jax.train import loop, optim, rm
+
+
+def _meta(**overrides):
+    """The meta block of the paper's step (η = 5e-6) with ``overrides``."""
+    return config_lib.derive(defaults.meta(), {"eta": 5e-6, **overrides})
 
 
 def random_batches(n: int, m: int, k: int, seq_len: int, vocab: int, seed: int = 0):
@@ -102,9 +107,13 @@ def bench(preset: str, seq_len: int, n: int, m: int, k: int, reps: int, warmup: 
         both = {"pref": pref, "meta": meta}
         steps = [
             ("vanilla", rm.rm_step(reward_fn), {"pref": pref}),
-            ("meta-1st", rm.metarm_step(reward_fn, 5e-6, "first"), both),
+            ("meta-1st", rm.metarm_step(reward_fn, _meta(order="first")), both),
         ] + [
-            (f"2nd-{form}", rm.metarm_step(reward_fn, 5e-6, "second", second_order=form), both)
+            (
+                f"2nd-{form}",
+                rm.metarm_step(reward_fn, _meta(order="second", second_order=form)),
+                both,
+            )
             for form in metarm.SECOND_ORDER
         ]
         for name, step_fn, batch in steps:

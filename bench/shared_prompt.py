@@ -43,7 +43,7 @@ import jax
 import numpy as np
 
 from bench.metarm_step import time_train_step
-from metarm_jax import config_lib, models, sharding
+from metarm_jax import config_lib, defaults, models, sharding
 from metarm_jax.data import features as F
 from metarm_jax.data import packing, readers, tokenizer
 from metarm_jax.data.records import MetaExample, Records, SamplingInfo, SkipReport
@@ -143,6 +143,11 @@ def train_setup(cfg_model, head, mesh):
     return model, apply, params, opt, sched, loop.state_shardings(mesh, params, opt)
 
 
+def _meta(order: str):
+    """The meta block of the measured steps: η = ETA and ``order``."""
+    return config_lib.derive(defaults.meta(), {"eta": ETA, "order": order})
+
+
 def jax_steps(cfg_model, pref, meta, reps):
     """{(step, layout): (s/step, XLA GFLOP)} and the model (for the torch copy)."""
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
@@ -153,8 +158,8 @@ def jax_steps(cfg_model, pref, meta, reps):
             p, mt = pref[layout], meta[layout]
             for name, step_fn, batch in (
                 ("RM", rm.rm_step(reward_fn), {"pref": p}),
-                ("MetaRM 1st", rm.metarm_step(reward_fn, ETA, "first"), {"pref": p, "meta": mt}),
-                ("MetaRM 2nd", rm.metarm_step(reward_fn, ETA, "second"), {"pref": p, "meta": mt}),
+                ("MetaRM 1st", rm.metarm_step(reward_fn, _meta("first")), {"pref": p, "meta": mt}),
+                ("MetaRM 2nd", rm.metarm_step(reward_fn, _meta("second")), {"pref": p, "meta": mt}),
             ):
                 r = time_train_step(step_fn, batch, params, opt, sched, shard, mesh, reps)
                 out[(name, layout)] = (r["step_s"], r["gflop"])

@@ -34,11 +34,14 @@ SMOL = os.environ.get(
 )
 
 
+# runlocal: a tiny model on the shared HH sample (CPU); smol: SmolLM2-135M-Instruct (below).
+ARGS = {"runlocal": bool, "smol": bool}
+
+
 def get_config(arg=None):
-    if arg not in (None, "", "runlocal", "smol"):
-        raise ValueError(
-            f"configs/hh_rlhf.py: unknown argument {arg!r}; use 'runlocal', 'smol' or nothing."
-        )
+    args = config_lib.parse_config_args(arg, ARGS, "configs/hh_rlhf.py")
+    if args.get("runlocal") and args.get("smol"):
+        raise ConfigError("configs/hh_rlhf.py: give runlocal or smol, not both.")
     c = config_lib.base_config()
     c.pipeline = ("rlhf",)
 
@@ -82,7 +85,7 @@ def get_config(arg=None):
     # (an OpenAI-compatible endpoint; docs/evaluation.md), as the paper's GPT-4 judge
     r.judge = "rm"
 
-    if arg == "runlocal":
+    if args.get("runlocal"):
         c.model.preset, c.model.vocab_size = "tiny", 512
         c.model.dtype, c.model.remat = "float32", "none"
         c.mesh.data, c.mesh.fsdp = -1, 1
@@ -106,7 +109,7 @@ def get_config(arg=None):
         p.save_every = 3
         c.dpo.lr, c.dpo.steps, c.dpo.warmup = 1e-4, 30, 5
         r.rounds, r.eval_prompts, r.eval_k = 2, 32, 4
-    if arg == "smol":
+    if args.get("smol"):
         _smol(c)
     return c
 

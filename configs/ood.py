@@ -9,26 +9,23 @@ distribution — OpenAssistant OASST1 (helpful) or PKU-SafeRLHF (harmless).
         --config.rlhf.ood_prompt_path=/local/oasst1     # tiny model, HH sample from ../shared
 """
 
+from configs import hh_rlhf
+from metarm_jax import config_lib
+from metarm_jax.errors import ConfigError
+
+# helpful (the default) or harmless: the OOD prompt set; runlocal: a tiny model (CPU).
+ARGS = {"helpful": bool, "harmless": bool, "runlocal": bool}
+
 
 def get_config(arg=None):
-    import importlib.util
-    import os
-
-    args = set((arg or "helpful").split(","))
-    target = args & {"helpful", "harmless"}
-    if len(target) != 1 or args - {"helpful", "harmless", "runlocal"}:
-        raise ValueError(
-            f"configs/ood.py: argument {arg!r}; use helpful or harmless, optionally with ,runlocal."
-        )
-    spec = importlib.util.spec_from_file_location(
-        "_hh", os.path.join(os.path.dirname(__file__), "hh_rlhf.py")
-    )
-    hh = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hh)
-    c = hh.get_config("runlocal" if "runlocal" in args else None)
+    args = config_lib.parse_config_args(arg, ARGS, "configs/ood.py")
+    if args.get("helpful") and args.get("harmless"):
+        raise ConfigError("configs/ood.py: give helpful or harmless, not both.")
+    runlocal = args.get("runlocal", False)
+    c = hh_rlhf.get_config("runlocal" if runlocal else None)
     r = c.rlhf
     r.meta_prompts = "ood"
-    if target == {"helpful"}:
+    if not args.get("harmless"):
         r.ood_prompt_dataset, r.ood_prompt_path, r.ood_prompt_split = (
             "oasst1",
             "OpenAssistant/oasst1",
@@ -41,6 +38,6 @@ def get_config(arg=None):
             "PKU-Alignment/PKU-SafeRLHF",
             "test",
         )
-    if "runlocal" in args:
+    if runlocal:
         r.ood_prompt_path = ""  # no OOD sample ships with the repo: pass a local copy by flag
     return c

@@ -10,19 +10,16 @@ With local copies of those datasets (hub schema, any of json/jsonl/parquet) on a
     python -m metarm_jax.main --config=configs/tldr.py:runlocal --config.data.path=... (same keys)
 """
 
+from configs import hh_rlhf
+from metarm_jax import config_lib
+
+# runlocal: a tiny model on local copies of the datasets (CPU).
+ARGS = {"runlocal": bool}
+
 
 def get_config(arg=None):
-    if arg not in (None, "", "runlocal"):
-        raise ValueError(f"configs/tldr.py: unknown argument {arg!r}; use 'runlocal' or nothing.")
-    import importlib.util
-    import os
-
-    spec = importlib.util.spec_from_file_location(
-        "_hh", os.path.join(os.path.dirname(__file__), "hh_rlhf.py")
-    )
-    hh = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hh)
-    c = hh.get_config(arg)  # the same model, mesh and paper hyper-parameters
+    runlocal = config_lib.parse_config_args(arg, ARGS, "configs/tldr.py").get("runlocal", False)
+    c = hh_rlhf.get_config("runlocal" if runlocal else None)  # the same model, mesh, paper values
     d = c.data
     d.dataset, d.path, d.name = (
         "summarize_from_feedback",
@@ -37,8 +34,8 @@ def get_config(arg=None):
         "train",
     )
     d.sft_data_dir = d.data_dir = d.prompt_data_dir = ""
-    c.rlhf.rounds = 5 if arg != "runlocal" else 2
-    if arg == "runlocal":  # no TL;DR sample ships with the repo: pass local copies by flag
+    c.rlhf.rounds = 2 if runlocal else 5
+    if runlocal:  # no TL;DR sample ships with the repo: pass local copies by flag
         d.path = d.sft_path = d.prompt_path = ""
         d.split, d.eval_split, d.sft_split, d.prompt_split = "train", "validation", "train", "train"
     return c

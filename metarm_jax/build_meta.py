@@ -85,11 +85,6 @@ def _prompts(config, tokenizer):
     dcfg.prompt_dataset, dcfg.prompt_path = bm.prompt_dataset, bm.prompt_path
     recs = D.load_records("prompt", dcfg, tokenizer, split=bm.prompt_split)
     dataset, path, split = bm.prompt_dataset, bm.prompt_path, bm.prompt_split
-    if bm.skip_prompts < 0 or bm.max_prompts < 0:
-        raise ConfigError(
-            f"config.build_meta: skip_prompts={bm.skip_prompts} and max_prompts="
-            f"{bm.max_prompts} must be >= 0."
-        )
     recs = recs[bm.skip_prompts :]
     if bm.max_prompts > 0:
         recs = recs[: bm.max_prompts]
@@ -171,11 +166,6 @@ def run(ctx) -> dict[str, Any]:
     """Stage ``build_meta`` (its keys: ``config.build_meta``, resolved; sampling: ``config.sampling``)."""
     config, mesh = ctx.config, ctx.mesh
     bm, sc = config.build_meta, config.sampling
-    if bm.k < 1 or bm.chunk_size < 1 or bm.batch_size < 1:
-        raise ConfigError(
-            f"config.build_meta: k={bm.k}, chunk_size={bm.chunk_size}, "
-            f"batch_size={bm.batch_size} must all be >= 1."
-        )
     output = bm.output_path
     chunk_dir = output + ".chunks"
     lead = jax.process_index() == 0

@@ -85,9 +85,10 @@ def abstract_like(tree: Any) -> Any:
 
 
 class Checkpointer:
-    """Save / restore {train state, data iterators}; keeps the last ``keep``."""
+    """Save / restore {train state, data iterators}; keeps the last ``keep`` (``train.keep``),
+    saved in the background with ``async_save`` (``train.async_checkpoints``)."""
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
+    def __init__(self, directory: str, *, keep: int, async_save: bool):
         self.directory = os.path.abspath(directory)
         self.keep = keep
         self.async_save = async_save

@@ -2,12 +2,15 @@
 
 ``config_lib.base_config()`` mounts these blocks as ``config.<block>``; config files
 (``configs/*.py``) start from it and change what they need, and ``--config.a.b=v`` overrides any
-key. Keys documented as "'' = X" (or -1 / 0 = X) inherit X: ``config_lib.resolve`` fills every
-one of them once, before any stage runs, so the printed and saved ``config.json`` shows the values
-the stages use. This module imports nothing but ml_collections.
+key. Keys documented as "'' = X" (or -1 / 0 = X) inherit X: ``resolve`` (below; also reached as
+``config_lib.resolve``) fills every one of them once, before any stage runs, so the printed and
+saved ``config.json`` shows the values the stages use. The allowed values and ranges of the keys
+are checked by ``config_lib.validate``. This module imports nothing but os and ml_collections.
 """
 
 from __future__ import annotations
+
+import os
 
 import ml_collections
 
@@ -433,3 +436,64 @@ def world() -> ml_collections.ConfigDict:
     c.num_ood_train_prompts = 400  # prompts_ood/train.jsonl (meta samples and PPO there)
     c.seed = 0
     return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution: the one place where "inherit" values become the values the stages use.
+
+
+def _inherit(node, key: str, value, empty=("",)) -> None:
+    if node[key] in empty:
+        node[key] = value
+
+
+def resolve(
+    config: ml_collections.ConfigDict, workdir: str | None = None
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with every "inherit" value filled (idempotent).
+
+    ====================================  =============================================
+    key (inherit marker)                  becomes
+    ====================================  =============================================
+    ppo.policy_path ('')                  model.hf_path ('' stays: the random preset)
+    ppo.ref_path ('')                     ppo.policy_path
+    ppo.critic_path ('')                  ppo.rm_path
+    ppo.frozen_dtype ('')                 model.param_dtype
+    ppo.max_new_tokens (0)                sampling.max_new_tokens
+    ppo.seed (-1)                         seed
+    dpo.ref_dtype ('')                    model.param_dtype
+    build_meta.policy_path ('')           model.hf_path
+    build_meta.prompt_{dataset,path,split} ('')   data.prompt_{dataset,path,split}
+    build_meta.output_path ('')           data.meta_path, else <workdir>/meta.jsonl
+    rlhf.eval_prompt_{dataset,path} ('')  data.prompt_{dataset,path}
+    ====================================  =============================================
+
+    ``workdir`` (default ``config.workdir``) places the default meta output. Blocks a config
+    does not have are left alone.
+    """
+    out = ml_collections.ConfigDict(config.to_dict())
+    workdir = config.get("workdir", "") if workdir is None else workdir
+    m, d = out.get("model"), out.get("data")
+    if "ppo" in out and m is not None:
+        p = out.ppo
+        _inherit(p, "policy_path", m.hf_path)
+        _inherit(p, "ref_path", p.policy_path)
+        _inherit(p, "critic_path", p.rm_path)
+        _inherit(p, "frozen_dtype", m.param_dtype)
+        if "sampling" in out:
+            _inherit(p, "max_new_tokens", out.sampling.max_new_tokens, empty=(0,))
+        _inherit(p, "seed", out.seed, empty=(-1,))
+    if "dpo" in out and m is not None:
+        _inherit(out.dpo, "ref_dtype", m.param_dtype)
+    if "build_meta" in out and d is not None:
+        bm = out.build_meta
+        if m is not None:
+            _inherit(bm, "policy_path", m.hf_path)
+        for key in ("dataset", "path", "split"):
+            _inherit(bm, f"prompt_{key}", d[f"prompt_{key}"])
+        default_meta = os.path.join(workdir, "meta.jsonl") if workdir else ""
+        _inherit(bm, "output_path", d.meta_path or default_meta)
+    if "rlhf" in out and d is not None:
+        for key in ("dataset", "path"):
+            _inherit(out.rlhf, f"eval_prompt_{key}", d[f"prompt_{key}"])
+    return out

@@ -1,7 +1,9 @@
 """Entry point: ``python -m metarm_jax.main --config=configs/X.py[:arg] [--config.a.b=v ...]``.
 
-Parses and validates the config, prints it resolved, joins the multi-host cluster when launched
-on one, builds the mesh, and runs the stages in ``config.pipeline`` in order.
+Loads the config file and its overrides, validates every value (``config_lib.validate``) before
+JAX starts, joins the multi-host cluster when launched on one, checks the mesh and batch sizes
+against the devices, prints the config resolved, and runs the stages in ``config.pipeline`` in
+order. Every config error is one line on stderr and exit code 2, before any stage runs.
 """
 
 from __future__ import annotations
@@ -19,10 +21,49 @@ from ml_collections import config_flags
 from metarm_jax import config_lib, hosts, sharding, stages
 from metarm_jax.errors import ConfigError, UserError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file: path/to/config.py[:arg].", lock_config=True
-)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
+_CONFIG: flags.FlagHolder | None = None  # defined by _parse_flags from the loaded config file
+_HELP = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
+def usage() -> str:
+    """The --help text: the command, the shipped configs and their arguments, where the keys are
+    documented."""
+    here = os.getcwd()
+    rows = [
+        (os.path.relpath(path, here) if path.startswith(here + os.sep) else path, doc, args)
+        for path, doc, args in config_lib.shipped_configs()
+    ]
+    width = max((len(p) for p, _, _ in rows), default=0)
+    lines = [
+        "usage: python -m metarm_jax.main --config=FILE.py[:ARGS] [--workdir=DIR] "
+        "[--config.KEY=VALUE ...]",
+        "",
+        "--config=FILE.py[:ARGS]  a config file: get_config(ARGS) builds the run's config; any "
+        "file of yours works too.",
+        "--config.KEY=VALUE       overrides one key, e.g. --config.train.lr=1e-4 "
+        "--config.pipeline=inspect,sft",
+        "--workdir=DIR            the run directory (default runs/<config name>); the same "
+        "command again resumes.",
+        "",
+        "Shipped configs (ARGS: name=value and bare words, comma-separated):",
+    ]
+    lines += [
+        f"  {p:{width}s}  {doc}" + (f"\n  {'':{width}s}  ARGS: {a}" if a else "")
+        for p, doc, a in rows
+    ]
+    if not rows:
+        lines.append(f"  (none: {config_lib.CONFIG_DIR} is missing)")
+    lines += [
+        "",
+        f"Stages (config.pipeline, run in order): {', '.join(stages.STAGES)}.",
+        "Keys: every key with its default and meaning is in metarm_jax/defaults.py (one function "
+        "per block); the README's",
+        "'Configuration' section says which docs/ page explains each block. Every value is "
+        "checked before any stage runs:",
+        "a bad one stops the run with one line on stderr and exit code 2.",
+    ]
+    return "\n".join(lines)
 
 
 def _fail(msg: str) -> None:
@@ -32,14 +73,32 @@ def _fail(msg: str) -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing with one-line errors for people (no traceback)."""
-    spec = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
-    if spec is None:
-        _fail("--config=configs/X.py[:arg] is required (try --config=configs/quickstart.py).")
-    overrides = [m.group(1) for a in argv[1:] if (m := re.match(r"--config\.([^=]+)=", a))]
+    """absl flag parsing with one-line errors for people (no traceback). The config file is
+    loaded once, here (its own argument errors are one line too), and its keys become the
+    ``--config.KEY`` flags."""
+    global _CONFIG
+    if any(a in _HELP for a in argv[1:]):
+        print(usage())
+        sys.exit(0)
+    specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+    if len(specs) != 1:
+        _fail(
+            "--config=configs/X.py[:arg] is required, once (try --config=configs/quickstart.py; "
+            "--help lists the configs)."
+        )
+    rest = [a for a in argv if not a.startswith("--config=")]
+    overrides = [m.group(1) for a in rest[1:] if (m := re.match(r"--config\.([^=]+)=", a))]
     try:
-        config_lib.check_override_keys(config_lib.load_config_file(spec), overrides)
-        return flags.FLAGS(argv)
+        config = config_lib.load_config_file(specs[0])
+        config_lib.check_override_keys(config, overrides)
+        _CONFIG = config_flags.DEFINE_config_dict(
+            "config", config, "The config of --config=FILE.py[:ARGS].", sys_argv=rest
+        )
+        remaining = flags.FLAGS(rest)
+        parsed = _CONFIG.value
+        with parsed.unlocked():  # --config.pipeline=inspect,sft: two stages
+            parsed.pipeline = config_lib.pipeline_stages(parsed.pipeline)
+        return remaining
     except UserError as e:
         _fail(str(e))
     except flags.Error as e:
@@ -130,9 +189,9 @@ def main(argv) -> None:
     try:
         with config.unlocked():
             config.workdir = workdir
+        config_lib.validate(config)  # every value, before JAX starts (and before any stage)
         maybe_initialize_distributed(config.distributed)
-        stages.check_pipeline(config.pipeline)
-        config_lib.validate(config, jax.device_count())
+        config_lib.check_devices(config, jax.device_count())
         raw, config = config, config_lib.resolve(config, workdir)
         mesh = sharding.make_mesh(dict(config.mesh))
         if jax.process_index() == 0:

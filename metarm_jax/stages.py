@@ -3,6 +3,10 @@
 Stages are registered by name as ``"module:function"`` so that importing this file stays cheap
 (and so that this registry, which every stage module may import, imports none of them); each
 stage is ``fn(ctx: StageContext) -> dict`` (a summary of what it did, logged by main).
+
+A stage may also register checks of its own in ``VALIDATORS`` (``"module:function"`` strings,
+each ``fn(config) -> None`` raising ``ConfigError``): ``config_lib.validate`` runs those of every
+stage in ``config.pipeline``, on the unresolved config, before any stage runs.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
-from metarm_jax import config_lib
+from metarm_jax import defaults
 from metarm_jax.errors import ConfigError
 
 STAGES: dict[str, str] = {
@@ -29,10 +33,18 @@ STAGES: dict[str, str] = {
     "rlhf": "metarm_jax.rlhf:run",
 }
 
+# A stage's own checks beyond the values of its keys (config_lib.validate checks every enum and
+# range): what it needs from the rest of the config, e.g. ppo needs ppo.rm_path.
+VALIDATORS: dict[str, tuple[str, ...]] = {
+    "metarm": ("metarm_jax.train.rm:validate_metarm",),
+    "ppo": ("metarm_jax.train.ppo:validate",),
+    "rlhf": ("metarm_jax.rlhf:validate", "metarm_jax.eval.llm_judge:validate"),
+}
+
 
 @dataclasses.dataclass
 class StageContext:
-    """What a stage runs with. The config is resolved here (``config_lib.resolve``: every
+    """What a stage runs with. The config is resolved here (``defaults.resolve``: every
     "inherit" value filled), so every stage reads the values the saved config.json shows."""
 
     config: ml_collections.ConfigDict
@@ -40,7 +52,7 @@ class StageContext:
     workdir: str
 
     def __post_init__(self):
-        self.config = config_lib.resolve(self.config, self.workdir)
+        self.config = defaults.resolve(self.config, self.workdir)
 
 
 class UnknownStageError(ConfigError):
@@ -48,14 +60,42 @@ class UnknownStageError(ConfigError):
 
 
 def check_pipeline(pipeline) -> None:
-    unknown = [s for s in pipeline if s not in STAGES]
+    unknown = [s for s in pipeline if not isinstance(s, str) or s not in STAGES]
     if unknown:
         raise UnknownStageError(
             f"config.pipeline: unknown stage(s) {unknown}; the stages are {sorted(STAGES)}."
         )
 
 
+def _load(spec: str) -> Callable:
+    module, fn = spec.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
 def get(name: str) -> Callable[[StageContext], dict[str, Any]]:
     check_pipeline([name])
-    module, fn = STAGES[name].split(":")
-    return getattr(importlib.import_module(module), fn)
+    return _load(STAGES[name])
+
+
+def load_function(spec: str, key: str) -> Callable:
+    """The function a ``"package.module:function"`` config key names (``ppo.monitor``): the one
+    place where the package imports user code by a name in the config."""
+    module, _, fn = spec.partition(":") if isinstance(spec, str) else ("", "", "")
+    try:
+        found = getattr(importlib.import_module(module), fn, None) if module and fn else None
+    except (ImportError, TypeError, ValueError) as e:
+        raise ConfigError(
+            f"config.{key}={spec!r}: cannot import it ({e}); expected 'package.module:function'."
+        ) from None
+    if not callable(found):
+        raise ConfigError(
+            f"config.{key}={spec!r}: cannot load it (no function {fn!r} there); expected "
+            "'package.module:function'."
+        )
+    return found
+
+
+def validators(name: str) -> list[Callable[[ml_collections.ConfigDict], None]]:
+    """The registered checks of stage ``name`` (none for most stages)."""
+    check_pipeline([name])
+    return [_load(spec) for spec in VALIDATORS.get(name, ())]

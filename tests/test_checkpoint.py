@@ -104,7 +104,7 @@ def test_corrupt_latest_falls_back_to_previous(tmp_path, capsys):
 def test_restore_onto_a_different_mesh(tmp_path):
     save_mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     state = _toy_state(save_mesh)
-    ck = Checkpointer(str(tmp_path), keep=1)
+    ck = Checkpointer(str(tmp_path), keep=1, async_save=True)
     ck.save(1, state)
     ck.wait()
     new_mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})

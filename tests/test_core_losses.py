@@ -147,14 +147,3 @@ def test_j_shape_errors():
         losses.difference_loss(jnp.ones(5))
     with pytest.raises(ValueError, match="sample_mask shape"):
         losses.difference_loss(jnp.ones((2, 3)), jnp.ones((2, 4)))
-
-
-@pytest.mark.parametrize("bad", [1, 0, -3, 2.0, True, "5", None])
-def test_validate_meta_k_rejects(bad):
-    with pytest.raises(ValueError, match="meta.k"):
-        losses.validate_meta_k(bad)
-
-
-def test_validate_meta_k_accepts():
-    assert losses.validate_meta_k(2) == 2
-    assert losses.validate_meta_k(5) == 5

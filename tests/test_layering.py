@@ -16,7 +16,7 @@ LAYERS = (
     ("models",),
     ("data",),
     ("sampling", "scoring"),
-    ("config_lib", "stages"),
+    ("config_rules", "config_lib", "stages"),
     ("eval",),
     ("train",),
     ("build_meta", "inspect_stage"),

@@ -4,6 +4,7 @@ cache, the concurrency limit, and a fake key that must appear in no file the run
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -17,11 +18,12 @@ import pytest
 
 pytest.importorskip("openai", reason="the LLM judge needs openai (pip install -e .[eval])")
 
-from metarm_jax import fileio
+from metarm_jax import config_lib, defaults, fileio
 from metarm_jax.errors import ConfigError, UserError
 from metarm_jax.eval import llm_judge
 from metarm_jax.eval.judges import JudgeResult
-from metarm_jax.eval.llm_judge import JudgeAPIError, LLMJudge, parse_verdict
+from metarm_jax.eval.llm_judge import JudgeAPIError, JudgeSettings, LLMJudge, parse_verdict
+from tests.conftest import REPO
 
 SERVER = pathlib.Path(__file__).with_name("fake_openai_server.py")
 KEY = "sk-test-FAKE-7c1e9b2d4a6f8e0c3b5d7f9a"
@@ -86,7 +88,7 @@ def _judge(url: str, **kw) -> LLMJudge:
         max_backoff_s=2.0,
     )
     args.update(kw)
-    return LLMJudge(f"{url}/v1", "fake-judge", **args)
+    return llm_judge.from_config(dict(base_url=f"{url}/v1", model="fake-judge", **args))
 
 
 PROMPTS = ["\n\nHuman: q1\n\nAssistant:", "\n\nHuman: q2\n\nAssistant:", "q3", "q4"]
@@ -272,12 +274,63 @@ def test_config_errors_are_one_line(srv, monkeypatch):
         _judge(srv)
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="judge.base_url is empty"):
-        LLMJudge("", "m", api_key_env="")
+        JudgeSettings.from_config({"model": "m", "api_key_env": ""})
     with pytest.raises(ConfigError, match="max_concurrency"):
-        LLMJudge("http://127.0.0.1:1/v1", "m", api_key_env="", max_concurrency=0)
+        llm_judge.from_config(
+            {
+                "base_url": "http://127.0.0.1:1/v1",
+                "model": "m",
+                "api_key_env": "",
+                "max_concurrency": 0,
+            }
+        )
+    with pytest.raises(ConfigError, match="unknown key"):
+        JudgeSettings.from_config({"base_url": "u", "model": "m", "api_key_env": "", "retries": 1})
     # A keyless endpoint: api_key_env='' sends a placeholder (this server wants the key: 401).
+    keyless = JudgeSettings.from_config({"base_url": f"{srv}/v1", "model": "m", "api_key_env": ""})
     with pytest.raises(UserError, match="HTTP 401"):
-        LLMJudge(f"{srv}/v1", "m", api_key_env="").compare(["p"], ["a"], ["b"])
+        LLMJudge(keyless).compare(["p"], ["a"], ["b"])
+
+
+def test_the_settings_take_every_default_from_defaults_py(monkeypatch):
+    """The judge has no default of its own: a key the block lacks takes defaults.judge()'s value
+    (changing a default there changes the judge), and the fields are exactly the block's keys."""
+    block = defaults.judge()
+    assert sorted(f.name for f in dataclasses.fields(JudgeSettings)) == sorted(block)
+    monkeypatch.setenv(ENV, KEY)
+    s = JudgeSettings.from_config({"base_url": "u", "model": "m", "api_key_env": ENV})
+    assert {k: getattr(s, k) for k in block if k not in ("base_url", "model", "api_key_env")} == {
+        k: v for k, v in block.items() if k not in ("base_url", "model", "api_key_env")
+    }
+    changed = defaults.judge()
+    changed.max_retries = 11
+    monkeypatch.setattr(defaults, "judge", lambda: changed)
+    assert (
+        JudgeSettings.from_config({"base_url": "u", "model": "m", "api_key_env": ENV}).max_retries
+        == 11
+    )
+
+
+def test_the_judge_settings_are_checked_before_any_stage(monkeypatch, tmp_path):
+    """config_lib.validate checks the judge block (endpoint, key variable, template) when the rlhf
+    stage will use the LLM judge, and leaves it alone otherwise."""
+    config = config_lib.load_config_file(str(REPO / "configs" / "quickstart.py"))
+    config.rlhf.judge = "llm"
+    with pytest.raises(ConfigError, match="judge.base_url is empty"):
+        config_lib.validate(config)
+    config.judge.base_url, config.judge.model, config.judge.api_key_env = "http://x/v1", "m", ENV
+    monkeypatch.delenv(ENV, raising=False)
+    with pytest.raises(ConfigError, match=f"{ENV}.*not set"):
+        config_lib.validate(config)
+    monkeypatch.setenv(ENV, KEY)
+    config.judge.template = str(tmp_path / "missing.txt")
+    with pytest.raises(ConfigError, match="neither one of"):
+        config_lib.validate(config)
+    config.judge.template = "harmless"
+    config_lib.validate(config)
+    config.pipeline = ("sft",)  # no rlhf stage: the judge is not used, not checked
+    config.judge.base_url = ""
+    config_lib.validate(config)
 
 
 def test_the_docs_show_the_templates_in_full():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax import config_lib, models, sharding, stages
+from metarm_jax import config_lib, defaults, models, sharding, stages
 from metarm_jax.core import metarm
 from metarm_jax.models import llama
 from metarm_jax.train import rm
@@ -115,7 +115,13 @@ def test_metarm_step_on_8_devices_equals_1_device(mesh_shape, order):
             shard = loop.state_shardings(mesh, params, opt)
             state = loop.init_state(params, opt, 0, shard)
             step = loop.jit_train_step(
-                loop.make_train_step(rm.metarm_step(reward_fn, 0.1, order), opt, sched),
+                loop.make_train_step(
+                    rm.metarm_step(
+                        reward_fn, config_lib.derive(defaults.meta(), {"eta": 0.1, "order": order})
+                    ),
+                    opt,
+                    sched,
+                ),
                 mesh,
                 shard,
                 batch,

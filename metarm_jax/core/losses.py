@@ -59,26 +59,6 @@ def reward_stats(r_w: jax.Array, r_l: jax.Array) -> dict[str, jax.Array]:
 # --------------------------------------------------------------------------------------------
 
 
-def validate_meta_k(k: int) -> int:
-    """Check a configured number of responses per meta prompt; returns k.
-
-    J scores pairs of responses to the same prompt, so k must be an int >= 2. Call this where
-    the config is read (e.g. `config.meta.k`), so a bad value fails before any compute.
-    """
-    if isinstance(k, bool) or not isinstance(k, int):
-        raise ValueError(
-            f"meta.k (responses sampled per meta prompt) must be an int >= 2, got {k!r} "
-            f"({type(k).__name__}). Set e.g. --config.meta.k=5 (the paper's value)."
-        )
-    if k < 2:
-        raise ValueError(
-            f"meta.k (responses sampled per meta prompt) must be >= 2, got {k}: the difference "
-            f"loss J compares pairs of responses to the same prompt, so with k={k} it has no "
-            f"pairs and MetaRM degenerates to the vanilla RM. Set e.g. --config.meta.k=5."
-        )
-    return k
-
-
 def difference_loss(rewards: jax.Array, sample_mask: jax.Array | None = None) -> jax.Array:
     """The MetaRM difference loss  J = mean_p 2/k_p² · Σ_{i<j} σ(|r_p,i - r_p,j|).
 

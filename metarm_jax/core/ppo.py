@@ -43,6 +43,9 @@ Metrics = dict[str, jax.Array]
 
 KL_BETA = 0.05  # token-level KL penalty coefficient (paper, PPO)
 KL_ESTIMATORS = ("k1", "k2", "k3")
+# How the PPO stage normalises RM scores (config.ppo.reward_norm): not at all, by the running std
+# (`normalize_scores`), or centred and scaled (`subtract_mean=True`).
+REWARD_NORMS = ("none", "scale", "standard")
 GAMMA = 1.0  # no discounting within a response (TRL, paper)
 LAMBDA = 0.95  # GAE λ (TRL default)
 CLIP_EPS = 0.2  # PPO ratio clip ε

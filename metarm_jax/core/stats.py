@@ -8,12 +8,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.stats
 
 from metarm_jax.core.policy_losses import as_mask, masked_count, masked_mean
 from metarm_jax.core.tree import upcast
 
 Metrics = dict[str, jax.Array]
+
+
+def _scipy_stats():
+    """scipy.stats, imported on first use: a second of start-up that most stages skip."""
+    import scipy.stats
+
+    return scipy.stats
 
 
 def abs_differences(rewards: np.ndarray, sample_mask: np.ndarray | None) -> np.ndarray:
@@ -88,7 +94,7 @@ def bootstrap_ci(
     if np.all([np.all(a == a[0]) for a in arrays]):  # no spread: the interval is the point
         v = float(statistic(*arrays, axis=-1))
         return v, v
-    res = scipy.stats.bootstrap(
+    res = _scipy_stats().bootstrap(
         tuple(arrays),
         statistic,
         paired=True,
@@ -106,7 +112,7 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     v = np.asarray(values, np.float64)
     if len(v) < 2:
         return float("nan"), float("nan")
-    half = scipy.stats.t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    half = _scipy_stats().t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
     return float(v.mean() - half), float(v.mean() + half)
 
 
@@ -134,5 +140,5 @@ def ranking_agreement(
         if valid.any():
             acc[p] = float(np.mean(np.sign(x[i] - x[j])[valid] == dref[valid]))
         if np.ptp(x) > 0 and np.ptp(y) > 0:
-            tau[p] = float(scipy.stats.kendalltau(x, y).statistic)
+            tau[p] = float(_scipy_stats().kendalltau(x, y).statistic)
     return acc, tau

@@ -112,7 +112,7 @@ class ScoreJudge(Judge):
 class GoldJudge(ScoreJudge):
     """The synthetic world's gold reward g(x, y); prompts may be plain or HH-formatted text."""
 
-    def __init__(self, world, tie_margin: float = 0.05):
+    def __init__(self, world, tie_margin: float = 0.0):
         super().__init__(world.gold, tie_margin)
         self.world = world
 

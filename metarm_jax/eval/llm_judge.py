@@ -1,6 +1,6 @@
 """An LLM judge over any OpenAI-compatible chat-completions endpoint, asked in both orders.
 
-    judge = LLMJudge(base_url="http://localhost:8000/v1", model="gpt-4o", template="helpful")
+    judge = from_config({"base_url": "http://localhost:8000/v1", "model": "gpt-4o"})
     res = judge.compare(prompts, responses_a, responses_b)   # an LLMJudgeResult (a JudgeResult)
     res.win, res.tie, res.lose, res.outcomes                 # from A's point of view
     res.stats, judge.stats                                   # this call's / all calls' accounting
@@ -18,6 +18,10 @@ times with exponential backoff (``backoff_s * 2**attempt``, jittered, at most ``
 or, when the answer carries ``Retry-After`` (or ``retry-after-ms``), after that long (capped at
 ``max_backoff_s``). Other errors (401, 404, 400, ...) stop at once with one line. At most
 ``max_concurrency`` requests are in flight (a thread pool); each has ``timeout_s``.
+
+Settings: ``JudgeSettings``, built from the config's ``judge`` block (every key not given takes
+its default from ``defaults.judge()``, the one place the defaults live) and checked once when it
+is built; ``config_lib.validate`` builds it before any stage runs when ``rlhf.judge='llm'``.
 
 Cache: with ``cache_dir``, every final answer (parsed or unparsable) is a JSON file named by the
 sha256 of (model, temperature, max_tokens, the template text's sha256, prompt, the response shown
@@ -46,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from metarm_jax import fileio
+from metarm_jax import defaults, fileio
 from metarm_jax.errors import ConfigError, UserError
 from metarm_jax.eval.judges import Judge, JudgeResult, _check_lengths
 
@@ -175,79 +179,117 @@ class LLMJudgeResult(JudgeResult):
     verdicts: tuple = ()
 
 
-class LLMJudge(Judge):
-    """Pairwise LLM judge through the ``openai`` client (see the module docstring)."""
+@dataclasses.dataclass(frozen=True)
+class JudgeSettings:
+    """The LLM judge's settings: the ``judge`` config block, checked when built (one line of
+    ConfigError for a value the judge cannot use, an unreadable template or an unset key
+    variable). Its fields are the block's keys (``defaults.judge()``, with their meaning);
+    ``from_config`` builds it from a block and resolves ``cache_dir``."""
 
-    def __init__(
-        self,
-        base_url: str,
-        model: str,
-        *,
-        api_key_env: str = "OPENAI_API_KEY",
-        template: str = "helpful",
-        max_concurrency: int = 8,
-        timeout_s: float = 60.0,
-        max_retries: int = 6,
-        cache_dir: str = "",
-        temperature: float = 0.0,
-        max_tokens: int = 1024,
-        parse_retries: int = 2,
-        backoff_s: float = 1.0,
-        max_backoff_s: float = 60.0,
-    ):
-        if not base_url:
+    base_url: str
+    model: str
+    api_key_env: str
+    template: str
+    max_concurrency: int
+    timeout_s: float
+    max_retries: int
+    backoff_s: float
+    max_backoff_s: float
+    parse_retries: int
+    cache_dir: str
+    temperature: float
+    max_tokens: int
+
+    @classmethod
+    def from_config(cls, cfg=None, workdir: str | None = None) -> JudgeSettings:
+        """Settings from a ``judge`` block (ConfigDict or dict; a key it lacks takes its default
+        from ``defaults.judge()``). An empty ``cache_dir`` caches in ``<workdir>/llm_judge_cache``
+        (no cache without a workdir)."""
+        values = defaults.judge().to_dict()
+        given = dict(cfg or {})
+        unknown = sorted(set(given) - set(values))
+        if unknown:
+            raise ConfigError(f"judge: unknown key(s) {unknown}; the keys are {sorted(values)}.")
+        values.update(given)
+        if not values["cache_dir"] and workdir:
+            values["cache_dir"] = os.path.join(workdir, "llm_judge_cache")
+        return cls(**values)
+
+    def __post_init__(self) -> None:  # every JudgeSettings is checked, however it is built
+        if not self.base_url:
             raise ConfigError(
                 "judge.base_url is empty; set the OpenAI-compatible endpoint, e.g. "
                 "--config.judge.base_url=http://localhost:8000/v1"
             )
-        if not model:
+        if not self.model:
             raise ConfigError("judge.model is empty; set the endpoint's model name.")
-        for key, v, lo in (
-            ("max_concurrency", max_concurrency, 1),
-            ("max_retries", max_retries, 0),
-            ("parse_retries", parse_retries, 0),
-            ("max_tokens", max_tokens, 0),
+        for key, lo in (
+            ("max_concurrency", 1),
+            ("max_retries", 0),
+            ("parse_retries", 0),
+            ("max_tokens", 0),
         ):
-            if int(v) != v or v < lo:
+            v = getattr(self, key)
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 raise ConfigError(f"judge.{key} must be an integer >= {lo}, got {v!r}.")
-        for key, v in (("timeout_s", timeout_s), ("backoff_s", backoff_s)):
-            if not v > 0:
-                raise ConfigError(f"judge.{key} must be > 0, got {v!r}.")
-        if temperature < 0 or max_backoff_s < 0:
-            raise ConfigError("judge.temperature and judge.max_backoff_s must be >= 0.")
+        for key, lo, strict in (
+            ("timeout_s", 0, True),
+            ("backoff_s", 0, True),
+            ("temperature", 0, False),
+            ("max_backoff_s", 0, False),
+        ):
+            v = getattr(self, key)
+            number = isinstance(v, int | float) and not isinstance(v, bool)
+            if not number or not (v > lo if strict else v >= lo):
+                op = ">" if strict else ">="
+                raise ConfigError(f"judge.{key} must be a number {op} {lo}, got {v!r}.")
+        load_template(self.template)
+        if self.api_key_env and not os.environ.get(self.api_key_env, ""):
+            raise ConfigError(
+                f"judge.api_key_env={self.api_key_env!r}: that environment variable is not set; "
+                "export the endpoint's key in it (the key is read only from the "
+                "environment), or set judge.api_key_env='' for an endpoint without a key."
+            )
+
+
+def validate(config) -> None:
+    """The rlhf stage's check of the judge (``stages.VALIDATORS``): with ``rlhf.judge='llm'``,
+    the ``judge`` block must make a judge (endpoint, model, template, key variable, ranges)."""
+    if config.rlhf.judge == "llm":
+        JudgeSettings.from_config(config.judge)
+
+
+class LLMJudge(Judge):
+    """Pairwise LLM judge through the ``openai`` client (see the module docstring)."""
+
+    def __init__(self, settings: JudgeSettings):
         try:
             import openai
         except ImportError as e:
             raise UserError("the LLM judge needs the openai client: pip install -e .[eval]") from e
-        if api_key_env:
-            secret = os.environ.get(api_key_env, "")
-            if not secret:
-                raise ConfigError(
-                    f"judge.api_key_env={api_key_env!r}: that environment variable is not set; "
-                    "export the endpoint's key in it (the key is read only from the "
-                    "environment), or set judge.api_key_env='' for an endpoint without a key."
-                )
-        else:
-            secret = "no-key"  # the client needs a non-empty key; keyless servers ignore it
+        secret = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
+        # (checked by JudgeSettings); the client needs a non-empty key, keyless servers ignore it
+        secret = secret or "no-key"
         self._openai = openai
         self._secret = secret
-        self.base_url = base_url
-        self.model = model
-        self.api_key_env = api_key_env
-        self.template_path, self.template_text = load_template(template)
-        self.template = template
+        self.settings = settings
+        self.base_url = settings.base_url
+        self.model = settings.model
+        self.api_key_env = settings.api_key_env
+        self.template_path, self.template_text = load_template(settings.template)
+        self.template = settings.template
         self.template_sha256 = _sha256(self.template_text)
-        self.max_concurrency = int(max_concurrency)
-        self.timeout_s = float(timeout_s)
-        self.max_retries = int(max_retries)
-        self.cache_dir = cache_dir
-        self.temperature = float(temperature)
-        self.max_tokens = int(max_tokens)
-        self.parse_retries = int(parse_retries)
-        self.backoff_s = float(backoff_s)
-        self.max_backoff_s = float(max_backoff_s)
+        self.max_concurrency = int(settings.max_concurrency)
+        self.timeout_s = float(settings.timeout_s)
+        self.max_retries = int(settings.max_retries)
+        self.cache_dir = settings.cache_dir
+        self.temperature = float(settings.temperature)
+        self.max_tokens = int(settings.max_tokens)
+        self.parse_retries = int(settings.parse_retries)
+        self.backoff_s = float(settings.backoff_s)
+        self.max_backoff_s = float(settings.max_backoff_s)
         self._client = openai.OpenAI(
-            api_key=secret, base_url=base_url, timeout=self.timeout_s, max_retries=0
+            api_key=secret, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
         )
         self._lock = threading.Lock()
         self.stats: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
@@ -487,28 +529,6 @@ class LLMJudge(Judge):
                 self.stats[k] = self.stats.get(k, 0) + v
 
 
-def from_config(cfg, workdir: str | None = None) -> LLMJudge:
-    """An LLMJudge from a ``judge`` config block (ConfigDict or dict). An empty
-    ``judge.cache_dir`` caches in ``<workdir>/llm_judge_cache`` (no cache without a workdir)."""
-
-    def get(key, default):
-        return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-
-    cache_dir = get("cache_dir", "") or (
-        os.path.join(workdir, "llm_judge_cache") if workdir else ""
-    )
-    return LLMJudge(
-        get("base_url", ""),
-        get("model", ""),
-        api_key_env=get("api_key_env", "OPENAI_API_KEY"),
-        template=get("template", "helpful"),
-        max_concurrency=get("max_concurrency", 8),
-        timeout_s=get("timeout_s", 60.0),
-        max_retries=get("max_retries", 6),
-        cache_dir=cache_dir,
-        temperature=get("temperature", 0.0),
-        max_tokens=get("max_tokens", 1024),
-        parse_retries=get("parse_retries", 2),
-        backoff_s=get("backoff_s", 1.0),
-        max_backoff_s=get("max_backoff_s", 60.0),
-    )
+def from_config(cfg=None, workdir: str | None = None) -> LLMJudge:
+    """An LLMJudge from a ``judge`` config block (``JudgeSettings.from_config``)."""
+    return LLMJudge(JudgeSettings.from_config(cfg, workdir))

@@ -31,7 +31,6 @@ from metarm_jax import fileio, hosts, stages
 from metarm_jax.config_lib import derive
 from metarm_jax.data import synthetic
 from metarm_jax.data.tokenizer import train_bpe_tokenizer
-from metarm_jax.errors import ConfigError
 from metarm_jax.layout import StageDir
 from metarm_jax.rlhf import plan, report, rm_methods
 from metarm_jax.rlhf.layout import RunLayout
@@ -134,13 +133,7 @@ def eval_prompt_sets(config) -> tuple[dict, dict]:
     the test set being the ``eval_prompts`` after them."""
     rc = config.rlhf
     source = {"dataset": rc.eval_prompt_dataset, "path": rc.eval_prompt_path}
-    if rc.valid_prompt_split:
-        if rc.valid_prompt_split == rc.eval_prompt_split:
-            raise ConfigError(
-                f"config.rlhf.valid_prompt_split={rc.valid_prompt_split!r} is the test split: "
-                "the best round would be chosen on the prompts it is compared on. Use another "
-                "split, or '' to hold out the first rlhf.valid_prompts test prompts."
-            )
+    if rc.valid_prompt_split:  # not the test split (config_lib._check_rlhf)
         valid = dict(source, split=rc.valid_prompt_split, skip=0, max=int(rc.valid_prompts))
         test = dict(source, split=rc.eval_prompt_split, skip=0, max=int(rc.eval_prompts))
     else:
@@ -259,9 +252,7 @@ def run(ctx: stages.StageContext) -> dict[str, Any]:
 
     # π_SFT and r_0
     sft = runner.step(layout.sft, "sft", {}) if rc.sft else None
-    sft_path = export_of(sft, "sft") if sft else config.model.hf_path
-    if not sft_path:
-        raise ConfigError("config.rlhf.sft=False needs config.model.hf_path (the SFT policy).")
+    sft_path = export_of(sft, "sft") if sft else config.model.hf_path  # validated: not ''
     rm0_step = None if rc.rm_path else runner.step(layout.rm0, "rm", {"model.hf_path": sft_path})
     rec = RunRecord(
         sft=sft_path,

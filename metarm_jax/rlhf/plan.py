@@ -135,7 +135,9 @@ def arms(config) -> list[Arm]:
 
 
 def validate(config) -> None:
-    """The rlhf stage's own checks (ConfigError, one line), before any stage runs."""
+    """The rlhf stage's checks of its arms and rounds (``stages.VALIDATORS``: run by
+    ``config_lib.validate`` before any stage; the judge, the prompt splits and the inputs are
+    checked there too, ``config_lib._check_rlhf``). ConfigError, one line."""
     rc = config.rlhf
     if rc.rounds < 1:
         raise ConfigError(f"config.rlhf.rounds={rc.rounds}: at least one round.")
@@ -167,14 +169,6 @@ def validate(config) -> None:
             f"must be >= 1 and eval_k={rc.eval_k} >= 2 (the RM metrics compare responses of "
             "the same prompt)."
         )
-    if rc.judge not in ("auto", "gold", "rm", "llm"):
-        raise ConfigError(f"config.rlhf.judge={rc.judge!r}; expected auto, gold, rm or llm.")
-    if rc.diversity not in ("", "self_bleu", "all"):
-        raise ConfigError(
-            f"config.rlhf.diversity={rc.diversity!r}; expected '', 'self_bleu' or 'all'."
-        )
-    if not rc.sft and not config.model.hf_path:
-        raise ConfigError("config.rlhf.sft=False needs config.model.hf_path (the SFT policy).")
 
 
 # --------------------------------------------------------------------------------------------

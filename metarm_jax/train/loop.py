@@ -338,9 +338,7 @@ def train(
     ``snapshot_fn(step, params)`` runs after every ``snapshot_every``-th step (a stage's export of
     an intermediate model; a resumed run writes the same snapshots again)."""
     os.makedirs(workdir, exist_ok=True)
-    num_micro = int(cfg.grad_accum)
-    if num_micro < 1:
-        raise ConfigError(f"train.grad_accum must be >= 1, got {num_micro}.")
+    num_micro = int(cfg.grad_accum)  # >= 1 (config_lib.validate)
     shardings = state_shardings(mesh, params, optimizer)
     state = init_state(params, optimizer, seed, shardings)
     del params

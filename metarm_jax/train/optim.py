@@ -10,16 +10,9 @@ import optax
 from metarm_jax.core.tree import global_norm
 from metarm_jax.errors import ConfigError
 
-SCHEDULES = ("constant", "linear", "cosine")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-
 
 def warmup_steps(warmup: float, total_steps: int) -> int:
     """`warmup` >= 1 is a step count; 0 <= warmup < 1 a fraction of the run (paper: 0.3 epoch)."""
-    if warmup < 0:
-        raise ConfigError(
-            f"train.warmup must be >= 0 (steps, or a fraction < 1 of the run), got {warmup}."
-        )
     return int(warmup) if warmup >= 1 else round(warmup * total_steps)
 
 
@@ -29,20 +22,20 @@ def schedule(
     """lr(count), count = optimizer updates done so far (0 for the first step).
 
     Linear warm-up 0 -> lr over W steps, then constant, linear or cosine decay to
-    lr * end_lr_factor at count = total_steps.
+    lr * end_lr_factor at count = total_steps. ``name``: one of ``config_rules.SCHEDULES``, as
+    every ``*.schedule`` key (``config_lib.validate`` checks them).
     """
-    if name not in SCHEDULES:
-        raise ConfigError(f"train.schedule={name!r}; expected one of {SCHEDULES}.")
     if total_steps < 1:
         raise ConfigError(f"the run has {total_steps} steps; set train.steps or train.epochs > 0.")
     w = min(warmup_steps(warmup, total_steps), total_steps)
     end = lr * end_lr_factor
-    if name == "constant":
-        after = optax.constant_schedule(lr)
-    elif name == "linear":
-        after = optax.linear_schedule(lr, end, max(total_steps - w, 1))
-    else:
-        after = optax.cosine_decay_schedule(lr, max(total_steps - w, 1), alpha=end_lr_factor)
+    after = {
+        "constant": lambda: optax.constant_schedule(lr),
+        "linear": lambda: optax.linear_schedule(lr, end, max(total_steps - w, 1)),
+        "cosine": lambda: optax.cosine_decay_schedule(
+            lr, max(total_steps - w, 1), alpha=end_lr_factor
+        ),
+    }[name]()
     if w == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, lr, w), after], [w])
@@ -59,18 +52,16 @@ def _decay_mask(params):
 
 
 def optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(clip -> AdamW) with the configured schedule; `cfg` is `config.train`."""
+    """(clip -> AdamW) with the configured schedule; `cfg` is `config.train` (its optimizer one
+    of ``config_rules.OPTIMIZERS``: ``config_lib.validate`` checks it)."""
     lr = schedule(cfg.schedule, cfg.lr, total_steps, cfg.warmup, cfg.end_lr_factor)
-    if cfg.optimizer == "adamw":
-        opt = optax.adamw(
+    opt = {
+        "adamw": lambda: optax.adamw(
             lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay, mask=_decay_mask
-        )
-    elif cfg.optimizer == "adam":
-        opt = optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
-    elif cfg.optimizer == "sgd":
-        opt = optax.sgd(lr)
-    else:
-        raise ConfigError(f"train.optimizer={cfg.optimizer!r}; expected one of {OPTIMIZERS}.")
+        ),
+        "adam": lambda: optax.adam(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps),
+        "sgd": lambda: optax.sgd(lr),
+    }[cfg.optimizer]()
     if cfg.clip_norm and cfg.clip_norm > 0:
         opt = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), opt)
     return opt, lr

@@ -102,30 +102,14 @@ def make_step_fn(lm_apply, value_apply, pcfg) -> loop.StepFn:
 # --------------------------------------------------------------------------------------------
 
 
-def _check(config) -> None:
-    p = config.ppo
-    if not p.rm_path:
+def validate(config) -> None:
+    """What the ppo stage needs from the rest of the config (its keys' values are checked by
+    ``config_lib.validate``, which also runs this before any stage: ``stages.VALIDATORS``)."""
+    if not config.ppo.rm_path:
         raise ConfigError(
             "config.ppo.rm_path is empty: PPO needs a reward model (an HF "
             "*ForSequenceClassification directory, e.g. <workdir>/export/rm "
             "written by the rm/metarm stage)."
-        )
-    n = p.queries_per_iteration * p.rollouts_per_query
-    if p.minibatch_size <= 0 or n % p.minibatch_size:
-        raise ConfigError(
-            f"config.ppo.minibatch_size={p.minibatch_size} must divide the roll-out "
-            f"buffer of ppo.queries_per_iteration x ppo.rollouts_per_query = {n} rows."
-        )
-    if p.iterations < 1 or p.ppo_epochs < 1 or p.rollouts_per_query < 2:
-        raise ConfigError(
-            f"config.ppo: iterations={p.iterations}, ppo_epochs={p.ppo_epochs} must "
-            f"be >= 1 and rollouts_per_query={p.rollouts_per_query} >= 2 (the shift "
-            "signal compares roll-outs of the same prompt)."
-        )
-    if p.iteration_offset < 0 or p.export_every < 0:
-        raise ConfigError(
-            f"config.ppo: iteration_offset={p.iteration_offset} and export_every="
-            f"{p.export_every} must be >= 0."
         )
 
 
@@ -137,7 +121,7 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
     """
     config, mesh = ctx.config, ctx.mesh
     p = config.ppo  # resolved: every path and dtype is set (config_lib.resolve)
-    _check(config)
+    validate(config)  # a stage of rlhf gets rm_path from it: checked here too
     pcfg = settings(p)
     tok_path = config.data.tokenizer_path or p.policy_path
     if not tok_path:

@@ -44,25 +44,13 @@ def rm_step(reward_fn) -> loop.StepFn:
     return step_fn
 
 
-def metarm_step(
-    reward_fn,
-    eta: float,
-    order: str,
-    eta_mode: str = "absolute",
-    measure_j_prime: bool = False,
-    second_order: str = "hvp",
-) -> loop.StepFn:
-    """MetaRM: g = ∇_θ' L_θ'(X_t) at θ' = θ + η∇_θ J_θ(X_s) (order 'first'), or through it
-    (order 'second', formed as ``second_order`` says: ``metarm.SECOND_ORDER``)."""
-    if order not in metarm.ORDERS:
-        raise ConfigError(f"config.meta.order={order!r}; expected one of {metarm.ORDERS}.")
-    if eta_mode not in metarm.ETA_MODES:
-        raise ConfigError(f"config.meta.eta_mode={eta_mode!r}; expected one of {metarm.ETA_MODES}.")
-    if second_order not in metarm.SECOND_ORDER:
-        raise ConfigError(
-            f"config.meta.second_order={second_order!r}; expected one of {metarm.SECOND_ORDER}."
-        )
-    eta = float(eta)
+def metarm_step(reward_fn, meta) -> loop.StepFn:
+    """MetaRM: g = ∇_θ' L_θ'(X_t) at θ' = θ + η∇_θ J_θ(X_s) (``meta.order`` 'first'), or through
+    it ('second', formed as ``meta.second_order`` says: ``metarm.SECOND_ORDER``). ``meta``: the
+    config's ``meta`` block (eta, order, eta_mode, second_order, measure_j_prime; values checked
+    by ``config_lib.validate``)."""
+    eta, order, eta_mode = float(meta.eta), meta.order, meta.eta_mode
+    measure_j_prime, second_order = bool(meta.measure_j_prime), meta.second_order
 
     def step_fn(params, batch, rng, prev_update_norm=None):
         del rng
@@ -96,11 +84,6 @@ def layer_data(config, with_meta: bool) -> common.StageData:
     report = pref.skip_report
     num_pairs = (report.total - report.skipped) if report is not None else 0
     train = {"pref": pref}
-    if with_meta and not d.meta_path:
-        raise ConfigError(
-            "the metarm stage needs meta examples: set config.data.meta_path (written by "
-            "the build_meta stage), or run the rm stage instead."
-        )
     if with_meta:
         train["meta"] = D.meta_iterator(d, tok, k=k, num_epochs=0, shared_prompt=shared)
     meta_eval = None
@@ -182,12 +165,21 @@ def make_eval_fn(
 # --------------------------------------------------------------------------------------------
 
 
+def validate_metarm(config) -> None:
+    """What the metarm stage needs from the rest of the config (``stages.VALIDATORS``)."""
+    if not config.data.meta_path:
+        raise ConfigError(
+            "the metarm stage needs meta examples: set config.data.meta_path (written by "
+            "the build_meta stage), or run the rm stage instead."
+        )
+
+
 def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
     config, mesh = ctx.config, ctx.mesh
     t = config.train
     name = "metarm" if with_meta else "rm"
-    if with_meta:
-        losses.validate_meta_k(config.meta.k)
+    if with_meta and data is None:
+        validate_metarm(config)  # a stage of rlhf gets data.meta_path from it: checked here too
     data = data if data is not None else layer_data(config, with_meta)
     total = common.total_steps(
         name,
@@ -203,14 +195,7 @@ def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
     with jax.set_mesh(mesh):
         model = models.from_config(config.model, "reward", mesh, seed=config.seed)
         reward_fn, params, *_ = models.split(model)
-        mc = config.meta
-        step_fn = (
-            metarm_step(
-                reward_fn, mc.eta, mc.order, mc.eta_mode, mc.measure_j_prime, mc.second_order
-            )
-            if with_meta
-            else rm_step(reward_fn)
-        )
+        step_fn = metarm_step(reward_fn, config.meta) if with_meta else rm_step(reward_fn)
         optimizer, schedule = optim.optimizer(t, total)
         eval_fn = make_eval_fn(reward_fn, mesh, data, config.meta, t.eval_batches)
         params, summary = loop.train(

@@ -12,7 +12,6 @@ minibatch randomness is a function of (seed, iteration), so a killed run resumes
 
 from __future__ import annotations
 
-import importlib
 import json
 import time
 from collections.abc import Mapping
@@ -24,16 +23,13 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from metarm_jax import data as D
-from metarm_jax import faults, sampling
+from metarm_jax import faults, sampling, stages
 from metarm_jax import sharding as shd
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
 from metarm_jax.core import stats
 from metarm_jax.errors import ConfigError
 from metarm_jax.train import loop
-
-REWARD_NORMS = ("none", "scale", "standard")
-
 
 # --------------------------------------------------------------------------------------------
 # Models at the edge: pure functions of (params, ids [B, T], mask [B, T]).
@@ -286,18 +282,11 @@ def _from_bits(b: int) -> jax.Array:
 
 def load_token_fn(config, key: str = "monitor"):
     """The optional function of token ids that ``config.ppo.<key>`` names ("module:function", a
-    factory called with the config), or None: ``monitor`` (logged) or ``reward_fn`` (replaces the
-    RM's score, e.g. the synthetic world's gold reward for the ceiling arm)."""
+    factory called with the config; checked by ``config_lib.validate``), or None: ``monitor``
+    (logged) or ``reward_fn`` (replaces the RM's score, e.g. the synthetic world's gold reward for
+    the ceiling arm)."""
     spec = config.ppo[key]
-    if not spec:
-        return None
-    module, _, fn = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), fn)(config)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(
-            f"config.ppo.{key}={spec!r}: cannot load it ({e}); expected 'package.module:function'."
-        ) from None
+    return stages.load_function(spec, f"ppo.{key}")(config) if spec else None
 
 
 class Rollouts(loop.StateSource):
@@ -525,18 +514,8 @@ class Rollouts(loop.StateSource):
 
 
 def settings(p) -> dict[str, Any]:
-    """The numeric/static PPO settings the jitted code reads (validated)."""
-    if p.reward_norm not in REWARD_NORMS:
-        raise ConfigError(
-            f"config.ppo.reward_norm={p.reward_norm!r}; expected one of {REWARD_NORMS}."
-        )
-    if p.kl_estimator not in core.KL_ESTIMATORS:
-        raise ConfigError(
-            f"config.ppo.kl_estimator={p.kl_estimator!r}; expected one of {core.KL_ESTIMATORS}."
-        )
-    for key in ("kl_clip", "reward_clip", "target_kl", "kl_beta", "clip_eps", "value_clip_eps"):
-        if p[key] < 0:
-            raise ConfigError(f"config.ppo.{key}={p[key]} must be >= 0 (0 switches a clip off).")
+    """The numeric/static PPO settings the jitted code reads (``config_lib.validate`` checked
+    them before the run)."""
     return {
         k: p[k]
         for k in (
