@@ -1,6 +1,7 @@
 """Iterative RLHF end to end: the quickstart's fast variant as a user runs it, its report, its
 dependence on the seed, and resume after SIGKILL in round 2's PPO."""
 
+import itertools
 import json
 import os
 import pathlib
@@ -66,6 +67,8 @@ def _report(workdir) -> dict:
 def test_quickstart_report_has_every_table_and_figure(seed0):
     workdir, stdout = seed0
     md = (workdir / "report.md").read_text()
+    # the controls come first: nothing of MetaRM is shown before them
+    assert md.index("## Can this experiment discriminate?") < md.index("## In plain words")
     for heading in (
         "## In plain words",
         "## Selection (validation prompts)",
@@ -87,21 +90,25 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
         "fig4_rm_accuracy.png",
         "fig5_reward_diff_hist.png",
         "fig_rewards.png",
+        "fig_frontier.png",
     ):
         assert (workdir / png).stat().st_size > 10_000, png  # a real plot, not an empty canvas
         assert f"]({png})" in md
     rep = _report(workdir)
     n = rep["prompts"]
     assert n == 32 and rep["valid_prompts"] == 32 and rep["samples_per_prompt"] == 4
-    assert len(rep["examples"]) == 3 and {"sft", "round1", "dpo"} <= set(
+    assert len(rep["examples"]) == 3 and {"sft", "round1", "ceiling@1"} <= set(
         rep["examples"][0]["responses"]
     )
-    assert set(rep["table1"]) == {"round1", "round2", "eta0_round1", "eta0_round2"}
+    assert set(rep["table1"]) == {
+        "round1", "round2", "eta0_round1", "eta0_round2", "oracle_round1", "oracle_round2"
+    }  # fmt: skip
     best = rep["best_round"]
     r = best.removeprefix("round")
-    assert {"sft", f"eta0 (round {r})", f"vanilla PPO (round {r} budget)", "dpo"} <= set(
-        rep["table2"]
-    )
+    assert {
+        "sft", f"eta0 (round {r})", f"oracle (round {r})", f"vanilla PPO (round {r} budget)",
+        f"ceiling (PPO on gold) (round {r} budget)",
+    } <= set(rep["table2"])  # fmt: skip
     for table in ("selection", "table1", "table2"):
         for row in rep[table].values():
             assert row["win"] + row["tie"] + row["lose"] == row["n"]
@@ -109,11 +116,33 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
             assert lo <= row["net"] <= hi  # the interval holds its point estimate
     assert rep["table1"][best] == rep["table2"]["sft"]  # the same comparison, once per table
     assert set(rep["gold"]) == {
-        "sft", "round1", "round2", "eta0_round1", "eta0_round2",
-        "vanilla_ppo@1", "vanilla_ppo@2", "dpo",
+        "sft", "round1", "round2", "eta0_round1", "eta0_round2", "oracle_round1",
+        "oracle_round2", "ceiling@1", "ceiling@2", "vanilla_ppo@1", "vanilla_ppo@2",
     }  # fmt: skip
-    # every arm's budget is stated; eta0 and MetaRM have the same RM and PPO steps
-    assert rep["budget"]["metarm"] == rep["budget"]["eta0"]
+    # every arm's budget is stated; eta0, the oracle and MetaRM have the same RM and PPO steps
+    assert rep["budget"]["metarm"] == rep["budget"]["eta0"] == rep["budget"]["oracle"]
+    assert rep["budget"]["ceiling"] == rep["budget"]["vanilla_ppo"]
+    # the controls, every arm's frontier and its RM's accuracy on its own samples
+    c = rep["controls"]
+    assert set(c) == {"overoptimised", "ceiling_minus_vanilla", "oracle_minus_vanilla",
+                      "discriminates"}  # fmt: skip
+    assert c["discriminates"] == (
+        c["overoptimised"]["passed"]
+        and c["ceiling_minus_vanilla"]["passed"]
+        and c["oracle_minus_vanilla"]["passed"]
+    )
+    assert set(rep["curves"]) == {"metarm", "eta0", "oracle", "ceiling", "vanilla_ppo"}
+    for _arm, pts in rep["curves"].items():
+        assert [p["round"] for p in pts] == [0, 1, 2] and pts[0]["sqrt_kl"] == 0.0
+        assert [p["iteration"] for p in pts] == [0, 3, 6]
+        assert pts[0]["gold"] == rep["curves"]["metarm"][0]["gold"]  # π_SFT for every arm
+        assert all(p["sqrt_kl"] >= 0 for p in pts) and pts[2]["sqrt_kl"] > 0
+    assert all(p["proxy"] == p["gold"] for p in rep["curves"]["ceiling"][1:])  # PPO on gold
+    assert set(rep["rm_on_policy_accuracy"]) == {"metarm", "eta0", "oracle", "vanilla_ppo"}
+    assert all(
+        set(v) == {"round1", "round2"} and all(0 <= a <= 1 for a in v.values())
+        for v in rep["rm_on_policy_accuracy"].values()
+    )
     assert (
         rep["budget"]["vanilla_ppo"]["ppo_iterations"] == rep["budget"]["metarm"]["ppo_iterations"]
     )
@@ -123,7 +152,7 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
     assert all(v >= 0 for d in rep["fig1"].values() for v in d["variance"])
     assert set(rep["lengths"]) == set(rep["gold"]) and rep["diversity"]["rows"]
     row = rep["rm_metrics"]["rounds"]["round2"]["metarm round 2 samples"]
-    assert set(row) == {"r0", "metarm_r2", "eta0_r2"}
+    assert set(row) == {"r0", "metarm_r2", "eta0_r2", "oracle_r2"}
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in row.values())
     # the console ends with the tables
     assert "Table 1 (test)" in stdout and "Table 2 (test)" in stdout
@@ -135,9 +164,16 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
     rows = [json.loads(l) for l in (workdir / "round1/metarm/metarm/metrics.jsonl").open()]
     steps = [r for r in rows if "loss" in r]
     assert len(steps) == 40
-    for key in ("meta/ascent_norm", "update_norm", "meta/ascent_to_update", "meta/cos_gradJ_grad"):
+    for key in (
+        "meta/ascent_norm", "update_norm", "meta/ascent_to_update", "meta/cos_gradJ_grad",
+        "meta/J", "meta/J_prime",
+    ):  # fmt: skip
         assert all(key in r for r in steps), key
-    assert all(r["meta/ascent_norm"] > 0 for r in steps)
+    # the calibrated ascent (meta.eta_mode='update', ρ = meta.eta = 1): each step's ascent is the
+    # previous step's optimizer update; the first step has none
+    assert steps[0]["meta/ascent_norm"] == 0.0
+    for prev, cur in itertools.pairwise(steps):
+        assert cur["meta/ascent_norm"] == pytest.approx(prev["update_norm"], rel=1e-3)
 
 
 def _prompts_of(workdir, stage) -> list[list[int]]:
@@ -223,9 +259,13 @@ def test_numbers_come_from_the_run_and_change_with_the_seed(seed0, tmp_path):
     a, b = _report(workdir), _report(tmp_path)
     assert a["gold"]["sft"] != b["gold"]["sft"] and a["gold"]["round1"] != b["gold"]["round1"]
     assert "oracle_round1" in b["gold"] and "oracle (round 1)" in b["table2"]
-    pairs = (tmp_path / "oracle/round1/oracle_pairs/train.jsonl").read_text().splitlines()
-    row = json.loads(pairs[0])
-    assert row["gold_chosen"] > row["gold_rejected"]  # labelled by gold, on-policy samples
+    pairs = tmp_path / "oracle/round1/oracle_pairs"
+    rows = [json.loads(r) for r in (pairs / "gold.jsonl").read_text().splitlines()]
+    assert all(r["gold_chosen"] > r["gold_rejected"] for r in rows)  # labelled by gold
+    # the oracle keeps the original pairs and adds its rounds' gold pairs (replay)
+    original = (workdir / "world/pairs/train.jsonl").read_text()
+    train = (pairs / "train.jsonl").read_text()
+    assert len(train.splitlines()) == len(original.splitlines()) + len(rows)
     assert a["table1"]["round1"] != b["table1"]["round1"] or a["selection"] != b["selection"]
 
 
@@ -236,7 +276,7 @@ def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
     and interval. (The other arms do not depend on round 2's policy: they are kept.)"""
     workdir, _ = seed0
     run = tmp_path / "run"
-    after = {"round2/ppo", "report.md", "report.json"} | {
+    after = {"round2/ppo", "report.md", "report.json", "samples/kl/round2.json"} | {
         f"samples/{split}/round2{ext}"
         for split in ("test", "valid")
         for ext in ("", ".jsonl", ".jsonl.chunks")
