@@ -42,9 +42,9 @@ def get_config(arg=None):
 
     w = c.world
     # The fine part (docs/synthetic.md): F(x) = the first 4 symbols of the prompt's topic, weight
-    # 0.5; a base response's topic tokens come from F(x) with probability ~ U(0, 0.4), so the base
+    # 0.7; a base response's topic tokens come from F(x) with probability ~ U(0, 0.3), so the base
     # pairs barely exercise it (measured: bench/world_learnability.py).
-    w.fine_size, w.w_fine, w.base_fine_frac = 4, 0.5, (0.0, 0.4)
+    w.fine_size, w.w_fine, w.base_fine_frac = 4, 0.7, (0.0, 0.3)
     w.num_sft, w.num_train_pairs, w.num_test_pairs = 2000, 2000, 200
     w.num_train_prompts, w.num_eval_prompts, w.num_ood_prompts = 400, 100, 100
     w.num_valid_prompts = 100
