@@ -291,6 +291,9 @@ def test_config_block_rules_and_validator(tmp_path):
     assert error().startswith("config.rm_eval.rm_path is empty: give a reward model's HF")
     c.pipeline = ("rm", "rm_eval")  # the rm stage exports <workdir>/export/rm first
     config_lib.validate(c)
+    c.train.export = False
+    assert "config.train.export=False: the rm/metarm stage will not write" in error()
+    c.train.export = True
     c.rm_eval.rm_path = str(tmp_path)
     assert "no HF checkpoint there (no config.json)" in error()
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))

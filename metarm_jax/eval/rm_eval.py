@@ -16,6 +16,7 @@ field, as the data readers name them. Writes ``rm_eval.json``, ``rm_eval.md`` (t
 
 from __future__ import annotations
 
+import glob
 import os
 
 import ml_collections
@@ -48,11 +49,8 @@ def validate(config) -> None:
             "config.rm_eval.path is empty: give the RewardBench rows to score (a .json, .jsonl, "
             ".jsonl.gz or .parquet file, a glob or a directory)."
         )
-    if (
-        rows.is_local(r.path)
-        and not any(c in r.path for c in "*?[")
-        and not os.path.exists(os.path.expanduser(r.path))
-    ):
+    local = rows.is_local(r.path) and not glob.has_magic(r.path)
+    if local and not os.path.exists(os.path.expanduser(r.path)):
         raise ConfigError(f"config.rm_eval.path={r.path!r}: no such file or directory.")
     pipeline = tuple(config.pipeline)
     if not r.rm_path:
@@ -61,6 +59,11 @@ def validate(config) -> None:
             raise ConfigError(
                 "config.rm_eval.rm_path is empty: give a reward model's HF directory (e.g. "
                 "<workdir>/export/rm), or run the rm or metarm stage before rm_eval."
+            )
+        if not config.train.export:
+            raise ConfigError(
+                "config.rm_eval.rm_path is empty and config.train.export=False: the rm/metarm "
+                "stage will not write <workdir>/export/rm; set train.export=True or rm_eval.rm_path."
             )
         return
     try:
