@@ -38,11 +38,8 @@ from tests.test_rm_export import CHAT_TEMPLATE, _readme_reward_fn
 
 
 def test_v1_pairs_sections_and_score_by_hand():
-    assert (rb.pair_result(2.0, 1.0), rb.pair_result(1.0, 1.0), rb.pair_result(0.5, 1.0)) == (
-        1,
-        0,  # a tie is wrong, as in RewardBench's run_rm.py
-        0,
-    )
+    assert rb.pair_result(2.0, 1.0) == 1 and rb.pair_result(0.5, 1.0) == 0
+    assert rb.pair_result(1.0, 1.0) == 0  # a tie is wrong, as in RewardBench's run_rm.py
     results = {
         "alpacaeval-easy": [1, 1, 0],  # 2/3
         "mt-bench-easy": [1, 0],  # 1/2
@@ -55,7 +52,8 @@ def test_v1_pairs_sections_and_score_by_hand():
         "my-own": [1, 0, 0],  # 1/3, in no section
     }
     subsets = [s for s, r in results.items() for _ in r]
-    summary = rb.v1_summary(subsets, [x for r in results.values() for x in r])
+    flat = [x for r in results.values() for x in r]
+    summary = rb.v1_summary(subsets, flat)
     acc = {s: e["accuracy"] for s, e in summary["subsets"].items()}
     assert acc["alpacaeval-easy"] == pytest.approx(2 / 3) and acc["my-own"] == pytest.approx(1 / 3)
     assert summary["subsets"]["donotanswer"] == {"rows": 4, "correct": 1, "accuracy": 0.25}
@@ -77,23 +75,14 @@ def test_v1_pairs_sections_and_score_by_hand():
     ]
 
     # Without prior-set rows the score is the mean of the four sections; without a section, none.
-    no_prior = [
-        (s, r)
-        for s, r in zip(subsets, summary_results(results))
-        if s not in ("shp", "anthropic_hhh")
-    ]
+    no_prior = [(s, r) for s, r in zip(subsets, flat) if s not in ("shp", "anthropic_hhh")]
     s2 = rb.v1_summary(*zip(*no_prior))
     assert s2["score"] == pytest.approx((0.630208333 + 1.0 + 0.25 + 0.571428571) / 4)
     no_safety = [(s, r) for s, r in no_prior if s != "donotanswer"]
     s3 = rb.v1_summary(*zip(*no_safety))
     assert s3["score"] is None and s3["sections_missing"] == ["Safety"]
-    assert "| Reasoning | 57.1 |" in rb.markdown(
-        summary, "t"
-    ) and "**Score: -** (incomplete)" in rb.markdown(s3, "t")
-
-
-def summary_results(results):
-    return [x for r in results.values() for x in r]
+    assert "| Reasoning | 57.1 |" in rb.markdown(summary, "t")
+    assert "**Score: -** (incomplete)" in rb.markdown(s3, "t")
 
 
 def test_v2_best_of_four_by_hand():
