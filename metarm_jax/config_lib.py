@@ -62,6 +62,7 @@ BLOCKS = (
     "ppo",
     "rlhf",
     "judge",
+    "rm_eval",
     "world",
     "inspect",
 )

@@ -19,6 +19,8 @@ SCHEDULES = ("constant", "linear", "cosine")  # train/optim.py
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py
 JUDGES = ("auto", "gold", "rm", "llm")  # eval/report.py
 DIVERSITY = ("", "self_bleu", "all")  # eval/report.py
+RM_EVAL_FORMATS = ("v1", "v2")  # eval/rewardbench.py
+RM_EVAL_CONVERSATION = ("auto", "hh", "chat_template")  # eval/rm_eval.py
 
 
 class Rule:
@@ -260,6 +262,10 @@ RULES: dict[str, dict[str, Rule]] = {
                 "ood_train_prompts",
             )
         },
+    },
+    "rm_eval": {
+        "format": _choice(*RM_EVAL_FORMATS),
+        "conversation_format": _choice(*RM_EVAL_CONVERSATION),
     },
     "inspect": {"head": _choice(*llama.HEADS), "seq_len": _COUNT},
 }

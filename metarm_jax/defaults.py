@@ -392,6 +392,24 @@ def rlhf() -> ml_collections.ConfigDict:
     return c
 
 
+def rm_eval() -> ml_collections.ConfigDict:
+    """The ``rm_eval`` stage: a reward model scored on local files in RewardBench's schema
+    (``metarm_jax/eval/rm_eval.py``; docs/evaluation.md, "RewardBench")."""
+    c = ml_collections.ConfigDict()
+    c.rm_path = ""  # the RM's HF directory; "" = <workdir>/export/rm (an rm/metarm stage before it)
+    c.path = ""  # the rows: a .json/.jsonl/.jsonl.gz/.parquet file, a glob or a directory
+    c.split = ""  # in a directory: only the files whose name says this split ("" = all)
+    # "v1": RewardBench rows {prompt, chosen, rejected, subset}; "v2": RewardBench 2 rows
+    # {prompt, chosen: [..], rejected: [..], subset, id}
+    c.format = "v1"
+    # "auto": the export's scoring convention (metarm_scoring.prompt_format); without one the
+    # tokenizer's chat template if it has one, else "hh". "hh" | "chat_template" force one.
+    c.conversation_format = "auto"
+    c.batch_size = 16  # global, rows (prompts) per scoring batch
+    c.output_dir = ""  # "" = <workdir>/rm_eval: rm_eval.json, rm_eval.md, scores.jsonl
+    return c
+
+
 def world() -> ml_collections.ConfigDict:
     """The synthetic world of the quickstart (docs/synthetic.md)."""
     c = ml_collections.ConfigDict()
@@ -466,6 +484,8 @@ def resolve(
     build_meta.prompt_{dataset,path,split} ('')   data.prompt_{dataset,path,split}
     build_meta.output_path ('')           data.meta_path, else <workdir>/meta.jsonl
     rlhf.eval_prompt_{dataset,path} ('')  data.prompt_{dataset,path}
+    rm_eval.rm_path ('')                  <workdir>/export/rm (what rm/metarm export)
+    rm_eval.output_dir ('')               <workdir>/rm_eval
     ====================================  =============================================
 
     ``workdir`` (default ``config.workdir``) places the default meta output. Blocks a config
@@ -496,4 +516,7 @@ def resolve(
     if "rlhf" in out and d is not None:
         for key in ("dataset", "path"):
             _inherit(out.rlhf, f"eval_prompt_{key}", d[f"prompt_{key}"])
+    if "rm_eval" in out and workdir:
+        _inherit(out.rm_eval, "rm_path", os.path.join(workdir, "export", "rm"))
+        _inherit(out.rm_eval, "output_dir", os.path.join(workdir, "rm_eval"))
     return out

@@ -31,6 +31,7 @@ STAGES: dict[str, str] = {
     "dpo": "metarm_jax.train.dpo:run_dpo",
     "ppo": "metarm_jax.train.ppo:run_ppo",
     "rlhf": "metarm_jax.rlhf:run",
+    "rm_eval": "metarm_jax.eval.rm_eval:run",
 }
 
 # A stage's own checks beyond the values of its keys (config_lib.validate checks every enum and
@@ -39,6 +40,7 @@ VALIDATORS: dict[str, tuple[str, ...]] = {
     "metarm": ("metarm_jax.train.rm:validate_metarm",),
     "ppo": ("metarm_jax.train.ppo:validate",),
     "rlhf": ("metarm_jax.rlhf:validate", "metarm_jax.eval.llm_judge:validate"),
+    "rm_eval": ("metarm_jax.eval.rm_eval:validate",),
 }
 
 
