@@ -335,11 +335,9 @@ class Rollouts(loop.StateSource):
         # PPO iterations this arm ran before this stage (earlier rounds): roll-out and minibatch
         # keys continue from there, as the prompt stream does (run_ppo skips as many batches).
         self.iteration_offset = int(p.iteration_offset)
-        self.sample_kw = sampling.sampling_kwargs(config.sampling)
-        self.sample_kw["num_samples"] = self.r
-        if p.max_new_tokens:
-            self.sample_kw["max_new_tokens"] = int(p.max_new_tokens)
-        self.bucket_min = self.sample_kw.pop("prompt_bucket_min")
+        self.sample_settings = sampling.settings(
+            config.sampling, **({"max_new_tokens": p.max_new_tokens} if p.max_new_tokens else {})
+        )
         nb, hi = int(p.shift_hist_bins), float(p.shift_hist_max)
         self.bin_edges = np.concatenate([np.linspace(0.0, hi, nb + 1), [np.inf]]).astype(np.float32)
         self.log_values = bool(p.shift_log_values)
@@ -379,18 +377,20 @@ class Rollouts(loop.StateSource):
                 f"ppo.queries_per_iteration={self.q}; the prompt iterator must drop "
                 "the remainder (it does by default)."
             )
-        width = sampling.bucket_length(int((pmask > 0).sum(1).max()), self.bucket_min)
+        width = sampling.bucket_length(
+            int((pmask > 0).sum(1).max()), self.sample_settings.prompt_bucket_min
+        )
         ids, pmask = sampling.left_pack(ids, pmask, width, self.pad_id)
         out = sampling.generate(
             (self.actor_graphdef, params["actor"]),
             ids,
             pmask,
             self._rng(0, stream_iteration),
+            self.sample_settings,
+            num_samples=self.r,
             eos_id=self.eos_id,
             pad_id=self.pad_id,
-            prompt_bucket_min=self.bucket_min,
             mesh=self.mesh,
-            **self.sample_kw,
         )
         tokens, rmask = jax.block_until_ready((out.tokens, out.mask))
         t1 = time.perf_counter()
