@@ -121,7 +121,8 @@ def meta_rewards(reward_fn: RewardFn, params: PyTree, meta_batch: Batch) -> jax.
     [prompt | sample_1 | ... | sample_k]) is scored from one call on its rows."""
     rows = packed.rows(meta_batch)
     if rows is not None:
-        return _read_out_rewards(reward_fn, params, rows, rows.read_at.shape[1], "meta")
+        k = 0 if rows.read_at is None else rows.read_at.shape[1]
+        return _read_out_rewards(reward_fn, params, rows, k, "meta")
     ids, mask = meta_batch["input_ids"], meta_batch["attention_mask"]
     if ids.ndim != 3 or mask.shape != ids.shape:
         raise ValueError(

@@ -94,6 +94,10 @@ def packed_pair_logprobs(logits_fn, params, rows: packed.Packing) -> tuple[jax.A
     difference, a sequence that is a prefix of the other, gives both branches the same last
     token with the same context, which cancels in the loss)."""
     ids, prev, branch = rows.ids, rows.prev, rows.branch_ids
+    if prev is None or branch is None:
+        raise ValueError(
+            "dpo: packed rows need prev and branch_ids (data.packing.pack_pairs builds them)."
+        )
     logits = logits_fn(params, ids, None, packing=rows)  # [n, L, V]
     before = jnp.take_along_axis(logits, jnp.maximum(prev, 0)[:, :, None], axis=1)
     token_logp = pl.logprobs_of(before, ids)  # [n, L]
