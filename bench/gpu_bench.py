@@ -261,15 +261,21 @@ def run_generate(preset: str, a) -> list[dict]:
     rs = np.random.RandomState(0)
     ids = rs.randint(3, cfg.vocab_size, (b, t))
     mask = np.ones((b, t), np.int64)
-    kw = dict(max_new_tokens=new, min_new_tokens=new, temperature=0.8, top_p=0.9)
-    kw.update(repetition_penalty=1.1, num_samples=1, prompt_bucket_min=t)
+    settings = sampling.settings(
+        max_new_tokens=new,
+        min_new_tokens=new,
+        temperature=0.8,
+        top_p=0.9,
+        repetition_penalty=1.1,
+        prompt_bucket_min=t,
+    )
     t0 = time.perf_counter()
-    jax.block_until_ready(sampling.generate(model, ids, mask, 0, **kw).tokens)
+    jax.block_until_ready(sampling.generate(model, ids, mask, 0, settings).tokens)
     first = time.perf_counter() - t0
     times = []
     for seed in (1, 2):
         t0 = time.perf_counter()
-        out = sampling.generate(model, ids, mask, seed, **kw)
+        out = sampling.generate(model, ids, mask, seed, settings)
         jax.block_until_ready(out.tokens)
         times.append(time.perf_counter() - t0)
     sec = min(times)

@@ -119,10 +119,7 @@ def main():
                 ids,
                 mask,
                 seed,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                num_samples=1,
-                **settings,
+                sampling.settings(max_new_tokens=new, min_new_tokens=new, **settings),
             )
             jax.block_until_ready(out.tokens)
             return out

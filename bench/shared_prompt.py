@@ -128,8 +128,8 @@ def token_counts(pf, mf, spec, args):
         else:
             cu = sum(b["input_ids"].size for b in un)
             ru = sum(int(b["attention_mask"].sum()) for b in un)
-        cp = sum(b["packed_ids"].size for b in pk)
-        rp = sum(packing.packed_tokens(b) for b in pk)
+        cp = sum(b[packing.KEY].ids.size for b in pk)
+        rp = sum(packing.packed_tokens(b[packing.KEY]) for b in pk)
         out[kind] = (cu, cp, ru, rp)
     return out
 
@@ -314,7 +314,7 @@ def run(name, args):
         print(
             f"SFT step on the median batch of {args.sft_step_batch}: unpacked "
             f"{bu['input_ids'].shape} {su:.3f} s ({fu:.1f} GFLOP) -> packed "
-            f"{bp['packed_ids'].shape} {sp:.3f} s ({fp:.1f} GFLOP): {su / sp:.2f}x"
+            f"{bp[packing.KEY].ids.shape} {sp:.3f} s ({fp:.1f} GFLOP): {su / sp:.2f}x"
         )
     if args.ppo:
         ro = rollout_batches(metas[args.ppo_r], args.ppo_q, args.ppo_r, args.ppo_tn, spec.pad_id)
@@ -359,8 +359,9 @@ def run(name, args):
     print(
         f"\nmodel: {llama.count_params(model) / 1e6:.1f}M params ({args.layers} layers, width "
         f"{args.hidden}); step on the median batch: pairs {pref['unpacked']['chosen_ids'].shape}"
-        f" -> packed {pref['packed']['packed_ids'].shape}, meta {meta['unpacked']['input_ids'].shape}"
-        f" -> packed {meta['packed']['packed_ids'].shape}; median of {args.reps} steps"
+        f" -> packed {pref['packed'][packing.KEY].ids.shape}, "
+        f"meta {meta['unpacked']['input_ids'].shape}"
+        f" -> packed {meta['packed'][packing.KEY].ids.shape}; median of {args.reps} steps"
     )
     print(
         "| step | unpacked s | packed s | speed-up | GFLOP unpacked | GFLOP packed | torch s "
@@ -472,7 +473,7 @@ def sft_counts(pf, spec, size, row_multiple=1):
         seqs = [f["chosen"] for f in pf[i : i + size]]
         un += size * spec.bucket(max(len(x) for x in seqs))
         ex = [(x, np.ones_like(x)) for x in seqs]
-        pk += packing.pack_examples(ex, spec.buckets, spec.pad_id, row_multiple)["packed_ids"].size
+        pk += packing.pack_examples(ex, spec.buckets, spec.pad_id, row_multiple).ids.size
         real += sum(len(x) for x in seqs)
     return un, pk, real
 

@@ -136,7 +136,7 @@ def _decode(tokenizer, tokens: np.ndarray, mask: np.ndarray, stops: set[int]) ->
     return text.replace("\ufffd", ""), "\ufffd" in text
 
 
-def _sample_chunk(model, tokenizer, spec, prompts, key, batch_size, gen_kw, stops):
+def _sample_chunk(model, tokenizer, spec, prompts, key, batch_size, settings, gen_kw, stops):
     """Responses [len(prompts)][k] for one chunk; batches padded to batch_size (one compile)."""
     feats = D.tokenize_prompts(prompts, tokenizer, spec)
     collate = CollatePrompts(spec)  # left-padded
@@ -149,7 +149,7 @@ def _sample_chunk(model, tokenizer, spec, prompts, key, batch_size, gen_kw, stop
         batch = collate(rows)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         res = sampling.generate(
-            model, ids, mask, jax.random.fold_in(key, j // batch_size), **gen_kw
+            model, ids, mask, jax.random.fold_in(key, j // batch_size), settings, **gen_kw
         )
         toks, msk = sharding.to_host((res.tokens, res.mask))
         for i in range(n_real):
@@ -177,28 +177,30 @@ def run(ctx) -> dict[str, Any]:
     spec = TokenSpec.from_config(config.data, tokenizer)
     prompts, source = _prompts(config, tokenizer)
 
-    gen_kw = sampling.sampling_kwargs(sc)
-    gen_kw.update(
+    settings = sampling.settings(sc)
+    gen_kw = dict(
         num_samples=int(bm.k),
         eos_id=int(tokenizer.eos_token_id),
         pad_id=int(tokenizer.pad_token_id),
         mesh=mesh,
     )
-    stops = {int(tokenizer.eos_token_id), *gen_kw["stop_token_ids"]}
+    stops = {int(tokenizer.eos_token_id), *settings.stop_token_ids}
     seed = int(sc.seed)
     info = SamplingInfo(
-        temperature=float(sc.temperature),
-        top_p=float(sc.top_p),
+        temperature=settings.temperature,
+        top_p=settings.top_p,
         policy_step=policy_step,
         seed=seed,
         round=int(bm.round),
-        repetition_penalty=float(sc.repetition_penalty),
-        max_new_tokens=int(sc.max_new_tokens),
+        repetition_penalty=settings.repetition_penalty,
+        max_new_tokens=settings.max_new_tokens,
         policy=policy_name,
     )
     digest = hashlib.sha256("\x00".join(p.prompt for p in prompts).encode()).hexdigest()
     fp = _fingerprint(
-        sampling={k: v for k, v in gen_kw.items() if k != "mesh"},
+        sampling=dict(
+            dataclasses.asdict(settings), **{k: v for k, v in gen_kw.items() if k != "mesh"}
+        ),
         seed=seed,
         info=dataclasses.asdict(info),
         chunk_size=bm.chunk_size,
@@ -250,7 +252,15 @@ def run(ctx) -> dict[str, Any]:
             continue
         part = prompts[c * bm.chunk_size : (c + 1) * bm.chunk_size]
         responses, bad = _sample_chunk(
-            model, tokenizer, spec, part, jax.random.fold_in(base, c), bm.batch_size, gen_kw, stops
+            model,
+            tokenizer,
+            spec,
+            part,
+            jax.random.fold_in(base, c),
+            bm.batch_size,
+            settings,
+            gen_kw,
+            stops,
         )
         bad_utf8 += bad
         if lead:

@@ -1,9 +1,8 @@
 """The one sampler: KV-cache generation shared by PPO roll-outs and meta-dataset building.
 
     from metarm_jax import sampling
-    out = sampling.generate(model, prompt_ids, prompt_mask, rng, max_new_tokens=64,
-                            temperature=0.8, top_p=0.9, top_k=0, repetition_penalty=1.1,
-                            num_samples=5)
+    settings = sampling.settings(config.sampling)     # or sampling.settings(max_new_tokens=64)
+    out = sampling.generate(model, prompt_ids, prompt_mask, rng, settings, num_samples=5)
     out.tokens          # [B*num_samples, T_new] int32; rows i*n:(i+1)*n are prompt i's samples
     out.mask            # [B*num_samples, T_new] int32; 1 for generated tokens (stop token incl.)
     out.logprobs        # [B*num_samples, T_new] log p under the distribution sampled from
@@ -23,6 +22,11 @@ prompt token and every generated token: a positive logit is divided by the penal
 one multiplied), min-new-tokens (stop tokens get -inf), then temperature, top-k, top-p.
 ``temperature == 0`` is greedy (argmax after the repetition penalty; no top-k/top-p).
 
+Settings. ``SamplingSettings`` (frozen; temperature, top-p, top-k, repetition penalty, new-token
+bounds, extra stop tokens, prompt bucket) is built by ``settings()`` from a ``config.sampling``
+block, or from ``defaults.sampling()`` with some values changed: every default lives there only.
+It checks its values when built.
+
 Log-probabilities. ``logprobs`` are those of the processed distribution actually sampled from
 (after penalty, temperature, top-k and top-p; for greedy, the penalised logits at temperature 1);
 use them for importance weights of *this* sampler. ``model_logprobs`` are ``log_softmax`` of the
@@ -40,7 +44,7 @@ a row do not depend on the batch padding, the mesh, or the other rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
 from typing import Any
 
 import jax
@@ -50,6 +54,7 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
+from metarm_jax import defaults
 from metarm_jax import sharding as shd
 from metarm_jax.errors import UserError
 from metarm_jax.models import llama
@@ -57,6 +62,67 @@ from metarm_jax.models import llama
 
 class SamplingError(UserError):
     """Bad sampling arguments or prompts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """How ``generate`` samples: the keys of ``config.sampling`` but its seed (docs/sampling.md).
+    Build it with ``settings()``; the values are checked (and typed) here."""
+
+    temperature: float  # 0 = greedy
+    top_p: float  # 1.0 = off
+    top_k: int  # 0 = off
+    repetition_penalty: float  # 1.0 = off; HF semantics
+    max_new_tokens: int
+    min_new_tokens: int  # stop tokens are masked out before this many new tokens
+    stop_token_ids: tuple[int, ...]  # extra stop tokens besides the eos
+    prompt_bucket_min: int  # prompt lengths are padded to max(this, next power of two)
+
+    def __post_init__(self):
+        typed = dict(
+            temperature=float(self.temperature),
+            top_p=float(self.top_p),
+            top_k=int(self.top_k),
+            repetition_penalty=float(self.repetition_penalty),
+            max_new_tokens=int(self.max_new_tokens),
+            min_new_tokens=int(self.min_new_tokens),
+            stop_token_ids=tuple(int(t) for t in self.stop_token_ids),
+            prompt_bucket_min=int(self.prompt_bucket_min),
+        )
+        for name, value in typed.items():
+            object.__setattr__(self, name, value)
+        if self.max_new_tokens < 1:
+            raise SamplingError(f"sampling.max_new_tokens={self.max_new_tokens}; it must be >= 1.")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise SamplingError(
+                f"sampling.min_new_tokens={self.min_new_tokens} must be in [0, "
+                f"max_new_tokens={self.max_new_tokens}]."
+            )
+        t, p, k, rp = self.temperature, self.top_p, self.top_k, self.repetition_penalty
+        if t < 0 or not 0 < p <= 1 or k < 0 or rp <= 0:
+            raise SamplingError(
+                f"sampling settings temperature={t}, top_p={p}, top_k={k}, "
+                f"repetition_penalty={rp}: need temperature >= 0, 0 < top_p <= 1, "
+                "top_k >= 0 (0 = off), repetition_penalty > 0 (1 = off)."
+            )
+
+
+def settings(config: ml_collections.ConfigDict | None = None, **changes: Any) -> SamplingSettings:
+    """The sampler's settings from a ``config.sampling`` block (None: ``defaults.sampling()``,
+    where every default lives), with ``changes`` on top, e.g. ``settings(max_new_tokens=64)``.
+    The block's other keys (``seed``) are not settings."""
+    block = defaults.sampling() if config is None else config
+    names = [f.name for f in dataclasses.fields(SamplingSettings)]
+    unknown = sorted(set(changes) - set(names))
+    if unknown:
+        raise SamplingError(f"sampling.settings: unknown setting(s) {unknown}; they are {names}.")
+    missing = [n for n in names if n not in block and n not in changes]
+    if missing:
+        raise SamplingError(
+            f"config.sampling has no {missing}; a sampling block needs every key of "
+            "defaults.sampling()."
+        )
+    return SamplingSettings(**{n: changes[n] if n in changes else block[n] for n in names})
 
 
 @struct.dataclass
@@ -351,18 +417,11 @@ def generate(
     prompt_ids,
     prompt_mask,
     rng,
+    settings: SamplingSettings,
     *,
-    max_new_tokens: int = 128,
-    min_new_tokens: int = 0,
-    temperature: float = 0.8,
-    top_p: float = 0.9,
-    top_k: int = 0,
-    repetition_penalty: float = 1.1,
     num_samples: int = 1,
     eos_id: int | None = None,
-    stop_token_ids: Sequence[int] = (),
     pad_id: int | None = None,
-    prompt_bucket_min: int = 16,
     mesh: Mesh | None = None,
     return_logits: bool = False,
 ) -> SampleOutput:
@@ -374,9 +433,13 @@ def generate(
     prompt_ids, prompt_mask: [B, T] host arrays, the whole batch on every process (any padding
       side; re-packed to the left on the host). Outputs are global arrays sharded by batch.
     rng: a jax key or an int seed.
-    eos_id: defaults to the model's ``eos_token_id``; ``stop_token_ids`` add more stop tokens.
+    settings: ``SamplingSettings`` (``settings(config.sampling)``).
+    num_samples: samples per prompt (``build_meta.k``, ``ppo.rollouts_per_query``).
+    eos_id: defaults to the model's ``eos_token_id``; ``settings.stop_token_ids`` add more stop
+      tokens.
     pad_id: fills ``tokens`` after a row stops; defaults to the model's ``pad_token_id`` (or 0).
     mesh: defaults to the mesh the params are sharded on (none: one device).
+    return_logits: also return the raw model logits of every step (``SampleOutput.logits``).
     """
     graphdef, state = _split_model(model)
     module = model if isinstance(model, nnx.Module) else nnx.merge(graphdef, state)
@@ -385,20 +448,13 @@ def generate(
         raise SamplingError(f"generate() needs a model with the 'lm' head, got {module.head!r}.")
     eos_id = cfg.eos_token_id if eos_id is None else eos_id
     pad_id = (cfg.pad_token_id if cfg.pad_token_id is not None else 0) if pad_id is None else pad_id
-    if max_new_tokens < 1:
-        raise SamplingError(f"max_new_tokens={max_new_tokens}; it must be >= 1.")
-    if not 0 <= min_new_tokens <= max_new_tokens:
+    if not isinstance(settings, SamplingSettings):
         raise SamplingError(
-            f"min_new_tokens={min_new_tokens} must be in [0, max_new_tokens={max_new_tokens}]."
+            f"generate(settings=...): expected a SamplingSettings (sampling.settings(...)), got "
+            f"{type(settings).__name__}."
         )
     if num_samples < 1:
         raise SamplingError(f"num_samples={num_samples}; it must be >= 1.")
-    if temperature < 0 or not 0 < top_p <= 1 or top_k < 0 or repetition_penalty <= 0:
-        raise SamplingError(
-            f"sampling settings temperature={temperature}, top_p={top_p}, top_k={top_k}, "
-            f"repetition_penalty={repetition_penalty}: need temperature >= 0, 0 < top_p <= 1, "
-            "top_k >= 0 (0 = off), repetition_penalty > 0 (1 = off)."
-        )
 
     ids = np.asarray(jax.device_get(prompt_ids)).astype(np.int32)
     mask = np.asarray(jax.device_get(prompt_mask)).astype(np.int32)
@@ -413,7 +469,7 @@ def generate(
             "0); every prompt needs at least one token (e.g. BOS)."
         )
     b = ids.shape[0]
-    width = bucket_length(int(lengths.max()), prompt_bucket_min)
+    width = bucket_length(int(lengths.max()), settings.prompt_bucket_min)
     ids, mask = left_pack(ids, mask, width, pad_id)
 
     mesh = mesh if mesh is not None else _mesh_of(state)
@@ -425,26 +481,22 @@ def generate(
         ids = np.concatenate([ids, np.repeat(ids[:1], b_pad - b, 0)])
         mask = np.concatenate([mask, np.repeat(mask[:1], b_pad - b, 0)])
 
-    greedy = temperature == 0
+    greedy = settings.temperature == 0
     knobs = {
-        "temperature": jnp.float32(1.0 if greedy else temperature),
-        "top_p": jnp.float32(1.0 if greedy else top_p),
-        "top_k": jnp.int32(0 if greedy else top_k),
-        "repetition_penalty": jnp.float32(repetition_penalty),
-        "min_new_tokens": jnp.int32(min_new_tokens),
+        "temperature": jnp.float32(1.0 if greedy else settings.temperature),
+        "top_p": jnp.float32(1.0 if greedy else settings.top_p),
+        "top_k": jnp.int32(0 if greedy else settings.top_k),
+        "repetition_penalty": jnp.float32(settings.repetition_penalty),
+        "min_new_tokens": jnp.int32(settings.min_new_tokens),
         "pad_id": jnp.int32(pad_id),
         "greedy": jnp.int32(greedy),
     }
-    stops = (
-        sorted({int(eos_id)} | {int(s) for s in stop_token_ids})
-        if eos_id is not None
-        else sorted({int(s) for s in stop_token_ids})
-    )
+    stops = sorted(set(settings.stop_token_ids) | ({int(eos_id)} if eos_id is not None else set()))
     stop_ids = jnp.asarray(stops or [-1], jnp.int32)
     if isinstance(rng, (int, np.integer)):
         rng = jax.random.key(int(rng))
 
-    fn = _jitted(graphdef, state, mesh, num_samples, max_new_tokens, return_logits)
+    fn = _jitted(graphdef, state, mesh, num_samples, settings.max_new_tokens, return_logits)
     if mesh is None:
         outs = fn(state, ids, mask, rng, knobs, stop_ids)
     else:
@@ -458,18 +510,3 @@ def generate(
     if b_pad != b:
         outs = tuple(o[: b * num_samples] for o in outs)
     return SampleOutput(*outs[:4], logits=outs[4] if return_logits else None)
-
-
-def sampling_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """``generate`` keyword arguments from a ``config.sampling`` ConfigDict (seed excluded; the
-    caller sets ``num_samples``: ``build_meta.k`` or ``ppo.rollouts_per_query``)."""
-    return dict(
-        max_new_tokens=int(config.max_new_tokens),
-        min_new_tokens=int(config.min_new_tokens),
-        temperature=float(config.temperature),
-        top_p=float(config.top_p),
-        top_k=int(config.top_k),
-        repetition_penalty=float(config.repetition_penalty),
-        stop_token_ids=tuple(int(s) for s in config.stop_token_ids),
-        prompt_bucket_min=int(config.prompt_bucket_min),
-    )

@@ -140,19 +140,17 @@ def global_batch(mesh: Mesh, batch: Any) -> Any:
     """Host batch (this process's rows) -> global jax.Arrays split over the data axes: the one
     path every stage's batches take onto the mesh.
 
-    On several processes each host buckets its own rows, so their sequence lengths may differ:
-    every host's host-numpy leaf of rank >= 2 is padded at the end of its last axis to the
-    longest one of any host (one small all-gather of the lengths; pad 0, which the attention
-    masks mark as padding: positions come from the masks, so the padding side does not matter).
-    A leaf that is already a jax.Array (a StateSource's device batch) is a global array: it is
-    only placed on the batch sharding (a no-op when it is there already).
-
-    A packed SFT batch (a dict with ``packed_loss_mask``) holds as many rows as its examples
-    needed, so hosts may differ in rows too: each host's is padded with empty rows (segment 0,
-    loss mask 0: no token) to the most of any host."""
+    On several processes each host buckets its own rows, so their shapes may differ along some
+    axes: every host-numpy leaf is padded at the end of each such axis, with zeros, to the
+    longest of any host (one small all-gather of the sizes). Which axes may grow the batch
+    declares: a node of the batch with a ``pad_axes()`` method (``core.packed.Packing``) gives
+    them for each of its leaves; any other leaf of rank >= 2 pads its last axis (the sequence
+    length: its attention mask marks the zeros as padding, and positions come from the masks,
+    so the padding side does not matter). A leaf that is already a jax.Array (a StateSource's
+    device batch) is a global array: it is only placed on the batch sharding (a no-op when it is
+    there already)."""
     if jax.process_count() > 1:
-        batch = _same_rows_on_all_hosts(batch)
-        batch = _same_length_on_all_hosts(batch)
+        batch = _pad_to_most_of_any_host(batch)
 
     def one(x):
         sh = batch_sharding(mesh, np.ndim(x))
@@ -176,36 +174,35 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(one, tree)
 
 
-def _same_rows_on_all_hosts(batch: Any) -> Any:
-    from jax.experimental import multihost_utils
-
-    if not isinstance(batch, dict):
-        return batch
-    if "packed_loss_mask" not in batch:
-        return {k: _same_rows_on_all_hosts(v) for k, v in batch.items()}
-    rows = np.shape(batch["packed_loss_mask"])[0]
-    most = int(np.max(multihost_utils.process_allgather(np.asarray([rows], np.int32))))
-    if most == rows:
-        return batch
-    return {
-        k: np.pad(np.asarray(v), [(0, most - rows)] + [(0, 0)] * (np.ndim(v) - 1))
-        for k, v in batch.items()
-    }
+def pad_axes(batch: Any) -> list[tuple[int, ...]]:
+    """For each leaf of ``batch`` (``jax.tree.leaves`` order), the axes a host may pad with zeros
+    (``global_batch``): as its node's ``pad_axes()`` declares, else the last axis of rank >= 2."""
+    declares = lambda x: callable(getattr(x, "pad_axes", None))
+    out: list[tuple[int, ...]] = []
+    for node in jax.tree.leaves(batch, is_leaf=declares):
+        if declares(node):
+            out += node.pad_axes()
+        else:
+            out.append((np.ndim(node) - 1,) if np.ndim(node) >= 2 else ())
+    return out
 
 
-def _same_length_on_all_hosts(batch: Any) -> Any:
+def _pad_to_most_of_any_host(batch: Any) -> Any:
     from jax.experimental import multihost_utils
 
     leaves, treedef = jax.tree.flatten(batch)
-    host = [i for i, x in enumerate(leaves) if not isinstance(x, jax.Array) and np.ndim(x) >= 2]
-    if not host:
+    axes = pad_axes(batch)
+    slots = [(i, a) for i, x in enumerate(leaves) if not isinstance(x, jax.Array) for a in axes[i]]
+    if not slots:
         return batch
-    mine = np.asarray([np.shape(leaves[i])[-1] for i in host], np.int32)
-    longest = np.max(multihost_utils.process_allgather(mine), axis=0)
-    for i, t in zip(host, longest):
+    mine = np.asarray([np.shape(leaves[i])[a] for i, a in slots], np.int32)
+    most = np.max(multihost_utils.process_allgather(mine), axis=0)
+    for (i, a), n in zip(slots, most):
         x = np.asarray(leaves[i])
-        if x.shape[-1] < t:
-            leaves[i] = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, int(t) - x.shape[-1])])
+        if x.shape[a] < n:
+            width = [(0, 0)] * x.ndim
+            width[a] = (0, int(n) - x.shape[a])
+            leaves[i] = np.pad(x, width)
     return jax.tree.unflatten(treedef, leaves)
 
 

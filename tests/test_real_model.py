@@ -169,9 +169,7 @@ def test_greedy_decoding_matches_transformers_generate(our_lm, hf_lm, tok, promp
         ids,
         mask,
         0,
-        max_new_tokens=NEW_TOKENS,
-        temperature=0.0,
-        repetition_penalty=1.1,
+        sampling.settings(max_new_tokens=NEW_TOKENS, temperature=0.0, repetition_penalty=1.1),
         eos_id=eos,
         pad_id=pad,
     )

@@ -1,6 +1,7 @@
 """The sampler against HF transformers generate, a full forward pass, a NumPy reference of the
 logits filters, a chi-square test of the sampled frequencies, and 8 simulated devices."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -73,9 +74,7 @@ def test_greedy_matches_hf(tiny, hf_model, penalty):
         ids,
         mask,
         0,
-        max_new_tokens=MAX_NEW,
-        temperature=0.0,
-        repetition_penalty=penalty,
+        sampling.settings(max_new_tokens=MAX_NEW, temperature=0.0, repetition_penalty=penalty),
         eos_id=None,
     )
     ref = hf_greedy(hf_model, ids, mask, repetition_penalty=penalty, eos_token_id=None)
@@ -92,9 +91,7 @@ def test_greedy_eos_stopping_matches_hf(tiny, hf_model):
             ids,
             mask,
             0,
-            max_new_tokens=MAX_NEW,
-            temperature=0.0,
-            repetition_penalty=1.1,
+            sampling.settings(max_new_tokens=MAX_NEW, temperature=0.0, repetition_penalty=1.1),
             eos_id=None,
         ).tokens
     )
@@ -106,9 +103,7 @@ def test_greedy_eos_stopping_matches_hf(tiny, hf_model):
         ids,
         mask,
         0,
-        max_new_tokens=MAX_NEW,
-        temperature=0.0,
-        repetition_penalty=1.1,
+        sampling.settings(max_new_tokens=MAX_NEW, temperature=0.0, repetition_penalty=1.1),
         eos_id=eos,
     )
     ref = hf_greedy(hf_model, ids, mask, repetition_penalty=1.1, eos_token_id=eos)
@@ -126,10 +121,9 @@ def test_greedy_eos_stopping_matches_hf(tiny, hf_model):
         ids,
         mask,
         0,
-        max_new_tokens=MAX_NEW,
-        min_new_tokens=5,
-        temperature=0.0,
-        repetition_penalty=1.1,
+        sampling.settings(
+            max_new_tokens=MAX_NEW, min_new_tokens=5, temperature=0.0, repetition_penalty=1.1
+        ),
         eos_id=eos,
     )
     ref = hf_greedy(hf_model, ids, mask, repetition_penalty=1.1, eos_token_id=eos, min_new_tokens=5)
@@ -142,11 +136,10 @@ def test_greedy_eos_stopping_matches_hf(tiny, hf_model):
         ids,
         mask,
         0,
-        max_new_tokens=MAX_NEW,
-        temperature=0.0,
-        repetition_penalty=1.1,
+        sampling.settings(
+            max_new_tokens=MAX_NEW, temperature=0.0, repetition_penalty=1.1, stop_token_ids=[eos]
+        ),
         eos_id=None,
-        stop_token_ids=[eos],
     )
     np.testing.assert_array_equal(np.asarray(out.tokens), tokens)
 
@@ -159,8 +152,10 @@ def test_right_padded_prompts_are_repacked(tiny):
     for i, n in enumerate(LENGTHS):
         right_ids[i, :n] = ids[i, ids.shape[1] - n :]
         right_mask[i, :n] = 1
-    a = sampling.generate(model, ids, mask, 3, max_new_tokens=MAX_NEW)
-    b = sampling.generate(model, right_ids, right_mask, 3, max_new_tokens=MAX_NEW)
+    a = sampling.generate(model, ids, mask, 3, sampling.settings(max_new_tokens=MAX_NEW))
+    b = sampling.generate(
+        model, right_ids, right_mask, 3, sampling.settings(max_new_tokens=MAX_NEW)
+    )
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
 
 
@@ -175,13 +170,15 @@ def test_cache_decoding_matches_full_forward(tiny):
         ids,
         mask,
         1,
-        max_new_tokens=MAX_NEW,
-        temperature=0.8,
-        top_p=0.9,
-        repetition_penalty=1.1,
+        sampling.settings(
+            max_new_tokens=MAX_NEW,
+            temperature=0.8,
+            top_p=0.9,
+            repetition_penalty=1.1,
+            prompt_bucket_min=4,
+        ),
         num_samples=2,
         return_logits=True,
-        prompt_bucket_min=4,
     )
     tokens, logits = np.asarray(out.tokens), np.asarray(out.logits)
     full_ids = np.concatenate([np.repeat(ids, 2, 0), tokens], 1)
@@ -316,12 +313,12 @@ def test_sampled_frequencies_follow_filtered_distribution():
 def test_seeds_and_num_samples(tiny):
     cfg, model, _ = tiny
     ids, mask = left_padded(cfg.vocab_size)
-    kw = dict(
-        max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.95, repetition_penalty=1.1, num_samples=3
+    settings = sampling.settings(
+        max_new_tokens=MAX_NEW, temperature=1.0, top_p=0.95, repetition_penalty=1.1
     )
-    a = sampling.generate(model, ids, mask, jax.random.key(5), **kw)
-    b = sampling.generate(model, ids, mask, jax.random.key(5), **kw)
-    c = sampling.generate(model, ids, mask, jax.random.key(6), **kw)
+    a = sampling.generate(model, ids, mask, jax.random.key(5), settings, num_samples=3)
+    b = sampling.generate(model, ids, mask, jax.random.key(5), settings, num_samples=3)
+    c = sampling.generate(model, ids, mask, jax.random.key(6), settings, num_samples=3)
     ta, tb, tc = (np.asarray(o.tokens) for o in (a, b, c))
     assert ta.shape == (len(LENGTHS) * 3, MAX_NEW)
     np.testing.assert_array_equal(ta, tb)
@@ -343,12 +340,43 @@ def test_bucketing_and_errors(tiny):
     ids, mask = left_padded(cfg.vocab_size)
     mask[2] = 0
     with pytest.raises(sampling.SamplingError, match="row 2"):
-        sampling.generate(model, ids, mask, 0, max_new_tokens=4)
+        sampling.generate(model, ids, mask, 0, sampling.settings(max_new_tokens=4))
+    with pytest.raises(sampling.SamplingError, match="expected a SamplingSettings"):
+        sampling.generate(model, ids, np.ones_like(ids), 0, {"top_p": 0.9})
     with pytest.raises(sampling.SamplingError, match="top_p"):
-        sampling.generate(model, ids, np.ones_like(ids), 0, top_p=0.0)
-    cfgd = defaults.sampling()
-    assert (cfgd.temperature, cfgd.top_p, cfgd.top_k, cfgd.repetition_penalty) == (0.8, 0.9, 0, 1.1)
-    assert "num_samples" not in sampling.sampling_kwargs(cfgd)  # the caller sets it
+        sampling.settings(top_p=0.0)
+    with pytest.raises(sampling.SamplingError, match="min_new_tokens=9 must be in"):
+        sampling.settings(max_new_tokens=4, min_new_tokens=9)
+    with pytest.raises(sampling.SamplingError, match="max_new_tokens=0"):
+        sampling.settings(max_new_tokens=0)
+    with pytest.raises(sampling.SamplingError, match=r"unknown setting\(s\) \['num_samples'\]"):
+        sampling.settings(num_samples=2)  # the caller sets it: generate(num_samples=...)
+
+
+def test_settings_come_from_the_sampling_block_and_defaults_py(monkeypatch):
+    """Every sampling default lives in defaults.py: the settings are the block's keys but its
+    seed, and a direct call without a config gets what defaults.sampling() says."""
+    block = defaults.sampling()
+    assert (block.temperature, block.top_p, block.top_k, block.repetition_penalty) == (
+        0.8,
+        0.9,
+        0,
+        1.1,
+    )
+    got = dataclasses.asdict(sampling.settings(block))
+    assert set(got) == set(block) - {"seed"}
+    assert got == {
+        k: tuple(v) if k == "stop_token_ids" else v for k, v in block.items() if k in got
+    }
+    block.top_k, block.stop_token_ids = 7, [5, 6]
+    changed = sampling.settings(block, temperature=0)
+    assert (changed.top_k, changed.stop_token_ids, changed.temperature) == (7, (5, 6), 0.0)
+    assert isinstance(changed.temperature, float)
+    monkeypatch.setattr(defaults, "sampling", lambda: block)
+    assert sampling.settings().top_k == 7
+    del block.top_k
+    with pytest.raises(sampling.SamplingError, match=r"config.sampling has no \['top_k'\]"):
+        sampling.settings(block)
 
 
 # ------------------------------------------------------------------ 8 simulated devices
@@ -361,11 +389,13 @@ assert len(jax.devices()) == 8, jax.devices()
 cfg = llama.preset("tiny")
 rs = np.random.RandomState(0)
 ids = rs.randint(3, 256, (3, 9)); mask = np.ones_like(ids); mask[0, :4] = 0; mask[2, :6] = 0
-kw = dict(max_new_tokens=10, repetition_penalty=1.1, num_samples=2)
+kw = dict(max_new_tokens=10, repetition_penalty=1.1)
+greedy = sampling.settings(temperature=0.0, **kw)
+top_p = sampling.settings(temperature=0.8, top_p=0.9, **kw)
 def run(mesh):
     model = llama.create(cfg, "lm", seed=0, mesh=mesh)
-    g = sampling.generate(model, ids, mask, 0, temperature=0.0, **kw)
-    s = sampling.generate(model, ids, mask, 4, temperature=0.8, top_p=0.9, **kw)
+    g = sampling.generate(model, ids, mask, 0, greedy, num_samples=2)
+    s = sampling.generate(model, ids, mask, 4, top_p, num_samples=2)
     if mesh is not None:  # the params stay where the sharding table put them
         assert model.layers.q[...].sharding.mesh.shape == mesh.shape
         assert g.tokens.sharding.mesh.shape == mesh.shape

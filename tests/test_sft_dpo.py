@@ -184,9 +184,10 @@ def test_packed_sft_batches_hold_the_same_examples_and_loss(world):
     computed = [0, 0]
     for i, (b, p) in enumerate(zip(plain, packed)):
         rows = [tuple(x[m > 0]) for x, m in zip(b["input_ids"], b["attention_mask"])]
-        seg = p["packed_segment_ids"]
+        assert list(p) == ["packed"]
+        seg = p["packed"].segment_ids
         got = [
-            tuple(p["packed_ids"][r][seg[r] == s])
+            tuple(p["packed"].ids[r][seg[r] == s])
             for r in range(len(seg))
             for s in range(1, seg[r].max() + 1)
         ]

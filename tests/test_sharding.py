@@ -138,3 +138,70 @@ def test_mesh_shapes_resolve_and_fail_clearly():
 def test_constrain_is_a_no_op_without_a_mesh():
     x = jnp.ones((4, 3))
     assert sharding.constrain(x, ("batch", None)) is x
+
+
+def test_hosts_pad_the_axes_their_batch_declares(monkeypatch):
+    """global_batch on two hosts: each pads, with zeros, the axes its batch declares (a Packing:
+    its row length, and its rows when ``pad_rows``; any other leaf of rank >= 2: its last axis)
+    to the longest of either host, and nothing else. The padded packed SFT batch gives the same
+    loss and gradient (empty rows hold no token)."""
+    from jax.experimental import multihost_utils
+
+    from metarm_jax.core.packed import Packing
+    from metarm_jax.data import packing
+    from metarm_jax.train import sft
+
+    rng = np.random.default_rng(0)
+    ex = lambda n: (rng.integers(3, 64, n).astype(np.int32), np.ones(n, np.int32))
+
+    def host(sft_lengths, pair_length):
+        pairs = packing.pack_pairs(
+            {
+                "chosen_ids": rng.integers(3, 64, (2, pair_length)).astype(np.int32),
+                "chosen_mask": np.ones((2, pair_length), np.int32),
+                "rejected_ids": rng.integers(3, 64, (2, pair_length)).astype(np.int32),
+                "rejected_mask": np.ones((2, pair_length), np.int32),
+                "margin": np.zeros(2, np.float32),
+            },
+            (8, 16),
+            0,
+        )
+        rows = packing.pack_examples([ex(n) for n in sft_lengths], (8, 16), 0)
+        return {"sft": {packing.KEY: rows}, "pref": pairs, "ids": np.zeros((2, pair_length))}
+
+    a, b = host([1] * 8, 3), host([12, 11, 10, 9, 7, 5, 4, 2], 6)
+    assert a["sft"]["packed"].ids.shape == (1, 8) and b["sft"]["packed"].ids.shape == (4, 16)
+    assert sharding.pad_axes(a["sft"]) == [(0, 1)] * 4  # ids, segments, positions, loss mask
+    # pairs: ids, segments, positions, branches, prev by length; read_at [n, 2] not at all
+    assert sharding.pad_axes(a["pref"]) == [(), (1,), (1,), (1,), (1,), (), (1,)]
+    assert sharding.pad_axes(a["ids"]) == [(1,)]
+
+    def sizes(batch):
+        leaves = jax.tree.leaves(batch)
+        return [np.shape(x)[i] for x, ax in zip(leaves, sharding.pad_axes(batch)) for i in ax]
+
+    both = np.stack([sizes(a), sizes(b)]).astype(np.int32)
+    monkeypatch.setattr(multihost_utils, "process_allgather", lambda mine: both)
+    pa, pb = sharding._pad_to_most_of_any_host(a), sharding._pad_to_most_of_any_host(b)
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
+        assert x.shape == y.shape
+    rows = pa["sft"]["packed"]
+    assert isinstance(rows, Packing) and rows.pad_rows and rows.ids.shape == (4, 16)
+    assert pa["pref"]["packed"].read_at.shape == (2, 2) and pa["ids"].shape == (2, 6)
+    assert pa["pref"]["margin"].shape == (2,)
+    for name in ("ids", "segment_ids", "positions", "loss_mask"):
+        x = getattr(rows, name)
+        np.testing.assert_array_equal(x[:1, :8], getattr(a["sft"]["packed"], name))
+        assert not x[1:].any() and not x[:, 8:].any(), name
+
+    model = llama.create(llama.preset("tiny", vocab_size=64), "lm", seed=0)
+    graphdef, params = nnx.split(model, nnx.Param)
+    apply = lambda p, ids, mask, packing=None: nnx.merge(graphdef, p)(ids, mask, packing)
+    grown = {"packed": jax.tree.map(lambda x: np.pad(x, [(0, 8), (0, 0)]), b["sft"]["packed"])}
+    f = jax.jit(jax.value_and_grad(lambda p, x: sft.sft_loss_on_batch(apply, p, x), has_aux=True))
+    (loss, m), g = f(params, jax.tree.map(jnp.asarray, b["sft"]))
+    (loss2, m2), g2 = f(params, jax.tree.map(jnp.asarray, grown))
+    assert float(m2["sft/num_tokens"]) == float(m["sft/num_tokens"]) > 0
+    np.testing.assert_allclose(float(loss2), float(loss), rtol=1e-6)
+    for x, y in zip(jax.tree.leaves(g2), jax.tree.leaves(g)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)

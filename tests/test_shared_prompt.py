@@ -84,7 +84,7 @@ def _meta(side, seed=1, k=4):
 
 
 def _jnp(b):
-    return {k: jnp.asarray(v) for k, v in b.items()}
+    return jax.tree.map(jnp.asarray, b)
 
 
 def test_common_prefix_keeps_one_token_per_sequence():
@@ -109,11 +109,12 @@ def test_packed_rows_compute_fewer_tokens_and_read_each_response():
             n += 1
         shared += n
     assert shared >= 7 + 2 + 11 + 1 + 2  # the prompts and row 2's two shared reply tokens
-    assert packing.packed_tokens(p) == unpacked - shared
+    assert sorted(p) == [packing.KEY]  # the ids and masks are replaced by the packed rows
+    rows = p[packing.KEY]
+    assert packing.packed_tokens(rows) == unpacked - shared
     # The token read for a reward is each sequence's last real token (EOS here).
-    ids, at = p["packed_ids"], p["packed_read_at"]
-    assert (np.take_along_axis(ids, at, 1) == 2).all()
-    assert p["packed_ids"].shape[1] in packing.packed_buckets(BUCKETS, 2)
+    assert (np.take_along_axis(rows.ids, rows.read_at, 1) == 2).all()
+    assert rows.ids.shape[1] in packing.packed_buckets(BUCKETS, 2)
 
 
 def test_pair_rewards_and_gradients_equal_unpacked(rm, side="left"):
@@ -139,7 +140,7 @@ def test_meta_rewards_and_J_equal_unpacked_with_masked_samples(rm, side="right")
     apply, params = rm
     b = _meta(side)
     pb = packing.pack_meta(b, BUCKETS, PAD)
-    assert pb["packed_read_at"].shape == (3, 4)
+    assert pb[packing.KEY].read_at.shape == (3, 4)
     f = jax.jit(
         lambda p, batch: (
             metarm.meta_rewards(apply, p, batch),
@@ -158,9 +159,9 @@ def test_meta_rewards_and_J_equal_unpacked_with_masked_samples(rm, side="right")
 def test_packing_does_not_depend_on_the_padding_side():
     for pack, make in ((packing.pack_pairs, _pairs), (packing.pack_meta, _meta)):
         left, right = pack(make("left"), BUCKETS, PAD), pack(make("right"), BUCKETS, PAD)
-        assert left.keys() == right.keys()
-        for key in left:
-            np.testing.assert_array_equal(left[key], right[key], err_msg=key)
+        assert jax.tree.structure(left) == jax.tree.structure(right)
+        for (path, a), b in zip(jax.tree.leaves_with_path(left), jax.tree.leaves(right)):
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("order", ["first", "second"])
@@ -223,22 +224,22 @@ def _sft_examples(seed=8):
 def test_pack_examples_places_every_example_whole():
     ex = _sft_examples() + [(np.zeros(0, np.int32), np.zeros(0, np.int32))]  # a padding row
     p = packing.pack_examples(ex, (24, 32, 48), PAD, row_multiple=2)
-    rows, length = p["packed_ids"].shape
+    rows, length = p.ids.shape
     assert length in (24, 32, 48) and rows % 2 == 0 and rows < len(ex)
     found = []
     for r in range(rows):
-        seg = p["packed_segment_ids"][r]
+        seg = p.segment_ids[r]
         for s in range(1, seg.max() + 1):
             at = np.flatnonzero(seg == s)
             assert (np.diff(at) == 1).all()  # contiguous
-            np.testing.assert_array_equal(p["packed_positions"][r, at], np.arange(len(at)))
-            found.append((tuple(p["packed_ids"][r, at]), tuple(p["packed_loss_mask"][r, at])))
+            np.testing.assert_array_equal(p.positions[r, at], np.arange(len(at)))
+            found.append((tuple(p.ids[r, at]), tuple(p.loss_mask[r, at])))
     assert sorted(found) == sorted((tuple(i), tuple(m)) for i, m in ex if len(i))
     assert packing.packed_tokens(p) == sum(len(i) for i, _ in ex)
     # rows x length is the fewest computed tokens over the row lengths that fit
     for other in (24, 32, 48):
         q = packing.pack_examples(ex, (other,), PAD, row_multiple=2)
-        assert q["packed_ids"].size >= p["packed_ids"].size
+        assert q.ids.size >= p.ids.size
     with pytest.raises(ValueError, match="past every row length"):
         packing.pack_examples(ex, (8,), PAD)
 
@@ -254,8 +255,8 @@ def test_packed_sft_loss_and_gradient_equal_unpacked(side):
     ids, attn = F._pad_rows([i for i, _ in ex], T, PAD, side)
     loss_mask, _ = F._pad_rows([m for _, m in ex], T, 0, side)
     unpacked = {"input_ids": ids, "attention_mask": attn, "loss_mask": loss_mask}
-    packed = packing.pack_examples(ex, (24, 48), PAD)
-    assert packed["packed_ids"].size < ids.size
+    packed = {packing.KEY: packing.pack_examples(ex, (24, 48), PAD)}
+    assert packed[packing.KEY].ids.size < ids.size
 
     def loss_and_grad(batch):
         f = lambda p: sft.sft_loss_on_batch(apply, p, batch)
@@ -322,8 +323,8 @@ def test_ppo_scoring_on_packed_rows_equals_unpacked(g):
         assert np.isfinite(got).all(), key
         assert_close_to_scale(got[real], want[real], RTOL, err_msg=key)
     # the layout computes each prompt once per g roll-outs
-    packed_ids, *_ = rollout.pack_scoring_rows(jnp.asarray(ids), jnp.asarray(mask), tn, g)
-    assert packed_ids.shape == (len(ids) // g, ids.shape[1] - tn + g * tn)
+    rows, _ = rollout.pack_scoring_rows(jnp.asarray(ids), jnp.asarray(mask), tn, g)
+    assert rows.ids.shape == (len(ids) // g, ids.shape[1] - tn + g * tn)
 
 
 def test_score_group_weighs_prompt_tokens_against_attention():

@@ -1,6 +1,7 @@
 """Pure math, no I/O: reward-model losses, the MetaRM step, the policy-side losses (SFT, DPO,
-PPO/GAE/KL), reward-difference statistics and pytree helpers. Imports only jax and numpy."""
+PPO/GAE/KL), reward-difference statistics, pytree helpers and the packed-rows type
+(``packed.Packing``). Imports only jax and numpy."""
 
-from metarm_jax.core import losses, metarm, policy_losses, ppo, stats, tree
+from metarm_jax.core import losses, metarm, packed, policy_losses, ppo, stats, tree
 
-__all__ = ["losses", "metarm", "policy_losses", "ppo", "stats", "tree"]
+__all__ = ["losses", "metarm", "packed", "policy_losses", "ppo", "stats", "tree"]

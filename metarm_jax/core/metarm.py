@@ -23,10 +23,10 @@ edge (e.g. `nnx.merge(graphdef, params, rest)(...)`); `params` is any pytree of 
 (e.g. an `nnx.State` of `nnx.Param`s). Every function here is jit-able; `eta` may be traced,
 `order` and `measure_j_prime` are static.
 
-Shared-prompt batches (``metarm_jax.data.packing``: a prompt and its responses packed in one row,
-keys ``packed_*``) are scored with ONE call ``reward_fn(params, packed_ids [R, L], None,
-packing={segment_ids, branch_ids, positions, read_at})`` returning rewards [R, j]; the losses and
-their gradients are those of the unpacked batch (tests/test_shared_prompt.py).
+A shared-prompt batch holds its sequences as one ``packed.Packing`` (a prompt and its responses
+in one row) instead of ids and masks; it is scored with ONE call ``reward_fn(params, rows.ids
+[R, L], None, packing=rows)`` returning rewards [R, j]; the losses and their gradients are those
+of the unpacked batch (tests/test_shared_prompt.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from metarm_jax.core import losses
+from metarm_jax.core import losses, packed
 from metarm_jax.core.tree import cosine, global_norm
 
 PyTree = Any
@@ -73,21 +73,17 @@ def _call_reward_fn(
     return rewards
 
 
-def packed_rewards(reward_fn: RewardFn, params: PyTree, batch: Batch, j: int, what: str):
-    """Rewards [R, j] of a packed batch (keys ``packed_*``), from ONE reward_fn call on [R, L]."""
-    ids, read_at = batch["packed_ids"], batch["packed_read_at"]
-    if ids.ndim != 2 or read_at.shape != (ids.shape[0], j):
+def _read_out_rewards(
+    reward_fn: RewardFn, params: PyTree, rows: packed.Packing, j: int, what: str
+) -> jax.Array:
+    """Rewards [R, j] of packed rows, read at ``rows.read_at``, from ONE reward_fn call."""
+    ids, read_at = rows.ids, rows.read_at
+    if ids.ndim != 2 or read_at is None or read_at.shape != (ids.shape[0], j):
         raise ValueError(
-            f"packed {what} batch: packed_ids {ids.shape} must be [R, L] and packed_read_at "
-            f"{read_at.shape} [R, {j}]."
+            f"packed {what} batch: ids {ids.shape} must be [R, L] and read_at "
+            f"{None if read_at is None else read_at.shape} [R, {j}]."
         )
-    packing = {
-        "segment_ids": batch["packed_segment_ids"],
-        "branch_ids": batch["packed_branch_ids"],
-        "positions": batch["packed_positions"],
-        "read_at": read_at,
-    }
-    rewards = reward_fn(params, ids, None, packing=packing)
+    rewards = reward_fn(params, ids, None, packing=rows)
     if rewards.shape != read_at.shape:
         raise ValueError(
             f"reward_fn on a packed {what} batch must return one reward per response, shape "
@@ -101,8 +97,9 @@ def pair_rewards(
 ) -> tuple[jax.Array, jax.Array]:
     """Rewards (r_w [n], r_l [n]) of a preference batch, from ONE reward_fn call on [2n, T]
     (or on the n packed rows [prompt | chosen | rejected] of a shared-prompt batch)."""
-    if "packed_ids" in pref_batch:
-        rewards = packed_rewards(reward_fn, params, pref_batch, 2, "preference")
+    rows = packed.rows(pref_batch)
+    if rows is not None:
+        rewards = _read_out_rewards(reward_fn, params, rows, 2, "preference")
         return rewards[:, 0], rewards[:, 1]
     cw, rj = pref_batch["chosen_ids"], pref_batch["rejected_ids"]
     if cw.ndim != 2 or cw.shape != rj.shape:
@@ -122,9 +119,10 @@ def meta_rewards(reward_fn: RewardFn, params: PyTree, meta_batch: Batch) -> jax.
     reward_fn call on [m·k, T]. Padding samples are scored too (static shapes) and must give a
     finite reward; `difference_loss` then drops them. A shared-prompt batch (m packed rows
     [prompt | sample_1 | ... | sample_k]) is scored from one call on its rows."""
-    if "packed_ids" in meta_batch:
-        k = meta_batch["packed_read_at"].shape[1]
-        return packed_rewards(reward_fn, params, meta_batch, k, "meta")
+    rows = packed.rows(meta_batch)
+    if rows is not None:
+        k = 0 if rows.read_at is None else rows.read_at.shape[1]
+        return _read_out_rewards(reward_fn, params, rows, k, "meta")
     ids, mask = meta_batch["input_ids"], meta_batch["attention_mask"]
     if ids.ndim != 3 or mask.shape != ids.shape:
         raise ValueError(

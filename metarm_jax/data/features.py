@@ -11,12 +11,13 @@ Batch contract (numpy int32; n pairs, m prompts, k responses, T a bucket length)
   preference: chosen_ids, chosen_mask, rejected_ids, rejected_mask            [n, T]
   meta:       input_ids, attention_mask [m, k, T]; sample_mask [m, k]
   SFT:        input_ids, attention_mask, loss_mask                             [n, T]
-              packed (pack_sft): packed_ids, packed_segment_ids, packed_positions,
-              packed_loss_mask [R, L], the n examples in R <= n rows (no example_mask)
+              packed (pack_sft): {"packed": a core.packed.Packing of ids, segment_ids,
+              positions, loss_mask [R, L]}, the n examples in R <= n rows (no example_mask)
   prompts:    input_ids, attention_mask [n, T] (LEFT-padded); prompt_index [n]
   + example_mask [n] (1 real, 0 padding row) only in batches made with drop_remainder=False.
 With ``shared_prompt`` (the RM stages' ``data.shared_prompt``), preference and meta batches are
-packed instead, one row per prompt with its responses (``metarm_jax.data.packing``).
+packed instead, one row per prompt with its responses: their ids and masks are replaced by one
+``Packing`` under the key "packed" (``metarm_jax.data.packing``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from metarm_jax import defaults
+from metarm_jax.core.packed import Packing
 from metarm_jax.data import packing
 from metarm_jax.data.records import (
     TOO_LONG,
@@ -247,7 +249,7 @@ def real_rows(batch) -> np.ndarray:
     if "example_mask" in batch:
         return np.asarray(batch["example_mask"]) > 0
     first = next(v for k, v in batch.items() if k != "example_mask")
-    return np.ones(len(first), bool)
+    return np.ones(len(first.ids if isinstance(first, Packing) else first), bool)
 
 
 class Collate:
@@ -306,9 +308,10 @@ class CollateSFT(Collate):
         ids = [f["ids"] if f is not PAD_ROW else blank for f in feats]
         if self.pack_sft:  # padding rows hold no token: no example_mask is needed
             losses = [f["loss"] if f is not PAD_ROW else blank for f in feats]
-            return packing.pack_examples(
+            rows = packing.pack_examples(
                 list(zip(ids, losses)), s.buckets, s.pad_id, self.row_multiple
             )
+            return {packing.KEY: rows}
         T = s.bucket(max(len(x) for x in ids))
         x, m = _pad_rows(ids, T, s.pad_id, s.pad_side)
         loss, _ = _pad_rows(

@@ -3,18 +3,16 @@
 Both sides of a preference pair share their prompt, and so do the k samples of a meta prompt. In a
 causal model the shared tokens' hidden states are the same in every sequence that starts with
 them, so one row ``[prefix | suffix_1 | ... | suffix_j | pad]`` with a branch-aware causal mask
-(``models.llama.Packing``: each suffix sees the prefix and itself, positions continuing from the
+(``core.packed.Packing``: each suffix sees the prefix and itself, positions continuing from the
 prefix's end) gives every token exactly the hidden state it has in its own unpacked sequence, and
 the reward of response i is read at its suffix's last token. The prefix is the longest common
 prefix of the row's token sequences (at least the prompt: every sequence is BOS + prompt + reply
 + EOS), cut so that every sequence keeps at least one token of its own.
 
-Packed batch (numpy int32; R rows of length L, a packed bucket; j = 2 for pairs, k for meta):
-  packed_ids, packed_segment_ids, packed_branch_ids, packed_positions    [R, L]
-  packed_prev     [R, L] index in the row of the token before each token in its own sequence
-                  (-1 for a sequence's first token): a causal LM's logits there predict it (DPO)
-  packed_read_at  [R, j]
-The other keys of the batch (sample_mask, example_mask, margin) are kept as they are.
+Packed batch: the batch's ids and masks are replaced by ONE ``core.packed.Packing`` under the key
+``KEY`` (numpy int32; R rows of length L, a packed bucket; j = 2 for pairs, k for meta): ids,
+segment_ids, branch_ids, positions, prev [R, L] and read_at [R, j]. The other keys of the batch
+(sample_mask, example_mask, margin) are kept as they are.
 
 A sequence of length 0 (a masked meta sample, a padding row) gets an empty branch; its reward is
 read at the prefix's last token (a finite value that ``difference_loss`` drops with the mask).
@@ -32,9 +30,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-SFT_KEYS = ("packed_ids", "packed_segment_ids", "packed_positions", "packed_loss_mask")
-KEYS = ("packed_ids", "packed_segment_ids", "packed_branch_ids", "packed_positions", "packed_prev")
-READ_AT = "packed_read_at"
+from metarm_jax.core.packed import Packing
+
+KEY = "packed"  # a packed batch's Packing, in place of its ids and masks
 PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")
 META_KEYS = ("input_ids", "attention_mask")
 
@@ -66,7 +64,7 @@ def common_prefix(seqs: Sequence[np.ndarray]) -> int:
 
 def pack_rows(
     groups: Sequence[Sequence[np.ndarray]], buckets: Sequence[int], pad_id: int
-) -> dict[str, np.ndarray]:
+) -> Packing:
     """Pack each group of sequences (the real tokens of each, no padding) into one row.
 
     ``buckets``: the allowed row lengths (``packed_buckets``); the batch takes the smallest one
@@ -101,27 +99,34 @@ def pack_rows(
         raise ValueError(
             f"pack_rows: a packed row needs {need} tokens, past every bucket {buckets}."
         )
-    out = {k: np.zeros((len(groups), length), np.int32) for k in KEYS}
-    out["packed_ids"][:] = pad_id
-    out["packed_prev"][:] = -1
+    out = {k: np.zeros((len(groups), length), np.int32) for k in ("ids", "seg", "br", "pos")}
+    out["ids"][:] = pad_id
+    out["prev"] = np.full((len(groups), length), -1, np.int32)
     for r, (ids, branch, pos, prev) in enumerate(rows):
         n = len(ids)
-        out["packed_ids"][r, :n] = ids
-        out["packed_segment_ids"][r, :n] = 1
-        out["packed_branch_ids"][r, :n] = branch
-        out["packed_positions"][r, :n] = pos
-        out["packed_prev"][r, :n] = prev
-    out[READ_AT] = read_at
-    return out
+        out["ids"][r, :n] = ids
+        out["seg"][r, :n] = 1
+        out["br"][r, :n] = branch
+        out["pos"][r, :n] = pos
+        out["prev"][r, :n] = prev
+    return Packing(
+        ids=out["ids"],
+        segment_ids=out["seg"],
+        positions=out["pos"],
+        branch_ids=out["br"],
+        read_at=read_at,
+        prev=out["prev"],
+    )
 
 
 def _real(ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.asarray(ids)[np.asarray(mask) > 0].astype(np.int32)
 
 
-def pack_pairs(batch, buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+def pack_pairs(batch, buckets: Sequence[int], pad_id: int) -> dict:
     """A preference batch (chosen/rejected ids and masks [n, T], either padding side) as n packed
-    rows [prompt | chosen | rejected]; read_at[:, 0] is the chosen reward, [:, 1] the rejected."""
+    rows [prompt | chosen | rejected] (under ``KEY``); read_at[:, 0] is the chosen reward, [:, 1]
+    the rejected."""
     groups = [
         (
             _real(batch["chosen_ids"][i], batch["chosen_mask"][i]),
@@ -130,13 +135,13 @@ def pack_pairs(batch, buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarr
         for i in range(len(batch["chosen_ids"]))
     ]
     out = {k: v for k, v in batch.items() if k not in PAIR_KEYS}
-    out.update(pack_rows(groups, packed_buckets(buckets, 2), pad_id))
+    out[KEY] = pack_rows(groups, packed_buckets(buckets, 2), pad_id)
     return out
 
 
-def pack_meta(batch, buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarray]:
+def pack_meta(batch, buckets: Sequence[int], pad_id: int) -> dict:
     """A meta batch (input_ids, attention_mask [m, k, T]; sample_mask [m, k]) as m packed rows
-    [prompt | sample_1 | ... | sample_k]; a masked sample gets an empty branch."""
+    [prompt | sample_1 | ... | sample_k] (under ``KEY``); a masked sample gets an empty branch."""
     ids, mask = np.asarray(batch["input_ids"]), np.asarray(batch["attention_mask"])
     smask = np.asarray(batch.get("sample_mask", np.ones(ids.shape[:2], np.int32)))
     m, k, _ = ids.shape
@@ -148,13 +153,13 @@ def pack_meta(batch, buckets: Sequence[int], pad_id: int) -> dict[str, np.ndarra
         for i in range(m)
     ]
     out = {key: v for key, v in batch.items() if key not in META_KEYS}
-    out.update(pack_rows(groups, packed_buckets(buckets, k), pad_id))
+    out[KEY] = pack_rows(groups, packed_buckets(buckets, k), pad_id)
     return out
 
 
-def packed_tokens(batch) -> int:
-    """Real tokens a packed batch computes (its prompt counted once per row)."""
-    return int(np.sum(np.asarray(batch["packed_segment_ids"]) > 0))
+def packed_tokens(rows: Packing) -> int:
+    """Real tokens packed rows compute (a shared prompt counted once per row)."""
+    return int(np.sum(np.asarray(rows.segment_ids) > 0))
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -183,7 +188,7 @@ def pack_examples(
     row_lengths: Sequence[int],
     pad_id: int,
     row_multiple: int = 1,
-) -> dict[str, np.ndarray]:
+) -> Packing:
     """Packed SFT: each (ids, loss_mask) example (its real tokens) placed whole in a row, first
     fit by decreasing length; empty examples (padding rows) hold no token and are dropped.
 
@@ -192,7 +197,8 @@ def pack_examples(
     ``max(row_multiple, ceil(n / 8))`` rounded to ``row_multiple`` (n = len(examples)), so a
     jitted step compiles for at most 8 row counts per length, and the rows split evenly over the
     data-parallel devices and micro-batches (``row_multiple``). Padding rows are segment 0 with
-    loss mask 0. Returns ``SFT_KEYS`` arrays [R, L] (int32)."""
+    loss mask 0. Returns the rows (ids, segment_ids, positions, loss_mask [R, L], int32; every
+    token in branch 0), which hosts may pad with more empty rows (``pad_rows``)."""
     n = len(examples)
     mult = max(int(row_multiple), 1)
     step = _round_up(max(1, -(-n // 8)), mult)  # ceil(n/8), rounded up to row_multiple
@@ -210,16 +216,21 @@ def pack_examples(
         if best is None or count * length < best[0] * best[1]:
             best = (count, length, rows)
     count, length, rows = best
-    out = {k: np.zeros((count, length), np.int32) for k in SFT_KEYS}
-    out["packed_ids"][:] = pad_id
+    out = Packing(
+        ids=np.full((count, length), pad_id, np.int32),
+        segment_ids=np.zeros((count, length), np.int32),
+        positions=np.zeros((count, length), np.int32),
+        loss_mask=np.zeros((count, length), np.int32),
+        pad_rows=True,
+    )
     for r, members in enumerate(rows):
         at = 0
         for seg, i in enumerate(sorted(members), start=1):  # batch order inside a row
             ids, loss = examples[i]
             sl = slice(at, at + len(ids))
-            out["packed_ids"][r, sl] = ids
-            out["packed_segment_ids"][r, sl] = seg
-            out["packed_positions"][r, sl] = np.arange(len(ids))
-            out["packed_loss_mask"][r, sl] = loss
+            out.ids[r, sl] = ids
+            out.segment_ids[r, sl] = seg
+            out.positions[r, sl] = np.arange(len(ids))
+            out.loss_mask[r, sl] = loss
             at += len(ids)
     return out

@@ -77,10 +77,10 @@ def from_config(
 
 class Split(NamedTuple):
     """A model as the pure core uses it: ``apply(params, ids [B, T], mask [B, T])`` is the head's
-    output (logits [B, T, V], rewards [B] or values [B, T]); ``apply(params, ids, None,
-    packing={...})`` the same on packed rows (``llama.Packing``; rewards [B, j]); ``params`` the
-    trainable weights;
-    ``graphdef`` and ``rest`` (non-parameter state) rebuild the module with ``nnx.merge``."""
+    output (logits [B, T, V], rewards [B] or values [B, T]); ``apply(params, rows.ids, None,
+    packing=rows)`` the same on packed rows (``rows``: a ``core.packed.Packing``; rewards
+    [B, j]); ``params`` the trainable weights; ``graphdef`` and ``rest`` (non-parameter state)
+    rebuild the module with ``nnx.merge``."""
 
     apply: Callable[[Any, Any, Any], Any]
     params: nnx.State
@@ -95,8 +95,6 @@ def split(model: llama.Llama, head: str | None = None) -> Split:
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def apply(p, input_ids, attention_mask, packing=None):
-        if packing is not None:  # packed rows (metarm_jax.data.packing): a dict of arrays
-            packing = llama.Packing(**packing)
         return nnx.merge(graphdef, p, rest)(input_ids, attention_mask, packing)
 
     return Split(apply, params, graphdef, rest)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
+from metarm_jax.core.packed import Packing
 from metarm_jax.sharding import constrain, state_shardings
 
 HEADS = ("lm", "reward", "value")
@@ -239,34 +240,6 @@ def rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
     cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
     x1, x2 = jnp.split(x, 2, axis=-1)
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
-
-
-@struct.dataclass
-class Packing:
-    """The layout of packed rows [B, T] (see ``metarm_jax.data.packing``).
-
-    segment_ids: 0 for padding, s >= 1 for the tokens of sequence group s (a group never sees
-                 another group's tokens)
-    branch_ids:  0 for a group's shared prefix (seen by every branch of the group), b >= 1 for the
-                 tokens of its branch b (seen only by branch b)
-    positions:   rotary position of each token (its position in its own unpacked sequence)
-    read_at:     [B, j] index in the row of each response's last token (the reward head reads
-                 there); None for heads that need no read-out
-    """
-
-    segment_ids: jax.Array
-    branch_ids: jax.Array
-    positions: jax.Array
-    read_at: jax.Array | None = None
-
-    def allowed(self) -> jax.Array:
-        """[B, T, T] True where query t may attend to key s."""
-        seg, br = self.segment_ids, self.branch_ids
-        t = seg.shape[1]
-        causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]  # [T, S]
-        same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)
-        branch = (br[:, None, :] == 0) | (br[:, None, :] == br[:, :, None])
-        return causal[None] & same & branch
 
 
 def positions_from_mask(mask: jax.Array, start: jax.Array | None = None) -> jax.Array:

@@ -54,21 +54,17 @@ def _sample_kl(config, mesh, policy_path, sft_path, prompts, seed) -> np.ndarray
     width = sampling.bucket_length(int((mask > 0).sum(1).max()), int(sc.prompt_bucket_min))
     ids, mask = sampling.left_pack(ids, mask, width, pad)  # as generate packs them
     policy = models.from_config(config.model, "lm", mesh, path=policy_path, seed=config.seed)
+    # π itself: temperature 1, no top-p / top-k / repetition penalty (the rest as configured)
+    plain = sampling.settings(sc, temperature=1.0, top_p=1.0, top_k=0, repetition_penalty=1.0)
     out = sampling.generate(
         policy,
         ids,
         mask,
         jax.random.key(seed),
-        max_new_tokens=int(sc.max_new_tokens),
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        repetition_penalty=1.0,
+        plain,
         num_samples=1,
         eos_id=int(tok.eos_token_id),
-        stop_token_ids=tuple(int(s) for s in sc.stop_token_ids),
         pad_id=pad,
-        prompt_bucket_min=int(sc.prompt_bucket_min),
         mesh=mesh,
     )
     tokens, rmask, logp = (

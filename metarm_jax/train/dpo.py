@@ -41,6 +41,7 @@ from flax import nnx
 
 from metarm_jax import data as D
 from metarm_jax import models, sharding
+from metarm_jax.core import packed
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core.tree import global_norm
 from metarm_jax.errors import ConfigError
@@ -86,23 +87,22 @@ def response_masks(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array
     return after(cm), after(rm)
 
 
-def packed_pair_logprobs(logits_fn, params, batch) -> tuple[jax.Array, jax.Array]:
-    """``pair_logprobs`` of a shared-prompt batch: ONE forward of the n rows [prompt | chosen |
+def packed_pair_logprobs(logits_fn, params, rows: packed.Packing) -> tuple[jax.Array, jax.Array]:
+    """``pair_logprobs`` of a shared-prompt batch: ONE forward of its n rows [prompt | chosen |
     rejected]. Each response token is scored by the logits of the token before it in its own
-    sequence (``packed_prev``: the prompt's last token for the first one). The response is the
+    sequence (``rows.prev``: the prompt's last token for the first one). The response is the
     branch: everything after the pair's common prefix, as ``response_masks`` reads it (the one
     difference, a sequence that is a prefix of the other, gives both branches the same last
     token with the same context, which cancels in the loss)."""
-    packing = {
-        "segment_ids": batch["packed_segment_ids"],
-        "branch_ids": batch["packed_branch_ids"],
-        "positions": batch["packed_positions"],
-    }
-    ids, prev, branch = batch["packed_ids"], batch["packed_prev"], batch["packed_branch_ids"]
-    logits = logits_fn(params, ids, None, packing=packing)  # [n, L, V]
+    ids, prev, branch = rows.ids, rows.prev, rows.branch_ids
+    if prev is None or branch is None:
+        raise ValueError(
+            "dpo: packed rows need prev and branch_ids (data.packing.pack_pairs builds them)."
+        )
+    logits = logits_fn(params, ids, None, packing=rows)  # [n, L, V]
     before = jnp.take_along_axis(logits, jnp.maximum(prev, 0)[:, :, None], axis=1)
     token_logp = pl.logprobs_of(before, ids)  # [n, L]
-    real = (batch["packed_segment_ids"] > 0) & (prev >= 0)
+    real = (rows.segment_ids > 0) & (prev >= 0)
     return tuple(
         pl.sequence_logprobs(token_logp, (real & (branch == b)).astype(jnp.int32)) for b in (1, 2)
     )
@@ -111,8 +111,9 @@ def packed_pair_logprobs(logits_fn, params, batch) -> tuple[jax.Array, jax.Array
 def pair_logprobs(logits_fn, params, batch) -> tuple[jax.Array, jax.Array]:
     """(log π(y_w|x) [n], log π(y_l|x) [n]): summed response log-probs, ONE forward of [2n, T]
     (or of the n packed rows of a shared-prompt batch)."""
-    if "packed_ids" in batch:
-        return packed_pair_logprobs(logits_fn, params, batch)
+    rows = packed.rows(batch)
+    if rows is not None:
+        return packed_pair_logprobs(logits_fn, params, rows)
     n = batch["chosen_ids"].shape[0]
     resp_w, resp_l = response_masks(batch)
     ids = jnp.concatenate([batch["chosen_ids"], batch["rejected_ids"]])

@@ -5,7 +5,7 @@ initialised from the reward model: its score kernel, bias 0), the reference (fro
 and the reward model (frozen). One PPO iteration (docs/ppo.md):
 
     prompts   = next(prompt iterator)                                    [Q, Tp]
-    responses = sampling.generate(actor, prompts, num_samples=R)         [Q·R, Tn] prompt-major
+    responses = sampling.generate(actor, prompts, settings, num_samples=R) [Q·R, Tn] prompt-major
     score     = RM(prompt + response) at the last real token             [Q·R]
     old_logp, ref_logp, values = actor / ref / critic forward            [Q·R, Tn]
     rewards   = clip(normalise(score)) on the last token - β·KL_t        (core.ppo)

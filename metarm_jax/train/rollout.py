@@ -25,9 +25,9 @@ from jax.experimental import multihost_utils
 from metarm_jax import data as D
 from metarm_jax import faults, sampling, stages
 from metarm_jax import sharding as shd
+from metarm_jax.core import packed, stats
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
-from metarm_jax.core import stats
 from metarm_jax.errors import ConfigError
 from metarm_jax.train import loop
 
@@ -85,15 +85,14 @@ def score_group(cfg, rows: int, per_prompt: int, width: int, num_response: int, 
 def pack_scoring_rows(ids: jax.Array, mask: jax.Array, num_response: int, g: int):
     """Roll-out rows [N, W + Tn] (a left-padded prompt, then a response of Tn slots; every g
     consecutive rows share their prompt) -> N/g packed rows [prompt | response_1 | ... |
-    response_g] (``llama.Packing``: one segment, the prompt branch 0, response b branch b, every
-    token at its unpacked position), the index in the packed row of the output that predicts
-    each response slot [g, Tn] (static), and the reward read-out (each response's last token;
-    the prompt's last for an empty one) [N/g, g]."""
+    response_g] (a ``core.packed.Packing``: one segment, the prompt branch 0, response b branch
+    b, every token at its unpacked position; ``read_at`` [N/g, g] the reward read-out, each
+    response's last token, the prompt's last for an empty one) and the index in the packed row
+    of the output that predicts each response slot [g, Tn] (static)."""
     n, t = ids.shape
     w, rows = t - num_response, n // g
     ids3, mask3 = ids.reshape(rows, g, t), mask.reshape(rows, g, t).astype(jnp.int32)
     p_mask, r_mask = mask3[:, 0, :w], mask3[:, :, w:]  # [rows, W], [rows, g, Tn]
-    packed_ids = jnp.concatenate([ids3[:, 0, :w], ids3[:, :, w:].reshape(rows, -1)], axis=1)
     seg = jnp.concatenate([p_mask, r_mask.reshape(rows, -1)], axis=1)
     branch = np.concatenate(
         [np.zeros(w, np.int32), np.repeat(np.arange(1, g + 1, dtype=np.int32), num_response)]
@@ -101,17 +100,19 @@ def pack_scoring_rows(ids: jax.Array, mask: jax.Array, num_response: int, g: int
     p_len = p_mask.sum(-1)
     p_pos = jnp.maximum(jnp.cumsum(p_mask, -1) - 1, 0)
     r_pos = p_len[:, None, None] + jnp.maximum(jnp.cumsum(r_mask, -1) - 1, 0)
-    layout = {
-        "segment_ids": seg,
-        "branch_ids": jnp.broadcast_to(jnp.asarray(branch), seg.shape),
-        "positions": jnp.concatenate([p_pos, r_pos.reshape(rows, -1)], axis=1),
-    }
     start = w + num_response * np.arange(g)  # each response's first slot in the packed row
     predict = start[:, None] + np.arange(num_response)[None, :] - 1
     predict[:, 0] = w - 1  # a response's first token is predicted by the prompt's last
     n_resp = r_mask.sum(-1)
     read_at = jnp.where(n_resp > 0, jnp.asarray(start)[None, :] + n_resp - 1, w - 1)
-    return packed_ids, layout, predict, read_at.astype(jnp.int32)
+    packing = packed.Packing(
+        ids=jnp.concatenate([ids3[:, 0, :w], ids3[:, :, w:].reshape(rows, -1)], axis=1),
+        segment_ids=seg,
+        positions=jnp.concatenate([p_pos, r_pos.reshape(rows, -1)], axis=1),
+        branch_ids=jnp.broadcast_to(jnp.asarray(branch), seg.shape),
+        read_at=read_at.astype(jnp.int32),
+    )
+    return packing, predict
 
 
 def make_score_fn(
@@ -133,21 +134,20 @@ def make_score_fn(
             values = response_slice(value_apply(critic, ids, mask), num_response)
             rm_score = rm_apply(rm, ids, mask)
         else:
-            packed, layout, predict, read_at = pack_scoring_rows(ids, mask, num_response, g)
+            rows, predict = pack_scoring_rows(ids, mask, num_response, g)
             n = ids.shape[0]
             at = jnp.asarray(predict.reshape(-1))
             # [N/g, L, ...] -> the outputs that predict each response slot, [N, Tn, ...]
             take = lambda x: jnp.take(x, at, axis=1).reshape(n, num_response, *x.shape[2:])
             targets = ids[:, -num_response:]
             old_logp, _ = pl.logprobs_and_entropy(
-                take(lm_apply(actor, packed, None, packing=layout)), targets
+                take(lm_apply(actor, rows.ids, None, packing=rows)), targets
             )
             ref_logp, _ = pl.logprobs_and_entropy(
-                take(ref_apply(ref, packed, None, packing=layout)), targets
+                take(ref_apply(ref, rows.ids, None, packing=rows)), targets
             )
-            values = take(value_apply(critic, packed, None, packing=layout))
-            rm_score = rm_apply(rm, packed, None, packing=dict(layout, read_at=read_at))
-            rm_score = rm_score.reshape(n)
+            values = take(value_apply(critic, rows.ids, None, packing=rows))
+            rm_score = rm_apply(rm, rows.ids, None, packing=rows).reshape(n)
         return {
             "score": rm_score.astype(jnp.float32),
             "old_logp": old_logp,
@@ -325,11 +325,9 @@ class Rollouts(loop.StateSource):
         # PPO iterations this arm ran before this stage (earlier rounds): roll-out and minibatch
         # keys continue from there, as the prompt stream does (run_ppo skips as many batches).
         self.iteration_offset = int(p.iteration_offset)
-        self.sample_kw = sampling.sampling_kwargs(config.sampling)
-        self.sample_kw["num_samples"] = self.r
-        if p.max_new_tokens:
-            self.sample_kw["max_new_tokens"] = int(p.max_new_tokens)
-        self.bucket_min = self.sample_kw.pop("prompt_bucket_min")
+        self.sample_settings = sampling.settings(
+            config.sampling, **({"max_new_tokens": p.max_new_tokens} if p.max_new_tokens else {})
+        )
         nb, hi = int(p.shift_hist_bins), float(p.shift_hist_max)
         self.bin_edges = np.concatenate([np.linspace(0.0, hi, nb + 1), [np.inf]]).astype(np.float32)
         self.log_values = bool(p.shift_log_values)
@@ -370,18 +368,20 @@ class Rollouts(loop.StateSource):
                 f"ppo.queries_per_iteration={self.q}; the prompt iterator must drop "
                 "the remainder (it does by default)."
             )
-        width = sampling.bucket_length(int((pmask > 0).sum(1).max()), self.bucket_min)
+        width = sampling.bucket_length(
+            int((pmask > 0).sum(1).max()), self.sample_settings.prompt_bucket_min
+        )
         ids, pmask = sampling.left_pack(ids, pmask, width, self.pad_id)
         out = sampling.generate(
             (self.actor_graphdef, params["actor"]),
             ids,
             pmask,
             self._rng(0, stream_iteration),
+            self.sample_settings,
+            num_samples=self.r,
             eos_id=self.eos_id,
             pad_id=self.pad_id,
-            prompt_bucket_min=self.bucket_min,
             mesh=self.mesh,
-            **self.sample_kw,
         )
         tokens, rmask = jax.block_until_ready((out.tokens, out.mask))
         t1 = time.perf_counter()

@@ -5,9 +5,9 @@
 The data layer's SFT batches (`input_ids, attention_mask, loss_mask: [n, T]`) mark the
 assistant tokens and the final EOS with `loss_mask = 1`; prompt and padding positions are in the
 context but never in the loss. With ``config.data.pack_sft`` (the default) a batch's examples
-are packed several to a row (`packed_ids, packed_segment_ids, packed_positions,
-packed_loss_mask`, ``metarm_jax.data.packing.pack_examples``): each example its own segment with
-its own positions, the same examples and the same loss, less padding. The stage runs the one
+are packed several to a row (one ``core.packed.Packing`` of ids, segment ids, positions and loss
+mask, ``metarm_jax.data.packing.pack_examples``): each example its own segment with its own
+positions, the same examples and the same loss, less padding. The stage runs the one
 train loop with the paper's schedule (`config.sft`: lr 2e-5, 2 epochs, 0.3 epoch warm-up, linear decay to zero; global batch
 `config.data.sft_batch_size` = 32), evaluates validation loss and token accuracy, and writes the
 policy to ``workdir/export/sft`` as an HF ``LlamaForCausalLM`` with the tokenizer.
@@ -24,6 +24,7 @@ from flax import nnx
 
 from metarm_jax import data as D
 from metarm_jax import models, sharding
+from metarm_jax.core import packed
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core.tree import global_norm
 from metarm_jax.data import rows
@@ -41,16 +42,12 @@ def sft_loss_on_batch(logits_fn, params, batch) -> tuple[jax.Array, dict[str, ja
     """Masked next-token cross-entropy of one SFT batch: logits[:, t] predicts input_ids[:, t+1],
     counted where loss_mask[:, t+1] = 1 (`policy_losses.next_token_targets` + `sft_loss`).
     A packed batch: the same within each segment (a token never predicts the next example's)."""
-    if "packed_ids" in batch:
-        ids, seg = batch["packed_ids"], batch["packed_segment_ids"]
-        layout = {
-            "segment_ids": seg,
-            "branch_ids": jnp.zeros_like(seg),
-            "positions": batch["packed_positions"],
-        }
-        logits = logits_fn(params, ids, None, packing=layout)
+    rows = packed.rows(batch)
+    if rows is not None:
+        ids, seg = rows.ids, rows.segment_ids
+        logits = logits_fn(params, ids, None, packing=rows)
         same = jnp.pad(seg[:, 1:] == seg[:, :-1], ((0, 0), (1, 0)))  # token t follows t-1
-        mask = batch["packed_loss_mask"] * same
+        mask = rows.loss_mask * same
     else:
         ids, mask = batch["input_ids"], batch["loss_mask"]
         logits = logits_fn(params, ids, batch["attention_mask"])
