@@ -32,18 +32,19 @@ def estimate(
     if os.path.exists(out_path):
         with open(out_path) as f:
             return np.asarray(json.load(f)["kl"], np.float64)
+    record = {"policy": policy_path, "ref": sft_path, "seed": seed}
     if os.path.abspath(policy_path) == os.path.abspath(sft_path):
         kl = np.zeros(len(prompts))
     else:
-        kl = _sample_kl(config, mesh, policy_path, sft_path, prompts, seed)
+        kl, sample = _sample_kl(config, mesh, policy_path, sft_path, prompts, seed)
+        record.update(sample)  # the draws themselves, so the estimate can be checked
     if jax.process_index() == 0:
-        fileio.write_json(
-            out_path, {"policy": policy_path, "ref": sft_path, "seed": seed, "kl": kl.tolist()}
-        )
+        fileio.write_json(out_path, {**record, "kl": kl.tolist()})
     return kl
 
 
-def _sample_kl(config, mesh, policy_path, sft_path, prompts, seed) -> np.ndarray:
+def _sample_kl(config, mesh, policy_path, sft_path, prompts, seed) -> tuple[np.ndarray, dict]:
+    """(per-prompt KL, the sampled token ids of prompt and response per prompt)."""
     tok = D.load_tokenizer(config.data.tokenizer_path)
     spec = TokenSpec.from_config(config.data, tok)
     recs = [PromptExample(p, Source("samples", "", i)) for i, p in enumerate(prompts)]
@@ -78,4 +79,9 @@ def _sample_kl(config, mesh, policy_path, sft_path, prompts, seed) -> np.ndarray
     seq_mask = jnp.asarray(np.concatenate([mask, rmask], 1))
     ref, _ = jax.jit(lambda p, i, m: response_logprobs(apply, p, i, m, n))(params, seq, seq_mask)
     ref = np.asarray(jax.device_get(ref))
-    return ((logp - ref) * rmask).sum(-1).astype(np.float64)
+    kl = ((logp - ref) * rmask).sum(-1).astype(np.float64)
+    sample = {
+        "prompt_ids": [[int(t) for t, m in zip(r, k) if m] for r, k in zip(ids, mask)],
+        "response_ids": [[int(t) for t, m in zip(r, k) if m] for r, k in zip(tokens, rmask)],
+    }
+    return kl, sample
