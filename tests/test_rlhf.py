@@ -333,7 +333,7 @@ def test_finished_steps_keep_their_exports_and_drop_their_checkpoints(seed0):
     assert len(done) >= 20 and sum(bool(e) for e in exports) >= 10
     for e in filter(None, exports):
         assert (pathlib.Path(e) / "model.safetensors").exists(), e
-    assert (workdir / "vanilla_ppo/export/ppo_iter1/model.safetensors").exists()  # Figure 1's
+    assert (workdir / "vanilla_ppo/export/ppo_iter3/model.safetensors").exists()  # round 1 of 2
 
 
 def test_sigterm_in_round2_ppo_saves_at_an_iteration_and_resumes_to_the_same_report(
