@@ -36,9 +36,6 @@ class StageDir:
         """The train loop's directory of ``stage`` (checkpoints, metrics, TensorBoard)."""
         return os.path.join(self.root, stage)
 
-    def checkpoints(self, stage: str) -> str:
-        return os.path.join(self.root, stage, CHECKPOINTS)
-
     def checkpoint_dirs(self) -> list[str]:
         """Every train loop's checkpoint folder in this stage directory (a stage may run more
         than one loop)."""

@@ -340,9 +340,10 @@ def train(
     final params and a summary. ``cfg`` is ``config.train`` (grad_accum, eval_every, log_every,
     save_every, keep, async_checkpoints, nan_patience, progress); ``seed`` seeds the step rng.
     ``snapshot_fn(step, params)`` runs after every ``snapshot_every``-th step (a stage's export of
-    an intermediate model; a resumed run writes the same snapshots again). A checkpoint can only
-    fall after a multiple of ``boundary`` steps (PPO: one iteration, whose roll-out buffer is not
-    saved); so can a preemption's, which stops the loop with ``Preempted`` once saved."""
+    an intermediate model; a resumed run writes the same snapshots again). ``boundary``: the
+    steps a run may stop and resume after are its multiples (PPO: one iteration, whose roll-out
+    buffer is not saved); on a preemption notice the loop saves after the next such step and
+    raises ``Preempted``."""
     os.makedirs(workdir, exist_ok=True)
     num_micro = int(cfg.grad_accum)  # >= 1 (config_lib.validate)
     shardings = state_shardings(mesh, params, optimizer)
