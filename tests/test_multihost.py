@@ -10,7 +10,9 @@ through launch/pod.sh's local mode, compared with one process holding the same g
 - resharding: a checkpoint written by 2 processes restores in 1 process on another mesh and the
   run continues to the same result as the 2-process run;
 - a lost host: killing one process mid-step stops the other within a bounded time with one line,
-  and the same command resumes from the last checkpoint.
+  and the same command resumes from the last checkpoint;
+- a preempted host: SIGTERM to one process makes both save after the same step and exit 75; the
+  same command resumes to the uninterrupted run's weights.
 """
 
 import json
