@@ -264,7 +264,7 @@ def test_numbers_come_from_the_run_and_change_with_the_seed(seed0, tmp_path):
     rows = [json.loads(r) for r in (pairs / "gold.jsonl").read_text().splitlines()]
     assert all(r["gold_chosen"] > r["gold_rejected"] for r in rows)  # labelled by gold
     # the oracle keeps the original pairs and adds its rounds' gold pairs (replay)
-    original = (workdir / "world/pairs/train.jsonl").read_text()
+    original = (tmp_path / "world/pairs/train.jsonl").read_text()
     train = (pairs / "train.jsonl").read_text()
     assert len(train.splitlines()) == len(original.splitlines()) + len(rows)
     assert a["table1"]["round1"] != b["table1"]["round1"] or a["selection"] != b["selection"]
