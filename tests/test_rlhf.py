@@ -170,11 +170,13 @@ def test_quickstart_report_has_every_table_and_figure(seed0):
         "meta/J", "meta/J_prime",
     ):  # fmt: skip
         assert all(key in r for r in steps), key
-    # the calibrated ascent (meta.eta_mode='update', ρ = meta.eta = 1): each step's ascent is the
-    # previous step's optimizer update; the first step has none
+    # the calibrated ascent (meta.eta_mode='update', ρ = meta.eta): each step's ascent is ρ times
+    # the previous step's optimizer update; the first step has none
+    rho = _config(workdir / "round1/metarm/config.json")["meta.eta"]
+    assert _config(workdir / "round1/metarm/config.json")["meta.eta_mode"] == "update"
     assert steps[0]["meta/ascent_norm"] == 0.0
     for prev, cur in itertools.pairwise(steps):
-        assert cur["meta/ascent_norm"] == pytest.approx(prev["update_norm"], rel=1e-3)
+        assert cur["meta/ascent_norm"] == pytest.approx(rho * prev["update_norm"], rel=1e-3)
 
 
 def _prompts_of(workdir, stage) -> list[list[int]]:
