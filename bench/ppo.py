@@ -37,7 +37,7 @@ def main():
     import jax
 
     from metarm_jax import config_lib, defaults, sharding, stages
-    from metarm_jax.data.synthetic import write_world
+    from metarm_jax.data.world_files import write_world
     from metarm_jax.models import hf, llama
     from metarm_jax.train import ppo
 

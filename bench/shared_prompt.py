@@ -80,10 +80,10 @@ def load(name, args, ks=()):
         max_length, buckets = args.max_length, (64, 128, 192)
     else:
         from configs import quickstart
-        from metarm_jax.data import synthetic
+        from metarm_jax.data import world_files
 
         c = quickstart.get_config()
-        world = synthetic.write_world(tempfile.mkdtemp(prefix="bench-world-"), c.world)
+        world = world_files.write_world(tempfile.mkdtemp(prefix="bench-world-"), c.world)
         tok = tokenizer.load_tokenizer(world["tokenizer"])
         pairs = readers.load(
             "preference", readers.DataSource.of("hh_rlhf", world["pairs_train"], split="train")

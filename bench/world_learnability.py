@@ -26,7 +26,7 @@ import os
 import numpy as np
 
 from metarm_jax import config_lib, fileio, sharding, stages
-from metarm_jax.data import synthetic
+from metarm_jax.data import synthetic, world_files
 from metarm_jax.rlhf import driver
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.runner import Runner, export_of
@@ -106,10 +106,10 @@ def main() -> None:
             held |= {r["prompt"] for r in _jsonl(layout.path("world", "prompts", f + ".jsonl"))}
         fileio.write_jsonl(
             os.path.join(sat_dir, "train.jsonl"),
-            synthetic.saturated_pairs(world, rng, args.pairs, held),
+            world_files.saturated_pairs(world, rng, args.pairs, held),
         )
         fileio.write_jsonl(
-            os.path.join(sat_dir, "test.jsonl"), synthetic.saturated_pairs(world, rng, 500, held)
+            os.path.join(sat_dir, "test.jsonl"), world_files.saturated_pairs(world, rng, 500, held)
         )
     rm_sat = export_of(
         runner.step(

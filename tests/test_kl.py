@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from metarm_jax import config_lib, sharding
-from metarm_jax.data import synthetic
+from metarm_jax.data import synthetic, world_files
 from metarm_jax.models import hf, llama
 from metarm_jax.rlhf import kl
 
@@ -21,7 +21,7 @@ from metarm_jax.rlhf import kl
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("kl")
     tok_dir = str(root / "tok")
-    tok = synthetic.world_tokenizer(tok_dir)
+    tok = world_files.world_tokenizer(tok_dir)
     cfg = llama.preset("tiny", vocab_size=64)
     paths = {}
     for name, seed in (("sft", 0), ("policy", 1)):
@@ -34,7 +34,8 @@ def setup(tmp_path_factory):
     world = synthetic.World(config.world)
     rng = np.random.default_rng(0)
     prompts = [
-        synthetic.hh_transcript(world.render(p), "").rstrip() for p in world.sample_prompts(rng, 12)
+        world_files.hh_transcript(world.render(p), "").rstrip()
+        for p in world.sample_prompts(rng, 12)
     ]
     return root, config, mesh, paths, prompts
 

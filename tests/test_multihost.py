@@ -306,7 +306,7 @@ def test_sigterm_to_one_host_saves_every_host_at_one_step_and_the_run_resumes(tm
     step and exit 75 with one line each; the same command resumes there and ends with the
     weights of an uninterrupted 2-process run, bit for bit."""
     from metarm_jax import defaults
-    from metarm_jax.data.synthetic import write_world
+    from metarm_jax.data.world_files import write_world
     from metarm_jax.errors import PREEMPTED_EXIT_CODE
 
     world = tmp_path / "world"

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from metarm_jax import config_lib, defaults, models, sharding, stages
-from metarm_jax.data.synthetic import write_world
+from metarm_jax.data.world_files import write_world
 from metarm_jax.models import hf, llama
 from metarm_jax.train import optim, ppo, rollout
 

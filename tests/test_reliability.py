@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from metarm_jax import defaults
-from metarm_jax.data.synthetic import write_world
+from metarm_jax.data.world_files import write_world
 from metarm_jax.errors import PREEMPTED_EXIT_CODE
 from metarm_jax.models import hf, llama
 from tests.conftest import REPO

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from metarm_jax import defaults
-from metarm_jax.data.synthetic import write_world
+from metarm_jax.data.world_files import write_world
 from metarm_jax.errors import ConfigError, UserError
 from tests.conftest import REPO
 from tests.xla_env import xla_flags

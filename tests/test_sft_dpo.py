@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from metarm_jax import config_lib, defaults, models, sharding, stages
-from metarm_jax.data import synthetic
+from metarm_jax.data import synthetic, world_files
 from metarm_jax.train import common, dpo, loop, optim, sft
 from tests.resume_util import assert_same_exports, kill_at_checkpoint
 from tests.tolerances import assert_within_ulps
@@ -62,7 +62,7 @@ def world(tmp_path_factory) -> str:
             num_ood_prompts=16,
         )
     )
-    synthetic.write_world(str(root), cfg)
+    world_files.write_world(str(root), cfg)
     return str(root)
 
 

@@ -21,9 +21,8 @@ from metarm_jax.data.synthetic import (
     UNK_ID,
     World,
     label_pairs,
-    world_tokenizer,
-    write_world,
 )
+from metarm_jax.data.world_files import world_tokenizer, write_world
 
 
 def small_config(**kw):
@@ -384,7 +383,8 @@ def test_shift_premise_coarse_spread_collapses_while_subtle_parts_still_vary(wor
 
 
 def test_gold_pairs_label_by_gold_and_leave_out_unrepresentable_responses():
-    from metarm_jax.data.synthetic import World, gold_pairs
+    from metarm_jax.data.synthetic import World
+    from metarm_jax.data.world_files import gold_pairs
 
     world = World(defaults.world())
     prompt = f"{HUMAN} w00 w01 w02 w03{ASSISTANT}"
@@ -483,7 +483,7 @@ def test_subtle_part_is_learnable_and_r0_learns_it_poorly(tmp_path):
     r_0's recipe (from π_SFT, the same lr, steps and batch) on coarse-saturated pairs ordered by
     gold ranks held-out saturated pairs at >= 0.75; r_0, trained on the base pairs, does not."""
     from metarm_jax import config_lib, sharding, stages
-    from metarm_jax.data import synthetic
+    from metarm_jax.data import synthetic, world_files
     from metarm_jax.rlhf import driver
     from metarm_jax.rlhf.layout import RunLayout
     from metarm_jax.rlhf.runner import Runner, export_of
@@ -506,8 +506,8 @@ def test_subtle_part_is_learnable_and_r0_learns_it_poorly(tmp_path):
     held: set[str] = set()
     sat = tmp_path / "saturated"
     n = int(ctx.config.world.num_train_pairs)
-    fileio_rows = {"train": synthetic.saturated_pairs(world, rng, n, held)}
-    fileio_rows["test"] = synthetic.saturated_pairs(world, rng, 400, held)
+    fileio_rows = {"train": world_files.saturated_pairs(world, rng, n, held)}
+    fileio_rows["test"] = world_files.saturated_pairs(world, rng, 400, held)
     sat.mkdir()
     for split, rows in fileio_rows.items():
         (sat / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -29,7 +29,7 @@ from typing import Any
 from metarm_jax import data as D
 from metarm_jax import fileio, hosts, stages
 from metarm_jax.config_lib import derive
-from metarm_jax.data import synthetic
+from metarm_jax.data import world_files
 from metarm_jax.data.tokenizer import train_bpe_tokenizer
 from metarm_jax.layout import StageDir
 from metarm_jax.rlhf import plan, report, rm_methods
@@ -47,7 +47,7 @@ def _world_overrides(runner: Runner, layout: RunLayout) -> dict[str, Any]:
     paths_file = layout.world_paths()
     if not os.path.exists(paths_file):
         cfg = runner.config.world
-        paths = synthetic.write_world(layout.path(layout.world), cfg) if runner.lead else None
+        paths = world_files.write_world(layout.path(layout.world), cfg) if runner.lead else None
         if runner.lead:
             fileio.write_json(paths_file, paths)
     hosts.barrier("rlhf:world")

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from metarm_jax import data as D
 from metarm_jax import fileio, hosts
-from metarm_jax.data import synthetic
+from metarm_jax.data import synthetic, world_files
 from metarm_jax.layout import StageDir
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import Arm
@@ -84,7 +84,7 @@ def oracle(req: RMRequest) -> RMResult:
     if runner.lead and not os.path.exists(test):
         world = synthetic.World(config.world)
         recs = D.load("meta", D.DataSource.of("meta", req.meta, split="", on_bad_record="error"))
-        rows = synthetic.gold_pairs(world, [(r.prompt, list(r.responses)) for r in recs])
+        rows = world_files.gold_pairs(world, [(r.prompt, list(r.responses)) for r in recs])
         fileio.write_jsonl(os.path.join(out_dir, "gold.jsonl"), rows)
         d = config.data
         pool = [os.path.join(d.path, f"{d.split}.jsonl")]
