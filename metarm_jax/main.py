@@ -214,11 +214,12 @@ def main(argv) -> None:
                 for i in range(seeds)
             ]
         )
-        per_seed = [run_pipeline(cfg, mesh, wd) for cfg, wd in runs]
-        if seeds > 1 and jax.process_index() == 0:
+        for cfg, wd in runs:
+            run_pipeline(cfg, mesh, wd)
+        if seeds > 1 and jax.process_index() == 0 and "rlhf" in config.pipeline:
             from metarm_jax.rlhf import seeds as seeds_lib  # matplotlib: only when needed
 
-            print(seeds_lib.aggregate_seeds(workdir, per_seed))
+            print(seeds_lib.aggregate_reports(workdir))  # seed*/report.json: tables and figure
         hosts.stop_peer_watch()
     except UserError as e:
         _fail(str(e))

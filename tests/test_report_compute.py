@@ -130,3 +130,52 @@ def test_curve_point_clips_a_negative_kl_estimate():
     p = compute.curve_point(2, 60, np.array([-0.1, 0.05]), [1.0, 2.0], [0.5])
     assert p["sqrt_kl"] == 0.0 and p["gold"] == 1.5 and p["proxy"] == 0.5
     assert compute.curve_point(1, 30, np.array([0.25]), [1.0], None)["sqrt_kl"] == 0.5
+
+
+def _seed_report(shift: float) -> dict:
+    """A seed's experiment keys: vanilla drops 0.4 from peak to final, the ceiling and the oracle
+    end 0.5 and 0.3 above it, the method ends ``shift`` above eta0."""
+
+    def pf(peak, final, r_peak=1):
+        return {"peak_round": r_peak, "peak": {"mean": peak}, "final": {"mean": final},
+                "drop": {"diff": peak - final}}  # fmt: skip
+
+    def curve(g):
+        return [{"round": r, "iteration": 30 * r, "sqrt_kl": float(r), "gold": g + 0.1 * r,
+                 "proxy": 0.5 * r} for r in (0, 1, 2)]  # fmt: skip
+
+    return {
+        "peak_final": {
+            "metarm": pf(1.3, 1.1 + shift),
+            "eta0": pf(1.3, 1.1),
+            "oracle": pf(1.2, 1.0, 2),
+            "ceiling": pf(1.4, 1.2, 2),
+            "vanilla_ppo": pf(1.1, 0.7),
+        },
+        "curves": {a: curve(1.0 + shift) for a in ("metarm", "vanilla_ppo")},
+        "rm_on_policy_accuracy": {"metarm": {"round1": 0.6, "round2": 0.7}},
+    }
+
+
+def test_study_over_seeds_against_hand_computed_t_intervals():
+    import scipy.stats
+
+    shifts = [0.1, 0.2, 0.3]
+    res = compute.study([_seed_report(s) for s in shifts])
+    d = res["differences"]["metarm − eta0"]["final"]
+    assert d["mean"] == pytest.approx(0.2) and d["values"] == pytest.approx(shifts)
+    lo, hi = scipy.stats.t.interval(0.95, 2, loc=0.2, scale=scipy.stats.sem(shifts))
+    assert d["ci"] == pytest.approx((lo, hi))
+    c = res["controls"]
+    assert c["overoptimised"]["mean"] == pytest.approx(0.4) and c["overoptimised"]["passed"]
+    assert c["ceiling_minus_vanilla"]["mean"] == pytest.approx(0.5)
+    # every seed's difference is the same: a zero-width interval, not above 0 by rounding alone
+    assert c["oracle_minus_vanilla"]["mean"] == pytest.approx(0.3)
+    assert res["arms"]["metarm"]["rm_on_policy_final"]["mean"] == pytest.approx(0.7)
+    assert res["arms"]["metarm"]["rm_on_policy_mean"]["mean"] == pytest.approx(0.65)
+    assert res["arms"]["oracle"]["peak_rounds"] == [2, 2, 2]
+    curves = compute.mean_curves([_seed_report(s) for s in shifts])
+    assert set(curves) == {"metarm", "vanilla_ppo"}
+    assert curves["metarm"][2]["gold"] == pytest.approx(1.2 + 0.2)  # mean of 1 + s + 0.2
+    with pytest.raises(ValueError, match="peak_final"):
+        compute.study([{"gold": {}}])

@@ -159,7 +159,12 @@ def rewards(
     return _save(fig, workdir, "fig_rewards.png")
 
 
-def frontier(workdir: str, curves: dict[str, list[dict]], fits: dict[str, dict]) -> str:
+def frontier(
+    workdir: str,
+    curves: dict[str, list[dict]],
+    fits: dict[str, dict],
+    file_name: str = "fig_frontier.png",
+) -> str:
     """Gao et al.'s frontier: gold (solid, with the fitted R = d(α − β log d) dotted) and proxy
     (dashed, its own axis: RM units) against d = √KL(π‖π_SFT) at every export of every arm."""
     plt = _plt(workdir)
@@ -185,4 +190,4 @@ def frontier(workdir: str, curves: dict[str, list[dict]], fits: dict[str, dict])
     a2.set_ylabel("proxy: the RM the arm optimised")
     a2.set_title("proxy against √KL")
     a2.legend(fontsize=7)
-    return _save(fig, workdir, "fig_frontier.png")
+    return _save(fig, workdir, file_name)

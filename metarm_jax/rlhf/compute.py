@@ -267,3 +267,98 @@ def curve_point(
         "proxy": float(np.mean(proxy)) if proxy is not None else None,
         "valid_gold": valid_gold,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# Over seeds: the study's table (metarm_jax/rlhf/seeds.py writes it).
+# --------------------------------------------------------------------------------------------
+
+
+def over_seeds(values) -> dict[str, Any]:
+    """mean, a 95% t interval over seeds and the per-seed values."""
+    v = np.asarray(values, np.float64)
+    return {"mean": float(v.mean()), "ci": stats.t_interval(v), "values": v.tolist()}
+
+
+def study(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The experiment over seeds, from each seed's report: every arm's peak gold (its round chosen
+    on validation, read on test), final gold, final √KL and its RM's accuracy against gold on its
+    own policy's samples at the last round; the controls with t intervals over seeds (ceiling −
+    vanilla and oracle − vanilla in final test gold; vanilla's drop from peak to final); and the
+    paired differences (within a seed) of the method's arms against their controls."""
+    if not reports or any("peak_final" not in r for r in reports):
+        raise ValueError("study: every seed's report needs the experiment's keys (peak_final)")
+    arms = [a for a in reports[0]["peak_final"] if all(a in r["peak_final"] for r in reports)]
+
+    def per(arm, f):
+        return [f(r, arm) for r in reports]
+
+    table = {}
+    for arm in arms:
+        row = {
+            "peak": over_seeds(per(arm, lambda r, a: r["peak_final"][a]["peak"]["mean"])),
+            "final": over_seeds(per(arm, lambda r, a: r["peak_final"][a]["final"]["mean"])),
+            "peak_rounds": per(arm, lambda r, a: r["peak_final"][a]["peak_round"]),
+        }
+        if all(arm in r.get("curves", {}) for r in reports):
+            row["sqrt_kl_final"] = over_seeds(per(arm, lambda r, a: r["curves"][a][-1]["sqrt_kl"]))
+        acc = [r.get("rm_on_policy_accuracy", {}).get(arm) for r in reports]
+        if all(acc):
+            last = f"round{max(int(k[5:]) for k in acc[0])}"
+            row["rm_on_policy_final"] = over_seeds([a[last] for a in acc])
+            row["rm_on_policy_mean"] = over_seeds([np.mean(list(a.values())) for a in acc])
+        table[arm] = row
+
+    def diff(a, b, what):
+        return over_seeds(
+            [r["peak_final"][a][what]["mean"] - r["peak_final"][b][what]["mean"] for r in reports]
+        )
+
+    pairs = [(a, b) for a in ("metarm", "metarm2") for b in ("eta0", "vanilla_ppo") if a != b]
+    pairs += [("metarm2", "metarm"), ("ceiling", "vanilla_ppo"), ("oracle", "vanilla_ppo")]
+    differences = {
+        f"{a} − {b}": {"final": diff(a, b, "final"), "peak": diff(a, b, "peak")}
+        for a, b in pairs
+        if a in table and b in table
+    }
+    controls: dict[str, Any] = {"note": "needs the vanilla_ppo, ceiling and oracle arms"}
+    if {"vanilla_ppo", "ceiling", "oracle"} <= set(table):
+        drop = over_seeds(per("vanilla_ppo", lambda r, a: r["peak_final"][a]["drop"]["diff"]))
+        over = {
+            **drop,
+            "threshold": OVEROPTIMISED_DROP,
+            "passed": bool(drop["mean"] >= OVEROPTIMISED_DROP),
+        }
+        controls = {"overoptimised": over}
+        for name in ("ceiling", "oracle"):
+            d = differences[f"{name} − vanilla_ppo"]["final"]
+            controls[f"{name}_minus_vanilla"] = {**d, "passed": bool(d["ci"][0] > 0)}
+        controls["discriminates"] = bool(
+            over["passed"]
+            and controls["ceiling_minus_vanilla"]["passed"]
+            and controls["oracle_minus_vanilla"]["passed"]
+        )
+    return {"seeds": len(reports), "controls": controls, "arms": table, "differences": differences}
+
+
+def mean_curves(reports: list[Mapping[str, Any]]) -> dict[str, list[dict]]:
+    """Every arm's frontier averaged over seeds, point by point (round by round)."""
+    out = {}
+    for arm in reports[0].get("curves", {}):
+        runs = [r["curves"][arm] for r in reports if arm in r.get("curves", {})]
+        if len(runs) != len(reports):
+            continue
+        pts = []
+        for i, p in enumerate(runs[0]):
+            proxy = [c[i]["proxy"] for c in runs]
+            pts.append(
+                {
+                    "round": p["round"],
+                    "iteration": p["iteration"],
+                    "sqrt_kl": float(np.mean([c[i]["sqrt_kl"] for c in runs])),
+                    "gold": float(np.mean([c[i]["gold"] for c in runs])),
+                    "proxy": None if None in proxy else float(np.mean(proxy)),
+                }
+            )
+        out[arm] = pts
+    return out

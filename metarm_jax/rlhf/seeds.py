@@ -16,6 +16,7 @@ import numpy as np
 
 from metarm_jax.core import stats
 from metarm_jax.errors import UserError
+from metarm_jax.eval import plots
 from metarm_jax.rlhf import compute, plan
 from metarm_jax.rlhf.plan import SINGLE
 
@@ -46,11 +47,80 @@ def aggregate_reports(workdir: str) -> str:
     )
     if not paths:
         raise UserError(f"{workdir}: no seed*/report.json to aggregate; run the seeds first.")
-    per_seed = []
+    reports = []
     for p in paths:
         with open(p) as f:
-            per_seed.append({"rlhf": compute.summary(json.load(f))})
-    return aggregate_seeds(workdir, per_seed)
+            reports.append(json.load(f))
+    text = aggregate_seeds(workdir, [{"rlhf": compute.summary(r)} for r in reports])
+    if all("peak_final" in r and r["peak_final"] for r in reports):
+        head = study_section(workdir, reports)
+        text = head + "\n\n" + text
+        with open(os.path.join(workdir, "seeds.md"), "w") as f:
+            f.write(text + "\n")
+    return text
+
+
+def _ci(x) -> str:
+    lo, hi = x["ci"]
+    return f"{x['mean']:.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def study_section(workdir: str, reports: list[dict]) -> str:
+    """The experiment over seeds (``compute.study``) as markdown, ``seeds.json`` and the mean
+    frontier figure ``fig_frontier_seeds.png``; returns the markdown."""
+    res = compute.study(reports)
+    curves = compute.mean_curves(reports)
+    fits = {
+        a: compute.gao_fit([p["sqrt_kl"] for p in c], [p["gold"] for p in c])
+        for a, c in curves.items()
+    }
+    res["mean_curves"], res["mean_frontier_fit"] = curves, fits
+    with open(os.path.join(workdir, "seeds.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    fig = plots.frontier(workdir, curves, fits, file_name="fig_frontier_seeds.png")
+    n = res["seeds"]
+    lines = [f"# The experiment over {n} seeds (95% t intervals over seeds)", ""]
+    c = res["controls"]
+    if "overoptimised" in c:
+        o = c["overoptimised"]
+        lines += [
+            "## Can this experiment discriminate? (positive controls, read first)",
+            "",
+            f"- vanilla PPO's drop from its peak (chosen on validation) to its final test gold: "
+            f"{_ci(o)} (threshold {o['threshold']}) — **{'passed' if o['passed'] else 'FAILED'}**",
+        ]
+        for name in ("ceiling", "oracle"):
+            d = c[f"{name}_minus_vanilla"]
+            lines.append(
+                f"- {name} − vanilla PPO, final test gold: {_ci(d)} — "
+                f"**{'passed' if d['passed'] else 'FAILED'}**"
+            )
+        lines += [
+            "",
+            "Every control passed: the comparison below can be read."
+            if c["discriminates"]
+            else "**A control failed: the MetaRM comparison below cannot be read as evidence.**",
+            "",
+        ]
+    lines += [
+        "## Arms",
+        "",
+        "| arm | peak gold (test, round chosen on validation) | final gold (test) | final √KL | "
+        "RM accuracy on own samples, last round |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, row in res["arms"].items():
+        acc = _ci(row["rm_on_policy_final"]) if "rm_on_policy_final" in row else "—"
+        lines.append(
+            f"| {arm} | {_ci(row['peak'])} (rounds {row['peak_rounds']}) | {_ci(row['final'])} "
+            f"| {_ci(row['sqrt_kl_final']) if 'sqrt_kl_final' in row else '—'} | {acc} |"
+        )
+    lines += ["", "## Paired differences (within each seed)", ""]
+    lines += ["| difference | final gold | peak gold |", "|---|---|---|"]
+    for k, v in res["differences"].items():
+        lines.append(f"| {k} | {_ci(v['final'])} | {_ci(v['peak'])} |")
+    lines += ["", f"![frontier over seeds]({fig})", ""]
+    return "\n".join(lines)
 
 
 def aggregate_seeds(workdir: str, per_seed: list[dict]) -> str:
