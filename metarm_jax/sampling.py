@@ -218,8 +218,8 @@ def process_logits(
 
 def _cache_constrain(cache: llama.KVCache) -> llama.KVCache:
     return llama.KVCache(
-        k=shd.constrain(cache.k, llama.CACHE_AXES),
-        v=shd.constrain(cache.v, llama.CACHE_AXES),
+        k=tuple(shd.constrain(a, llama.CACHE_AXES) for a in cache.k),
+        v=tuple(shd.constrain(a, llama.CACHE_AXES) for a in cache.v),
         key_mask=shd.constrain(cache.key_mask, ("cache_batch", "cache_length")),
         next_pos=shd.constrain(cache.next_pos, ("cache_batch",)),
         index=cache.index,
@@ -250,17 +250,21 @@ def _sample(
     n = num_samples * b
     v = cfg.vocab_size
 
+    # The weights every step reads, made once here: each layer's own arrays in the compute
+    # dtype (llama.Llama.decode_weights), so no step slices or casts a weight.
+    w = model.decode_weights()
+
     # Prefill once per prompt; only the last position's logits are needed.
     cache = _cache_constrain(llama.init_cache(cfg, b, t + max_new_tokens))
-    x, cache = model.hidden_states(ids, mask, cache)
-    logits = model.head_output(x[:, -1:], None)[:, 0]  # [B, V]
+    x, cache = llama.decode_forward(cfg, w, ids, mask, cache)
+    logits = llama.decode_logits(cfg, w, x[:, -1:])[:, 0]  # [B, V]
     seen = jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], ids].max(mask > 0)
 
     # Share the prompt's cache across its samples (prompt-major rows).
     cache = _cache_constrain(
         llama.KVCache(
-            k=_repeat_rows(cache.k, num_samples, 1),
-            v=_repeat_rows(cache.v, num_samples, 1),
+            k=tuple(_repeat_rows(a, num_samples, 0) for a in cache.k),
+            v=tuple(_repeat_rows(a, num_samples, 0) for a in cache.v),
             key_mask=_repeat_rows(cache.key_mask, num_samples, 0),
             next_pos=_repeat_rows(cache.next_pos, num_samples, 0),
             index=cache.index,
@@ -320,9 +324,11 @@ def _sample(
         out["seen"] = c["seen"].at[jnp.arange(n), tok].set(True)
         out["done"] = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
         # Next step's logits (the last iteration's forward is unused; it keeps the loop simple).
-        h, cache = model.hidden_states(tok[:, None], jnp.ones((n, 1), jnp.int32), c["cache"])
+        h, cache = llama.decode_forward(
+            cfg, w, tok[:, None], jnp.ones((n, 1), jnp.int32), c["cache"]
+        )
         out["cache"] = _cache_constrain(cache)
-        out["logits"] = shd.constrain(model.head_output(h, None)[:, 0], ("batch", "act_vocab"))
+        out["logits"] = shd.constrain(llama.decode_logits(cfg, w, h)[:, 0], ("batch", "act_vocab"))
         out["step"] = step + 1
         return out
 

@@ -400,9 +400,8 @@ def test_family_rewards_match_hf(family):
 def test_family_greedy_decoding_matches_hf_generate(family):
     ids, mask = batches()["left"]
     new = 8
-    out = sampling.generate(
-        family.lm, ids, mask, 0, max_new_tokens=new, temperature=0.0, repetition_penalty=1.0
-    )
+    settings = sampling.settings(max_new_tokens=new, temperature=0.0, repetition_penalty=1.0)
+    out = sampling.generate(family.lm, ids, mask, 0, settings)
     with torch.inference_mode():
         ref = family.hf_lm.generate(
             torch.tensor(ids),
