@@ -372,32 +372,45 @@ def build(step: str, cfg: llama.LlamaConfig, mesh, s: Shapes):
         info.update(param_bytes=sum(nbytes(x) for x in models), state_bytes=0)
         return jitted, args, info
     if step.startswith("decode"):
+        # The sampler's token step (sampling._sample's loop body): the model on its decoding
+        # weights (each layer's own arrays in the compute dtype, made once per generation) and
+        # the per-layer cache, both read in place; the cache donated.
         b = int(step[len("decode") :])
         _, params, graphdef, rest = abstract_model(cfg, "lm")
+        model = nnx.merge(graphdef, params, rest)
+        weights = jax.eval_shape(lambda p: nnx.merge(graphdef, p, rest).decode_weights(), params)
 
-        def decode(p, cache, tok):
-            model = nnx.merge(graphdef, p, rest)
-            h, cache = model.hidden_states(tok[:, None], jnp.ones((b, 1), jnp.int32), cache)
-            logits = shd.constrain(model.head_output(h, None)[:, 0], ("batch", "act_vocab"))
+        def decode(w, cache, tok):
+            h, cache = llama.decode_forward(
+                cfg, w, tok[:, None], jnp.ones((b, 1), jnp.int32), cache
+            )
+            logits = shd.constrain(llama.decode_logits(cfg, w, h)[:, 0], ("batch", "act_vocab"))
             return logits, cache
 
         cache = jax.eval_shape(lambda: llama.init_cache(cfg, b, s.cache_len))
-        kv = shd.named_sharding(mesh, llama.CACHE_AXES, cache.k.shape, name="cache.k")
+        kv = shd.named_sharding(mesh, llama.CACHE_AXES, cache.k[0].shape, name="cache.k")
         cache_sh = llama.KVCache(
-            k=kv,
-            v=kv,
+            k=(kv,) * cfg.num_layers,
+            v=(kv,) * cfg.num_layers,
             key_mask=shd.batch_sharding(mesh, 2),
             next_pos=shd.batch_sharding(mesh, 1),
             index=shd.replicated(mesh),
         )
         jitted = jax.jit(
             decode,
-            in_shardings=(shd.state_shardings(mesh, params), cache_sh, shd.batch_sharding(mesh, 1)),
+            in_shardings=(
+                model.decode_weight_shardings(mesh),
+                cache_sh,
+                shd.batch_sharding(mesh, 1),
+            ),
             out_shardings=(shd.batch_sharding(mesh, 2), cache_sh),
             donate_argnums=1,
         )
-        info.update(param_bytes=nbytes(params), state_bytes=0, cache_bytes=nbytes(cache))
-        return jitted, (params, cache, _ints(b)), info
+        # What a step reads whole: every layer, the final norm and the LM head (of the embedding
+        # table it reads B rows; the table is an input but not counted here).
+        read = nbytes(weights) - nbytes(weights["embed"])
+        info.update(param_bytes=read, state_bytes=0, cache_bytes=nbytes(cache))
+        return jitted, (weights, cache, _ints(b)), info
     raise SystemExit(f"unknown step {step!r}; expected one of {STEPS}.")
 
 
@@ -729,6 +742,17 @@ def big_writes(text: str, min_elements: int, loops_only: bool = False) -> list[d
     return out
 
 
+def copy_threshold(cfg: llama.LlamaConfig, step: str, s: Shapes) -> int:
+    """The element count of the smallest per-layer weight matrix of ``cfg`` (and, for a decode
+    step of batch B, of one layer's K or V cache): a write this large in a token step is a
+    copy of a weight or of a cache layer."""
+    e, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    sizes = [e * cfg.num_heads * d, e * cfg.num_kv_heads * d, e * f]
+    if step.startswith("decode"):
+        sizes.append(int(step[len("decode") :]) * cfg.num_kv_heads * s.cache_len * d)
+    return min(sizes)
+
+
 def write_summary(writes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """``big_writes`` per kind: {kind: {"count": instructions run, "bytes": bytes written}}
     (trip counts included)."""
@@ -793,6 +817,8 @@ def run_config(
         ) as f:
             f.write(text)
     hlo = analyse_hlo(text, ndev)
+    if step.startswith("decode"):  # what a token step writes of a weight's or a cache layer's size
+        hlo["big_writes"] = write_summary(big_writes(text, copy_threshold(cfg, step, shapes)))
     row = {
         "config": name,
         "preset": preset,
@@ -821,6 +847,7 @@ def run_config(
         "model_flops_per_device": model_flops(step, cfg, shapes) / ndev,
         "collectives": hlo["collectives"],
         "unknown_trip_counts": hlo["unknown_trip_counts"],
+        "big_writes": hlo.get("big_writes"),
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
         "rss_growth_bytes": max(_current_rss_bytes() - rss0, 0),

@@ -396,6 +396,16 @@ def left_pack(ids: np.ndarray, mask: np.ndarray, width: int, pad_id: int):
     return np.pad(ids, pad, constant_values=pad_id), np.pad(mask, pad)
 
 
+def padded_prompts(b: int, dp: int, num_samples: int) -> int:
+    """How many prompts ``generate`` runs for ``b``: a multiple of the data-parallel size ``dp``,
+    and at least two decode rows. (With one row, XLA:CPU fuses each layer's in-place cache
+    update twice, the second time behind the bitcast that drops the size-1 batch dim for the
+    attention's matmul, and so copies every layer's K and V cache at every step; a second row
+    costs one more row of cache.)"""
+    b_pad = -(-b // dp) * dp
+    return 2 if b_pad * num_samples < 2 else b_pad
+
+
 def _mesh_of(state) -> Mesh | None:
     leaf = jax.tree.leaves(state)[0]
     s = getattr(leaf, "sharding", None)
@@ -482,7 +492,7 @@ def generate(
     if mesh is not None and mesh.size == 1:
         mesh = None
     dp = 1 if mesh is None else shd.dp_size(mesh)
-    b_pad = -(-b // dp) * dp
+    b_pad = padded_prompts(b, dp, num_samples)
     if b_pad != b:  # dummy prompts (copies of row 0) after the real ones; dropped below
         ids = np.concatenate([ids, np.repeat(ids[:1], b_pad - b, 0)])
         mask = np.concatenate([mask, np.repeat(mask[:1], b_pad - b, 0)])
