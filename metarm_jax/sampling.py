@@ -35,9 +35,14 @@ that PPO's ratio and KL penalty use when the training step recomputes logprobs f
 forward pass. (TRL's PPO instead divides the recomputed logits by the sampling temperature; a PPO
 step that does so must recompute with the same convention rather than use either of these.)
 
-Sharding: the model runs as is (its params keep the layout the training put them in: no copy),
-the KV cache carries ``llama.CACHE_AXES`` and the batch/activations the ``batch``/``act_*``
-names of :mod:`metarm_jax.sharding`, i.e. the batch on ``data``/``fsdp`` and heads on ``tensor``.
+Weights and cache: before the prefill the jitted function makes the model's decoding weights
+(``llama.Llama.decode_weights``: each layer's weights as arrays of their own in the compute dtype,
+once per call), which the token steps read in place; the KV cache is one [B, KVH, S, D] buffer
+per layer, written in place (tests/test_decode_hlo.py checks the compiled loop for copies).
+
+Sharding: the decoding weights keep the layout the training put the params in, the KV cache
+carries ``llama.CACHE_AXES`` and the batch/activations the ``batch``/``act_*`` names of
+:mod:`metarm_jax.sharding`, i.e. the batch on ``data``/``fsdp`` and heads on ``tensor``.
 Random draws use one key per output row (``fold_in(rng, row)``, then the step), so the samples of
 a row do not depend on the batch padding, the mesh, or the other rows.
 """

@@ -64,7 +64,8 @@ class CheckpointError(UserError):
 
 
 def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> llama.LlamaConfig:
-    """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype/param_dtype/remat/scan.
+    """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype, param_dtype, remat,
+    attention, scan_layers.
 
     Reads the families of ``ARCHITECTURES``; anything the model would compute differently from
     the checkpoint (another model_type, rotary scaling, bias, activation or attention window) is
@@ -393,6 +394,7 @@ def load_hf(
     dtype: str | None = None,
     param_dtype: str | None = None,
     remat: str | None = None,
+    attention: str | None = None,
     scan_layers: bool | None = None,
     init_missing_head: bool = True,
     seed: int = 0,
@@ -410,6 +412,7 @@ def load_hf(
         dtype=dtype,
         param_dtype=param_dtype,
         remat=remat,
+        attention=attention,
         scan_layers=scan_layers,
     )
     st = _SafetensorsDir(path)
