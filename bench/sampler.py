@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/sampler.py                 # tiny and llama_100m
     .venv/bin/python bench/sampler.py --models tiny --repeats 5
+    .venv/bin/python bench/sampler.py --models smollm2  # SmolLM2-135M-Instruct's real weights
+
+``smollm2`` loads the converted checkpoint (``python -m metarm_jax.models.pretrained``; its
+directory is $METARM_SMOL_DIR, default runs/smollm2-135m); any other name is a random preset.
 
 Identical weights (our model saved with hf.save_hf, loaded by LlamaForCausalLM), prompts
 (batch 16, left-padded, lengths 8..32) and settings (temperature 0.8, top-p 0.9, repetition
@@ -100,10 +104,23 @@ def main():
     b, n_new = args.batch, args.new_tokens
     rows = []
     for name in args.models.split(","):
-        cfg = llama.preset(name)
-        if args.scan_layers >= 0:
-            cfg = cfg.replace(scan_layers=bool(args.scan_layers))
-        model = llama.create(cfg, "lm", seed=0)
+        if name == "smollm2":
+            from metarm_jax.models import pretrained
+
+            smol = os.environ.get("METARM_SMOL_DIR") or pretrained.DEFAULT_OUT
+            if not pretrained.is_complete(smol):
+                raise SystemExit(
+                    f"{smol}: no converted SmolLM2-135M; run `python -m "
+                    "metarm_jax.models.pretrained` (or set METARM_SMOL_DIR)."
+                )
+            scan = None if args.scan_layers < 0 else bool(args.scan_layers)
+            model = hf.load_hf(smol, "lm", scan_layers=scan)
+            cfg = model.cfg
+        else:
+            cfg = llama.preset(name)
+            if args.scan_layers >= 0:
+                cfg = cfg.replace(scan_layers=bool(args.scan_layers))
+            model = llama.create(cfg, "lm", seed=0)
         rs = np.random.RandomState(0)
         lengths = rs.randint(8, 33, size=b)
         width = int(lengths.max())
