@@ -517,7 +517,7 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="timed train steps (median)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--decode-batches", default="1,16")
+    ap.add_argument("--decode-batches", default="1,2,16")
     ap.add_argument("--decode-steps", type=int, default=64)
     ap.add_argument("--cache-len", type=int, default=1024)
     ap.add_argument("--prompt-len", type=int, default=128)
