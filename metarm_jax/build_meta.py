@@ -35,7 +35,7 @@ from metarm_jax import faults, fileio, hosts, models, sampling, sharding
 from metarm_jax.data import MetaExample, SamplingInfo
 from metarm_jax.data.features import CollatePrompts, TokenSpec
 from metarm_jax.data.schemas.meta import meta_row
-from metarm_jax.errors import ConfigError, UserError
+from metarm_jax.errors import ConfigError, Preempted, UserError
 
 MANIFEST = "manifest.json"
 
@@ -275,6 +275,12 @@ def run(ctx) -> dict[str, Any]:
                 f"[build_meta] chunk {c + 1}/{n_chunks}: {len(part)} prompts x {bm.k} "
                 f"({time.time() - t0:.0f}s)",
                 flush=True,
+            )
+        if c + 1 < n_chunks and hosts.preemption_point():  # the chunks on disk resume
+            raise Preempted(
+                f"build_meta stopped after chunk {c + 1} of {n_chunks} on a preemption notice "
+                f"(SIGTERM); the chunks in {chunk_dir} are kept. Run the same command again to "
+                "resume from them."
             )
 
     if lead:

@@ -84,6 +84,17 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
+class _Manager(ocp.CheckpointManager):
+    """orbax's manager, minus its calls to JAX's preemption sync point: orbax passes checkpoint
+    step numbers to it, which would mix a second count into the one ``hosts.preemption_point``
+    keeps (the sync point is a count of calls; see metarm_jax/hosts.py). The train loop decides
+    when to save for a preemption itself."""
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 class Checkpointer:
     """Save / restore {train state, data iterators}; keeps the last ``keep`` (``train.keep``),
     saved in the background with ``async_save`` (``train.async_checkpoints``)."""
@@ -98,7 +109,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=self.keep, create=True, enable_async_checkpointing=self.async_save
         )
-        return ocp.CheckpointManager(self.directory, options=options)
+        return _Manager(self.directory, options=options)
 
     # ------------------------------------------------------------------ queries
 

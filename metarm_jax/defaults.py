@@ -394,6 +394,10 @@ def rlhf() -> ml_collections.ConfigDict:
     )
     c.human_export = False  # write blind pairs (best round vs SFT) for people: CSV + HTML page
     c.human_verdicts = ""  # a filled verdict CSV of that export: tabulated in the report
+    # Keep every step's train checkpoints (weights, optimizer state, data position) after the
+    # step has finished. False (default): a step's <step>/<stage>/checkpoints/ is removed once
+    # its export and DONE.json are written; nothing reads them after that (docs/reliability.md).
+    c.keep_checkpoints = False
     return c
 
 

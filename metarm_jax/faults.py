@@ -7,8 +7,10 @@ Nothing happens unless the environment variable ``METARM_FAULT`` names that poin
     METARM_FAULT=checkpoint_saving:2     SIGKILL this process at the 2nd time it reaches the point
     METARM_FAULT=enospc:checkpoint_saving:1   raise OSError(ENOSPC) there instead (a full disk)
     METARM_FAULT=nan:reward:2             ``poison("reward", x)`` returns x with a NaN, 2nd call
+    METARM_FAULT=term:train_step:3        send this process SIGTERM (a preemption notice) there
 
-Points: ``stage_start:<stage>``, ``checkpoint_saving`` (an async checkpoint write in flight),
+Points: ``stage_start:<stage>``, ``train_step`` (a train step done, before the loop decides to
+save), ``checkpoint_saving`` (an async checkpoint write in flight),
 ``build_meta_chunk`` (a chunk written, its manifest not yet), ``done_marker`` (a rlhf step's
 DONE.json about to be written), ``report`` (the report being written). The check is one dict
 lookup, so the points cost nothing in a normal run.
@@ -28,7 +30,7 @@ def _spec() -> tuple[str, str, int] | None:
     if not raw:
         return None
     parts = raw.split(":")
-    kind = parts[0] if parts[0] in ("enospc", "nan") else "kill"
+    kind = parts[0] if parts[0] in ("enospc", "nan", "term") else "kill"
     if kind != "kill":
         parts = parts[1:]
     *name, nth = parts
@@ -48,6 +50,9 @@ def point(name: str) -> None:
         return
     if kind == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (injected at {name})")
+    if kind == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
     os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -7,11 +7,16 @@ human-evaluation export. Every such write that another process later reads is fo
 ``barrier(name)`` on every process, so no process reads a file before it is complete.
 Checkpoints (the train state and the data iterators' state) are written by every process
 through orbax, which synchronises them itself.
+
+Preemption (below): SIGTERM, the notice a preemptible TPU or GPU machine gets shortly before it
+is taken away, stops the run at the next *preemption point* (a train step, a build_meta chunk,
+an rlhf step), the same point on every process, where each saves and leaves.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 import threading
@@ -115,3 +120,48 @@ def stop_peer_watch() -> None:
             s.close()
         except OSError:
             pass
+
+
+# --- preemption: every process stops at the same point -----------------------------------------
+#
+# The code calls ``preemption_point()`` at every boundary where the run can stop and resume
+# exactly (after a train step, after a build_meta chunk, before an rlhf step), in the same order
+# on every process. It returns True at the one boundary where all processes stop:
+#  - several processes (jax.distributed): JAX's preemption service catches SIGTERM on whichever
+#    host gets it, tells the others through the coordination service, and agrees on the next
+#    boundary every process can still reach (``multihost_utils.reached_preemption_sync_point``
+#    with a count of boundaries: each process sends the count it has reached, the sync point is
+#    the largest + 1);
+#  - one process: a SIGTERM handler sets a flag, and the next boundary stops.
+# Nothing is exchanged until a notice arrives: a boundary costs a lock and a comparison.
+
+_preempt = {"service": False, "received": False, "points": 0}
+
+
+def _on_sigterm(signum, frame) -> None:
+    del signum, frame
+    _preempt["received"] = True
+
+
+def watch_preemption() -> str:
+    """Make SIGTERM stop the run at the next preemption point (call once, after
+    ``jax.distributed.initialize``). Returns how: "jax" (the preemption service of
+    jax.distributed), "signal" (one process: a handler), or "off" (several processes with
+    ``jax_enable_preemption_service`` off: SIGTERM ends the process as before, and the others
+    stop with the lost-process line)."""
+    from jax._src import distributed
+
+    if distributed.global_state.client is not None:
+        _preempt["service"] = distributed.global_state.preemption_sync_manager is not None
+        return "jax" if _preempt["service"] else "off"
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    return "signal"
+
+
+def preemption_point() -> bool:
+    """True when the run stops here for a preemption notice (every process gets True at the
+    same call). Every process must call this at the same boundaries, in the same order."""
+    _preempt["points"] += 1
+    if _preempt["service"]:
+        return multihost_utils.reached_preemption_sync_point(_preempt["points"])
+    return bool(_preempt["received"])

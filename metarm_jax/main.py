@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from metarm_jax import config_lib, hosts, sharding, stages
-from metarm_jax.errors import ConfigError, UserError
+from metarm_jax.errors import PREEMPTED_EXIT_CODE, ConfigError, Preempted, UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
 _CONFIG: flags.FlagHolder | None = None  # defined by _parse_flags from the loaded config file
@@ -191,6 +191,7 @@ def main(argv) -> None:
             config.workdir = workdir
         config_lib.validate(config)  # every value, before JAX starts (and before any stage)
         maybe_initialize_distributed(config.distributed)
+        hosts.watch_preemption()  # SIGTERM: save at the same point on every process, exit 75
         config_lib.check_devices(config, jax.device_count())
         raw, config = config, config_lib.resolve(config, workdir)
         mesh = sharding.make_mesh(dict(config.mesh))
@@ -221,6 +222,10 @@ def main(argv) -> None:
         hosts.stop_peer_watch()
     except UserError as e:
         _fail(str(e))
+    except Preempted as e:
+        print(f"preempted: {e}", file=sys.stderr, flush=True)
+        hosts.stop_peer_watch()
+        sys.exit(PREEMPTED_EXIT_CODE)
     except Exception as e:
         if not _lost_peer(e):
             raise

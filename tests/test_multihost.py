@@ -10,7 +10,9 @@ through launch/pod.sh's local mode, compared with one process holding the same g
 - resharding: a checkpoint written by 2 processes restores in 1 process on another mesh and the
   run continues to the same result as the 2-process run;
 - a lost host: killing one process mid-step stops the other within a bounded time with one line,
-  and the same command resumes from the last checkpoint.
+  and the same command resumes from the last checkpoint;
+- a preempted host: SIGTERM to one process makes both save after the same step and exit 75; the
+  same command resumes to the uninterrupted run's weights.
 """
 
 import json
@@ -142,6 +144,8 @@ TINY = [
     "--config.rlhf.eval_prompts=8",
     "--config.rlhf.valid_prompts=8",
     "--config.rlhf.bootstrap=200",
+    # the resharding test below restores a checkpoint of a finished step
+    "--config.rlhf.keep_checkpoints=True",
 ]
 EXPORTS = (
     "sft/export/sft",
@@ -227,6 +231,23 @@ def test_checkpoint_of_two_processes_restores_in_one_on_another_mesh(two_vs_one,
         assert float(np.max(np.abs(a[k] - b[k]))) / scale <= 1e-3, k  # as in the test above
 
 
+def _process_pid(index: int, workdir) -> int:
+    """The pid of the python process of a local pod.sh run on ``workdir`` whose environment says
+    it is process ``index``."""
+    found = subprocess.run(
+        ["pgrep", "-f", f"workdir={workdir}"], capture_output=True, text=True
+    ).stdout.split()
+    for pid in map(int, found):
+        try:
+            environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"JAX_PROCESS_ID={index}".encode() in environ and b"python" in cmdline:
+            return pid
+    raise AssertionError(f"process {index} of the run on {workdir} not found")
+
+
 def test_a_lost_host_stops_the_others_and_the_run_resumes(two_vs_one, tmp_path):
     """Kill process 1 in the middle of the RM stage (on the tiny run's world): process 0 stops
     within seconds with one line (the peer watch: no hang until a collective or heartbeat
@@ -260,24 +281,7 @@ def test_a_lost_host_stops_the_others_and_the_run_resumes(two_vs_one, tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, "the run ended before the RM stage wrote a checkpoint"
-    victim = subprocess.run(
-        ["pgrep", "-f", f"JAX_PROCESS_ID=1.*{tmp_path}|workdir={tmp_path / 'run'}"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    pids = [int(p) for p in victim.stdout.split()]
-    killed = False
-    for pid in pids:  # the python process whose environment says it is process 1
-        try:
-            environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if (
-            b"JAX_PROCESS_ID=1" in environ
-            and b"python" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-        ):
-            os.kill(pid, signal.SIGKILL)
-            killed = True
-    assert killed, "process 1 not found"
+    os.kill(_process_pid(1, tmp_path / "run"), signal.SIGKILL)
     t_kill = time.time()
     try:
         _, err = proc.communicate(timeout=120)
@@ -294,3 +298,69 @@ def test_a_lost_host_stops_the_others_and_the_run_resumes(two_vs_one, tmp_path):
     res = _pod(2, 2, args, tmp_path / "logs2")
     assert "resuming rm from" in (tmp_path / "logs2" / "host0.log").read_text()
     del res
+
+
+def test_sigterm_to_one_host_saves_every_host_at_one_step_and_the_run_resumes(tmp_path):
+    """A preemption notice (SIGTERM) to process 1 alone, in the middle of the RM stage on 2
+    processes: JAX's preemption service tells process 0, both save a checkpoint after the same
+    step and exit 75 with one line each; the same command resumes there and ends with the
+    weights of an uninterrupted 2-process run, bit for bit."""
+    from metarm_jax import defaults
+    from metarm_jax.data.synthetic import write_world
+    from metarm_jax.errors import PREEMPTED_EXIT_CODE
+
+    world = tmp_path / "world"
+    cfg = defaults.world()
+    cfg.update(num_sft=64, num_train_pairs=256, num_test_pairs=64, num_train_prompts=16,
+               num_eval_prompts=8, num_valid_prompts=8, num_ood_prompts=8,
+               num_ood_train_prompts=8)  # fmt: skip
+    write_world(str(world), cfg)
+
+    def args(workdir):
+        return [
+            "--config=configs/quickstart.py:fast=1", "--config.pipeline=('rm',)",
+            f"--workdir={workdir}", "--config.train.progress=False", "--config.mesh.data=4",
+            f"--config.data.tokenizer_path={world / 'tokenizer'}",
+            f"--config.data.path={world / 'pairs'}", "--config.data.split=train",
+            "--config.data.eval_split=test", "--config.train.steps=24",
+            "--config.train.save_every=4", "--config.train.eval_every=24",
+        ]  # fmt: skip
+
+    _pod(2, 2, args(tmp_path / "straight"), tmp_path / "logs_straight")
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        ["bash", POD, "--logdir", str(tmp_path / "logs"), "local", "2", "--", *args(run)],
+        cwd=REPO, env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    ckpt = run / "rm" / "checkpoints"
+    deadline = time.time() + 400
+    while time.time() < deadline and proc.poll() is None:
+        if (ckpt / "4" / "commit_success.txt").exists():
+            break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before the RM stage wrote a checkpoint"
+    os.kill(_process_pid(1, run), signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == PREEMPTED_EXIT_CODE, err[-3000:]
+    stopped = []
+    for i in (0, 1):
+        log = (tmp_path / "logs" / f"host{i}.log").read_text()
+        lines = [l for l in log.splitlines() if l.startswith(("preempted:", "error:"))]
+        assert len(lines) == 1, log[-2000:]
+        assert lines[0].startswith("preempted: rm stopped after step ") and "Traceback" not in log
+        stopped.append(int(lines[0].split("after step ")[1].split()[0]))
+        assert f"[host {i}] exit {PREEMPTED_EXIT_CODE}" in err
+    assert stopped[0] == stopped[1] and 4 < stopped[0] < 24, stopped
+    assert (ckpt / str(stopped[0]) / "commit_success.txt").exists()
+    _pod(2, 2, args(run), tmp_path / "logs2")
+    assert f"(step {stopped[0]}/24)" in (tmp_path / "logs2" / "host0.log").read_text()
+    a = load_file(str(tmp_path / "straight" / "export" / "rm" / "model.safetensors"))
+    b = load_file(str(run / "export" / "rm" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -15,6 +15,7 @@ from safetensors.numpy import load_file
 
 from metarm_jax import defaults
 from metarm_jax.data.synthetic import write_world
+from metarm_jax.errors import PREEMPTED_EXIT_CODE
 from metarm_jax.models import hf, llama
 from tests.conftest import REPO
 from tests.xla_env import xla_flags
@@ -96,6 +97,23 @@ def test_a_full_disk_mid_checkpoint_stops_cleanly_and_resumes(world, straight, t
     assert "Traceback" not in res.stderr
     again = _run(_rm_args(world, tmp_path))
     assert "resuming rm from" in again.stdout
+    assert _same(_weights(tmp_path), _weights(straight))
+
+
+def test_sigterm_mid_stage_saves_there_and_the_same_command_resumes(world, straight, tmp_path):
+    """A preemption notice (SIGTERM, sent to the process after its 6th step of 12; checkpoints
+    every 4): one line, exit code 75, a checkpoint at step 6; the same command resumes there
+    and ends with the uninterrupted run's weights, bit for bit."""
+    res = _run(_rm_args(world, tmp_path), {"METARM_FAULT": "term:train_step:6"}, check=False)
+    assert res.returncode == PREEMPTED_EXIT_CODE, res.stderr[-2000:]
+    lines = [l for l in res.stderr.splitlines() if l.startswith(("preempted:", "error:"))]
+    assert len(lines) == 1 and lines[0].startswith("preempted: rm stopped after step 6 of 12 ")
+    assert "run the same command again" in lines[0].lower() and "Traceback" not in res.stderr
+    ckpts = tmp_path / "rm" / "checkpoints"
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [4, 6]
+    assert not (tmp_path / "export").exists()
+    again = _run(_rm_args(world, tmp_path))
+    assert "resuming rm from" in again.stdout and "(step 6/12)" in again.stdout
     assert _same(_weights(tmp_path), _weights(straight))
 
 

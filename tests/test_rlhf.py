@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from metarm_jax.errors import PREEMPTED_EXIT_CODE
 from tests.conftest import REPO
 from tests.xla_env import xla_flags
 
@@ -263,7 +264,7 @@ def test_numbers_come_from_the_run_and_change_with_the_seed(seed0, tmp_path):
     rows = [json.loads(r) for r in (pairs / "gold.jsonl").read_text().splitlines()]
     assert all(r["gold_chosen"] > r["gold_rejected"] for r in rows)  # labelled by gold
     # the oracle keeps the original pairs and adds its rounds' gold pairs (replay)
-    original = (workdir / "world/pairs/train.jsonl").read_text()
+    original = (tmp_path / "world/pairs/train.jsonl").read_text()
     train = (pairs / "train.jsonl").read_text()
     assert len(train.splitlines()) == len(original.splitlines()) + len(rows)
     assert a["table1"]["round1"] != b["table1"]["round1"] or a["selection"] != b["selection"]
@@ -319,6 +320,59 @@ def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
     assert "resuming ppo from" in res.stdout
     a, b = _report(workdir), _report(run)
     assert a == b  # every number and interval, bit for bit
+
+
+def test_finished_steps_keep_their_exports_and_drop_their_checkpoints(seed0):
+    """rlhf.keep_checkpoints=False (default): no step leaves a checkpoint folder, every step
+    that exported keeps its export, and the report, Figure 1 as the paper draws it included
+    (test_quickstart_report_has_every_table_and_figure), was built without them."""
+    workdir, _ = seed0
+    assert not sorted(workdir.glob("**/checkpoints"))
+    done = sorted(workdir.glob("**/DONE.json"))
+    exports = [json.loads(d.read_text()).get("export") for d in done]
+    assert len(done) >= 20 and sum(bool(e) for e in exports) >= 10
+    for e in filter(None, exports):
+        assert (pathlib.Path(e) / "model.safetensors").exists(), e
+    assert (workdir / "vanilla_ppo/export/ppo_iter3/model.safetensors").exists()  # round 1 of 2
+
+
+def test_sigterm_in_round2_ppo_saves_at_an_iteration_and_resumes_to_the_same_report(
+    seed0, tmp_path
+):
+    """As the kill test above, with a preemption notice instead: SIGTERM after the first step
+    of round 2's PPO (inside its first iteration of 2 steps): the run saves at the iteration's
+    end (step 2), says so in one line and exits 75; the same command resumes and the report
+    equals seed0's. A finished step's checkpoints left behind (a run stopped while removing
+    them) are removed on the way."""
+    workdir, _ = seed0
+    run = tmp_path / "run"
+    after = {"round2/ppo", "report.md", "report.json"} | {
+        f"samples/{split}/round2{ext}"
+        for split in ("test", "valid")
+        for ext in ("", ".jsonl", ".jsonl.chunks")
+    }
+    shutil.copytree(workdir, run, ignore=lambda d, names: [
+        n for n in names if os.path.relpath(os.path.join(d, n), workdir) in after
+        or n.endswith(".png")
+    ])  # fmt: skip
+    left = run / "round1" / "ppo" / "ppo" / "checkpoints" / "6"
+    left.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "metarm_jax.main", FAST, f"--workdir={run}",
+           "--config.train.progress=False"]  # fmt: skip
+    env = dict(_env(), METARM_FAULT="term:train_step:1")
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == PREEMPTED_EXIT_CODE, res.stderr[-3000:]
+    lines = [l for l in res.stderr.splitlines() if l.startswith(("preempted:", "error:"))]
+    assert len(lines) == 1 and lines[0].startswith("preempted: ppo stopped after step 2 of 6 ")
+    ckpt = run / "round2" / "ppo" / "ppo" / "checkpoints"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["2"]
+    assert not (run / "round2" / "ppo" / "DONE.json").exists()
+    assert not left.parent.exists()
+    res = _run(run)
+    assert "-- rlhf: round1" not in res.stdout  # finished steps are not run again
+    assert "resuming ppo from" in res.stdout and "(step 2/6)" in res.stdout
+    assert _report(workdir) == _report(run)  # every number and interval, bit for bit
+    assert not sorted(run.glob("**/checkpoints"))
 
 
 def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from metarm_jax import config_lib, models, sharding
+from metarm_jax import config_lib, faults, hosts, models, sharding
+from metarm_jax.errors import Preempted
 from metarm_jax.models import llama
 from metarm_jax.train import loop, optim, rm
 from tests import marker_task
@@ -106,7 +108,7 @@ def _cfg(**kw):
     return c
 
 
-def _run(tmp_path, steps, poison_at=(), **kw):
+def _run(tmp_path, steps, poison_at=(), boundary=1, **kw):
     cfg = _cfg(**kw)
     params, step_fn, batches = _toy(poison_at)
     opt, sched = optim.optimizer(cfg, steps)
@@ -123,6 +125,7 @@ def _run(tmp_path, steps, poison_at=(), **kw):
         optimizer=opt,
         schedule=sched,
         eval_fn=lambda p: {"w_norm": float(jnp.linalg.norm(p["w"][...]))},
+        boundary=boundary,
     )
 
 
@@ -231,3 +234,43 @@ def test_a_step_that_asks_gets_the_last_applied_update_norm():
     assert seen[0] == 0.0 and applied[0] > 0  # no update before the first step
     assert seen[1] == applied[0] and seen[2] == applied[1]
     assert applied[2] == 0.0 and seen[3] == applied[1]  # step 2 was skipped: the norm is kept
+
+
+def _rows(path) -> list[dict]:
+    return [
+        {k: v for k, v in json.loads(l).items() if k != "time"}
+        for l in (path / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+@pytest.mark.parametrize("boundary,saved_at", [(1, 5), (3, 6)])
+def test_sigterm_saves_at_the_next_boundary_and_resume_ends_where_a_straight_run_ends(
+    tmp_path, monkeypatch, boundary, saved_at
+):
+    """A real SIGTERM to this process during step 5 of 12 (checkpoints every 4), caught by the
+    handler ``hosts.watch_preemption`` installs alone: the loop saves after the step (after
+    step 6 when checkpoints may only fall on multiples of 3 steps, as PPO's iterations) and
+    raises Preempted; run again, it resumes there and ends with the params and metrics rows of
+    an uninterrupted run, bit for bit."""
+    monkeypatch.setitem(hosts._preempt, "service", False)
+    monkeypatch.setitem(hosts._preempt, "received", False)
+    monkeypatch.setattr(faults, "_counts", {})
+    monkeypatch.setenv("METARM_FAULT", "term:train_step:5")
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert hosts.watch_preemption() == "signal"
+        with pytest.raises(Preempted, match=rf"after step {saved_at} of 12 .*SIGTERM.*/{saved_at}"):
+            _run(tmp_path / "cut", 12, boundary=boundary, save_every=4)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert sorted(int(p.name) for p in (tmp_path / "cut" / "checkpoints").iterdir()) == [
+        4,
+        saved_at,
+    ]
+    monkeypatch.delenv("METARM_FAULT")
+    hosts._preempt["received"] = False
+    resumed, summary = _run(tmp_path / "cut", 12, boundary=boundary, save_every=4)
+    assert summary["resumed_from"] == saved_at
+    straight, _ = _run(tmp_path / "straight", 12, boundary=boundary, save_every=4)
+    np.testing.assert_array_equal(np.asarray(resumed["w"][...]), np.asarray(straight["w"][...]))
+    assert _rows(tmp_path / "cut") == _rows(tmp_path / "straight")

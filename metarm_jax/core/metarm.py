@@ -217,9 +217,9 @@ def meta_grads(
                                  read with ∇L at θ' (the gradient already computed) instead of at
                                  θ, which would cost another backward; the two differ by O(η).
                                  For order="second", g is the full second-order gradient.
-      meta/J_prime               J_θ'(X_s), only if `measure_j_prime` (one extra forward on the
-                                 meta batch, so off by default: the step's FLOPs stay at
-                                 (2n + m·k)/2n of a vanilla step).
+      meta/J_prime, meta/J_gain  J_θ'(X_s) and J(θ') − J(θ), only if `measure_j_prime` (one extra
+                                 forward on the meta batch, so off by default: the step's FLOPs
+                                 stay at (2n + m·k)/2n of a vanilla step).
     With a Python ``eta == 0`` only loss/accuracy/reward_*, grad_norm, meta/J (a forward on the
     meta batch), meta/ascent_norm = 0 and meta/eta_effective = 0 are returned.
     """
@@ -244,6 +244,7 @@ def meta_grads(
         )
         if measure_j_prime:
             metrics["meta/J_prime"] = metrics["meta/J"]
+            metrics["meta/J_gain"] = zero
         return g, metrics
 
     def step_size(theta, grad_j):
@@ -313,4 +314,5 @@ def meta_grads(
     )
     if measure_j_prime:
         metrics["meta/J_prime"] = J(jax.lax.stop_gradient(theta_prime)).astype(jnp.float32)
+        metrics["meta/J_gain"] = metrics["meta/J_prime"] - metrics["meta/J"]  # J(θ') − J(θ)
     return g, metrics

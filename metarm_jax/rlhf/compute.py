@@ -25,6 +25,7 @@ GEOMETRY_KEYS = (  # the MetaRM step's geometry: core/metarm.py and the train lo
     "meta/cos_gradJ_grad",
     "meta/J",
     "meta/J_prime",
+    "meta/J_gain",
 )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from metarm_jax import data as D
 from metarm_jax import fileio, models, sampling
+from metarm_jax import sharding as shd
 from metarm_jax.data.features import CollatePrompts, TokenSpec, tokenize_prompts
 from metarm_jax.data.records import PromptExample, Source
 from metarm_jax.train.rollout import response_logprobs
@@ -68,9 +69,7 @@ def _sample_kl(config, mesh, policy_path, sft_path, prompts, seed) -> tuple[np.n
         pad_id=pad,
         mesh=mesh,
     )
-    tokens, rmask, logp = (
-        np.asarray(jax.device_get(x)) for x in (out.tokens, out.mask, out.model_logprobs)
-    )
+    tokens, rmask, logp = (shd.to_host(x) for x in (out.tokens, out.mask, out.model_logprobs))
     del policy
     sft = models.from_config(config.model, "lm", mesh, path=sft_path, seed=config.seed)
     apply, params, *_ = models.split(sft)
@@ -78,7 +77,7 @@ def _sample_kl(config, mesh, policy_path, sft_path, prompts, seed) -> tuple[np.n
     seq = jnp.asarray(np.concatenate([ids, tokens], 1))
     seq_mask = jnp.asarray(np.concatenate([mask, rmask], 1))
     ref, _ = jax.jit(lambda p, i, m: response_logprobs(apply, p, i, m, n))(params, seq, seq_mask)
-    ref = np.asarray(jax.device_get(ref))
+    ref = shd.to_host(ref)  # its global value on every process (a pod: an all-gather)
     kl = ((logp - ref) * rmask).sum(-1).astype(np.float64)
     sample = {
         "prompt_ids": [[int(t) for t, m in zip(r, k) if m] for r, k in zip(ids, mask)],

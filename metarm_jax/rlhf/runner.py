@@ -2,12 +2,16 @@
 
 A finished step leaves ``DONE.json`` (its summary) and is skipped on restart; a step that was
 killed resumes from its own checkpoints (the loop's orbax checkpoints, build_meta's chunks).
+Once ``DONE.json`` is written, nothing reads the step's checkpoints again (later steps and the
+report read its exports, metrics and samples), so they are removed unless
+``rlhf.keep_checkpoints``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from typing import Any
 
@@ -15,7 +19,7 @@ import jax
 
 from metarm_jax import faults, fileio, hosts, stages
 from metarm_jax.config_lib import derive
-from metarm_jax.errors import ConfigError
+from metarm_jax.errors import ConfigError, Preempted
 from metarm_jax.layout import StageDir
 
 
@@ -33,8 +37,14 @@ class Runner:
         workdir = os.path.join(self.ctx.workdir, name)
         where = StageDir(workdir)
         if os.path.exists(where.done):
+            self._drop_checkpoints(where)  # left by a run stopped while it removed them
             with open(where.done) as f:
                 return json.load(f)
+        if hosts.preemption_point():
+            raise Preempted(
+                f"rlhf stopped before its step {name} on a preemption notice (SIGTERM); every "
+                "finished step is kept. Run the same command again to go on from there."
+            )
         if self.lead:
             print(f"-- rlhf: {name} ({stage})", flush=True)
         config = derive(self.config, overrides)
@@ -50,8 +60,16 @@ class Runner:
         faults.point("done_marker")
         if self.lead:
             fileio.write_json(where.done, summary, indent=1, default=_jsonable)
+        self._drop_checkpoints(where)
         hosts.barrier(f"rlhf:{name}:done")  # a restart on any process sees the same steps done
         return json.loads(json.dumps(summary, default=_jsonable))
+
+    def _drop_checkpoints(self, where: StageDir) -> None:
+        """Remove a finished step's train checkpoints (process 0; its DONE.json is written)."""
+        if not self.lead or self.config.rlhf.keep_checkpoints:
+            return
+        for path in where.checkpoint_dirs():
+            shutil.rmtree(path, ignore_errors=True)
 
     def path(self, *parts) -> str:
         return os.path.join(self.ctx.workdir, *parts)

@@ -13,7 +13,9 @@ and gets: a jitted, sharded step (params and optimizer state placed by the one s
 batches split over the data axes, the train state donated), gradient accumulation over
 micro-batches (lax.scan inside the step), the optax optimizer with its schedule and clipping, a
 NaN/Inf guard, metrics to ``workdir/metrics.jsonl`` and TensorBoard (``workdir/tb``), a tqdm bar,
-and orbax checkpoints with exact resume (``workdir/checkpoints``).
+and orbax checkpoints with exact resume (``workdir/checkpoints``). On a preemption notice
+(SIGTERM; ``hosts.preemption_point``) every process saves a checkpoint after the same step and
+the loop raises ``Preempted``.
 
 Train state (a dict pytree, all jax.Arrays; this is what a checkpoint holds besides the data):
     params      nnx.State of nnx.Param        opt_state   optax state
@@ -39,10 +41,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from metarm_jax import faults, hosts
 from metarm_jax import sharding as shd
 from metarm_jax.checkpoint import Checkpointer, abstract_like
 from metarm_jax.core.tree import global_norm
-from metarm_jax.errors import ConfigError, UserError
+from metarm_jax.errors import ConfigError, Preempted, UserError
 
 PyTree = Any
 StepFn = Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, dict[str, jax.Array]]]
@@ -331,12 +334,16 @@ def train(
     desc: str = "train",
     snapshot_every: int = 0,
     snapshot_fn: Callable[[int, PyTree], None] | None = None,
+    boundary: int = 1,
 ) -> tuple[PyTree, dict[str, Any]]:
     """Run ``total_steps`` optimizer steps (resuming from ``workdir/checkpoints``); returns the
     final params and a summary. ``cfg`` is ``config.train`` (grad_accum, eval_every, log_every,
     save_every, keep, async_checkpoints, nan_patience, progress); ``seed`` seeds the step rng.
     ``snapshot_fn(step, params)`` runs after every ``snapshot_every``-th step (a stage's export of
-    an intermediate model; a resumed run writes the same snapshots again)."""
+    an intermediate model; a resumed run writes the same snapshots again). ``boundary``: the
+    steps a run may stop and resume after are its multiples (PPO: one iteration, whose roll-out
+    buffer is not saved); on a preemption notice the loop saves after the next such step and
+    raises ``Preempted``."""
     os.makedirs(workdir, exist_ok=True)
     num_micro = int(cfg.grad_accum)  # >= 1 (config_lib.validate)
     shardings = state_shardings(mesh, params, optimizer)
@@ -436,7 +443,14 @@ def train(
             pending = (step + 1, metrics, extra)
             bar.update(1)
             done = step + 1
-            saving = bool(cfg.save_every and done % cfg.save_every == 0) or done == total_steps
+            faults.point("train_step")
+            # The last step is no stop: the stage ends (and exports) right after it.
+            preempted = done % boundary == 0 and done < total_steps and hosts.preemption_point()
+            saving = (
+                bool(cfg.save_every and done % cfg.save_every == 0)
+                or done == total_steps
+                or preempted
+            )
             # Everything a step writes (its metrics row, eval row, snapshot) is written before its
             # checkpoint can commit: a kill after the commit then loses nothing the resumed run
             # would not write again (found by bench/soak.py: a row drained one step late was lost).
@@ -448,6 +462,13 @@ def train(
                 snapshot_fn(done, state["params"])  # on every process (exports are collective)
             if saving:
                 ckpt.save(done, state, batches)
+            if preempted:
+                ckpt.wait()
+                raise Preempted(
+                    f"{desc} stopped after step {done} of {total_steps} on a preemption notice "
+                    f"(SIGTERM); its checkpoint {ckpt.step_dir(done)} is saved. Run the same "
+                    "command again to resume from it."
+                )
         if pending is not None:
             last_metrics = drain(pending)
         if start >= total_steps and eval_fn is not None:

@@ -207,6 +207,7 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
             desc="ppo",
             snapshot_every=int(p.export_every) * spi if p.export else 0,
             snapshot_fn=snapshot,
+            boundary=spi,  # a checkpoint (a preemption's too) only between iterations
         )
         summary.update(iterations=int(p.iterations), steps_per_iteration=spi)
         nnx.update(actor_model, params["actor"])
