@@ -372,32 +372,45 @@ def build(step: str, cfg: llama.LlamaConfig, mesh, s: Shapes):
         info.update(param_bytes=sum(nbytes(x) for x in models), state_bytes=0)
         return jitted, args, info
     if step.startswith("decode"):
+        # The sampler's token step (sampling._sample's loop body): the model on its decoding
+        # weights (each layer's own arrays in the compute dtype, made once per generation) and
+        # the per-layer cache, both read in place; the cache donated.
         b = int(step[len("decode") :])
         _, params, graphdef, rest = abstract_model(cfg, "lm")
+        model = nnx.merge(graphdef, params, rest)
+        weights = jax.eval_shape(lambda p: nnx.merge(graphdef, p, rest).decode_weights(), params)
 
-        def decode(p, cache, tok):
-            model = nnx.merge(graphdef, p, rest)
-            h, cache = model.hidden_states(tok[:, None], jnp.ones((b, 1), jnp.int32), cache)
-            logits = shd.constrain(model.head_output(h, None)[:, 0], ("batch", "act_vocab"))
+        def decode(w, cache, tok):
+            h, cache = llama.decode_forward(
+                cfg, w, tok[:, None], jnp.ones((b, 1), jnp.int32), cache
+            )
+            logits = shd.constrain(llama.decode_logits(cfg, w, h)[:, 0], ("batch", "act_vocab"))
             return logits, cache
 
         cache = jax.eval_shape(lambda: llama.init_cache(cfg, b, s.cache_len))
-        kv = shd.named_sharding(mesh, llama.CACHE_AXES, cache.k.shape, name="cache.k")
+        kv = shd.named_sharding(mesh, llama.CACHE_AXES, cache.k[0].shape, name="cache.k")
         cache_sh = llama.KVCache(
-            k=kv,
-            v=kv,
+            k=(kv,) * cfg.num_layers,
+            v=(kv,) * cfg.num_layers,
             key_mask=shd.batch_sharding(mesh, 2),
             next_pos=shd.batch_sharding(mesh, 1),
             index=shd.replicated(mesh),
         )
         jitted = jax.jit(
             decode,
-            in_shardings=(shd.state_shardings(mesh, params), cache_sh, shd.batch_sharding(mesh, 1)),
+            in_shardings=(
+                model.decode_weight_shardings(mesh),
+                cache_sh,
+                shd.batch_sharding(mesh, 1),
+            ),
             out_shardings=(shd.batch_sharding(mesh, 2), cache_sh),
             donate_argnums=1,
         )
-        info.update(param_bytes=nbytes(params), state_bytes=0, cache_bytes=nbytes(cache))
-        return jitted, (params, cache, _ints(b)), info
+        # What a step reads whole: every layer, the final norm and the LM head (of the embedding
+        # table it reads B rows; the table is an input but not counted here).
+        read = nbytes(weights) - nbytes(weights["embed"])
+        info.update(param_bytes=read, state_bytes=0, cache_bytes=nbytes(cache))
+        return jitted, (weights, cache, _ints(b)), info
     raise SystemExit(f"unknown step {step!r}; expected one of {STEPS}.")
 
 
@@ -529,12 +542,9 @@ class _Cost:
             self.static[k] += v
 
 
-def analyse_hlo(text: str, num_devices: int) -> dict[str, Any]:
-    """Per-device matmul FLOPs and collectives of a compiled (SPMD-partitioned) HLO module, with
-    each while body counted ``known_trip_count`` times (unknown trip counts count once, and are
-    reported). Bytes per collective: ``data`` is the full (gathered / pre-scatter / reduced)
-    tensor, ``wire`` the ring-algorithm bytes each device sends: all-gather and reduce-scatter
-    (g-1)/g x data, all-reduce 2(g-1)/g x data, all-to-all (g-1)/g x data, a permute its data."""
+def parse_hlo(text: str) -> tuple[dict[str, list[tuple[str, str, str]]], str | None]:
+    """The computations of an HLO module's text, {name: [(instruction, type, rest), ...]}, and
+    the name of its ENTRY computation."""
     comps: dict[str, list[tuple[str, str, str]]] = {}
     entry, current = None, None
     for line in text.splitlines():
@@ -553,6 +563,16 @@ def analyse_hlo(text: str, num_devices: int) -> dict[str, Any]:
         if m:
             type_str, rest = _split_type(m.group(2))
             comps[current].append((m.group(1), type_str, rest))
+    return comps, entry
+
+
+def analyse_hlo(text: str, num_devices: int) -> dict[str, Any]:
+    """Per-device matmul FLOPs and collectives of a compiled (SPMD-partitioned) HLO module, with
+    each while body counted ``known_trip_count`` times (unknown trip counts count once, and are
+    reported). Bytes per collective: ``data`` is the full (gathered / pre-scatter / reduced)
+    tensor, ``wire`` the ring-algorithm bytes each device sends: all-gather and reduce-scatter
+    (g-1)/g x data, all-reduce 2(g-1)/g x data, all-to-all (g-1)/g x data, a permute its data."""
+    comps, entry = parse_hlo(text)
     unknown_trips = 0
     memo: dict[str, _Cost] = {}
 
@@ -624,6 +644,125 @@ def analyse_hlo(text: str, num_devices: int) -> dict[str, Any]:
     }
 
 
+# Instructions that write no new buffer of their size (views, control flow, constants).
+_NO_WRITE = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while"}
+_NO_WRITE |= {"conditional", "call", "after-all", "partition-id", "replica-id"}
+
+
+def _op(rest: str) -> str:
+    return rest.split("(", 1)[0].strip()
+
+
+def big_writes(text: str, min_elements: int, loops_only: bool = False) -> list[dict[str, Any]]:
+    """The instructions of a compiled HLO module that write an array of ``min_elements`` or more
+    (a weight- or cache-sized copy when ``min_elements`` is the smallest weight's or cache
+    layer's size), reached from ENTRY through while bodies, conditionals and calls (a fusion
+    counts as one write of its output; its insides are not writes). An in-place update (a
+    dynamic-update-slice, or a fusion around one of its output's size) writes a slice only and
+    is not listed. ``loops_only``: only instructions inside a while loop (the sampler's token
+    loop and what it calls; the prefill before it runs once per generation).
+
+    Each entry: computation, instruction, ``kind`` (the op, or for a fusion the op at its root
+    under bitcasts: dynamic-slice, transpose, copy, convert, ...), ``type`` (e.g.
+    ``f32[768,256]``), ``elements``, ``bytes``, ``trips`` (the product of the known trip counts
+    of the loops around it; 1 for a loop whose count is not known, e.g. a while_loop that stops
+    on a condition)."""
+    comps, entry = parse_hlo(text)
+    defs = {c: {n: (t, r) for n, t, r in instrs} for c, instrs in comps.items()}
+
+    def root_kind(comp: str, elements: int) -> str:
+        instrs = comps.get(comp, [])
+        if any(
+            _op(r) == "dynamic-update-slice"
+            and sum(math.prod(sh) for _, sh in _arrays(t)) == elements
+            for _, t, r in instrs
+        ):
+            return "in-place"
+        if not instrs:
+            return "fusion"
+        r = instrs[-1][2]  # the ROOT is printed last
+        while _op(r) == "bitcast":
+            m = re.match(r"bitcast\(%?([\w.\-]+)", r)
+            if not m or m.group(1) not in defs[comp]:
+                break
+            r = defs[comp][m.group(1)][1]
+        return _op(r)
+
+    out: list[dict[str, Any]] = []
+    seen: set[tuple[str, int, bool]] = set()
+
+    def walk(comp: str, trips: int, in_loop: bool) -> None:
+        if (comp, trips, in_loop) in seen:
+            return
+        seen.add((comp, trips, in_loop))
+        for name, type_str, rest in comps.get(comp, []):
+            op = _op(rest)
+            if op == "while":
+                trip = _TRIP.search(rest)
+                n = int(trip.group(1)) if trip else 1
+                for _, callee in _CALLEE.findall(rest):
+                    walk(callee, trips * n, True)
+                continue
+            if op != "fusion":
+                for _, callee in _CALLEE.findall(rest):
+                    walk(callee, trips, in_loop)
+                branches = _BRANCHES.search(rest)
+                for b in branches.group(1).split(",") if branches else []:
+                    if b.strip():
+                        walk(b.strip().lstrip("%"), trips, in_loop)
+            if op in _NO_WRITE or op == "dynamic-update-slice" or (loops_only and not in_loop):
+                continue
+            arrays = _arrays(type_str) if not type_str.startswith("(") else []
+            if not arrays:
+                continue
+            dt, shape = arrays[0]
+            elements = math.prod(shape)
+            if elements < min_elements:
+                continue
+            kind = op
+            if op == "fusion":
+                callee = re.search(r"calls=%?([\w.\-]+)", rest)
+                kind = root_kind(callee.group(1), elements) if callee else "fusion"
+                if kind == "in-place":
+                    continue
+            out.append(
+                dict(
+                    computation=comp,
+                    instruction=name,
+                    kind=kind,
+                    type=f"{dt}[{','.join(map(str, shape))}]",
+                    elements=elements,
+                    bytes=elements * _DTYPE_BYTES[dt],
+                    trips=trips,
+                )
+            )
+
+    if entry:
+        walk(entry, 1, False)
+    return out
+
+
+def copy_threshold(cfg: llama.LlamaConfig, step: str, s: Shapes) -> int:
+    """The element count of the smallest per-layer weight matrix of ``cfg`` (and, for a decode
+    step of batch B, of one layer's K or V cache): a write this large in a token step is a
+    copy of a weight or of a cache layer."""
+    e, f, d = cfg.hidden_size, cfg.intermediate_size, cfg.head_dim
+    sizes = [e * cfg.num_heads * d, e * cfg.num_kv_heads * d, e * f]
+    if step.startswith("decode"):
+        sizes.append(int(step[len("decode") :]) * cfg.num_kv_heads * s.cache_len * d)
+    return min(sizes)
+
+
+def write_summary(writes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """``big_writes`` per kind: {kind: {"count": instructions run, "bytes": bytes written}}
+    (trip counts included)."""
+    out: dict[str, dict[str, float]] = defaultdict(lambda: {"count": 0, "bytes": 0})
+    for w in writes:
+        out[w["kind"]]["count"] += w["trips"]
+        out[w["kind"]]["bytes"] += w["trips"] * w["bytes"]
+    return dict(out)
+
+
 # --------------------------------------------------------------------------------------------
 # One configuration.
 # --------------------------------------------------------------------------------------------
@@ -678,6 +817,8 @@ def run_config(
         ) as f:
             f.write(text)
     hlo = analyse_hlo(text, ndev)
+    if step.startswith("decode"):  # what a token step writes of a weight's or a cache layer's size
+        hlo["big_writes"] = write_summary(big_writes(text, copy_threshold(cfg, step, shapes)))
     row = {
         "config": name,
         "preset": preset,
@@ -706,6 +847,7 @@ def run_config(
         "model_flops_per_device": model_flops(step, cfg, shapes) / ndev,
         "collectives": hlo["collectives"],
         "unknown_trip_counts": hlo["unknown_trip_counts"],
+        "big_writes": hlo.get("big_writes"),
         "lower_s": t1 - t0,
         "compile_s": t2 - t1,
         "rss_growth_bytes": max(_current_rss_bytes() - rss0, 0),

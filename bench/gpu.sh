@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark for a lent H100/H200 (under 10 minutes): MFU of the RM and MetaRM train steps
+# GPU benchmark for a lent H100/H200 (under 8 minutes): MFU of the RM and MetaRM train steps
 # (1B and 7B, bf16 compute, random weights), decode tokens/s at batch 1 and 16 against the HBM
 # roofline, peak memory; prints ONE table (bench/gpu_bench.py has the details).
 #
@@ -44,4 +44,4 @@ else
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 fi
 "$PY" -c "import jax; print('[gpu.sh] jax', jax.__version__, jax.devices())"
-exec timeout 590 "$PY" bench/gpu_bench.py "$@"
+exec timeout 480 "$PY" bench/gpu_bench.py "$@"

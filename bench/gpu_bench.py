@@ -12,13 +12,25 @@ Items (each in its own subprocess, so a peak or an out-of-memory is its own):
                               compute, random weights. The policy is the first of the item's
                               candidates whose compiled peak (XLA's memory analysis on this GPU)
                               fits the device; none fitting is reported as such.
-  decode:<preset>             one sampler token step (model forward of 1 token with the KV cache,
-                              bf16 weights, one GPU) at batch 1 and 16: tokens/s against
-                              batch x HBM_BW / (weight bytes + KV-cache bytes) per step
+  decode:<preset>             one sampler token step (the model on its decoding weights, bf16,
+                              with the per-layer KV cache, one GPU) at batch 1 and 16: tokens/s
+                              against batch x HBM_BW / (weight bytes + KV-cache bytes) per step;
+                              the note counts the weight- and cache-sized copies the GPU-compiled
+                              step writes (compile_7b.big_writes; 0 is the goal)
   generate:<preset>           sampling.generate end to end (prefill, top-p 0.9, T 0.8, repetition
                               penalty 1.1, --new-tokens forced), batch 16
-MFU = model FLOPs (6·N·tokens plus attention, bench/compile_7b.py's model_flops; remat not
-counted) / (step time x devices x peak bf16). Peaks and bandwidths are datasheet values for the
+  rollout:<preset>            a PPO roll-out's generation at configs/hh_rlhf.py's shapes:
+                              --rollout-queries prompts of --rollout-prompt tokens x 16 samples,
+                              --rollout-new new tokens forced, fp32 actor weights decoding in bf16
+                              (the config's mixed policy); tokens/s
+  attention:<preset>          the RM's forward+backward (bf16, 4 x --seq-len) with
+                              model.attention = cudnn, xla and einsum: ms each, and the loss and
+                              gradient of cudnn and einsum against xla (cuDNN is checked on the
+                              GPU only: tests/test_attention.py checks xla against einsum)
+Train items run with --attention (default auto: cuDNN's flash attention on a GPU); when that does
+not compile, xla (noted in the row). MFU = model FLOPs (6·N·tokens plus attention,
+bench/compile_7b.py's model_flops; remat not counted) / (step time x devices x peak bf16); the
+"HW MFU" column counts the compiled HLO's matmul FLOPs (remat included). Peaks and bandwidths are datasheet values for the
 detected device (override with --peak-tflops / --hbm-tbs).
 """
 
@@ -49,8 +61,10 @@ DEVICES = (
 # "policy[@A<micro-batches>]" (train.grad_accum). From docs/scaling.md's compiled figures: on one
 # 141 GB GPU the 7B step needs bf16 weights and Adam state with full remat (fp32 master weights
 # and Adam alone are 74 GiB, and the optimizer phase adds 57 GiB); MetaRM also micro-batches.
+# qkv_attn (q, k, v and the attention output kept; the MLP recomputed) costs 1.18x the model
+# FLOPs where full costs 1.26x (docs/scaling.md); tried first, kept when it fits.
 CANDIDATES = {
-    ("llama2_7b", 1): ("bf16:full", "bf16:full@A2"),
+    ("llama2_7b", 1): ("bf16:qkv_attn", "bf16:full", "bf16:full@A2"),
     ("llama2_7b", "many"): ("mixed:dots_no_batch", "mixed:full", "mixed:full@A2"),
 }
 DEFAULT_CANDIDATES = ("mixed:dots_no_batch", "mixed:full", "bf16:full")
@@ -143,17 +157,20 @@ def run_train(step: str, preset: str, a) -> list[dict]:
     tried = []
     for policy in cands:
         pol, _, accum = policy.partition("@A")
-        cfg = llama.preset(preset, **C.parse_policy(pol))
+        cfg = llama.preset(preset, **C.parse_policy(pol), attention=a.attention)
         shapes = dataclasses.replace(shapes, grad_accum=int(accum or 1))
-        with jax.set_mesh(mesh):
-            jitted, args, _ = C.build(step, cfg, mesh, shapes)
-            t0 = time.perf_counter()
-            compiled = jitted.lower(*args).compile()
-            compile_s = time.perf_counter() - t0
+        try:
+            compiled, args, compile_s = _compile(C, step, cfg, mesh, shapes)
+        except Exception as e:  # cuDNN refused the shapes: the XLA attention instead
+            if cfg.attention == "xla":
+                raise
+            tried.append(f"attention {cfg.attention}: {str(e).splitlines()[0][:100]}")
+            cfg = cfg.replace(attention="xla")
+            compiled, args, compile_s = _compile(C, step, cfg, mesh, shapes)
         peak = _compiled_peak(compiled)
         if limit is not None and peak > limit:
             tried.append(f"{policy}: compiled peak {peak / GiB:.1f} GiB > {limit / GiB:.1f} GiB")
-            del compiled, jitted
+            del compiled
             continue
         with jax.set_mesh(mesh):
             state, batch = materialize(args, compiled.input_shardings[0], cfg.vocab_size)
@@ -168,12 +185,14 @@ def run_train(step: str, preset: str, a) -> list[dict]:
                 times.append(time.perf_counter() - t)
         sec = sorted(times)[len(times) // 2]
         flops = C.model_flops(step, cfg, shapes)
+        hlo_flops = C.analyse_hlo(compiled.as_text(), n)["hlo_flops"] * n
         seqs = 2 * shapes.n + (shapes.m * shapes.k if step == "meta1" else 0)
         return [
             dict(
                 what=f"train {step}",
                 preset=preset,
-                policy=policy,
+                policy=f"{policy} / {llama.attention_impl(cfg, shapes.seq_len, shapes.seq_len)}",
+                hw_flops=hlo_flops,
                 devices=n,
                 batch=f"{seqs}x{shapes.seq_len}",
                 sec=sec,
@@ -195,6 +214,17 @@ def run_train(step: str, preset: str, a) -> list[dict]:
             note="does not fit: " + "; ".join(tried),
         )
     ]
+
+
+def _compile(C, step, cfg, mesh, shapes):
+    """(compiled step, abstract args, compile seconds) of compile_7b's ``step``."""
+    import jax
+
+    with jax.set_mesh(mesh):
+        jitted, args, _ = C.build(step, cfg, mesh, shapes)
+        t0 = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+    return compiled, args, time.perf_counter() - t0
 
 
 def run_decode(preset: str, a) -> list[dict]:
@@ -225,6 +255,12 @@ def run_decode(preset: str, a) -> list[dict]:
             jax.block_until_ready((logits, cache))
             sec = (time.perf_counter() - t) / a.decode_steps
         read = info["param_bytes"] + info["cache_bytes"]
+        writes = C.write_summary(
+            C.big_writes(compiled.as_text(), C.copy_threshold(cfg, f"decode{b}", shapes))
+        )
+        copies = sum(w["count"] for w in writes.values())
+        copied = sum(w["bytes"] for w in writes.values())
+        kinds = ", ".join(f"{k} {int(w['count'])}" for k, w in writes.items()) or "none"
         rows.append(
             dict(
                 what="decode step",
@@ -239,7 +275,8 @@ def run_decode(preset: str, a) -> list[dict]:
                 compiled_peak=_compiled_peak(compiled),
                 peak=_peak_bytes(dev),
                 compile_s=compile_s,
-                note=f"reads {read / GiB:.1f} GiB/step",
+                note=f"reads {read / GiB:.1f} GiB/step; weight/cache-sized writes per step: "
+                f"{copies} ({copied / GiB:.2f} GiB: {kinds})",
             )
         )
         del compiled, params, cache
@@ -295,6 +332,117 @@ def run_generate(preset: str, a) -> list[dict]:
     ]
 
 
+def run_rollout(preset: str, a) -> list[dict]:
+    """A PPO roll-out's generation (configs/hh_rlhf.py: 16 samples per prompt, top-p 0.9, T 0.8,
+    repetition penalty 1.1) with fp32 actor weights decoding in bf16."""
+    import jax
+    import numpy as np
+
+    from metarm_jax import sampling
+    from metarm_jax import sharding as shd
+    from metarm_jax.models import llama
+
+    dev = jax.devices()[0]
+    cfg = llama.preset(preset, dtype="bfloat16", param_dtype="float32")
+    model = llama.create(cfg, "lm", seed=0, mesh=shd.make_mesh({"data": 1}, [dev]))
+    q, r, t, new = a.rollout_queries, 16, a.rollout_prompt, a.rollout_new
+    ids = np.random.RandomState(0).randint(3, cfg.vocab_size, (q, t))
+    mask = np.ones((q, t), np.int64)
+    settings = sampling.settings(
+        max_new_tokens=new,
+        min_new_tokens=new,
+        temperature=0.8,
+        top_p=0.9,
+        repetition_penalty=1.1,
+        prompt_bucket_min=t,
+    )
+    t0 = time.perf_counter()
+    jax.block_until_ready(sampling.generate(model, ids, mask, 0, settings, num_samples=r).tokens)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = sampling.generate(model, ids, mask, 1, settings, num_samples=r)
+    jax.block_until_ready(out.tokens)
+    sec = time.perf_counter() - t0
+    return [
+        dict(
+            what="PPO roll-out",
+            preset=preset,
+            policy="fp32 weights, bf16 decode",
+            devices=1,
+            batch=f"{q} x {r} (prompt {t} + {new})",
+            sec=sec / new,
+            tokens_s=q * r * new / sec,
+            peak=_peak_bytes(dev),
+            compile_s=first - sec,
+            note="prefill + sampling included; sec = per new token",
+        )
+    ]
+
+
+def run_attention(preset: str, a) -> list[dict]:
+    """The RM's forward+backward with each attention implementation; cudnn and einsum against
+    xla."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from metarm_jax.models import llama
+
+    b, t = 4, a.seq_len
+    cfg = llama.preset(preset, dtype="bfloat16", param_dtype="bfloat16", remat="full")
+    _, params = nnx.split(llama.create(cfg, "reward", seed=0), nnx.Param)
+    ids = jnp.asarray(np.random.RandomState(0).randint(3, cfg.vocab_size, (b, t)), jnp.int32)
+    mask = jnp.ones((b, t), jnp.int32).at[1, : t // 4].set(0)  # a left-padded row
+    impls = ["xla", "einsum"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+    out, rows = {}, []
+    for impl in impls:
+        gd = nnx.graphdef(llama.create(cfg.replace(attention=impl), "reward", seed=0))
+        loss = lambda p, gd=gd: jnp.mean(nnx.merge(gd, p)(ids, mask).astype(jnp.float32) ** 2)
+        fn = jax.jit(jax.value_and_grad(loss))
+        try:
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(params))
+            compile_s = time.perf_counter() - t0
+        except Exception as e:
+            rows.append(dict(what=f"attention {impl}", preset=preset, note=f"failed: {e}"[:160]))
+            continue
+        times = []
+        for _ in range(max(a.steps, 3)):
+            t0 = time.perf_counter()
+            out[impl] = jax.block_until_ready(fn(params))
+            times.append(time.perf_counter() - t0)
+        sec = sorted(times)[len(times) // 2]
+        note = ""
+        if impl != "xla" and "xla" in out:
+            (l0, g0), (l1, g1) = out["xla"], out[impl]
+            f32 = lambda g: jax.tree.map(lambda x: np.asarray(x, np.float32), g)
+            g0, g1 = f32(g0), f32(g1)
+            num = sum(
+                float(np.sum((x - y) ** 2))
+                for x, y in zip(jax.tree.leaves(g0), jax.tree.leaves(g1))
+            )
+            den = sum(float(np.sum(x**2)) for x in jax.tree.leaves(g0))
+            note = (
+                f"vs xla: loss {float(l1):.6g} / {float(l0):.6g}, "
+                f"|grad diff| / |grad| {np.sqrt(num / den):.2e}"
+            )
+        rows.append(
+            dict(
+                what=f"attention {impl}",
+                preset=preset,
+                policy="bf16:full, fwd+bwd",
+                devices=1,
+                batch=f"{b}x{t}",
+                sec=sec,
+                tokens_s=b * t / sec,
+                compile_s=compile_s,
+                note=note,
+            )
+        )
+    return rows
+
+
 def child(item: str, a) -> list[dict]:
     kind, *rest = item.split(":")
     if kind == "train":
@@ -303,6 +451,10 @@ def child(item: str, a) -> list[dict]:
         return run_decode(rest[0], a)
     if kind == "generate":
         return run_generate(rest[0], a)
+    if kind == "rollout":
+        return run_rollout(rest[0], a)
+    if kind == "attention":
+        return run_attention(rest[0], a)
     raise SystemExit(f"unknown item {item!r}")
 
 
@@ -318,7 +470,7 @@ def _fmt(x, spec, scale=1.0):
 def table(rows: list[dict], kind: str, peak: float | None, bw: float | None) -> str:
     head = (
         "| what | preset | policy | GPUs | batch | ms/step | tokens/s | model TFLOP/s | MFU "
-        "| roofline tok/s | of roofline | peak GiB (XLA / allocator) | compile s | note |"
+        "| HW MFU | roofline tok/s | of roofline | peak GiB (XLA / allocator) | compile s | note |"
     )
     lines = [
         f"device: {kind}; peak bf16 {_fmt(peak, '.0f', 1e12)} TFLOP/s, "
@@ -331,6 +483,11 @@ def table(rows: list[dict], kind: str, peak: float | None, bw: float | None) -> 
         sec = r.get("sec")
         tflops = r["flops"] / sec / r["devices"] if sec and r.get("flops") else None
         mfu = tflops / peak if tflops and peak else None
+        hw = (
+            r["hw_flops"] / sec / r["devices"] / peak
+            if sec and r.get("hw_flops") and peak
+            else None
+        )
         roof = None
         if r.get("bytes_per_step") and bw:
             roof = int(r["batch"].split()[0]) * bw / r["bytes_per_step"]
@@ -338,7 +495,8 @@ def table(rows: list[dict], kind: str, peak: float | None, bw: float | None) -> 
         lines.append(
             f"| {r['what']} | {r['preset']} | {r.get('policy', '-')} | {r.get('devices', '-')} "
             f"| {r.get('batch', '-')} | {_fmt(sec, '.1f', 1e-3)} | {_fmt(r.get('tokens_s'), ',.0f')} "
-            f"| {_fmt(tflops, '.1f', 1e12)} | {_fmt(mfu, '.1%')} | {_fmt(roof, ',.0f')} "
+            f"| {_fmt(tflops, '.1f', 1e12)} | {_fmt(mfu, '.1%')} | {_fmt(hw, '.1%')} "
+            f"| {_fmt(roof, ',.0f')} "
             f"| {_fmt(frac, '.1%')} | {_fmt(r.get('compiled_peak'), '.1f', GiB)} / "
             f"{_fmt(r.get('peak'), '.1f', GiB)} | {_fmt(r.get('compile_s'), '.0f')} "
             f"| {r.get('note', '')} |"
@@ -359,12 +517,16 @@ def main(argv=None):
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="timed train steps (median)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--decode-batches", default="1,16")
+    ap.add_argument("--decode-batches", default="1,2,16")
     ap.add_argument("--decode-steps", type=int, default=64)
     ap.add_argument("--cache-len", type=int, default=1024)
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--budget-s", type=float, default=540, help="stop starting items after this")
+    ap.add_argument("--attention", default="auto", help="model.attention of the train items")
+    ap.add_argument("--rollout-queries", type=int, default=0, help="0: 32 (1B), 4 (7B)")
+    ap.add_argument("--rollout-prompt", type=int, default=512)
+    ap.add_argument("--rollout-new", type=int, default=256)
+    ap.add_argument("--budget-s", type=float, default=440, help="stop starting items after this")
     ap.add_argument("--item-timeout-s", type=float, default=240)
     ap.add_argument(
         "--memory-limit-gib", type=float, default=0.0, help="fit limit (default: the device's)"
@@ -377,6 +539,8 @@ def main(argv=None):
     if a.item:  # child: run one item, write its rows
         if a.dry_run:
             os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        if not a.rollout_queries:  # the config's 32 x 16 roll-outs; 7B: one of 8 devices' share
+            a.rollout_queries = 4 if "7b" in a.item else 32
         rows = child(a.item, a)
         with open(a.json_out, "w") as f:
             json.dump(rows, f)
@@ -386,19 +550,24 @@ def main(argv=None):
         os.environ["JAX_PLATFORMS"] = "cpu"
         a.seq_len, a.steps, a.warmup = 64, 2, 1
         a.decode_steps, a.cache_len, a.prompt_len, a.new_tokens = 8, 64, 16, 8
-        items = a.items or "train:rm:tiny,train:meta1:tiny,decode:tiny,generate:tiny"
+        a.rollout_queries, a.rollout_prompt, a.rollout_new = 2, 16, 8
+        items = a.items or (
+            "decode:tiny,attention:tiny,train:rm:tiny,train:meta1:tiny,rollout:tiny,generate:tiny"
+        )
         a.policies = a.policies or "mixed:dots_no_batch"
-    else:
+    else:  # the issue's table, most wanted first (items stop being started after --budget-s)
         items = a.items or ",".join(
             [
+                "decode:llama2_7b",
+                "attention:llama_1b",
                 "train:rm:llama_1b",
                 "train:meta1:llama_1b",
-                "decode:llama_1b",
                 "train:rm:llama2_7b",
                 "train:meta1:llama2_7b",
-                "decode:llama2_7b",
+                "rollout:llama_1b",
                 "generate:llama_1b",
-                "generate:llama2_7b",
+                "rollout:llama2_7b",
+                "decode:llama_1b",
             ]
         )
     import jax
@@ -411,11 +580,12 @@ def main(argv=None):
     del jax  # children own the devices from here on
 
     keys = ("policies", "seq_len", "n", "m", "k", "steps", "warmup", "decode_batches")
-    keys += ("memory_limit_gib",)
+    keys += ("memory_limit_gib", "attention", "rollout_queries", "rollout_prompt", "rollout_new")
     keys += ("decode_steps", "cache_len", "prompt_len", "new_tokens")
     passthrough = [f"--{k.replace('_', '-')}={getattr(a, k)}" for k in keys]
     passthrough += ["--dry-run"] if a.dry_run else []
     rows: list[dict] = []
+    done = 0
     start = time.perf_counter()
     for item in items.split(","):
         left = a.budget_s - (time.perf_counter() - start)
@@ -445,11 +615,14 @@ def main(argv=None):
             if os.path.exists(out):
                 os.remove(out)
         print(f"{item}: {time.perf_counter() - t0:.0f} s", flush=True)
+        for r in rows[done:]:  # each row as it comes: a run stopped by a time limit keeps them
+            print("  " + json.dumps(r), flush=True)
+        done = len(rows)
+        if a.out:  # the table so far, rewritten after every item
+            with open(a.out, "w") as f:
+                f.write(table(rows, kind, peak, bw) + "\n")
     text = table(rows, kind, peak, bw)
     print("\n" + text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
     return rows
 
 

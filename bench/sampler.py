@@ -2,6 +2,10 @@
 
     .venv/bin/python bench/sampler.py                 # tiny and llama_100m
     .venv/bin/python bench/sampler.py --models tiny --repeats 5
+    .venv/bin/python bench/sampler.py --models smollm2  # SmolLM2-135M-Instruct's real weights
+
+``smollm2`` loads the converted checkpoint (``python -m metarm_jax.models.pretrained``; its
+directory is $METARM_SMOL_DIR, default runs/smollm2-135m); any other name is a random preset.
 
 Identical weights (our model saved with hf.save_hf, loaded by LlamaForCausalLM), prompts
 (batch 16, left-padded, lengths 8..32) and settings (temperature 0.8, top-p 0.9, repetition
@@ -9,8 +13,10 @@ penalty 1.1, exactly 64 new tokens forced by min_new_tokens = max_new_tokens = 6
 Reports generated tokens/s after compile (best of --repeats), and JAX's compile time separately.
 
 Roofline, measured in the same run: the decode step's weight matmuls alone (every layer's q, k,
-v, o, gate, up, down and the LM head at batch B, one token, in a layer scan as the model runs
-them; no attention, sampling or cache) jitted by XLA on the same CPU. Nothing a decode step does
+v, o, gate, up, down and the LM head at batch B, one token, each layer's weights an array of its
+own as the sampler's decoding weights are; no attention, sampling or cache) jitted by XLA on the
+same CPU. (Until issue 24 this floor scanned over stacked weights, which copies every layer's
+slice: the table of 2026-12-05 in bench/README.md used that version.) Nothing a decode step does
 is cheaper than its matmuls, so that time is this machine's floor for one step at this batch,
 whether the matmuls are bound by compute or by reading the weights. Our decode step is timed as
 (T(64 new) - T(16 new)) / 48 (prefill and compile cancel), and its ratio to the floor printed.
@@ -40,7 +46,7 @@ def matmul_floor(cfg, batch: int, repeats: int = 20) -> tuple[float, float]:
     h, kv, n = cfg.num_heads * d, cfg.num_kv_heads * d, cfg.num_layers
     keys = iter(jax.random.split(jax.random.key(0), 9))
     w = lambda *shape: 0.02 * jax.random.normal(next(keys), shape, jnp.float32)
-    layers = dict(
+    stacked = dict(
         q=w(n, e, h),
         k=w(n, e, kv),
         v=w(n, e, kv),
@@ -49,19 +55,19 @@ def matmul_floor(cfg, batch: int, repeats: int = 20) -> tuple[float, float]:
         u=w(n, e, f),
         dn=w(n, f, e),
     )
+    # one array per layer, as the sampler's decoding weights (a scan over the stacked weights
+    # would copy each layer's slice first: no floor)
+    layers = [{k: a[i] for k, a in stacked.items()} for i in range(n)]
     head = w(e, cfg.vocab_size)
     x0 = w(batch, e)
 
     @jax.jit
     def step(layers, head, x):
-        def body(x, p):
+        for p in layers:
             a = x @ p["q"]
             side = jnp.mean(x @ p["k"] + x @ p["v"], -1, keepdims=True)  # keeps k, v live
             x = x + a @ p["o"] + 1e-6 * side
             x = x + (jax.nn.silu(x @ p["g"]) * (x @ p["u"])) @ p["dn"]
-            return x, None
-
-        x, _ = jax.lax.scan(body, x, layers)
         return x @ head
 
     jax.block_until_ready(step(layers, head, x0))
@@ -100,10 +106,23 @@ def main():
     b, n_new = args.batch, args.new_tokens
     rows = []
     for name in args.models.split(","):
-        cfg = llama.preset(name)
-        if args.scan_layers >= 0:
-            cfg = cfg.replace(scan_layers=bool(args.scan_layers))
-        model = llama.create(cfg, "lm", seed=0)
+        if name == "smollm2":
+            from metarm_jax.models import pretrained
+
+            smol = os.environ.get("METARM_SMOL_DIR") or pretrained.DEFAULT_OUT
+            if not pretrained.is_complete(smol):
+                raise SystemExit(
+                    f"{smol}: no converted SmolLM2-135M; run `python -m "
+                    "metarm_jax.models.pretrained` (or set METARM_SMOL_DIR)."
+                )
+            scan = None if args.scan_layers < 0 else bool(args.scan_layers)
+            model = hf.load_hf(smol, "lm", scan_layers=scan)
+            cfg = model.cfg
+        else:
+            cfg = llama.preset(name)
+            if args.scan_layers >= 0:
+                cfg = cfg.replace(scan_layers=bool(args.scan_layers))
+            model = llama.create(cfg, "lm", seed=0)
         rs = np.random.RandomState(0)
         lengths = rs.randint(8, 33, size=b)
         width = int(lengths.max())

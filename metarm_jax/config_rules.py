@@ -116,6 +116,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "dtype": _choice(*sorted(llama.DTYPES)),
         "param_dtype": _choice(*sorted(llama.DTYPES)),
         "remat": _choice(*sorted(llama.REMAT_POLICIES)),
+        "attention": _choice(*llama.ATTENTIONS),
     },
     "data": {
         "conversation_format": _choice("hh", "chat_template"),

@@ -47,7 +47,12 @@ def model() -> ml_collections.ConfigDict:
     c.hf_path = ""  # local HF checkpoint directory (config.json + safetensors)
     c.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.param_dtype = "float32"  # weight storage dtype
-    c.remat = "none"  # none | full | dots | dots_no_batch
+    # what the backward keeps of each layer: none | full | dots | dots_no_batch |
+    # dots_no_batch_attn | qkv_attn (models.llama.REMAT_POLICIES)
+    c.remat = "none"
+    # attention: auto (cuDNN flash attention on a GPU where it applies, else XLA) | xla | cudnn
+    # | einsum (the model's own; scores in the compute dtype)
+    c.attention = "auto"
     c.scan_layers = True  # lax.scan over the stacked layers
     return c
 

@@ -35,9 +35,14 @@ that PPO's ratio and KL penalty use when the training step recomputes logprobs f
 forward pass. (TRL's PPO instead divides the recomputed logits by the sampling temperature; a PPO
 step that does so must recompute with the same convention rather than use either of these.)
 
-Sharding: the model runs as is (its params keep the layout the training put them in: no copy),
-the KV cache carries ``llama.CACHE_AXES`` and the batch/activations the ``batch``/``act_*``
-names of :mod:`metarm_jax.sharding`, i.e. the batch on ``data``/``fsdp`` and heads on ``tensor``.
+Weights and cache: before the prefill the jitted function makes the model's decoding weights
+(``llama.Llama.decode_weights``: each layer's weights as arrays of their own in the compute dtype,
+once per call), which the token steps read in place; the KV cache is one [B, KVH, S, D] buffer
+per layer, written in place (tests/test_decode_hlo.py checks the compiled loop for copies).
+
+Sharding: the decoding weights keep the layout the training put the params in, the KV cache
+carries ``llama.CACHE_AXES`` and the batch/activations the ``batch``/``act_*`` names of
+:mod:`metarm_jax.sharding`, i.e. the batch on ``data``/``fsdp`` and heads on ``tensor``.
 Random draws use one key per output row (``fold_in(rng, row)``, then the step), so the samples of
 a row do not depend on the batch padding, the mesh, or the other rows.
 """
@@ -218,8 +223,8 @@ def process_logits(
 
 def _cache_constrain(cache: llama.KVCache) -> llama.KVCache:
     return llama.KVCache(
-        k=shd.constrain(cache.k, llama.CACHE_AXES),
-        v=shd.constrain(cache.v, llama.CACHE_AXES),
+        k=tuple(shd.constrain(a, llama.CACHE_AXES) for a in cache.k),
+        v=tuple(shd.constrain(a, llama.CACHE_AXES) for a in cache.v),
         key_mask=shd.constrain(cache.key_mask, ("cache_batch", "cache_length")),
         next_pos=shd.constrain(cache.next_pos, ("cache_batch",)),
         index=cache.index,
@@ -250,17 +255,21 @@ def _sample(
     n = num_samples * b
     v = cfg.vocab_size
 
+    # The weights every step reads, made once here: each layer's own arrays in the compute
+    # dtype (llama.Llama.decode_weights), so no step slices or casts a weight.
+    w = model.decode_weights()
+
     # Prefill once per prompt; only the last position's logits are needed.
     cache = _cache_constrain(llama.init_cache(cfg, b, t + max_new_tokens))
-    x, cache = model.hidden_states(ids, mask, cache)
-    logits = model.head_output(x[:, -1:], None)[:, 0]  # [B, V]
+    x, cache = llama.decode_forward(cfg, w, ids, mask, cache)
+    logits = llama.decode_logits(cfg, w, x[:, -1:])[:, 0]  # [B, V]
     seen = jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], ids].max(mask > 0)
 
     # Share the prompt's cache across its samples (prompt-major rows).
     cache = _cache_constrain(
         llama.KVCache(
-            k=_repeat_rows(cache.k, num_samples, 1),
-            v=_repeat_rows(cache.v, num_samples, 1),
+            k=tuple(_repeat_rows(a, num_samples, 0) for a in cache.k),
+            v=tuple(_repeat_rows(a, num_samples, 0) for a in cache.v),
             key_mask=_repeat_rows(cache.key_mask, num_samples, 0),
             next_pos=_repeat_rows(cache.next_pos, num_samples, 0),
             index=cache.index,
@@ -320,9 +329,11 @@ def _sample(
         out["seen"] = c["seen"].at[jnp.arange(n), tok].set(True)
         out["done"] = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
         # Next step's logits (the last iteration's forward is unused; it keeps the loop simple).
-        h, cache = model.hidden_states(tok[:, None], jnp.ones((n, 1), jnp.int32), c["cache"])
+        h, cache = llama.decode_forward(
+            cfg, w, tok[:, None], jnp.ones((n, 1), jnp.int32), c["cache"]
+        )
         out["cache"] = _cache_constrain(cache)
-        out["logits"] = shd.constrain(model.head_output(h, None)[:, 0], ("batch", "act_vocab"))
+        out["logits"] = shd.constrain(llama.decode_logits(cfg, w, h)[:, 0], ("batch", "act_vocab"))
         out["step"] = step + 1
         return out
 
@@ -388,6 +399,16 @@ def left_pack(ids: np.ndarray, mask: np.ndarray, width: int, pad_id: int):
         return ids[:, t - width :], mask[:, t - width :]
     pad = ((0, 0), (width - t, 0))
     return np.pad(ids, pad, constant_values=pad_id), np.pad(mask, pad)
+
+
+def padded_prompts(b: int, dp: int, num_samples: int) -> int:
+    """How many prompts ``generate`` runs for ``b``: a multiple of the data-parallel size ``dp``,
+    and at least two decode rows. (With one row, XLA:CPU fuses each layer's in-place cache
+    update twice, the second time behind the bitcast that drops the size-1 batch dim for the
+    attention's matmul, and so copies every layer's K and V cache at every step; a second row
+    costs one more row of cache.)"""
+    b_pad = -(-b // dp) * dp
+    return 2 if b_pad * num_samples < 2 else b_pad
 
 
 def _mesh_of(state) -> Mesh | None:
@@ -476,7 +497,7 @@ def generate(
     if mesh is not None and mesh.size == 1:
         mesh = None
     dp = 1 if mesh is None else shd.dp_size(mesh)
-    b_pad = -(-b // dp) * dp
+    b_pad = padded_prompts(b, dp, num_samples)
     if b_pad != b:  # dummy prompts (copies of row 0) after the real ones; dropped below
         ids = np.concatenate([ids, np.repeat(ids[:1], b_pad - b, 0)])
         mask = np.concatenate([mask, np.repeat(mask[:1], b_pad - b, 0)])

@@ -258,7 +258,14 @@ def test_missing_directory_and_pickle_only_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(
     "remat,scan,unroll",
-    [("full", True, 1), ("dots", False, 1), ("dots_no_batch", True, 2), ("none", False, 1)],
+    [
+        ("full", True, 1),
+        ("dots", False, 1),
+        ("dots_no_batch", True, 2),
+        ("dots_no_batch_attn", True, 1),
+        ("qkv_attn", False, 1),
+        ("none", False, 1),
+    ],
 )
 def test_remat_and_scan_policies_do_not_change_numbers(remat, scan, unroll):
     import jax

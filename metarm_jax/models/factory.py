@@ -8,7 +8,8 @@ get a model from, and the one way to split a model into what the pure core needs
 
 ``from_config`` reads ``path`` (an HF directory) when given, else ``model.hf_path``, else builds a
 random ``model.preset``; in every case with the block's compute dtype, param dtype (or
-``param_dtype=``), remat policy and layer scan, placed on ``mesh`` by the sharding table.
+``param_dtype=``), remat policy, attention and layer scan, placed on ``mesh`` by the sharding
+table.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def model_config(model_cfg, *, param_dtype: str | None = None) -> llama.LlamaCon
         dtype=model_cfg.dtype,
         param_dtype=param_dtype or model_cfg.param_dtype,
         remat=model_cfg.remat,
+        attention=model_cfg.attention,
         scan_layers=model_cfg.scan_layers,
     )
     if model_cfg.hf_path:
@@ -69,6 +71,7 @@ def from_config(
             dtype=model_cfg.dtype,
             param_dtype=pd,
             remat=model_cfg.remat,
+            attention=model_cfg.attention,
             scan_layers=model_cfg.scan_layers,
             seed=seed,
         )

@@ -222,6 +222,7 @@ def load_hf(
     dtype: str | None = None,
     param_dtype: str | None = None,
     remat: str | None = None,
+    attention: str | None = None,
     scan_layers: bool | None = None,
     init_missing_head: bool = True,
     seed: int = 0,
@@ -239,6 +240,7 @@ def load_hf(
         dtype=dtype,
         param_dtype=param_dtype,
         remat=remat,
+        attention=attention,
         scan_layers=scan_layers,
     )
     st = _SafetensorsDir(path)

@@ -39,7 +39,8 @@ class CheckpointError(UserError):
 
 
 def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> llama.LlamaConfig:
-    """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype/param_dtype/remat/scan.
+    """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype, param_dtype, remat,
+    attention, scan_layers.
 
     Reads the families of ``ARCHITECTURES``; anything the model would compute differently from
     the checkpoint (another model_type, rotary scaling, bias, activation or attention window) is

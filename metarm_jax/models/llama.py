@@ -12,6 +12,15 @@ Layout choices:
 - Decoder layers are always stored stacked along a leading ``layers`` axis. ``scan_layers=True``
   runs them with ``lax.scan`` (compile time independent of depth); ``False`` unrolls a Python
   loop over the same weights (sometimes faster to run, slower to compile).
+- Decoding with a KV cache runs on ``decode_weights()``: each layer's weights split into arrays
+  of their own and cast to the compute dtype, made once per generation (``sampling.generate``),
+  with the layers as a Python loop, so a decode step's matmuls read the weights in place. The
+  cache holds one [B, KVH, S, D] buffer per layer, the layout the attention's matmuls read
+  without a transpose (``tests/test_decode_hlo.py`` checks the compiled step for copies).
+- Attention (``cfg.attention``) is ``jax.nn.dot_product_attention`` (cuDNN's flash attention on
+  a GPU, XLA's elsewhere) with the boolean mask of the padding, causality and packing; the
+  module's own einsum form stays as the reference.
+- ``cfg.remat`` picks what the backward keeps of each layer (``REMAT_POLICIES``).
 - Positions come from the attention mask (``cumsum(mask) - 1``), so left- and right-padded
   batches give the same per-token results.
 - Packed rows (``Packing``): several sequences share one row. A token sees the earlier tokens of
@@ -26,21 +35,41 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx, struct
+from jax.ad_checkpoint import checkpoint_name
 
 from metarm_jax.core.packed import Packing
-from metarm_jax.sharding import constrain, state_shardings
+from metarm_jax.sharding import constrain, named_sharding, state_shardings
 
 HEADS = ("lm", "reward", "value")
+_CP = jax.checkpoint_policies
+# What the backward pass keeps of each layer's forward (the rest is recomputed). The names are
+# the layer's ``checkpoint_name``s: "qkv" (q, k, v after the rotary embedding) and "attn_out"
+# (the attention output, the o projection's input).
 REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "none": None,  # keep everything
+    "full": _CP.nothing_saveable,  # keep each layer's input only
+    "dots": _CP.checkpoint_dots,  # every matmul output, the attention's too
+    "dots_no_batch": _CP.dots_with_no_batch_dims_saveable,  # the weight matmuls' outputs
+    # the weight matmuls and the attention output: the backward recomputes the scores only
+    "dots_no_batch_attn": _CP.save_from_both_policies(
+        _CP.dots_with_no_batch_dims_saveable, _CP.save_only_these_names("attn_out")
+    ),
+    # q, k, v and the attention output: the MLP (two thirds of a layer's weight FLOPs at
+    # Llama-2-7B's shapes) and the scores are recomputed; [B, T, 4E] kept per layer (MHA)
+    # against dots_no_batch's [B, T, 5E + 2F]
+    "qkv_attn": _CP.save_only_these_names("qkv", "attn_out"),
 }
+# Attention of the cacheless forward: "xla" and "cudnn" are ``jax.nn.dot_product_attention``'s
+# implementations (cuDNN's fused flash attention needs a GPU, bf16/fp16, head_dim <= 128 and a
+# multiple of 8, even lengths); "auto" takes cudnn where it applies and xla elsewhere;
+# "einsum" is this module's own (scores in the compute dtype), kept as the reference.
+ATTENTIONS = ("auto", "xla", "cudnn", "einsum")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 FAMILIES = ("llama", "qwen2")  # HF model_type an export is written as
 ROPE_TYPES = ("default", "llama3")
@@ -77,6 +106,7 @@ class LlamaConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype of the weights
     remat: str = "none"  # one of REMAT_POLICIES
+    attention: str = "auto"  # one of ATTENTIONS
     scan_layers: bool = True
     scan_unroll: int = 1  # layers per scan iteration (lax.scan's unroll); 1: no unrolling
 
@@ -102,6 +132,8 @@ class LlamaConfig:
             )
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat={self.remat!r}; expected one of {sorted(REMAT_POLICIES)}.")
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention={self.attention!r}; expected one of {ATTENTIONS}.")
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in DTYPES:
                 raise ValueError(f"{key}={getattr(self, key)!r}; expected one of {sorted(DTYPES)}.")
@@ -159,36 +191,38 @@ def preset(name: str, **overrides) -> LlamaConfig:
 class KVCache:
     """Per-layer keys/values for incremental decoding.
 
-    k, v:      [layers, batch, max_len, kv_heads, head_dim]
+    k, v:      one array per layer, each [batch, kv_heads, max_len, head_dim]: the layout the
+               attention's matmuls read as they are (batch and heads leading, then the slots),
+               and one buffer per layer, so a step neither transposes nor slices a layer's cache
     key_mask:  [batch, max_len]  1 where a slot holds a real (non-pad) token
     next_pos:  [batch]           rotary position of each sequence's next real token
     index:     []                next slot to write (shared by the batch; prompts are left-padded)
     """
 
-    k: jax.Array
-    v: jax.Array
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
     key_mask: jax.Array
     next_pos: jax.Array
     index: jax.Array
 
     @property
     def max_len(self) -> int:
-        return self.k.shape[2]
+        return self.k[0].shape[2]
 
 
 def init_cache(cfg: LlamaConfig, batch: int, max_len: int, dtype=None) -> KVCache:
     dtype = cfg.compute_dtype if dtype is None else dtype
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     return KVCache(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
+        v=tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)),
         key_mask=jnp.zeros((batch, max_len), jnp.int32),
         next_pos=jnp.zeros((batch,), jnp.int32),
         index=jnp.zeros((), jnp.int32),
     )
 
 
-CACHE_AXES = ("layers", "cache_batch", "cache_length", "cache_kv_heads", None)
+CACHE_AXES = ("cache_batch", "cache_kv_heads", "cache_length", None)  # each layer's k and v
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,25 +312,66 @@ class Block(nnx.Module):
         self.down = _param(rngs, w, L + (f, e), ("layers", "mlp", "embed"), dt)
 
 
-def block_apply(
-    cfg: LlamaConfig,
-    p: dict[str, jax.Array],
-    x: jax.Array,
-    positions: jax.Array,
-    allowed: jax.Array,
-    kv: tuple | None,
-    index,
-):
-    """One decoder layer on per-layer weights ``p``.
+def attention_impl(cfg: LlamaConfig, t: int, s: int) -> str:
+    """The implementation ``cfg.attention`` means for T queries over S keys: "auto" is cudnn on
+    a GPU where cuDNN's flash attention takes the shapes (bf16/fp16, head_dim <= 128 and a
+    multiple of 8, even T and S with a mask), xla elsewhere."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    fits = (
+        cfg.compute_dtype in (jnp.bfloat16, jnp.float16)
+        and cfg.head_dim <= 128
+        and cfg.head_dim % 8 == 0
+        and t % 2 == 0
+        and s % 2 == 0
+    )
+    return "cudnn" if fits and jax.default_backend() == "gpu" else "xla"
 
-    x: [B, T, E]; positions: [B, T]; allowed: [B, T, S] which keys each query may attend to;
-    kv: None (then S = T) or (K, V, layer) with the whole stacked cache
-    K, V: [L, B, S, KVH, D] and this layer's index. Only the T new keys/values are written into
-    the stacked cache (in place under jit), so a decode step never copies the cache.
-    Returns the new x and the updated (K, V).
-    """
+
+def attention(cfg: LlamaConfig, q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array):
+    """Grouped-query attention without a cache: q [B, T, H, D], k and v [B, S, KVH, D],
+    allowed [B, T, S] (which keys each query may see) -> [B, T, H, D] in the compute dtype.
+
+    ``jax.nn.dot_product_attention`` (scores in fp32, scaled by 1/sqrt(D), the boolean mask, a
+    softmax in fp32) with ``cfg.attention``'s implementation, or this module's einsum form
+    (``attention="einsum"``; the scores computed in the compute dtype, then fp32)."""
+    impl = attention_impl(cfg, q.shape[1], k.shape[1])
+    if impl != "einsum":
+        return jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None], implementation=impl)
+    b, t, h, d = q.shape
+    kvh = k.shape[2]
+    qg = q.reshape(b, t, kvh, h // kvh, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k).astype(jnp.float32)
+    scores = scores / math.sqrt(d)
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, d)
+
+
+def cache_attention(
+    cfg: LlamaConfig, q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array
+) -> jax.Array:
+    """Attention over one layer's cache: q [B, T, H, D], k and v [B, KVH, S, D] (``KVCache``'s
+    layout: both matmuls read it as it is), allowed [B, T, S] -> [B, T, H, D]. The numbers of
+    ``attention`` with the same ``cfg.attention`` (scores in fp32, scaled by 1/sqrt(D) as
+    ``jax.nn.dot_product_attention`` does; "einsum": its own form)."""
+    b, t, h, d = q.shape
+    kvh = k.shape[1]
+    qg = q.reshape(b, t, kvh, h // kvh, d).transpose(0, 2, 3, 1, 4)  # [B, KVH, G, T, D]: small
+    if cfg.attention == "einsum":
+        scores = jnp.einsum("bkgtd,bksd->bkgts", qg, k).astype(jnp.float32) / math.sqrt(d)
+    else:
+        scores = jnp.einsum("bkgtd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32)
+        scores = scores * jnp.float32(1.0 / np.sqrt(d))
+    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bksd->bkgtd", probs, v)
+    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
+
+
+def _qkv(cfg: LlamaConfig, p: dict[str, jax.Array], x: jax.Array, positions: jax.Array):
+    """The attention's q [B, T, H, D], k and v [B, T, KVH, D] (rotary embedding applied)."""
     dt = cfg.compute_dtype
-    b, t, _ = x.shape
     h = rms_norm(x, p["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("bte,ehd->bthd", h, p["q"].astype(dt))
     k = jnp.einsum("bte,ehd->bthd", h, p["k"].astype(dt))
@@ -307,31 +382,118 @@ def block_apply(
     q = constrain(rope(q, positions, inv_freq), ("batch", "length", "act_heads", None))
     k = constrain(rope(k, positions, inv_freq), ("batch", "length", "act_kv_heads", None))
     v = constrain(v, ("batch", "length", "act_kv_heads", None))
-    if kv is not None:
-        cache_k, cache_v, layer = kv
-        at = (layer, 0, index, 0, 0)
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype)[None], at)
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype)[None], at)
-        cache_k, cache_v = constrain(cache_k, CACHE_AXES), constrain(cache_v, CACHE_AXES)
-        k, v = cache_k[layer], cache_v[layer]
-    groups = cfg.num_heads // cfg.num_kv_heads
-    qg = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(dt)).astype(jnp.float32)
-    scores = scores / math.sqrt(cfg.head_dim)
-    scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-    attn = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(dt)).reshape(
-        b, t, cfg.num_heads, cfg.head_dim
-    )
-    x = x + jnp.einsum("bthd,hde->bte", attn, p["o"].astype(dt))
+    return tuple(checkpoint_name(a, "qkv") for a in (q, k, v))
+
+
+def _rest(cfg: LlamaConfig, p: dict[str, jax.Array], x: jax.Array, attn: jax.Array) -> jax.Array:
+    """The layer after its attention: the o projection, the residual, the MLP."""
+    dt = cfg.compute_dtype
+    attn = checkpoint_name(attn, "attn_out")
+    # As one [B, T, H*D] x [H*D, E] matmul: the weight's reshape is free (row-major), and XLA
+    # does not move the [H, D] contraction onto a transposed copy of the weight.
+    b, t, h, d = attn.shape
+    o = p["o"].astype(dt).reshape(h * d, -1)
+    x = x + jnp.einsum("btf,fe->bte", attn.reshape(b, t, h * d), o)
     x = constrain(x, ("batch", "length", "act_embed"))
     h = rms_norm(x, p["mlp_norm"], cfg.rms_norm_eps)
     gate = jnp.einsum("bte,ef->btf", h, p["gate"].astype(dt))
     up = jnp.einsum("bte,ef->btf", h, p["up"].astype(dt))
     act = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
     x = x + jnp.einsum("btf,fe->bte", act, p["down"].astype(dt))
+    return constrain(x, ("batch", "length", "act_embed"))
+
+
+def block_apply(
+    cfg: LlamaConfig,
+    p: dict[str, jax.Array],
+    x: jax.Array,
+    positions: jax.Array,
+    allowed: jax.Array,
+) -> jax.Array:
+    """One decoder layer without a cache on per-layer weights ``p``: x [B, T, E], positions
+    [B, T], allowed [B, T, T] -> the new x."""
+    q, k, v = _qkv(cfg, p, x, positions)
+    return _rest(cfg, p, x, attention(cfg, q, k, v, allowed))
+
+
+def block_decode(
+    cfg: LlamaConfig,
+    p: dict[str, jax.Array],
+    x: jax.Array,
+    positions: jax.Array,
+    allowed: jax.Array,
+    cache_k: jax.Array,
+    cache_v: jax.Array,
+    index,
+):
+    """One decoder layer with its own cache buffers cache_k, cache_v [B, KVH, S, D]: the T new
+    keys and values are written at slot ``index`` (in place under jit), then the queries attend
+    over the S slots (allowed [B, T, S]). Returns (x, cache_k, cache_v)."""
+    q, k, v = _qkv(cfg, p, x, positions)
+    at = (0, 0, index, 0)
+    cache_k = jax.lax.dynamic_update_slice(
+        cache_k, k.transpose(0, 2, 1, 3).astype(cache_k.dtype), at
+    )
+    cache_v = jax.lax.dynamic_update_slice(
+        cache_v, v.transpose(0, 2, 1, 3).astype(cache_v.dtype), at
+    )
+    cache_k, cache_v = constrain(cache_k, CACHE_AXES), constrain(cache_v, CACHE_AXES)
+    attn = cache_attention(cfg, q, cache_k.astype(q.dtype), cache_v.astype(q.dtype), allowed)
+    return _rest(cfg, p, x, attn), cache_k, cache_v
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+def decode_forward(
+    cfg: LlamaConfig,
+    w: dict[str, Any],
+    input_ids: jax.Array,
+    attention_mask: jax.Array,
+    cache: KVCache,
+) -> tuple[jax.Array, KVCache]:
+    """Final-norm hidden states [B, T, E] of T new tokens per row and the updated cache, on the
+    decoding weights ``w`` (``Llama.decode_weights``). The layers run as a Python loop over
+    their own weight and cache buffers (no layer scan: a scan's per-layer slice of stacked
+    weights or caches is a copy every step)."""
+    t = input_ids.shape[1]
+    mask = attention_mask.astype(jnp.int32)
+    positions = positions_from_mask(mask, cache.next_pos)
+    index = cache.index
+    key_mask = jax.lax.dynamic_update_slice_in_dim(cache.key_mask, mask, index, axis=1)
+    causal = jnp.arange(key_mask.shape[1])[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
+    allowed = causal[None] & (key_mask[:, None, :] > 0)  # [B, T, S]
+    x = jnp.take(w["embed"], input_ids, axis=0).astype(cfg.compute_dtype)
     x = constrain(x, ("batch", "length", "act_embed"))
-    return x, (None if kv is None else (cache_k, cache_v))
+    ks, vs = list(cache.k), list(cache.v)
+    for i, p in enumerate(w["layers"]):
+        x, ks[i], vs[i] = block_decode(cfg, p, x, positions, allowed, ks[i], vs[i], index)
+    x = rms_norm(x, w["final_norm"], cfg.rms_norm_eps)
+    new_cache = KVCache(
+        k=tuple(ks),
+        v=tuple(vs),
+        key_mask=key_mask,
+        next_pos=cache.next_pos + mask.sum(-1),
+        index=index + t,
+    )
+    return x, new_cache
+
+
+def decode_logits(cfg: LlamaConfig, w: dict[str, Any], x: jax.Array) -> jax.Array:
+    """LM logits [B, T, V] (fp32) of hidden states x [B, T, E] on the decoding weights."""
+    if cfg.tie_word_embeddings:
+        logits = jnp.einsum("bte,ve->btv", x, w["head"])
+    else:
+        logits = jnp.einsum("bte,ev->btv", x, w["head"])
+    return constrain(logits, ("batch", "length", "act_vocab")).astype(jnp.float32)
+
+
+class _Part(NamedTuple):
+    """An array of ``Llama.decode_weights`` and its logical axes."""
+
+    array: Any
+    axes: tuple
 
 
 class Llama(nnx.Module):
@@ -365,7 +527,9 @@ class Llama(nnx.Module):
         packing: Packing | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states [B, T, E] and the updated cache (None without a cache).
-        ``packing``: packed rows (no cache; the attention mask is then ignored)."""
+        ``packing``: packed rows (no cache; the attention mask is then ignored). With a cache
+        this is ``decode_forward`` on ``decode_weights()`` (the sampler prepares those once per
+        generation instead)."""
         cfg = self.cfg
         b, t = input_ids.shape
         mask = (
@@ -373,67 +537,94 @@ class Llama(nnx.Module):
             if attention_mask is None
             else attention_mask.astype(jnp.int32)
         )
-        if packing is not None:
-            if cache is not None:
+        if cache is not None:
+            if packing is not None:
                 raise ValueError("packed rows are not decoded with a KV cache.")
-            positions, allowed, index = packing.positions, packing.allowed(), 0
-        elif cache is None:
-            positions = positions_from_mask(mask)
-            query_slots = jnp.arange(t)
-            key_mask, index = mask, 0
+            return decode_forward(cfg, self.decode_weights(), input_ids, mask, cache)
+        if packing is not None:
+            positions, allowed = packing.positions, packing.allowed()
         else:
-            positions = positions_from_mask(mask, cache.next_pos)
-            index = cache.index
-            query_slots = index + jnp.arange(t)
-            key_mask = jax.lax.dynamic_update_slice_in_dim(cache.key_mask, mask, index, axis=1)
-        if packing is None:
-            s_len = key_mask.shape[1]
-            causal = jnp.arange(s_len)[None, :] <= query_slots[:, None]  # [T, S]
-            allowed = causal[None] & (key_mask[:, None, :] > 0)  # [B, T, S]
-        x = jnp.take(self.embed[...].astype(cfg.compute_dtype), input_ids, axis=0)
+            positions = positions_from_mask(mask)
+            causal = jnp.arange(t)[None, :] <= jnp.arange(t)[:, None]  # [T, S]
+            allowed = causal[None] & (mask[:, None, :] > 0)  # [B, T, S]
+        # The lookup first, then the cast: only the B x T rows are converted.
+        x = jnp.take(self.embed[...], input_ids, axis=0).astype(cfg.compute_dtype)
         x = constrain(x, ("batch", "length", "act_embed"))
 
         layer_params = {k: v[...] for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)}
 
-        def layer(x, p, kv):
-            return block_apply(cfg, p, x, positions, allowed, kv, index)
+        def layer(x, p):
+            return block_apply(cfg, p, x, positions, allowed)
 
         policy = REMAT_POLICIES[cfg.remat]
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=policy)
 
-        # The stacked cache rides in the carry (updated in place), never in xs/ys (copied).
-        kv_all = None if cache is None else (cache.k, cache.v)
         if cfg.scan_layers:
-
-            def body(carry, xs):
-                x, kv = carry
-                p, i = xs
-                x, kv = layer(x, p, None if kv is None else (*kv, i))
-                return (x, kv), None
-
-            (x, new_kv), _ = jax.lax.scan(
-                body,
-                (x, kv_all),
-                (layer_params, jnp.arange(cfg.num_layers)),
+            x, _ = jax.lax.scan(
+                lambda x, p: (layer(x, p), None),
+                x,
+                layer_params,
                 unroll=max(1, int(cfg.scan_unroll)),
             )
         else:
-            new_kv = kv_all
             for i in range(cfg.num_layers):
-                p = {k: v[i] for k, v in layer_params.items()}
-                x, new_kv = layer(x, p, None if new_kv is None else (*new_kv, i))
+                x = layer(x, {k: v[i] for k, v in layer_params.items()})
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps)
-        new_cache = None
-        if cache is not None:
-            new_cache = KVCache(
-                k=new_kv[0],
-                v=new_kv[1],
-                key_mask=key_mask,
-                next_pos=cache.next_pos + mask.sum(-1),
-                index=index + t,
-            )
-        return x, new_cache
+        return x, None
+
+    def decode_weights(self) -> dict[str, Any]:
+        """The weights a decode step reads (``decode_forward``, ``decode_logits``), made once per
+        generation: every layer's weights as arrays of their own (the stacked ``layers`` axis
+        split) in the compute dtype, so that the step's matmuls read them in place; from the
+        stacked weights each layer's slice is copied (and, stored in fp32 under a bf16 compute
+        dtype, cast) at every step. Costs one copy of the layers' weights in the compute dtype
+        while it lives.
+
+        {"embed": [V, E] as stored (a step looks up B rows, then casts them), "layers": one
+        {name: array} per layer, "final_norm": [E], "head": the LM head in the compute dtype
+        ([E, V]; tied: the embedding, [V, E]; None for a reward or value head)}; each array is
+        constrained to its logical axes (``decode_weight_axes``)."""
+        return jax.tree.map(
+            lambda part: constrain(part.array, part.axes),
+            self._decode_parts(),
+            is_leaf=lambda x: isinstance(x, _Part),
+        )
+
+    def decode_weight_shardings(self, mesh) -> dict[str, Any]:
+        """The shardings of ``decode_weights()`` on ``mesh`` (the same tree; each array by its
+        logical axes), e.g. for a jitted decode step that takes the decoding weights as inputs."""
+        return jax.tree.map(
+            lambda part: named_sharding(mesh, part.axes),
+            self._decode_parts(arrays=False),
+            is_leaf=lambda x: isinstance(x, _Part),
+        )
+
+    def _decode_parts(self, arrays: bool = True) -> dict[str, Any]:
+        """The tree of ``decode_weights`` with each leaf an (array, axes) ``_Part``; without
+        ``arrays`` the arrays are None (the axes of an abstract model)."""
+        cfg, dt = self.cfg, self.cfg.compute_dtype
+
+        def part(var, index=None, cast=True):
+            axes = var.get_metadata()["axes"]
+            if index is not None:
+                axes = axes[1:]
+            if not arrays:
+                return _Part(None, axes)
+            a = var[...] if index is None else var[...][index]
+            return _Part(a.astype(dt) if cast else a, axes)
+
+        stacked = [(k, v) for k, v in vars(self.layers).items() if isinstance(v, nnx.Param)]
+        layers = tuple({k: part(v, i) for k, v in stacked} for i in range(cfg.num_layers))
+        head = None
+        if self.head == "lm":
+            head = part(self.embed if cfg.tie_word_embeddings else self.lm_head)
+        return {
+            "embed": part(self.embed, cast=False),
+            "layers": layers,
+            "final_norm": part(self.final_norm),
+            "head": head,
+        }
 
     # ---------------------------------------------------------------- heads
 
