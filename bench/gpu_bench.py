@@ -298,14 +298,7 @@ def run_generate(preset: str, a) -> list[dict]:
     rs = np.random.RandomState(0)
     ids = rs.randint(3, cfg.vocab_size, (b, t))
     mask = np.ones((b, t), np.int64)
-    settings = sampling.settings(
-        max_new_tokens=new,
-        min_new_tokens=new,
-        temperature=0.8,
-        top_p=0.9,
-        repetition_penalty=1.1,
-        prompt_bucket_min=t,
-    )
+    settings = _hh_sampling(new, t)
     t0 = time.perf_counter()
     jax.block_until_ready(sampling.generate(model, ids, mask, 0, settings).tokens)
     first = time.perf_counter() - t0
@@ -332,6 +325,21 @@ def run_generate(preset: str, a) -> list[dict]:
     ]
 
 
+def _hh_sampling(new: int, prompt_len: int):
+    """configs/hh_rlhf.py's sampling (top-p 0.9, T 0.8, repetition penalty 1.1), ``new`` tokens
+    forced, prompts bucketed at ``prompt_len``."""
+    from metarm_jax import sampling
+
+    return sampling.settings(
+        max_new_tokens=new,
+        min_new_tokens=new,
+        temperature=0.8,
+        top_p=0.9,
+        repetition_penalty=1.1,
+        prompt_bucket_min=prompt_len,
+    )
+
+
 def run_rollout(preset: str, a) -> list[dict]:
     """A PPO roll-out's generation (configs/hh_rlhf.py: 16 samples per prompt, top-p 0.9, T 0.8,
     repetition penalty 1.1) with fp32 actor weights decoding in bf16."""
@@ -348,14 +356,7 @@ def run_rollout(preset: str, a) -> list[dict]:
     q, r, t, new = a.rollout_queries, 16, a.rollout_prompt, a.rollout_new
     ids = np.random.RandomState(0).randint(3, cfg.vocab_size, (q, t))
     mask = np.ones((q, t), np.int64)
-    settings = sampling.settings(
-        max_new_tokens=new,
-        min_new_tokens=new,
-        temperature=0.8,
-        top_p=0.9,
-        repetition_penalty=1.1,
-        prompt_bucket_min=t,
-    )
+    settings = _hh_sampling(new, t)
     t0 = time.perf_counter()
     jax.block_until_ready(sampling.generate(model, ids, mask, 0, settings, num_samples=r).tokens)
     first = time.perf_counter() - t0
