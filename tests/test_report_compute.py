@@ -154,6 +154,19 @@ def _seed_report(shift: float) -> dict:
         },
         "curves": {a: curve(1.0 + shift) for a in ("metarm", "vanilla_ppo")},
         "rm_on_policy_accuracy": {"metarm": {"round1": 0.6, "round2": 0.7}},
+        "rm_metrics": {
+            "rounds": {
+                f"round{r}": {
+                    "probe (SFT samples)": {"r0": {"accuracy": 0.9}},
+                    compute.SHIFTED: {
+                        "r0": {"accuracy": 0.55},
+                        f"metarm_r{r}": {"accuracy": 0.6 + 0.1 * r + shift},
+                        f"metarm2_r{r}": {"accuracy": 0.5},
+                    },
+                }
+                for r in (1, 2)
+            }
+        },
     }
 
 
@@ -174,6 +187,16 @@ def test_study_over_seeds_against_hand_computed_t_intervals():
     assert res["arms"]["metarm"]["rm_on_policy_final"]["mean"] == pytest.approx(0.7)
     assert res["arms"]["metarm"]["rm_on_policy_mean"]["mean"] == pytest.approx(0.65)
     assert res["arms"]["oracle"]["peak_rounds"] == [2, 2, 2]
+    # held-out shifted pairs: the last round's RM of each arm, r_0 once (the same RM every round)
+    got = compute.shifted_accuracy(_seed_report(0.1)["rm_metrics"])
+    assert {a: {r: round(v, 9) for r, v in x.items()} for a, x in got.items()} == {
+        "r0": {"round1": 0.55, "round2": 0.55},
+        "metarm": {"round1": 0.8, "round2": 0.9},
+        "metarm2": {"round1": 0.5, "round2": 0.5},
+    }
+    assert res["arms"]["metarm"]["rm_shifted_final"]["mean"] == pytest.approx(0.8 + 0.2)
+    assert "rm_shifted_final" not in res["arms"]["eta0"]  # no RM of its own in these reports
+    assert res["rm0_shifted"]["values"] == pytest.approx([0.55] * 3)
     curves = compute.mean_curves([_seed_report(s) for s in shifts])
     assert set(curves) == {"metarm", "vanilla_ppo"}
     assert curves["metarm"][2]["gold"] == pytest.approx(1.2 + 0.2)  # mean of 1 + s + 0.2

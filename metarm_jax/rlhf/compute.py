@@ -138,6 +138,20 @@ def budgets(rec: RunRecord) -> dict[str, dict[str, int]]:
     return out
 
 
+SHIFTED = "held-out shifted (every arm's final policy)"  # the RM metrics' shifted sample set
+
+
+def shifted_accuracy(rm_metrics: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Every round's RMs on the held-out shifted set (``SHIFTED``): RM label (``r0``, or the
+    arm's name) -> ``round<r>`` -> pairwise accuracy against the reference."""
+    out: dict[str, dict[str, float]] = {}
+    for rname, table in rm_metrics.get("rounds", {}).items():
+        for label, v in table.get(SHIFTED, {}).items():
+            arm = label if label == "r0" else label.rsplit("_r", 1)[0]
+            out.setdefault(arm, {})[rname] = v["accuracy"]
+    return out
+
+
 def summary(res: dict) -> dict[str, Any]:
     """The numbers the stage returns (and the seed aggregation averages)."""
     return {
@@ -307,6 +321,10 @@ def study(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
             last = f"round{max(int(k[5:]) for k in acc[0])}"
             row["rm_on_policy_final"] = over_seeds([a[last] for a in acc])
             row["rm_on_policy_mean"] = over_seeds([np.mean(list(a.values())) for a in acc])
+        shifted = [shifted_accuracy(r.get("rm_metrics", {})).get(arm) for r in reports]
+        if all(shifted):
+            last = f"round{max(int(k[5:]) for k in shifted[0])}"
+            row["rm_shifted_final"] = over_seeds([a[last] for a in shifted])
         table[arm] = row
 
     def diff(a, b, what):
@@ -338,7 +356,11 @@ def study(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
             and controls["ceiling_minus_vanilla"]["passed"]
             and controls["oracle_minus_vanilla"]["passed"]
         )
-    return {"seeds": len(reports), "controls": controls, "arms": table, "differences": differences}
+    out = {"seeds": len(reports), "controls": controls, "arms": table, "differences": differences}
+    rm0 = [shifted_accuracy(r.get("rm_metrics", {})).get("r0") for r in reports]
+    if all(rm0):
+        out["rm0_shifted"] = over_seeds([min(a.values()) for a in rm0])  # one RM: equal rounds
+    return out
 
 
 def mean_curves(reports: list[Mapping[str, Any]]) -> dict[str, list[dict]]:

@@ -330,21 +330,31 @@ def _experiment(ctx, rec: RunRecord, layout, test, valid, world, scorer, n_boot)
 
 def _rm_metrics(rec: RunRecord, test, prompts, world, scorer, rc, n_boot) -> dict[str, Any]:
     """For each round r: the RMs of that round (r_0 and every ROUNDS arm's) on the probe set
-    (π_SFT's samples) and on each ROUNDS arm's round-r policy samples, against the reference."""
+    (π_SFT's samples), on each ROUNDS arm's round-r policy samples, and on the held-out shifted
+    set (``compute.SHIFTED``: per test prompt, the samples of every arm's final policy pooled;
+    test prompts, so no RM trained on them), against the reference."""
     ref_name, reference = _reference(world, prompts, scorer, rc)
     if reference is None:
         return {"reference": None, "note": "no gold and no rlhf.judge_rm_path: not measured"}
     refs: dict[str, np.ndarray] = {}
     out: dict[str, Any] = {"reference": ref_name, "rounds": {}}
+    finals = [
+        run.arm.policy(rec.rounds)
+        for run in rec.arms.values()
+        if run.arm.schedule in (ROUNDS, CONTINUOUS)
+    ]
+    shifted = [[y for p in finals for y in test[p][1][i]] for i in range(len(prompts))]
+    out["shifted_policies"] = finals
     for r in range(1, rec.rounds + 1):
         rms = {"r0": rec.rm0}
         sets = {"probe (SFT samples)": "sft"}
         for run in rec.of(ROUNDS):
             rms[f"{run.arm.name}_r{r}"] = run.rm_at(r)
             sets[f"{run.arm.name} round {r} samples"] = run.arm.policy(r)
+        sets[compute.SHIFTED] = compute.SHIFTED
         table = {}
         for set_label, policy in sets.items():
-            resp = test[policy][1]
+            resp = shifted if policy == compute.SHIFTED else test[policy][1]
             if policy not in refs:
                 refs[policy] = reference(resp)
             row = {}

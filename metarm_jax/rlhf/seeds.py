@@ -106,15 +106,26 @@ def study_section(workdir: str, reports: list[dict]) -> str:
         "## Arms",
         "",
         "| arm | peak gold (test, round chosen on validation) | final gold (test) | final √KL | "
-        "RM accuracy on own samples, last round |",
-        "|---|---|---|---|---|",
+        "RM accuracy on own samples, last round | RM accuracy on held-out shifted pairs, last "
+        "round |",
+        "|---|---|---|---|---|---|",
     ]
+
+    def cell(row, key):
+        return _ci(row[key]) if key in row else "—"
+
     for arm, row in res["arms"].items():
-        acc = _ci(row["rm_on_policy_final"]) if "rm_on_policy_final" in row else "—"
         lines.append(
             f"| {arm} | {_ci(row['peak'])} (rounds {row['peak_rounds']}) | {_ci(row['final'])} "
-            f"| {_ci(row['sqrt_kl_final']) if 'sqrt_kl_final' in row else '—'} | {acc} |"
+            f"| {cell(row, 'sqrt_kl_final')} | {cell(row, 'rm_on_policy_final')} "
+            f"| {cell(row, 'rm_shifted_final')} |"
         )
+    if "rm0_shifted" in res:
+        lines += [
+            "",
+            f"r₀ on the held-out shifted pairs: {_ci(res['rm0_shifted'])} (the RM of vanilla PPO; "
+            "the set pools, per test prompt, the samples of every arm's final policy).",
+        ]
     lines += ["", "## Paired differences (within each seed)", ""]
     lines += ["| difference | final gold | peak gold |", "|---|---|---|"]
     for k, v in res["differences"].items():
