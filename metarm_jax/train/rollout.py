@@ -151,15 +151,20 @@ def member_scale(path: str, i: int) -> tuple[float, float]:
     return float(mean), float(std)
 
 
+def ensemble_from(paths, agg: str, lam: float, standardize: bool) -> Ensemble:
+    """The ensemble of the RM exports ``paths`` (standardised by their validation scores)."""
+    mean = std = None
+    if standardize:
+        mean, std = zip(*(member_scale(path, i) for i, path in enumerate(paths)))
+    return Ensemble(agg, float(lam), mean, std)
+
+
 def ensemble_of(p) -> Ensemble | None:
     """The ensemble ``config.ppo`` asks for (``reward_models``), or None (one RM)."""
     paths = tuple(p.reward_models)
     if not paths:
         return None
-    mean = std = None
-    if p.ensemble_standardize:
-        mean, std = zip(*(member_scale(path, i) for i, path in enumerate(paths)))
-    return Ensemble(p.ensemble_agg, float(p.ensemble_lambda), mean, std)
+    return ensemble_from(paths, p.ensemble_agg, p.ensemble_lambda, p.ensemble_standardize)
 
 
 def make_score_fn(
