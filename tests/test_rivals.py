@@ -284,3 +284,46 @@ def test_the_rivals_are_opt_in_and_need_no_world():
     real = config_lib.load_config_file("configs/hh_rlhf.py:runlocal")
     real.rlhf.baselines = ("ensemble_worst", "warm", "centred")
     plan.validate(real)
+
+
+def test_ppo_stage_with_an_ensemble_of_identical_members_runs_as_one_rm(tmp_path):
+    """The ppo stage with ppo.reward_models: two copies of one RM, worst case, raw scores: both
+    members score every roll-out alike (spread 0), PPO's reward is that score, and the summary
+    counts 2 RM forwards per roll-out."""
+    import shutil
+
+    from metarm_jax.train import ppo
+    from tests.test_ppo_stage import read_metrics, toy_config, write_world
+
+    wc = __import__("metarm_jax.defaults", fromlist=["world"]).world()
+    for key in ("num_sft", "num_train_pairs", "num_test_pairs", "num_eval_prompts",
+                "num_ood_prompts"):  # fmt: skip
+        wc[key] = 8
+    wc.num_train_prompts = 64
+    toy = write_world(str(tmp_path / "world"), wc)
+    cfg = llama.LlamaConfig(
+        vocab_size=54, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4,
+        num_kv_heads=4, max_position_embeddings=128,
+    )  # fmt: skip
+    hf.save_hf(llama.create(cfg, "lm", seed=1), str(tmp_path / "policy"))
+    hf.save_hf(llama.create(cfg, "reward", seed=2), str(tmp_path / "rm"))
+    shutil.copytree(tmp_path / "rm", tmp_path / "rm_copy")
+    toy.update(policy=str(tmp_path / "policy"), rm=str(tmp_path / "rm"))
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+
+    def run(name, **kw):
+        config = toy_config(toy, iterations=1, **kw)
+        out = ppo.run_ppo(stages.StageContext(config, mesh, str(tmp_path / name)))
+        rows = [r for r in read_metrics(str(tmp_path / name)) if "rollout/score_mean" in r]
+        return out, rows[0]
+
+    ens, b = run(
+        "ens",
+        reward_models=(toy["rm"], str(tmp_path / "rm_copy")),
+        ensemble_agg="min",
+        ensemble_standardize=False,
+    )
+    assert ens["rm_forwards_per_rollout"] == 2
+    m = b["rollout/ensemble_member_mean"]
+    assert len(m) == 2 and m[0] == m[1] and b["rollout/ensemble_spread"] == 0.0
+    assert b["rollout/score_mean"] == pytest.approx(m[0], rel=1e-6)  # min of equals: the one
