@@ -63,6 +63,7 @@ BLOCKS = (
     "rlhf",
     "judge",
     "rm_eval",
+    "warm",
     "world",
     "inspect",
 )
@@ -364,6 +365,11 @@ def _check_across_keys(config) -> None:
         for key in ("monitor", "reward_fn"):
             if p[key]:
                 stages.load_function(p[key], f"ppo.{key}")
+        if p.reward_fn and p.reward_models:
+            raise ConfigError(
+                "config.ppo.reward_fn and ppo.reward_models both replace the RM's score; set one "
+                "of them (reward_fn='' for the ensemble)."
+            )
     if "world" in config:
         try:
             synthetic.World(config.world)  # the world's own checks of its sizes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from metarm_jax.core import metarm
+from metarm_jax.core import ensemble, metarm
 from metarm_jax.core import ppo as ppo_math
 from metarm_jax.models import llama
 
@@ -84,6 +84,16 @@ def _ints(lo: int) -> Rule:
     )
 
 
+def _paths(words: str) -> Rule:
+    """A tuple of M directories: () (off) or M >= 2 non-empty strings."""
+    return Rule(
+        lambda v: (
+            isinstance(v, tuple | list) and len(v) != 1 and all(isinstance(x, str) and x for x in v)
+        ),
+        words,
+    )
+
+
 _COUNT, _STEPS, _NONNEG = _int(1), _int(0), _real(0)
 _INTEGER, _NUMBER = Rule(is_int, "an integer"), Rule(_is_real, "a number")
 _INT_PAIR = Rule(
@@ -148,6 +158,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "save_every": _STEPS,
         "keep": _COUNT,
         "nan_patience": _COUNT,
+        "center_rewards": Rule(_NONNEG.ok, "a number >= 0 (0 = no reward centring)"),
     },
     "meta": {
         "eta": _NONNEG,
@@ -222,6 +233,11 @@ RULES: dict[str, dict[str, Rule]] = {
         "save_every": _STEPS,
         "shift_hist_bins": _COUNT,
         "shift_hist_max": _real(0, lo_open=True),
+        "reward_models": _paths(
+            "() or a tuple of at least 2 RM directories (an ensemble of one is ppo.rm_path)"
+        ),
+        "ensemble_agg": _choice(*ensemble.AGGREGATIONS),
+        "ensemble_lambda": _NONNEG,
     },
     "rlhf": {
         "tokenizer_vocab": _int(0),
@@ -230,6 +246,10 @@ RULES: dict[str, dict[str, Rule]] = {
         "report_examples": _int(0),
         "bootstrap": _COUNT,
         "diversity": _choice(*DIVERSITY),
+        "ensemble_size": Rule(
+            _int(2).ok, "an integer >= 2 (members of the ensemble and WARM arms, r_0 included)"
+        ),
+        "center_rewards": _real(0, lo_open=True),
     },
     "world": {  # besides these, synthetic.World checks its sizes itself (num_symbols, ...)
         "num_symbols": _INTEGER,
@@ -268,5 +288,6 @@ RULES: dict[str, dict[str, Rule]] = {
         "format": _choice(*RM_EVAL_FORMATS),
         "conversation_format": _choice(*RM_EVAL_CONVERSATION),
     },
+    "warm": {"rm_paths": _paths("() or a tuple of at least 2 RM directories to average")},
     "inspect": {"head": _choice(*llama.HEADS), "seq_len": _COUNT},
 }

@@ -175,6 +175,9 @@ def train() -> ml_collections.ConfigDict:
     c.nan_patience = 5  # stop after this many non-finite steps in a row (each one is skipped)
     c.progress = True  # tqdm bar (process 0 only)
     c.export = True  # rm/metarm: write workdir/export/rm (HF LlamaForSequenceClassification)
+    # rm/metarm: reward centring (Eisenstein et al.; TRL's center_rewards_coefficient, 0.01
+    # recommended): η adds η·mean((r_chosen + r_rejected)²) to the Bradley-Terry loss; 0 = off.
+    c.center_rewards = 0.0
     return c
 
 
@@ -339,6 +342,17 @@ def ppo() -> ml_collections.ConfigDict:
     # "module:function" whose function of token ids REPLACES the RM's score as PPO's reward (the
     # ceiling arm: "metarm_jax.data.synthetic:gold_monitor", PPO on the world's gold); "" = the RM
     c.reward_fn = ""
+    # An RM ensemble (Coste et al. 2024): >= 2 RM directories that all score every roll-out;
+    # PPO's reward is their aggregation (rm_path then only names the critic's start, critic_path
+    # ''). () = off: the one RM in rm_path. docs/ppo.md, "RM ensembles".
+    c.reward_models = ()
+    # mean | min (worst case) | uwo (mean - λ·variance over members, Coste et al.'s UWO) |
+    # mean_std (mean - λ·std over members); core/ensemble.py
+    c.ensemble_agg = "mean"
+    c.ensemble_lambda = 1.0  # λ of uwo and mean_std
+    # Put every member on one scale first: (score - its validation mean) / its validation std,
+    # read from each export's scoring convention (config.json); a BT reward's offset is arbitrary.
+    c.ensemble_standardize = True
     c.export = True  # workdir/export/ppo (policy + tokenizer), export/ppo_critic
     return c
 
@@ -371,6 +385,13 @@ def rlhf() -> ml_collections.ConfigDict:
     # η), "oracle" (an RM on gold-labelled on-policy pairs; synthetic world only: the positive
     # control), "vanilla_ppo" (PPO against r_0, the same total budget), "dpo".
     c.baselines = ("eta0", "vanilla_ppo", "dpo")
+    # The rival arms (opt-in baselines; docs/synthetic.md, "Rival arms"): ensemble_mean,
+    # ensemble_worst, ensemble_uwo (PPO against an ensemble of ensemble_size RMs: r_0 and
+    # ensemble_size - 1 more from π_SFT differing in seed and data order; λ = ppo.ensemble_lambda),
+    # warm (their weight average), centred (an r_0 trained with train.center_rewards =
+    # rlhf.center_rewards).
+    c.ensemble_size = 4  # M, members of the ensemble and of WARM (r_0 is member 0)
+    c.center_rewards = 0.01  # η of the centred arm's RM (TRL's recommended value)
     # Evaluation. Test prompts (eval_prompt_*; Tables 1-2, rewards, RM metrics) and validation
     # prompts (valid_prompt_split of the same source; they choose the best round), disjoint:
     # with valid_prompt_split "" the first valid_prompts test-source prompts are held out for
@@ -417,6 +438,13 @@ def rm_eval() -> ml_collections.ConfigDict:
     c.batch_size = 16  # global, rows (prompts) per scoring batch
     c.output_dir = ""  # "" = <workdir>/rm_eval: rm_eval.json, rm_eval.md, scores.jsonl
     return c
+
+
+def warm() -> ml_collections.ConfigDict:
+    """The ``warm`` stage: one RM whose weights are the element-wise mean of several RMs
+    fine-tuned from one initialisation (WARM, Ramé et al. 2024), written to
+    <workdir>/export/rm like the rm stage's (``metarm_jax/train/rm.py: run_warm``)."""
+    return ml_collections.ConfigDict(dict(rm_paths=()))  # >= 2 RM directories of one shape
 
 
 def world() -> ml_collections.ConfigDict:

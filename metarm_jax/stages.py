@@ -32,6 +32,7 @@ STAGES: dict[str, str] = {
     "ppo": "metarm_jax.train.ppo:run_ppo",
     "rlhf": "metarm_jax.rlhf:run",
     "rm_eval": "metarm_jax.eval.rm_eval:run",
+    "warm": "metarm_jax.train.rm:run_warm",
 }
 
 # A stage's own checks beyond the values of its keys (config_lib.validate checks every enum and
@@ -41,6 +42,7 @@ VALIDATORS: dict[str, tuple[str, ...]] = {
     "ppo": ("metarm_jax.train.ppo:validate",),
     "rlhf": ("metarm_jax.rlhf:validate", "metarm_jax.eval.llm_judge:validate"),
     "rm_eval": ("metarm_jax.eval.rm_eval:validate",),
+    "warm": ("metarm_jax.train.rm:validate_warm",),
 }
 
 

@@ -301,6 +301,13 @@ def test_every_option_of_every_enum_passes():
         ({"rlhf__tie_margin": -0.1}, "config.rlhf.tie_margin=-0.1: expected a number >= 0"),
         ({"world__num_groups": 5}, "config.world.num_symbols=48 must be a multiple of world.num_groups=5"),
         ({"world__topic_purity": 1.5}, "config.world.topic_purity=1.5: expected a number in [0, 1]"),
+        ({"ppo__reward_models": ("/rm",)}, "config.ppo.reward_models=('/rm',): expected () or a tuple of at least 2"),
+        ({"ppo__ensemble_agg": "max"}, "config.ppo.ensemble_agg='max': expected one of 'mean', 'min', 'uwo'"),
+        ({"ppo__ensemble_lambda": -1.0}, "config.ppo.ensemble_lambda=-1.0: expected a number >= 0"),
+        ({"ppo__reward_models": ("/a", "/b"), "ppo__reward_fn": "metarm_jax.data.synthetic:gold_monitor"}, "config.ppo.reward_fn and ppo.reward_models both"),
+        ({"train__center_rewards": -0.1}, "config.train.center_rewards=-0.1: expected a number >= 0"),
+        ({"rlhf__ensemble_size": 1}, "config.rlhf.ensemble_size=1: expected an integer >= 2"),
+        ({"warm__rm_paths": ("",)}, "config.warm.rm_paths=('',): expected () or a tuple of at least 2"),
     ],
 )  # fmt: skip
 def test_bad_values_are_one_line_errors(values, message):
@@ -323,6 +330,8 @@ def test_bad_values_are_one_line_errors(values, message):
         (("rlhf",), {"rlhf__human_verdicts": "/no/such.csv"}, "config.rlhf.human_verdicts='/no/such.csv': no such file"),
         (("rlhf",), {"rlhf__sft": False}, "config.rlhf.sft=False needs config.model.hf_path"),
         (("rlhf",), {"rlhf__judge": "gold", "rlhf__world": False}, "config.rlhf.judge='gold' needs"),
+        (("ppo",), {"ppo__rm_path": "/r", "ppo__reward_models": ("/no/a", "/no/b")}, "config.ppo.reward_models[0]='/no/a': no HF checkpoint"),
+        (("warm",), {"warm__rm_paths": ()}, "config.warm.rm_paths=(): the warm stage averages at least 2"),
     ],
 )  # fmt: skip
 def test_the_stages_own_checks_run_before_any_stage(pipeline, values, message):

@@ -70,9 +70,12 @@ def _record():
 
 def test_budgets_count_each_arms_rm_steps_and_ppo_iterations():
     b = compute.budgets(_record())
-    assert b["metarm"] == {"rm_steps": 5 + 20, "ppo_iterations": 6} == b["eta0"]
-    assert b["vanilla_ppo"] == {"rm_steps": 5, "ppo_iterations": 6}
-    assert b["dpo"] == {"rm_steps": 0, "ppo_iterations": 0, "dpo_steps": 7}
+    one = {"rm_forwards_per_rollout": 1}
+    assert b["metarm"] == {"rm_steps": 5 + 20, "ppo_iterations": 6, **one} == b["eta0"]
+    assert b["vanilla_ppo"] == {"rm_steps": 5, "ppo_iterations": 6, **one}
+    assert b["dpo"] == {
+        "rm_steps": 0, "ppo_iterations": 0, "rm_forwards_per_rollout": 0, "dpo_steps": 7
+    }  # fmt: skip
 
 
 def test_the_plan_names_every_policy_once():

@@ -1,4 +1,5 @@
-"""Reward-model losses: Bradley-Terry preference loss and MetaRM's difference loss J.
+"""Reward-model losses: Bradley-Terry preference loss (and reward centring's term) and MetaRM's
+difference loss J.
 
 Pure functions of reward arrays; no model, no I/O. Losses are computed in at least float32
 (bf16 rewards are upcast; float64 stays float64), so metrics are never reduced in low precision.
@@ -33,6 +34,20 @@ def bt_loss(r_w: jax.Array, r_l: jax.Array, margin: jax.Array | None = None) -> 
     if margin is not None:
         diff = diff - upcast(margin)
     return -jnp.mean(jax.nn.log_sigmoid(diff))
+
+
+def centering_penalty(r_w: jax.Array, r_l: jax.Array) -> jax.Array:
+    """Reward centring's auxiliary term  mean_i (r_w[i] + r_l[i])²  (Eisenstein et al., "Helping
+    or Herding?"; TRL's ``center_rewards_coefficient``): η times it, added to the Bradley-Terry
+    loss, pulls each pair's rewards towards a zero sum, so the RM's scores are centred near 0
+    instead of drifting by an arbitrary offset (which BT alone leaves free).
+
+    Args:
+      r_w, r_l: [n] rewards of the chosen / rejected responses.
+    Returns:
+      scalar (at least float32).
+    """
+    return jnp.mean(jnp.square(upcast(r_w) + upcast(r_l)))
 
 
 def preference_accuracy(r_w: jax.Array, r_l: jax.Array) -> jax.Array:

@@ -142,16 +142,25 @@ def meta_rewards(reward_fn: RewardFn, params: PyTree, meta_batch: Batch) -> jax.
 
 
 def preference_loss(
-    reward_fn: RewardFn, params: PyTree, pref_batch: Batch
+    reward_fn: RewardFn, params: PyTree, pref_batch: Batch, center: float = 0.0
 ) -> tuple[jax.Array, Metrics]:
     """L_θ(X_t), the Bradley-Terry loss, with (float32) accuracy and reward stats as aux.
-    An optional `margin` [n] in pref_batch is subtracted from r_w - r_l."""
+    An optional `margin` [n] in pref_batch is subtracted from r_w - r_l. ``center`` > 0 (reward
+    centring, ``train.center_rewards``) adds center · mean((r_w + r_l)²)
+    (``losses.centering_penalty``; its value is logged as ``center_penalty``); a Python 0 adds
+    nothing, so the loss is the plain BT loss bit for bit."""
     r_w, r_l = pair_rewards(reward_fn, params, pref_batch)
     loss = losses.bt_loss(r_w, r_l, pref_batch.get("margin"))
+    extra = {}
+    if not (isinstance(center, int | float) and center == 0):
+        penalty = losses.centering_penalty(r_w, r_l)
+        loss = loss + jnp.asarray(center, loss.dtype) * penalty
+        extra["center_penalty"] = penalty.astype(jnp.float32)
     aux = {
         "loss": loss.astype(jnp.float32),
         "accuracy": losses.preference_accuracy(r_w, r_l),
         **losses.reward_stats(r_w, r_l),
+        **extra,
     }
     return loss, aux
 
@@ -174,10 +183,13 @@ def ascend(params: PyTree, grads: PyTree, eta: float | jax.Array) -> PyTree:
 # --------------------------------------------------------------------------------------------
 
 
-def vanilla_grads(reward_fn: RewardFn, params: PyTree, pref_batch: Batch) -> tuple[PyTree, Metrics]:
-    """The plain RM step's gradient ∇_θ L_θ(X_t), and metrics at θ."""
+def vanilla_grads(
+    reward_fn: RewardFn, params: PyTree, pref_batch: Batch, center: float = 0.0
+) -> tuple[PyTree, Metrics]:
+    """The plain RM step's gradient ∇_θ L_θ(X_t), and metrics at θ (``center``: reward
+    centring's coefficient, ``preference_loss``)."""
     (_, metrics), g = jax.value_and_grad(
-        lambda theta: preference_loss(reward_fn, theta, pref_batch), has_aux=True
+        lambda theta: preference_loss(reward_fn, theta, pref_batch, center), has_aux=True
     )(params)
     metrics["grad_norm"] = global_norm(g)
     return g, metrics
@@ -194,8 +206,10 @@ def meta_grads(
     eta_mode: str = "absolute",
     second_order: str = "hvp",
     prev_update_norm: jax.Array | None = None,
+    center: float = 0.0,
 ) -> tuple[PyTree, Metrics]:
     """One MetaRM gradient (Algorithm 1); the caller applies it with its optimizer.
+    ``center``: reward centring's coefficient in L (``preference_loss``; 0: the paper's L).
     ``second_order``: how order="second" is computed (``SECOND_ORDER``; the same g).
     ``eta_mode``: what η means. 'absolute': θ' = θ + η∇J (the paper). 'param_fraction':
     ‖θ' − θ‖ = η‖θ‖. 'update' (beyond the paper; sizes the ascent on the optimizer's scale):
@@ -230,10 +244,10 @@ def meta_grads(
     if second_order not in SECOND_ORDER:
         raise ValueError(f"meta.second_order must be one of {SECOND_ORDER}, got {second_order!r}.")
     J = lambda theta: meta_loss(reward_fn, theta, meta_batch)  # J_θ(X_s)
-    L = lambda theta: preference_loss(reward_fn, theta, pref_batch)  # L_θ(X_t), with metrics
+    L = lambda theta: preference_loss(reward_fn, theta, pref_batch, center)  # L_θ(X_t)
 
     if isinstance(eta, (int, float)) and eta == 0:  # θ' = θ: the vanilla gradient, exactly
-        g, metrics = vanilla_grads(reward_fn, params, pref_batch)
+        g, metrics = vanilla_grads(reward_fn, params, pref_batch, center)
         zero = jnp.zeros((), jnp.float32)
         metrics.update(
             {

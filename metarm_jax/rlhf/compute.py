@@ -14,7 +14,9 @@ import numpy as np
 
 from metarm_jax.core import stats
 from metarm_jax.eval.judges import JudgeResult
-from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, SINGLE, RunRecord
+from metarm_jax.rlhf.plan import BY_NAME, CONTINUOUS, ROUNDS, SINGLE, RunRecord
+
+RIVAL_REWARDS = ("ensemble", "warm", "centred")  # the rival arms' rewards (plan.REWARDS)
 
 CLIP_FLAG = 0.10  # an arm whose PPO scores are clipped more often than this is flagged
 CLIP_KEY = "rollout/reward_clip_frac"  # written by metarm_jax/train/rollout.py
@@ -118,8 +120,10 @@ def geometry(rows: list[dict]) -> dict[str, float]:
 
 
 def budgets(rec: RunRecord) -> dict[str, dict[str, int]]:
-    """Every arm's RM steps (r_0's included where the arm's reward descends from it) and PPO
-    iterations."""
+    """Every arm's compute: RM training steps (r_0's included where the arm's reward or critic
+    descends from it; every member's for an ensemble or WARM), PPO iterations, and the RM
+    forwards each PPO roll-out costs (M for an ensemble; the ceiling's r_0 forward runs and is
+    replaced by the gold reward)."""
     out = {}
     for name, run in rec.arms.items():
         schedule = run.arm.schedule
@@ -127,14 +131,39 @@ def budgets(rec: RunRecord) -> dict[str, dict[str, int]]:
             out[name] = {
                 "rm_steps": rec.rm0_steps + sum(x.rm_steps for x in run.rounds),
                 "ppo_iterations": sum(x.ppo_iterations for x in run.rounds),
+                "rm_forwards_per_rollout": 1,
             }
         elif schedule == CONTINUOUS:
             out[name] = {
-                "rm_steps": rec.rm0_steps,
+                "rm_steps": rec.rm0_steps if run.rm_steps is None else run.rm_steps,
                 "ppo_iterations": rec.ppo_iterations * rec.rounds,
+                "rm_forwards_per_rollout": max(len(run.rms), 1),
             }
         elif schedule == SINGLE:
-            out[name] = {"rm_steps": 0, "ppo_iterations": 0, f"{name}_steps": run.steps}
+            out[name] = {
+                "rm_steps": 0,
+                "ppo_iterations": 0,
+                "rm_forwards_per_rollout": 0,
+                f"{name}_steps": run.steps,
+            }
+    return out
+
+
+def reward_sources(rec: RunRecord, ppo) -> dict[str, dict[str, Any]]:
+    """What each CONTINUOUS arm's PPO optimised (``ppo``: the run's config.ppo, for λ and the
+    standardisation of an ensemble): its kind (``Arm.reward``), the RM exports that scored its
+    roll-outs and, for an ensemble, the aggregation."""
+    out = {}
+    for name, run in rec.arms.items():
+        a = run.arm
+        if a.schedule != CONTINUOUS:
+            continue
+        row: dict[str, Any] = {"reward": a.reward, "rms": list(run.rms)}
+        if a.reward == "ensemble":
+            row.update(members=len(run.rms), agg=a.agg, standardized=bool(ppo.ensemble_standardize))
+            if a.agg in ("uwo", "mean_std"):
+                row["lambda"] = float(ppo.ensemble_lambda)
+        out[name] = row
     return out
 
 
@@ -334,6 +363,9 @@ def study(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
 
     pairs = [(a, b) for a in ("metarm", "metarm2") for b in ("eta0", "vanilla_ppo") if a != b]
     pairs += [("metarm2", "metarm"), ("ceiling", "vanilla_ppo"), ("oracle", "vanilla_ppo")]
+    # the rivals (issue 26) against vanilla PPO, and the method against each
+    rivals = [a for a in arms if a in BY_NAME and BY_NAME[a].reward in RIVAL_REWARDS]
+    pairs += [(a, "vanilla_ppo") for a in rivals] + [("metarm", a) for a in rivals]
     differences = {
         f"{a} − {b}": {"final": diff(a, b, "final"), "peak": diff(a, b, "peak")}
         for a, b in pairs

@@ -10,7 +10,8 @@ controls that make the comparison mean something.
         metarm     r_r = MetaRM (η = meta.eta) on the ORIGINAL pairs, from r_{r-1} (or r_0)
         ppo        π_r = PPO from π_{r-1} against r_r, reference π_SFT; the prompt stream and
                    roll-out keys continue from round r-1 (ppo.iteration_offset)
-      and the baselines the config asks for (eta0, oracle, vanilla_ppo, dpo)
+      and the baselines the config asks for (eta0, oracle, vanilla_ppo, dpo, and the rivals:
+      ensemble_*, warm, centred, whose RMs are steps too: rewards.py)
     samples      eval_k responses per prompt of every policy on the test prompts; one per prompt
                  of every MetaRM round on the validation prompts (which pick the best round)
     report       tables and figures (metarm_jax/rlhf/report.py)
@@ -32,7 +33,7 @@ from metarm_jax.config_lib import derive
 from metarm_jax.data import world_files
 from metarm_jax.data.tokenizer import train_bpe_tokenizer
 from metarm_jax.layout import StageDir
-from metarm_jax.rlhf import plan, report, rm_methods
+from metarm_jax.rlhf import plan, report, rewards, rm_methods
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, SINGLE, Arm, ArmRun, Round, RunRecord
 from metarm_jax.rlhf.runner import Runner, export_of
@@ -214,26 +215,30 @@ def _rounds_arm(runner, layout, arm: Arm, rec: RunRecord, meta_prompts: dict) ->
     return out
 
 
-GOLD_REWARD = "metarm_jax.data.synthetic:gold_monitor"  # the world's gold of token ids
-
-
 def _continuous_arm(runner, layout, arm: Arm, rec: RunRecord) -> ArmRun:
-    """PPO against r_0 (or, for the ceiling, the world's gold reward) for the whole budget,
-    exported at every round boundary; the critic starts from r_0 either way."""
+    """PPO against the arm's fixed reward (``rewards.SOURCES[arm.reward]``: r_0, the world's
+    gold for the ceiling, a rival's RM or ensemble) for the whole budget, exported at every round
+    boundary; the critic starts from r_0 in every arm."""
     iters, name = rec.ppo_iterations, layout.single_step(arm)
-    extra = {"reward_fn": GOLD_REWARD} if arm.reward == "gold" else {}
-    s = runner.step(
-        name,
-        "ppo",
-        _ppo_overrides(
-            rec.sft, rec.sft, rec.rm0, iterations=iters * rec.rounds, export_every=iters, **extra
-        ),
-    )
+    reward = rewards.SOURCES[arm.reward](rewards.RewardRequest(runner, layout, arm, rec))
+    overrides = _ppo_overrides(
+        rec.sft, rec.sft, reward.rm, iterations=iters * rec.rounds, export_every=iters,
+        **reward.ppo,
+    )  # fmt: skip
+    overrides["ppo.critic_path"] = rec.rm0
+    s = runner.step(name, "ppo", overrides)
     final = export_of(s, "ppo")
     where = StageDir(layout.path(name))
     at = {r: final if r == rec.rounds else where.export(f"ppo_iter{r * iters}") for r in
           range(1, rec.rounds + 1)}  # fmt: skip
-    return ArmRun(arm, at_round=at, final=final, ppo_metrics=where.metrics("ppo"))
+    return ArmRun(
+        arm,
+        at_round=at,
+        final=final,
+        ppo_metrics=where.metrics("ppo"),
+        rms=reward.rms,
+        rm_steps=reward.rm_steps,
+    )
 
 
 def _single_arm(runner, layout, arm: Arm, rec: RunRecord) -> ArmRun:

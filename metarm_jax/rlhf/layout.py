@@ -7,6 +7,9 @@ report reads, named once here for writer and reader alike.
     round<r>/         the method's round r: meta/ + meta.jsonl, metarm/ (its RM), ppo/
     <arm>/round<r>/   the same for every other ROUNDS arm (round 1's meta samples are shared)
     vanilla_ppo/  dpo/    the CONTINUOUS and SINGLE arms
+    rm_ensemble/member<i>/  rm_ensemble/warm/   the rival arms' RMs: members 1..M-1 of the
+                          ensemble (member 0 is r_0: rm/), their weight average (WARM)
+    rm_centred/           the centred arm's RM
     samples/test/<policy>.jsonl, samples/valid/<policy>.jsonl    evaluation samples
     report.md  report.json  fig*.png   the report
 """
@@ -57,6 +60,13 @@ class RunLayout:
     def single_step(self, arm: Arm) -> str:
         """The one step of a CONTINUOUS or SINGLE arm."""
         return arm.name
+
+    def member_step(self, i: int) -> str:
+        """Member i of the RM ensemble (member 0 is r_0, unless r_0 was given: rlhf.rm_path)."""
+        return os.path.join("rm_ensemble", f"member{i}")
+
+    warm_step = os.path.join("rm_ensemble", "warm")
+    centred_step = "rm_centred"
 
     def sample_step(self, split: str, policy: str) -> str:
         return os.path.join("samples", split, policy)

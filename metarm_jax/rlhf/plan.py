@@ -8,9 +8,11 @@ Three schedules:
     rounds      R rounds of: k samples per train prompt from the arm's current policy -> the
                 arm's RM for this round (``train_rm``) -> PPO from the current policy against it.
                 Policies ``round<r>`` (the method under test) or ``<arm>_round<r>``.
-    continuous  one PPO run of R x ppo.iterations against a fixed reward (r_0, or the world's gold
-                reward for the ceiling), exported at every round boundary so that each round is
-                compared at a matched budget. ``<arm>@<r>``.
+    continuous  one PPO run of R x ppo.iterations against a fixed reward (``Arm.reward``: r_0,
+                the world's gold reward for the ceiling, or a rival RM method's: an ensemble of M
+                RMs, their weight average, a centred RM), exported at every round boundary so
+                that each round is compared at a matched budget; the critic starts from r_0 in
+                every one. ``<arm>@<r>``.
     single      one stage that is not PPO (DPO on the same pairs). Policy ``<arm>``.
 
 This module imports no JAX: ``validate`` runs before anything else does.
@@ -25,6 +27,10 @@ from metarm_jax.errors import ConfigError
 
 ROUNDS, CONTINUOUS, SINGLE = "rounds", "continuous", "single"
 MAIN = "metarm"  # the method under test: always run; its rounds pick the best round
+# What a CONTINUOUS arm's PPO optimises (``Arm.reward``; metarm_jax/rlhf/rewards.py builds each):
+# r_0; the world's gold; the aggregation of an ensemble of rlhf.ensemble_size RMs (Arm.agg);
+# their weight average (WARM); an RM trained like r_0 with reward centring.
+REWARDS = ("rm0", "gold", "ensemble", "warm", "centred")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +40,9 @@ class Arm:
     name       its key in ``rlhf.baselines`` and in every table of the report
     schedule   ROUNDS, CONTINUOUS or SINGLE (module docstring)
     rm_method  ROUNDS only: the key of its RM-training function in ``rm_methods.METHODS``
-    reward     CONTINUOUS only: what PPO optimises, "rm0" (r_0) or "gold" (the world's gold)
+    reward     CONTINUOUS only: what PPO optimises, one of ``REWARDS``
+    agg        reward "ensemble" only: how the members' scores are aggregated
+               (``core.ensemble.AGGREGATIONS``)
     title      how Table 2 names it next to the best round
     needs_world  it reads the synthetic world's gold reward (refused on real data)
     control    a positive control (the report checks it before it shows a MetaRM number)
@@ -45,6 +53,7 @@ class Arm:
     title: str
     rm_method: str = ""
     reward: str = "rm0"
+    agg: str = ""
     needs_world: bool = False
     control: bool = False
     doc: str = ""
@@ -122,6 +131,49 @@ ARMS: tuple[Arm, ...] = (
         doc="PPO on the world's gold reward itself for the whole budget (critic from r_0)",
     ),
     Arm("vanilla_ppo", CONTINUOUS, "vanilla PPO", doc="PPO against r_0 for the whole budget"),
+    # The rivals (issue 26): opt-in, each vanilla PPO but for its reward.
+    Arm(
+        "ensemble_mean",
+        CONTINUOUS,
+        "ensemble mean",
+        reward="ensemble",
+        agg="mean",
+        doc="PPO against the mean of M RMs (r_0 and M-1 more from π_SFT, other seeds and data "
+        "order; each standardised on its validation pairs), the whole budget",
+    ),
+    Arm(
+        "ensemble_worst",
+        CONTINUOUS,
+        "ensemble worst case",
+        reward="ensemble",
+        agg="min",
+        doc="the same ensemble, PPO against the minimum over members (WCO, Coste et al.)",
+    ),
+    Arm(
+        "ensemble_uwo",
+        CONTINUOUS,
+        "ensemble UWO",
+        reward="ensemble",
+        agg="uwo",
+        doc="the same ensemble, PPO against mean - λ·variance over members (UWO, Coste et al.; "
+        "λ = ppo.ensemble_lambda)",
+    ),
+    Arm(
+        "warm",
+        CONTINUOUS,
+        "WARM",
+        reward="warm",
+        doc="PPO against the element-wise weight average of the ensemble's M RMs (WARM, Ramé "
+        "et al.)",
+    ),
+    Arm(
+        "centred",
+        CONTINUOUS,
+        "reward centring",
+        reward="centred",
+        doc="PPO against an RM trained as r_0 plus η·mean((r_w + r_l)²) (η = "
+        "rlhf.center_rewards; Eisenstein et al.)",
+    ),
     Arm("dpo", SINGLE, "dpo", doc="DPO on the same preference pairs"),
 )
 BY_NAME = {a.name: a for a in ARMS}
@@ -158,6 +210,10 @@ def validate(config) -> None:
             f"config.rlhf.baselines: unknown {unknown}; expected a subset of {list(BASELINES)}."
         )
     for arm in arms(config):
+        if arm.schedule == CONTINUOUS and arm.reward not in REWARDS:
+            raise ConfigError(
+                f"plan: arm {arm.name!r} has reward {arm.reward!r}; not in {REWARDS}."
+            )
         if arm.needs_world and not rc.world:
             raise ConfigError(
                 f"config.rlhf.baselines: {arm.name!r} needs the synthetic world's gold reward "
@@ -198,6 +254,11 @@ class ArmRun:
     final: str = ""  # CONTINUOUS and SINGLE: the last export
     ppo_metrics: str = ""  # CONTINUOUS
     steps: int = 0  # SINGLE: its optimizer steps
+    # CONTINUOUS: the RM exports that score every roll-out (one; M for an ensemble, aggregated
+    # by arm.agg; () for the gold reward) and the RM training steps behind the arm (every RM it
+    # reads, r_0 included: the critic starts from it); None: r_0's alone.
+    rms: tuple[str, ...] = ()
+    rm_steps: int | None = None
 
     def policy_paths(self, sft: str) -> dict[str, str]:
         """Report name -> HF export of every policy of this arm."""
@@ -210,6 +271,15 @@ class ArmRun:
 
     def rm_at(self, r: int) -> str:
         return self.rounds[r - 1].rm
+
+    def reward(self, rm0: str) -> str | tuple[tuple[str, ...], str] | None:
+        """What a CONTINUOUS arm's PPO optimised: an RM export, (member exports, aggregation)
+        for an ensemble, or None for the gold reward."""
+        if self.arm.reward == "gold":
+            return None
+        if self.arm.reward == "ensemble":
+            return (self.rms, self.arm.agg)
+        return self.rms[0] if self.rms else rm0
 
 
 @dataclasses.dataclass
@@ -242,6 +312,6 @@ class RunRecord:
 def describe(config) -> list[dict[str, Any]]:
     """The plan as rows (README, the report's header)."""
     return [
-        {"arm": a.name, "schedule": a.schedule, "rm": a.rm_method, "what": a.doc}
+        {"arm": a.name, "schedule": a.schedule, "rm": a.rm_method or a.reward, "what": a.doc}
         for a in arms(config)
     ]

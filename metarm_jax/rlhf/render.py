@@ -330,15 +330,26 @@ def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
     lines += [
         "## Budgets, clipping and the meta step",
         "",
-        "| arm | RM steps | PPO iterations | scores clipped |",
-        "|---|---|---|---|",
+        "| arm | RM steps | PPO iterations | RM forwards per roll-out | scores clipped |",
+        "|---|---|---|---|---|",
     ]
     for name, b in res["budget"].items():
         c = res["reward_clip"].get(name, {"mean": 0.0, "flag": False})
         flag = " (flagged)" if c["flag"] else ""
         lines.append(
-            f"| {name} | {b['rm_steps']} | {b['ppo_iterations']} | {_pct(c['mean'])}{flag} |"
+            f"| {name} | {b['rm_steps']} | {b['ppo_iterations']} | "
+            f"{b.get('rm_forwards_per_rollout', 1)} | {_pct(c['mean'])}{flag} |"
         )
+    for name, src in res.get("reward_sources", {}).items():
+        if src["reward"] == "ensemble":
+            lam = f", λ = {src['lambda']:g}" if "lambda" in src else ""
+            std = "standardised members" if src["standardized"] else "raw scores"
+            lines.append(
+                f"\n{name}: PPO against the {src['agg']} of {src['members']} RMs ({std}{lam}); "
+                "its RM steps count every member's."
+            )
+        elif src["reward"] == "warm":
+            lines.append(f"\n{name}: PPO against the weight average of the ensemble's RMs (WARM).")
     lines += ["", "MetaRM step geometry (means over each round's steps):", ""]
     keys = sorted({k for g in res["geometry"].values() for k in g})
     lines += ["| round | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]

@@ -27,6 +27,7 @@ import json
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from metarm_jax import data as D
@@ -39,6 +40,7 @@ from metarm_jax.rlhf import kl as kl_lib
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, RunRecord
 from metarm_jax.scoring import RewardScorer
+from metarm_jax.train import rollout
 
 
 def load_samples(path: str) -> tuple[list[str], list[list[str]]]:
@@ -152,7 +154,7 @@ def build(
 
     rm_metrics = _rm_metrics(rec, test, prompts, world, scorer, rc, n_boot)
     experiment = _experiment(ctx, rec, layout, test, valid, world, scorer, n_boot)
-    fig1 = _figure1(rec, test, scorer)
+    fig1 = _figure1(config, rec, test, scorer)
     lengths = _lengths(config, test)
     div = _diversity(config, first, rc.diversity)
     human_eval = _human(config, layout, prompts, first, best, n_boot, lead)
@@ -198,6 +200,7 @@ def build(
             for k, v in fig5.items()
         },
         "budget": compute.budgets(rec),
+        "reward_sources": compute.reward_sources(rec, config.ppo),
         "reward_clip": clip,
         "geometry": geometry,
         "fig1": fig1,
@@ -240,16 +243,31 @@ def _reference(world, prompts, scorer, rc):
     return None, None
 
 
-def _points(rec: RunRecord, run) -> list[tuple[int, str, str | None]]:
-    """(round, policy, the reward it optimised: an RM export, or None for the gold reward) at
-    every export of a ROUNDS or CONTINUOUS arm, π_SFT (round 0) first."""
+def _points(rec: RunRecord, run) -> list[tuple[int, str, Any]]:
+    """(round, policy, the reward it optimised: an RM export, (member exports, aggregation) for
+    an ensemble, or None for the gold reward) at every export of a ROUNDS or CONTINUOUS arm,
+    π_SFT (round 0) first: a ROUNDS arm's round 0 is r_0, a CONTINUOUS arm's reward is fixed."""
     a = run.arm
-    gold_reward = a.schedule == CONTINUOUS and a.reward == "gold"
-    out = [(0, "sft", None if gold_reward else rec.rm0)]
-    for r in range(1, rec.rounds + 1):
-        rm = run.rm_at(r) if a.schedule == ROUNDS else (None if gold_reward else rec.rm0)
-        out.append((r, a.policy(r), rm))
-    return out
+    if a.schedule == ROUNDS:
+        return [(0, "sft", rec.rm0)] + [(r, a.policy(r), run.rm_at(r)) for r in
+                                        range(1, rec.rounds + 1)]  # fmt: skip
+    fixed = run.reward(rec.rm0)
+    return [(0, "sft", fixed)] + [(r, a.policy(r), fixed) for r in range(1, rec.rounds + 1)]
+
+
+def _scores(config, scorer: Scorers, reward, prompts, responses) -> tuple[np.ndarray, np.ndarray]:
+    """Scores [prompts, k] and sample mask of the texts under ``reward``: an RM export, or
+    (member exports, aggregation): the ensemble's reward as PPO computed it
+    (``rollout.Ensemble``: standardised members, aggregated)."""
+    if isinstance(reward, str):
+        return scorer(reward).score(prompts, responses)
+    paths, agg = reward
+    p = config.ppo
+    ens = rollout.ensemble_from(paths, agg, p.ensemble_lambda, p.ensemble_standardize)
+    scored = [scorer(path).score(prompts, responses) for path in paths]
+    members = np.stack([s for s, _ in scored])  # [M, prompts, k]
+    out, _ = ens(jnp.asarray(members.reshape(len(paths), -1)))
+    return np.asarray(out, np.float64).reshape(members.shape[1:]), scored[0][1]
 
 
 def _experiment(ctx, rec: RunRecord, layout, test, valid, world, scorer, n_boot) -> dict:
@@ -285,12 +303,12 @@ def _experiment(ctx, rec: RunRecord, layout, test, valid, world, scorer, n_boot)
             kl = kl_lib.estimate(
                 config, ctx.mesh, policies[policy], rec.sft, ps, int(config.seed), kl_file
             )
-            proxy = g if rm is None else scorer(rm).score(ps, resp)[0].mean(-1)
+            proxy = g if rm is None else _scores(config, scorer, rm, ps, resp)[0].mean(-1)
             pts.append(
                 compute.curve_point(r, r * rec.ppo_iterations, kl, g, proxy, gold_valid[policy])
             )
             if r > 0 and rm is not None:
-                scores, mask = scorer(rm).score(ps, resp)
+                scores, mask = _scores(config, scorer, rm, ps, resp)
                 ref = np.asarray([world.gold([p] * len(x), x) for p, x in zip(ps, resp)])
                 on_policy.setdefault(name, {})[f"round{r}"] = compute.rm_agreement(
                     scores, ref, mask, n_boot
@@ -366,7 +384,7 @@ def _rm_metrics(rec: RunRecord, test, prompts, world, scorer, rc, n_boot) -> dic
     return out
 
 
-def _figure1(rec: RunRecord, test, scorer) -> dict[str, Any]:
+def _figure1(config, rec: RunRecord, test, scorer) -> dict[str, Any]:
     """Figure 1 as the paper draws it: at each PPO checkpoint of an arm (π_SFT, then the end of
     every round), two responses per test prompt, scored by the RM that arm's PPO optimised at
     that point; the variance of r(x, y1) - r(x, y2) over the prompts. It shrinks as PPO shifts
@@ -379,15 +397,16 @@ def _figure1(rec: RunRecord, test, scorer) -> dict[str, Any]:
                 (run.arm.policy(x.round), x.rm, x.round * iters) for x in run.rounds
             ]
         elif run.arm.schedule == CONTINUOUS:
-            lines[run.arm.name] = [("sft", rec.rm0, 0)] + [
-                (run.arm.policy(r), rec.rm0, r * iters) for r in range(1, rec.rounds + 1)
+            rm = run.reward(rec.rm0) or rec.rm0  # the ceiling's: r_0 (its critic's start)
+            lines[run.arm.name] = [("sft", rm, 0)] + [
+                (run.arm.policy(r), rm, r * iters) for r in range(1, rec.rounds + 1)
             ]
     out: dict[str, Any] = {}
     for name, points in lines.items():
         xs, vs = [], []
         for policy, rm, x in points:
             prompts, resp = test[policy]
-            scores, _ = scorer(rm).score(prompts, [r[:2] for r in resp])
+            scores, _ = _scores(config, scorer, rm, prompts, [r[:2] for r in resp])
             xs.append(x)
             vs.append(compute.pair_variance(scores))
         out[name] = {"iteration": xs, "variance": vs}

@@ -25,6 +25,7 @@ randomness is a function of (seed, iteration), so a killed run resumes bit for b
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -41,6 +42,7 @@ from metarm_jax.train import common, loop, optim
 from metarm_jax.train.rollout import (
     Frozen,
     Rollouts,
+    ensemble_of,
     make_score_fn,
     response_logprobs,
     response_slice,
@@ -109,12 +111,27 @@ def validate(config) -> None:
         raise ConfigError(
             "config.ppo.rm_path is empty: PPO needs a reward model (an HF "
             "*ForSequenceClassification directory, e.g. <workdir>/export/rm "
-            "written by the rm/metarm stage)."
+            "written by the rm/metarm stage; with ppo.reward_models, the critic's start)."
         )
+    for i, path in enumerate(config.ppo.reward_models):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ConfigError(
+                f"config.ppo.reward_models[{i}]={path!r}: no HF checkpoint there (no "
+                "config.json); give the export directory of a trained reward model."
+            )
+
+
+def rm_paths(p) -> tuple[str, ...]:
+    """The reward models that score every roll-out: ``ppo.reward_models`` (an ensemble) or
+    ``ppo.rm_path``."""
+    return tuple(p.reward_models) or (p.rm_path,)
 
 
 def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
     """Stage ``ppo``: PPO of config.model (or ppo.policy_path) against the RM in ppo.rm_path.
+
+    With ``ppo.reward_models`` the reward is an ensemble's aggregation (``rollout.Ensemble``);
+    ``summary["rm_forwards_per_rollout"]`` counts the RM forwards each roll-out costs.
 
     Writes workdir/ppo (checkpoints, metrics.jsonl, tb/) and, with ppo.export,
     workdir/export/ppo (LlamaForCausalLM + tokenizer) and workdir/export/ppo_critic.
@@ -139,13 +156,19 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
     with jax.set_mesh(mesh):
         actor_model = load(p.policy_path, "lm")
         ref_model = load(p.ref_path, "lm", p.frozen_dtype)
-        rm_model = load(p.rm_path, "reward", p.frozen_dtype)
+        ens = ensemble_of(p)  # PPO's reward: the RM in rm_path, or an ensemble's aggregation
+        if ens is None:
+            rm_apply, rm_params, *_ = models.split(load(p.rm_path, "reward", p.frozen_dtype))
+        else:
+            members = [models.split(load(path, "reward", p.frozen_dtype)) for path in rm_paths(p)]
+            rm_apply = tuple(m.apply for m in members)
+            rm_params = tuple(m.params for m in members)
+            del members
         critic_model = load(p.critic_path, "value")
         lm_apply, actor_params, actor_gd, _ = models.split(actor_model)
         ref_apply, ref_params, *_ = models.split(ref_model)
-        rm_apply, rm_params, *_ = models.split(rm_model)
         value_apply, critic_params, *_ = models.split(critic_model)
-        del ref_model, rm_model
+        del ref_model
 
         dcfg = config.data.copy_and_resolve_references()
         dcfg.prompt_batch_size = int(p.queries_per_iteration)
@@ -173,6 +196,7 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
                 per_prompt=int(p.rollouts_per_query) if config.data.shared_prompt else 0,
                 cfg=actor_model.cfg,
                 dp=sharding.dp_size(mesh),
+                ensemble_reward=ens,
             ),
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0,
             eos_id=tok.eos_token_id,
@@ -209,7 +233,11 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
             snapshot_fn=snapshot,
             boundary=spi,  # a checkpoint (a preemption's too) only between iterations
         )
-        summary.update(iterations=int(p.iterations), steps_per_iteration=spi)
+        summary.update(
+            iterations=int(p.iterations),
+            steps_per_iteration=spi,
+            rm_forwards_per_rollout=len(rm_paths(p)),
+        )
         nnx.update(actor_model, params["actor"])
         nnx.update(critic_model, params["critic"])
         if p.export:

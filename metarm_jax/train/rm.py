@@ -2,6 +2,8 @@
 Algorithm 1, ``metarm_jax.core.metarm``). Both run the one train loop; they differ only in the
 step function and in drawing a meta batch besides the preference batch.
 
+The stage ``warm`` averages the weights of several such RMs (WARM) into one export.
+
 The model starts from ``config.model``: a random preset, or ``model.hf_path`` (an HF Llama base,
 an SFT ``LlamaForCausalLM`` export, which gets a fresh score head, or a previous RM's
 ``*ForSequenceClassification`` export). At the end the RM is written to ``workdir/export/rm`` as
@@ -12,6 +14,7 @@ that transformers, TRL and OpenRLHF can score texts as this stage did.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import jax
@@ -21,11 +24,12 @@ from flax import nnx
 
 from metarm_jax import data as D
 from metarm_jax import models, sharding
-from metarm_jax.core import losses, metarm
+from metarm_jax.core import ensemble, losses, metarm
 from metarm_jax.core.stats import abs_differences
 from metarm_jax.data import formats
 from metarm_jax.errors import ConfigError
 from metarm_jax.layout import StageDir
+from metarm_jax.models import hf
 from metarm_jax.scoring import meta_scores
 from metarm_jax.train import common, loop, optim
 
@@ -34,21 +38,22 @@ from metarm_jax.train import common, loop, optim
 # --------------------------------------------------------------------------------------------
 
 
-def rm_step(reward_fn) -> loop.StepFn:
-    """Vanilla RM: g = ∇_θ L_θ(X_t)."""
+def rm_step(reward_fn, center: float = 0.0) -> loop.StepFn:
+    """Vanilla RM: g = ∇_θ L_θ(X_t) (``center`` > 0: L with reward centring's term,
+    ``train.center_rewards``)."""
 
     def step_fn(params, batch, rng):
         del rng
-        return metarm.vanilla_grads(reward_fn, params, batch["pref"])
+        return metarm.vanilla_grads(reward_fn, params, batch["pref"], center)
 
     return step_fn
 
 
-def metarm_step(reward_fn, meta) -> loop.StepFn:
+def metarm_step(reward_fn, meta, center: float = 0.0) -> loop.StepFn:
     """MetaRM: g = ∇_θ' L_θ'(X_t) at θ' = θ + η∇_θ J_θ(X_s) (``meta.order`` 'first'), or through
     it ('second', formed as ``meta.second_order`` says: ``metarm.SECOND_ORDER``). ``meta``: the
     config's ``meta`` block (eta, order, eta_mode, second_order, measure_j_prime; values checked
-    by ``config_lib.validate``)."""
+    by ``config_lib.validate``); ``center``: reward centring in L, as ``rm_step``."""
     eta, order, eta_mode = float(meta.eta), meta.order, meta.eta_mode
     measure_j_prime, second_order = bool(meta.measure_j_prime), meta.second_order
 
@@ -65,6 +70,7 @@ def metarm_step(reward_fn, meta) -> loop.StepFn:
             eta_mode=eta_mode,
             second_order=second_order,
             prev_update_norm=prev_update_norm,
+            center=center,
         )
 
     step_fn.wants_update_norm = eta_mode == "update"  # the loop passes ‖Δθ_opt‖ of the last step
@@ -195,7 +201,10 @@ def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
     with jax.set_mesh(mesh):
         model = models.from_config(config.model, "reward", mesh, seed=config.seed)
         reward_fn, params, *_ = models.split(model)
-        step_fn = metarm_step(reward_fn, config.meta) if with_meta else rm_step(reward_fn)
+        center = float(t.center_rewards)
+        step_fn = (
+            metarm_step(reward_fn, config.meta, center) if with_meta else rm_step(reward_fn, center)
+        )
         optimizer, schedule = optim.optimizer(t, total)
         eval_fn = make_eval_fn(reward_fn, mesh, data, config.meta, t.eval_batches)
         params, summary = loop.train(
@@ -286,6 +295,93 @@ def scoring_convention(data_cfg, tokenizer, stage: str, summary: dict | None = N
             "the tokenizer a pad token of its own before training."
         )
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# WARM: the weight average of RMs fine-tuned from one initialisation.
+# --------------------------------------------------------------------------------------------
+
+# config.json keys that fix the shapes of an RM's weights: members must agree on all of them.
+_SHAPE_KEYS = (
+    "architectures",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "vocab_size",
+    "tie_word_embeddings",
+)
+
+
+def validate_warm(config) -> None:
+    """What the warm stage needs: at least 2 RM exports of one shape (``stages.VALIDATORS``)."""
+    paths = tuple(config.warm.rm_paths)
+    if len(paths) < 2:
+        raise ConfigError(
+            f"config.warm.rm_paths={paths!r}: the warm stage averages at least 2 reward models; "
+            "give their export directories (e.g. <workdir>/export/rm of each rm stage)."
+        )
+    first = None
+    for i, path in enumerate(paths):
+        try:
+            cfg = hf.read_config(path)
+        except Exception as e:
+            raise ConfigError(f"config.warm.rm_paths[{i}]: {str(e).splitlines()[0]}") from None
+        arch = " ".join(cfg.get("architectures") or [])
+        if not arch.endswith("ForSequenceClassification"):
+            raise ConfigError(
+                f"config.warm.rm_paths[{i}]={path!r} is a {arch or 'model without architectures'}"
+                ", not a reward model (*ForSequenceClassification, e.g. an rm stage's export)."
+            )
+        shape = {k: cfg.get(k) for k in _SHAPE_KEYS}
+        if first is None:
+            first = shape
+        elif shape != first:
+            diff = sorted(k for k in _SHAPE_KEYS if shape[k] != first[k])
+            raise ConfigError(
+                f"config.warm.rm_paths[{i}]={path!r} differs from rm_paths[0] in {diff}: WARM "
+                "averages RMs of one shape, fine-tuned from one initialisation."
+            )
+
+
+def average_rms(config, mesh, paths) -> Any:
+    """The WARM model: member 0's model with every parameter the element-wise mean of the
+    members' (``core.ensemble.average``, one member loaded at a time besides member 0 and the
+    running sum of differences)."""
+    load = lambda p: models.from_config(config.model, "reward", mesh, path=p, seed=config.seed)
+    model = load(paths[0])
+    _, first, *_ = models.split(model)
+    add = jax.jit(ensemble.add_delta)
+    acc = jax.jit(ensemble.delta_sum)(first)
+    for path in paths[1:]:
+        _, params, *_ = models.split(load(path))
+        acc = add(acc, params, first)
+        del params
+    nnx.update(model, jax.jit(ensemble.finish_average, static_argnums=2)(first, acc, len(paths)))
+    return model
+
+
+def run_warm(ctx) -> dict[str, Any]:
+    """Stage ``warm``: WARM (Ramé et al. 2024) of ``config.warm.rm_paths``, written to
+    ``workdir/export/rm`` as an HF sequence classifier with member 0's tokenizer and scoring
+    convention (its validation reward statistics dropped: they were member 0's)."""
+    config, mesh = ctx.config, ctx.mesh
+    validate_warm(config)
+    paths = tuple(config.warm.rm_paths)
+    with jax.set_mesh(mesh):
+        model = average_rms(config, mesh, paths)
+        scoring = dict(hf.read_config(paths[0]).get(hf.SCORING_KEY) or {})
+        for key in ("validation_reward_mean", "validation_reward_std", "warning"):
+            scoring.pop(key, None)
+        tok_path = config.data.tokenizer_path or paths[0]
+        has_tok = os.path.exists(os.path.join(tok_path, "tokenizer.json"))
+        tok = D.load_tokenizer(tok_path) if config.data.tokenizer_path or has_tok else None
+        if scoring:
+            scoring.update(stage="warm", warm_members=list(paths))
+        export = common.export(model, ctx.workdir, "rm", tokenizer=tok, scoring=scoring or None)
+    return {"export": export, "members": len(paths), "steps": 0}
 
 
 def run_rm(ctx, *, data: common.StageData | None = None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""PPO roll-outs: the buffer of one iteration, scored by the four models, as a batch source of the
-one train loop (``train/ppo.py`` is the step and the stage).
+"""PPO roll-outs: the buffer of one iteration, scored by the four models (the RM: one, or an
+ensemble of M whose scores are aggregated, ``Ensemble``), as a batch source of the one train loop
+(``train/ppo.py`` is the step and the stage).
 
 At the first step of every iteration :class:`Rollouts` samples ``rollouts_per_query`` responses
 for ``queries_per_iteration`` prompts with the current actor, scores them (actor, reference,
@@ -12,6 +13,7 @@ minibatch randomness is a function of (seed, iteration), so a killed run resumes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping
@@ -25,10 +27,11 @@ from jax.experimental import multihost_utils
 from metarm_jax import data as D
 from metarm_jax import faults, sampling, stages
 from metarm_jax import sharding as shd
-from metarm_jax.core import packed, stats
+from metarm_jax.core import ensemble, packed, stats
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
 from metarm_jax.errors import ConfigError
+from metarm_jax.models import hf
 from metarm_jax.train import loop
 
 # --------------------------------------------------------------------------------------------
@@ -115,11 +118,73 @@ def pack_scoring_rows(ids: jax.Array, mask: jax.Array, num_response: int, g: int
     return packing, predict
 
 
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+    """PPO's reward from M reward models (``ppo.reward_models``): each member scores every
+    roll-out, the scores are standardised per member (``mean``/``std`` [M], None: as they are)
+    and aggregated (``core.ensemble.aggregate``: ``agg``, λ = ``lam``)."""
+
+    agg: str
+    lam: float
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __call__(self, members: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """[M, N] raw scores -> (reward [N], the members' scores on the scale aggregated [M, N])."""
+        if self.mean is not None:
+            members = ensemble.standardize(members, jnp.asarray(self.mean), jnp.asarray(self.std))
+        return ensemble.aggregate(members, self.agg, self.lam), members
+
+
+def member_scale(path: str, i: int) -> tuple[float, float]:
+    """(mean, std) of an RM's scores on its validation pairs, from its export's scoring convention
+    (the rm/metarm stage writes them into config.json: ``validation_reward_mean``/``_std``)."""
+    scoring = hf.read_config(path).get(hf.SCORING_KEY) or {}
+    mean, std = scoring.get("validation_reward_mean"), scoring.get("validation_reward_std")
+    if mean is None or std is None or not std > 0:
+        raise ConfigError(
+            f"config.ppo.reward_models[{i}]={path!r}: its config.json has no validation reward "
+            f"mean and positive std ({hf.SCORING_KEY}.validation_reward_mean/_std, written by the "
+            "rm and metarm stages) to put the members on one scale; set "
+            "ppo.ensemble_standardize=False to aggregate the raw scores."
+        )
+    return float(mean), float(std)
+
+
+def ensemble_from(paths, agg: str, lam: float, standardize: bool) -> Ensemble:
+    """The ensemble of the RM exports ``paths`` (standardised by their validation scores)."""
+    mean = std = None
+    if standardize:
+        mean, std = zip(*(member_scale(path, i) for i, path in enumerate(paths)))
+    return Ensemble(agg, float(lam), mean, std)
+
+
+def ensemble_of(p) -> Ensemble | None:
+    """The ensemble ``config.ppo`` asks for (``reward_models``), or None (one RM)."""
+    paths = tuple(p.reward_models)
+    if not paths:
+        return None
+    return ensemble_from(paths, p.ensemble_agg, p.ensemble_lambda, p.ensemble_standardize)
+
+
 def make_score_fn(
-    lm_apply, ref_apply, value_apply, rm_apply, *, per_prompt=0, cfg=None, dp=1, group=0
+    lm_apply,
+    ref_apply,
+    value_apply,
+    rm_apply,
+    *,
+    per_prompt=0,
+    cfg=None,
+    dp=1,
+    group=0,
+    ensemble_reward: Ensemble | None = None,
 ):
     """Roll-out scoring: (actor, ref, critic, rm params, ids [N, T], mask [N, T], Tn) ->
     {score [N], old_logp, ref_logp, values [N, Tn]}; one jitted forward of each model.
+
+    An RM ensemble (``ensemble_reward``): ``rm_apply`` and the rm params are sequences of M
+    (one forward of each member); score is their aggregation and ``members`` [M, N] the
+    members' scores as aggregated (standardised).
 
     ``per_prompt`` > 0 (the roll-outs per prompt, consecutive rows; ``cfg`` the actor's
     LlamaConfig, ``dp`` the data-parallel devices): each forward runs on packed rows that hold
@@ -127,12 +192,17 @@ def make_score_fn(
     the outputs are those of the unpacked rows at every response slot that is a real token.
     ``group`` > 0 fixes g instead (a divisor of per_prompt)."""
 
+    def rm_scores(rm, *args, **kw):
+        if ensemble_reward is None:
+            return rm_apply(rm, *args, **kw)
+        return jnp.stack([f(q, *args, **kw) for f, q in zip(rm_apply, rm, strict=True)])
+
     def score(actor, ref, critic, rm, ids, mask, num_response, g):
         if g == 1:
             old_logp, _ = response_logprobs(lm_apply, actor, ids, mask, num_response)
             ref_logp, _ = response_logprobs(ref_apply, ref, ids, mask, num_response)
             values = response_slice(value_apply(critic, ids, mask), num_response)
-            rm_score = rm_apply(rm, ids, mask)
+            rm_score = rm_scores(rm, ids, mask)
         else:
             rows, predict = pack_scoring_rows(ids, mask, num_response, g)
             n = ids.shape[0]
@@ -147,13 +217,17 @@ def make_score_fn(
                 take(ref_apply(ref, rows.ids, None, packing=rows)), targets
             )
             values = take(value_apply(critic, rows.ids, None, packing=rows))
-            rm_score = rm_apply(rm, rows.ids, None, packing=rows).reshape(n)
-        return {
-            "score": rm_score.astype(jnp.float32),
+            rm_score = rm_scores(rm, rows.ids, None, packing=rows)
+            rm_score = rm_score.reshape(*rm_score.shape[:-2], n)  # [(M,) N/g, g] -> [(M,) N]
+        out = {
             "old_logp": old_logp,
             "ref_logp": ref_logp,
             "values": values.astype(jnp.float32),
         }
+        if ensemble_reward is not None:
+            rm_score, out["members"] = ensemble_reward(rm_score)
+        out["score"] = rm_score.astype(jnp.float32)
+        return out
 
     jitted = jax.jit(score, static_argnums=(6, 7))
 
@@ -429,6 +503,7 @@ class Rollouts(loop.StateSource):
         self.ref.release()
         self.rm.release()
         t2 = time.perf_counter()
+        members = scored.pop("members", None)
 
         self.moments, adv, metrics = self._advantages(
             self.moments,
@@ -455,6 +530,10 @@ class Rollouts(loop.StateSource):
         if self.log_values:
             score = shd.to_host(scored["score"]).reshape(self.q, self.r)
             metrics["shift/absdiff"] = stats.abs_differences(score, None).astype(np.float64)
+        if members is not None:  # the ensemble's members as aggregated (standardised)
+            m = shd.to_host(members)
+            metrics["rollout/ensemble_spread"] = float(np.mean(m.std(axis=0)))
+            metrics["rollout/ensemble_member_mean"] = m.mean(axis=1).astype(np.float64)
         if self.monitor is not None:
             values = self.monitor(rep(ids), rep(pmask), host(tokens), host(rmask))
             metrics["rollout/monitor_mean"] = float(np.mean(values))
