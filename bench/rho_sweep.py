@@ -28,20 +28,10 @@ from metarm_jax.layout import read_metrics
 
 
 def seed_flags(offset: int) -> list[str]:
-    """--config flags moving every seed of the quickstart by ``offset``, as ``:seeds=N`` does
-    (config_lib.with_seed_offset)."""
-    base = config_lib.load_config_file("configs/quickstart.py")
-    moved = config_lib.with_seed_offset(config_lib.derive(base, {"workdir": "x"}), offset)
-    out = []
-    for key in config_lib.flat_keys(base):
-        leaf = key.rpartition(".")[2]
-        if leaf == "seed" or leaf.endswith("_seed"):
-            node_b, node_m = base, moved
-            for part in key.split("."):
-                node_b, node_m = node_b[part], node_m[part]
-            if node_b != node_m:
-                out.append(f"--config.{key}={node_m}")
-    return out
+    """--config flags that move every seed key by ``offset``, as ``:seeds=N`` does."""
+    return config_lib.seed_offset_flags(
+        config_lib.load_config_file("configs/quickstart.py"), offset
+    )
 
 
 def run(workdir: str, seed: int, rho: float, extra: list[str]) -> None:

@@ -26,19 +26,8 @@ CONFIG = "configs/quickstart.py:study=1,seeds=1"
 
 
 def seed_flags(offset: int) -> list[str]:
-    """--config flags that move every seed key by ``offset`` (what with_seed_offset does)."""
-    base = config_lib.load_config_file(CONFIG)
-    moved = config_lib.with_seed_offset(config_lib.derive(base, {"workdir": "x"}), offset)
-    out = []
-    for key in config_lib.flat_keys(base):
-        leaf = key.rpartition(".")[2]
-        if leaf == "seed" or leaf.endswith("_seed"):
-            b, m = base, moved
-            for part in key.split("."):
-                b, m = b[part], m[part]
-            if b != m:
-                out.append(f"--config.{key}={m}")
-    return out
+    """--config flags that move every seed key by ``offset``, as ``:seeds=N`` does."""
+    return config_lib.seed_offset_flags(config_lib.load_config_file(CONFIG), offset)
 
 
 def main() -> None:

@@ -309,6 +309,22 @@ def with_seed_offset(config: ml_collections.ConfigDict, offset: int) -> ml_colle
     return out
 
 
+def seed_offset_flags(config: ml_collections.ConfigDict, offset: int) -> list[str]:
+    """The ``--config.KEY=VALUE`` flags that make ``config`` into its seed ``offset`` (every seed
+    key ``with_seed_offset`` moves), for running one seed of ``:seeds=N`` as its own process."""
+    moved = with_seed_offset(derive(config, {"workdir": "x"}), offset)
+    out = []
+    for key in flat_keys(config):
+        leaf = key.rpartition(".")[2]
+        if leaf == "seed" or leaf.endswith("_seed"):
+            was, now = config, moved
+            for part in key.split("."):
+                was, now = was[part], now[part]
+            if was != now:
+                out.append(f"--config.{key}={now}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation: every value of the config, once, before any stage runs (the allowed values of each
 # key: config_rules.RULES).

@@ -130,3 +130,19 @@ def test_validate_in_process():
         ).num_params("lm")
         == 6_738_415_616
     )  # Llama-2-7B
+
+
+def test_seed_offset_flags_rebuild_what_with_seed_offset_makes():
+    """The flags a parallel seed process gets (bench/study_parallel.py, bench/rho_sweep.py) set
+    exactly the seeds ``:seeds=N`` would give seed i, and nothing else."""
+    base = config_lib.load_config_file(str(REPO / "configs" / "quickstart.py"))
+    for offset in (0, 3):
+        flags = config_lib.seed_offset_flags(base, offset)
+        over = {}
+        for f in flags:
+            key, _, value = f.removeprefix("--config.").partition("=")
+            over[key] = int(value)
+        want = config_lib.with_seed_offset(config_lib.derive(base, {"workdir": "w"}), offset)
+        got = config_lib.derive(base, {**over, "workdir": want.workdir})
+        assert got.to_dict() == want.to_dict()
+        assert (flags == []) == (offset == 0)
