@@ -272,14 +272,10 @@ def test_numbers_come_from_the_run_and_change_with_the_seed(seed0, tmp_path):
     assert a["table1"]["round1"] != b["table1"]["round1"] or a["selection"] != b["selection"]
 
 
-def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
-    """Start from seed0's finished steps but round 2's PPO and what depends on it (round 2's
-    samples, the report), run on with a checkpoint every PPO iteration, SIGKILL the run once
-    round 2's PPO has one, run the same command again: the report equals seed0's, every number
-    and interval. (The other arms do not depend on round 2's policy: they are kept.)"""
-    workdir, _ = seed0
-    run = tmp_path / "run"
-    after = {"round2/ppo", "report.md", "report.json", "samples/kl/round2.json"} | {
+def _copy_before_round2_ppo(workdir, run, also=frozenset()) -> None:
+    """Copy a finished run as it stood before round 2's PPO: without that step, what came after
+    it (round 2's samples, the report and its figures) and the paths in ``also``."""
+    after = {"round2/ppo", "report.md", "report.json", *also} | {
         f"samples/{split}/round2{ext}"
         for split in ("test", "valid")
         for ext in ("", ".jsonl", ".jsonl.chunks")
@@ -288,6 +284,16 @@ def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
         n for n in names if os.path.relpath(os.path.join(d, n), workdir) in after
         or n.endswith(".png")
     ])  # fmt: skip
+
+
+def test_killed_in_round2_ppo_resumes_to_the_same_report(seed0, tmp_path):
+    """Start from seed0's finished steps but round 2's PPO and what depends on it (round 2's
+    samples, the report), run on with a checkpoint every PPO iteration, SIGKILL the run once
+    round 2's PPO has one, run the same command again: the report equals seed0's, every number
+    and interval. (The other arms do not depend on round 2's policy: they are kept.)"""
+    workdir, _ = seed0
+    run = tmp_path / "run"
+    _copy_before_round2_ppo(workdir, run, {"samples/kl/round2.json"})
     cmd = [
         sys.executable,
         "-m",
@@ -348,15 +354,7 @@ def test_sigterm_in_round2_ppo_saves_at_an_iteration_and_resumes_to_the_same_rep
     them) are removed on the way."""
     workdir, _ = seed0
     run = tmp_path / "run"
-    after = {"round2/ppo", "report.md", "report.json"} | {
-        f"samples/{split}/round2{ext}"
-        for split in ("test", "valid")
-        for ext in ("", ".jsonl", ".jsonl.chunks")
-    }
-    shutil.copytree(workdir, run, ignore=lambda d, names: [
-        n for n in names if os.path.relpath(os.path.join(d, n), workdir) in after
-        or n.endswith(".png")
-    ])  # fmt: skip
+    _copy_before_round2_ppo(workdir, run)
     left = run / "round1" / "ppo" / "ppo" / "checkpoints" / "6"
     left.mkdir(parents=True)
     cmd = [sys.executable, "-m", "metarm_jax.main", FAST, f"--workdir={run}",
