@@ -79,7 +79,7 @@ def get_config(arg=None):
     t.save_every = 125
     t.progress = True
     # The ascent on the optimizer's scale (beyond the paper, docs/training.md): ‖θ' − θ‖ =
-    # ρ·‖Δθ_opt‖, ρ = 4 chosen on validation prompts by bench/rho_sweep.py over {0.25, 1, 4}
+    # ρ·‖Δθ_opt‖, ρ = 4 chosen on validation prompts by bench/valid_sweep.py rho over {0.25, 1, 4}
     # (sweep seeds 100 and 101, which the study does not use; README, "The study").
     c.meta.eta_mode = "update"
     c.meta.eta = 4.0

@@ -22,6 +22,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 
@@ -32,6 +36,44 @@ SHARED = pathlib.Path(os.environ.get("METARM_SHARED_DIR", REPO.parent / "shared"
 @pytest.fixture(scope="session")
 def shared_dir() -> pathlib.Path:
     return SHARED
+
+
+FAKE_JUDGE_KEY = "sk-test-FAKE-7c1e9b2d4a6f8e0c3b5d7f9a"
+
+
+@pytest.fixture(scope="session")
+def server():
+    """A local OpenAI-compatible server process (tests/fake_openai_server.py) with the fake key
+    ``FAKE_JUDGE_KEY``; yields its base URL (``<url>/v1`` is the endpoint)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "tests" / "fake_openai_server.py"),
+            "--api-key",
+            FAKE_JUDGE_KEY,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # the server prints PORT <n> once it listens
+        assert line.startswith("PORT "), (line, proc.stderr.read() if proc.poll() else "")
+        url = f"http://127.0.0.1:{int(line.split()[1])}"
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/stats", timeout=1).read()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the fake server did not come up"
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 # The longest files first: with two workers (pyproject.toml: -n 2 --dist loadfile) a long file that

@@ -133,7 +133,7 @@ def test_validate_in_process():
 
 
 def test_seed_offset_flags_rebuild_what_with_seed_offset_makes():
-    """The flags a parallel seed process gets (bench/study_parallel.py, bench/rho_sweep.py) set
+    """The flags a parallel seed process gets (bench/study_parallel.py, bench/valid_sweep.py) set
     exactly the seeds ``:seeds=N`` would give seed i, and nothing else."""
     base = config_lib.load_config_file(str(REPO / "configs" / "quickstart.py"))
     for offset in (0, 3):

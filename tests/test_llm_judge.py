@@ -8,8 +8,6 @@ import dataclasses
 import json
 import logging
 import pathlib
-import subprocess
-import sys
 import time
 import urllib.request
 
@@ -23,39 +21,10 @@ from metarm_jax.errors import ConfigError, UserError
 from metarm_jax.eval import llm_judge
 from metarm_jax.eval.judges import JudgeResult
 from metarm_jax.eval.llm_judge import JudgeAPIError, JudgeSettings, LLMJudge, parse_verdict
-from tests.conftest import REPO
+from tests.conftest import FAKE_JUDGE_KEY, REPO
 
-SERVER = pathlib.Path(__file__).with_name("fake_openai_server.py")
-KEY = "sk-test-FAKE-7c1e9b2d4a6f8e0c3b5d7f9a"
+KEY = FAKE_JUDGE_KEY
 ENV = "METARM_TEST_JUDGE_KEY"
-
-
-@pytest.fixture(scope="module")
-def server():
-    proc = subprocess.Popen(
-        [sys.executable, str(SERVER), "--api-key", KEY],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = proc.stdout.readline()  # the server prints PORT <n> once it listens
-        assert line.startswith("PORT "), (line, proc.stderr.read() if proc.poll() else "")
-        url = f"http://127.0.0.1:{int(line.split()[1])}"
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/stats", timeout=1).read()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the fake server did not come up"
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def _post(url: str, obj: dict) -> None:

@@ -327,3 +327,127 @@ def test_ppo_stage_with_an_ensemble_of_identical_members_runs_as_one_rm(tmp_path
     m = b["rollout/ensemble_member_mean"]
     assert len(m) == 2 and m[0] == m[1] and b["rollout/ensemble_spread"] == 0.0
     assert b["rollout/score_mean"] == pytest.approx(m[0], rel=1e-6)  # min of equals: the one
+
+
+# --------------------------------------------------------------------------------------------
+# Iterative relabelling by the LLM judge (real data): a local OpenAI-compatible server
+# (tests/fake_openai_server.py) that prefers the longer response is the judge.
+
+JUDGE_ENV = "METARM_TEST_JUDGE_KEY"
+SAMPLING = {"temperature": 1.0, "top_p": 1.0, "policy_step": 0, "seed": 0}
+
+
+def _relabel_config(shared_dir, server):
+    c = config_lib.load_config_file("configs/hh_rlhf.py:runlocal")
+    c.rlhf.baselines = ("relabel",)
+    c.judge.base_url, c.judge.model = f"{server}/v1", "fake-judge"
+    c.judge.api_key_env = JUDGE_ENV
+    c.judge.backoff_s = 0.01
+    return c
+
+
+@pytest.fixture
+def judge_env(server, shared_dir, monkeypatch):
+    from tests.conftest import FAKE_JUDGE_KEY
+
+    if not (shared_dir / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz").exists():
+        pytest.skip("the shared HH-RLHF sample is absent (set METARM_SHARED_DIR)")
+    pytest.importorskip("openai")
+    import json
+    import urllib.request
+
+    for path, body in (("reset", {}), ("control", {"rule": "longer", "latency": 0.0})):
+        req = urllib.request.Request(
+            f"{server}/{path}", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        urllib.request.urlopen(req, timeout=5).read()
+    monkeypatch.setenv(JUDGE_ENV, FAKE_JUDGE_KEY)
+    return _relabel_config(shared_dir, server)
+
+
+def _meta(path, rows):
+    from metarm_jax.data.schemas.meta import write_meta_dataset
+
+    write_meta_dataset(
+        str(path), [dict(prompt=p, responses=list(rs), **SAMPLING) for p, rs in rows]
+    )
+    return str(path)
+
+
+class _LeadRunner(_Runner):
+    lead = True
+
+
+def test_relabel_labels_own_samples_by_the_judge_and_replays_them(judge_env, tmp_path):
+    """Two rounds of the relabel arm's RM method against hand-derived labels: pairs (0,1), (2,3)
+    of each prompt's responses, the judge's (longer) choice as chosen, ties and identical
+    responses not labelled; the pool is the original pairs (TRL text rows that read back as the
+    run's own records) plus every round's labels; a pair asked again is read from the cache."""
+    import json
+
+    from metarm_jax import data as D
+    from metarm_jax.rlhf import rm_methods
+
+    config = judge_env
+    runner, layout = _LeadRunner(config), RunLayout(str(tmp_path))
+    arm = plan.BY_NAME["relabel"]
+    P1, P2 = "\n\nHuman: hi\n\nAssistant:", "\n\nHuman: why?\n\nAssistant:"
+    meta1 = _meta(
+        tmp_path / "m1.jsonl",
+        [
+            (P1, [" a long answer", " short", " same", " sama", " odd one"]),  # k = 5: 2 pairs
+            (P2, [" twin", " twin", " x", " much longer"]),
+        ],
+    )
+    res = rm_methods.relabel(rm_methods.RMRequest(runner, layout, arm, 1, "/rm0", meta1))
+    out = tmp_path / "relabel" / "round1" / "relabel_pairs"
+    rows = [json.loads(x) for x in (out / "labelled.jsonl").read_text().splitlines()]
+    assert rows == [  # (" same", " sama"): equal lengths, a tie; (" twin", " twin"): not asked
+        {"prompt": P1, "chosen": " a long answer", "rejected": " short"},
+        {"prompt": P2, "chosen": " much longer", "rejected": " x"},
+    ]
+    assert res.judge["pairs"] == 3 and res.judge["labelled"] == 2 and res.judge["dropped"] == 1
+    assert res.judge["judgments"] == 6 and res.judge["calls"] == 6  # both orders, all new
+    original = D.load_records("preference", config.data, None, split=config.data.split)
+    pool = D.load("preference", D.DataSource.of("trl", str(out), split="train"))
+    assert len(pool) == len(original) + 2
+    for a, b in zip(original, pool):  # the original pairs, transcript for transcript
+        assert (a.prompt, a.chosen, a.rejected) == (b.prompt, b.chosen, b.rejected)
+    name, stage, over = runner.calls[-1]
+    assert (name, stage) == ("relabel/round1/rm", "rm") and over == {
+        "model.hf_path": "/rm0", "data.dataset": "trl", "data.path": str(out),
+        "data.split": "train", "data.eval_split": "test", "data.name": "", "data.data_dir": "",
+    }  # fmt: skip
+    # round 2: one pair seen in round 1 (cached: no call), one new; the pool replays round 1
+    meta2 = _meta(tmp_path / "m2.jsonl", [(P1, [" a long answer", " short", " b", " bbb"])])
+    res2 = rm_methods.relabel(rm_methods.RMRequest(runner, layout, arm, 2, res.path, meta2))
+    assert res2.judge["judgments"] == 4 and res2.judge["calls"] == 2
+    assert res2.judge["cache_hits"] == 2
+    pool2 = (tmp_path / "relabel" / "round2" / "relabel_pairs" / "train.jsonl").read_text()
+    assert len(pool2.splitlines()) == len(original) + 2 + 2
+    # a second call of a finished round asks nothing and returns the same accounting
+    again = rm_methods.relabel(rm_methods.RMRequest(runner, layout, arm, 2, res.path, meta2))
+    assert again.judge == res2.judge
+    # the arm's compute in the report
+    rounds = [
+        plan.Round(r, "/p", x.path, "", "", 10, "", 3, judge=x.judge)
+        for r, x in ((1, res), (2, res2))
+    ]
+    run = plan.ArmRun(arm, rounds=rounds)
+    b = compute.budgets(RunRecord("/sft", "/rm0", 7, "", 3, 2, {"relabel": run}))["relabel"]
+    assert b == {
+        "rm_steps": 27, "ppo_iterations": 6, "rm_forwards_per_rollout": 1, "judge_pairs": 5,
+        "judge_labelled": 4, "judge_judgments": 10, "judge_calls": 8,
+        "judge_tokens": res.judge["prompt_tokens"] + res.judge["completion_tokens"]
+        + res2.judge["prompt_tokens"] + res2.judge["completion_tokens"],
+    }  # fmt: skip
+
+
+def test_relabel_needs_a_usable_judge_before_any_stage(shared_dir):
+    c = _relabel_config(shared_dir, "http://127.0.0.1:9")
+    c.judge.base_url = ""
+    with pytest.raises(Exception) as e:
+        config_lib.validate(c)
+    msg = str(e.value)
+    assert type(e.value).__name__ == "ConfigError" and "\n" not in msg
+    assert "'relabel'" in msg and "judge.base_url" in msg

@@ -375,11 +375,15 @@ def test_sigterm_in_round2_ppo_saves_at_an_iteration_and_resumes_to_the_same_rep
     assert not sorted(run.glob("**/checkpoints"))
 
 
-def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
+def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir, server):
+    """Real data end to end, with the arm that relabels each round's samples by an LLM judge (a
+    local OpenAI-compatible server that prefers the longer response)."""
+    from tests.conftest import FAKE_JUDGE_KEY
+
     sample = shared_dir / "data" / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
     if not sample.exists():
         pytest.skip(f"the shared HH-RLHF sample {sample} is absent (set METARM_SHARED_DIR)")
-    env = dict(_env(), METARM_SHARED_DIR=str(shared_dir))
+    env = dict(_env(), METARM_SHARED_DIR=str(shared_dir), METARM_E2E_JUDGE_KEY=FAKE_JUDGE_KEY)
     # runlocal, shortened further for CI: one round, few steps; every stage still runs for real.
     res = subprocess.run(
         [
@@ -399,7 +403,10 @@ def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
             "--config.build_meta.max_prompts=32",
             "--config.rlhf.eval_prompts=16",
             "--config.rlhf.valid_prompts=16",
-            "--config.rlhf.baselines=('eta0',)",
+            "--config.rlhf.baselines=('eta0','relabel')",
+            f"--config.judge.base_url={server}/v1",
+            "--config.judge.model=fake-judge",
+            "--config.judge.api_key_env=METARM_E2E_JUDGE_KEY",
         ],
         cwd=REPO,
         env=env,
@@ -410,7 +417,17 @@ def test_hh_rlhf_runlocal_end_to_end_on_the_shared_sample(tmp_path, shared_dir):
     assert res.returncode == 0, res.stderr[-4000:]
     rep = _report(tmp_path)
     assert rep["prompts"] == 16 and rep["valid_prompts"] == 16
-    assert set(rep["table1"]) == {"round1", "eta0_round1"}
+    assert set(rep["table1"]) == {"round1", "eta0_round1", "relabel_round1"}
+    b = rep["budget"]["relabel"]  # the judge labelled pairs of round 1's samples (k = 5: 2 each)
+    assert b["judge_pairs"] > 0 and b["judge_judgments"] == 2 * b["judge_pairs"]
+    assert b["judge_calls"] <= b["judge_judgments"]
+    assert b["rm_steps"] == rep["budget"]["eta0"]["rm_steps"]  # the same RM steps as eta0
+    labelled = tmp_path / "relabel" / "round1" / "relabel_pairs" / "labelled.jsonl"
+    rows = [json.loads(x) for x in labelled.read_text().splitlines()]
+    assert len(rows) == b["judge_labelled"] > 0
+    assert all(len(r["chosen"]) > len(r["rejected"]) for r in rows)  # the judge's rule
+    assert "relabel: the LLM judge was asked" in (tmp_path / "report.md").read_text()
+    assert any((tmp_path / "llm_judge_cache").iterdir())  # the judge's cache, in the run
     assert "judge" in rep and "vanilla RM" in rep["judge"]  # no gold reward on real data
     assert rep["diversity"]["rows"]["chosen (data)"]["self_bleu"] > 0  # Table 3 on real text
     assert rep["rm_metrics"]["reference"] is None  # nothing independent to rank against

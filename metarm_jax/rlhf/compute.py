@@ -123,7 +123,9 @@ def budgets(rec: RunRecord) -> dict[str, dict[str, int]]:
     """Every arm's compute: RM training steps (r_0's included where the arm's reward or critic
     descends from it; every member's for an ensemble or WARM), PPO iterations, and the RM
     forwards each PPO roll-out costs (M for an ensemble; the ceiling's r_0 forward runs and is
-    replaced by the gold reward)."""
+    replaced by the gold reward); for an arm labelled by the LLM judge, the pairs it asked, the
+    pairs labelled, the judgments (requests) they need, the calls this run paid (a cached
+    judgment costs none) and the tokens."""
     out = {}
     for name, run in rec.arms.items():
         schedule = run.arm.schedule
@@ -133,6 +135,14 @@ def budgets(rec: RunRecord) -> dict[str, dict[str, int]]:
                 "ppo_iterations": sum(x.ppo_iterations for x in run.rounds),
                 "rm_forwards_per_rollout": 1,
             }
+            judged = [x.judge for x in run.rounds if x.judge]
+            if judged:  # relabel: what the LLM judge cost (judgments: requests the labels need)
+                for key in ("pairs", "labelled", "judgments", "calls"):
+                    out[name][f"judge_{key}"] = sum(int(j.get(key, 0)) for j in judged)
+                out[name]["judge_tokens"] = sum(
+                    int(j.get("prompt_tokens", 0)) + int(j.get("completion_tokens", 0))
+                    for j in judged
+                )
         elif schedule == CONTINUOUS:
             out[name] = {
                 "rm_steps": rec.rm0_steps if run.rm_steps is None else run.rm_steps,

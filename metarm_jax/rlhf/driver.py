@@ -208,6 +208,7 @@ def _rounds_arm(runner, layout, arm: Arm, rec: RunRecord, meta_prompts: dict) ->
                 meta=meta,
                 rm_metrics=res.metrics,
                 rm_steps=res.steps,
+                judge=res.judge,
                 ppo_metrics=StageDir(layout.path(name)).metrics("ppo"),
                 ppo_iterations=iters,
             )

@@ -45,6 +45,7 @@ class Arm:
                (``core.ensemble.AGGREGATIONS``)
     title      how Table 2 names it next to the best round
     needs_world  it reads the synthetic world's gold reward (refused on real data)
+    needs_judge  it asks the LLM judge (the ``judge`` block must make one: endpoint, model ...)
     control    a positive control (the report checks it before it shows a MetaRM number)
     """
 
@@ -55,6 +56,7 @@ class Arm:
     reward: str = "rm0"
     agg: str = ""
     needs_world: bool = False
+    needs_judge: bool = False
     control: bool = False
     doc: str = ""
 
@@ -120,6 +122,17 @@ ARMS: tuple[Arm, ...] = (
         control=True,
         doc="continues its RM on every round's gold-labelled pairs of its own policy's samples "
         "plus the original pairs and earlier rounds' (replay), the same RM steps",
+    ),
+    Arm(
+        "relabel",
+        ROUNDS,
+        "LLM relabelling",
+        rm_method="relabel",
+        needs_judge=True,
+        doc="the oracle of real data, and its costly upper bound: continues its RM on every "
+        "round's pairs of its own policy's samples labelled by the LLM judge (both orders; "
+        "ties and order-flips dropped) plus the original pairs and earlier rounds' (replay), "
+        "the same RM steps",
     ),
     Arm(
         "ceiling",
@@ -214,6 +227,16 @@ def validate(config) -> None:
             raise ConfigError(
                 f"plan: arm {arm.name!r} has reward {arm.reward!r}; not in {REWARDS}."
             )
+        if arm.needs_judge:
+            from metarm_jax.eval.llm_judge import JudgeSettings  # numpy only, no JAX
+
+            try:
+                JudgeSettings.from_config(config.judge)
+            except ConfigError as e:
+                raise ConfigError(
+                    f"config.rlhf.baselines: {arm.name!r} labels pairs with the LLM judge, "
+                    f"which is not usable: {e}"
+                ) from None
         if arm.needs_world and not rc.world:
             raise ConfigError(
                 f"config.rlhf.baselines: {arm.name!r} needs the synthetic world's gold reward "
@@ -244,6 +267,7 @@ class Round:
     rm_steps: int
     ppo_metrics: str  # the PPO stage's metrics.jsonl
     ppo_iterations: int
+    judge: dict = dataclasses.field(default_factory=dict)  # relabel: the round's judge costs
 
 
 @dataclasses.dataclass

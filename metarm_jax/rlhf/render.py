@@ -340,6 +340,14 @@ def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
             f"| {name} | {b['rm_steps']} | {b['ppo_iterations']} | "
             f"{b.get('rm_forwards_per_rollout', 1)} | {_pct(c['mean'])}{flag} |"
         )
+    for name, b in res["budget"].items():
+        if "judge_pairs" in b:
+            lines.append(
+                f"\n{name}: the LLM judge was asked {b['judge_pairs']} pairs in both orders "
+                f"({b['judge_judgments']} judgments, {b['judge_calls']} calls paid by this run, "
+                f"{b['judge_tokens']} tokens) and labelled {b['judge_labelled']} (ties and "
+                "order flips dropped)."
+            )
     for name, src in res.get("reward_sources", {}).items():
         if src["reward"] == "ensemble":
             lam = f", λ = {src['lambda']:g}" if "lambda" in src else ""
