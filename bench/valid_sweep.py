@@ -149,6 +149,9 @@ def main() -> None:
     ap.add_argument("--seeds", default="100,101")
     ap.add_argument("--workdir", default="", help="default runs/valid_sweep/<param>")
     ap.add_argument("--base", default="", help="a finished run per seed to share steps from")
+    ap.add_argument(
+        "--aggregate", action="store_true", help="only read the finished runs' reports (no run)"
+    )
     ap.add_argument("extra", nargs="*", help="more --config.KEY=VALUE flags for every run")
     args = ap.parse_args()
     sweep = SWEEPS[args.param]
@@ -160,10 +163,11 @@ def main() -> None:
         first = args.base.format(seed=seed) if args.base else None
         for v in values:
             wd = os.path.join(root, f"seed{seed}", f"{v:g}")
-            if first is not None:
-                share(sweep, first, wd)
-            run(wd, seed, sweep.flags(v), args.extra)
-            first = first or wd
+            if not args.aggregate:
+                if first is not None:
+                    share(sweep, first, wd)
+                run(wd, seed, sweep.flags(v), args.extra)
+                first = first or wd
             table.setdefault(v, []).append(summarise(sweep, wd))
     best = max(values, key=lambda v: (np.mean([s["peak_valid_gold"] for s in table[v]]), -v))
     extra_cols = ["ascent_to_update", "J_gain"] if sweep.arm == "metarm" else []

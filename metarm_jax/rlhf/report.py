@@ -152,7 +152,7 @@ def build(
         for name, resp in first.items()
     }
 
-    rm_metrics = _rm_metrics(rec, test, prompts, world, scorer, rc, n_boot)
+    rm_metrics = _rm_metrics(config, rec, test, prompts, world, scorer, n_boot)
     experiment = _experiment(ctx, rec, layout, test, valid, world, scorer, n_boot)
     fig1 = _figure1(config, rec, test, scorer)
     lengths = _lengths(config, test)
@@ -255,16 +255,27 @@ def _points(rec: RunRecord, run) -> list[tuple[int, str, Any]]:
     return [(0, "sft", fixed)] + [(r, a.policy(r), fixed) for r in range(1, rec.rounds + 1)]
 
 
-def _scores(config, scorer: Scorers, reward, prompts, responses) -> tuple[np.ndarray, np.ndarray]:
+def _scores(
+    config, scorer: Scorers, reward, prompts, responses, memo: dict | None = None, key: str = ""
+) -> tuple[np.ndarray, np.ndarray]:
     """Scores [prompts, k] and sample mask of the texts under ``reward``: an RM export, or
     (member exports, aggregation): the ensemble's reward as PPO computed it
-    (``rollout.Ensemble``: standardised members, aggregated)."""
+    (``rollout.Ensemble``: standardised members, aggregated). With ``memo``, each RM scores the
+    texts named ``key`` once."""
+
+    def one(path):
+        if memo is None:
+            return scorer(path).score(prompts, responses)
+        if (path, key) not in memo:
+            memo[path, key] = scorer(path).score(prompts, responses)
+        return memo[path, key]
+
     if isinstance(reward, str):
-        return scorer(reward).score(prompts, responses)
+        return one(reward)
     paths, agg = reward
     p = config.ppo
     ens = rollout.ensemble_from(paths, agg, p.ensemble_lambda, p.ensemble_standardize)
-    scored = [scorer(path).score(prompts, responses) for path in paths]
+    scored = [one(path) for path in paths]
     members = np.stack([s for s, _ in scored])  # [M, prompts, k]
     out, _ = ens(jnp.asarray(members.reshape(len(paths), -1)))
     return np.asarray(out, np.float64).reshape(members.shape[1:]), scored[0][1]
@@ -346,11 +357,13 @@ def _experiment(ctx, rec: RunRecord, layout, test, valid, world, scorer, n_boot)
     }
 
 
-def _rm_metrics(rec: RunRecord, test, prompts, world, scorer, rc, n_boot) -> dict[str, Any]:
-    """For each round r: the RMs of that round (r_0 and every ROUNDS arm's) on the probe set
-    (π_SFT's samples), on each ROUNDS arm's round-r policy samples, and on the held-out shifted
-    set (``compute.SHIFTED``: per test prompt, the samples of every arm's final policy pooled;
-    test prompts, so no RM trained on them), against the reference."""
+def _rm_metrics(config, rec: RunRecord, test, prompts, world, scorer, n_boot) -> dict[str, Any]:
+    """For each round r: the RMs of that round (r_0, every ROUNDS arm's, and the fixed reward of
+    every rival CONTINUOUS arm: an ensemble's aggregate as PPO computed it, WARM's, the centred
+    RM) on the probe set (π_SFT's samples), on each ROUNDS arm's round-r policy samples, and on
+    the held-out shifted set (``compute.SHIFTED``: per test prompt, the samples of every arm's
+    final policy pooled; test prompts, so no RM trained on them), against the reference."""
+    rc = config.rlhf
     ref_name, reference = _reference(world, prompts, scorer, rc)
     if reference is None:
         return {"reference": None, "note": "no gold and no rlhf.judge_rm_path: not measured"}
@@ -363,12 +376,19 @@ def _rm_metrics(rec: RunRecord, test, prompts, world, scorer, rc, n_boot) -> dic
     ]
     shifted = [[y for p in finals for y in test[p][1][i]] for i in range(len(prompts))]
     out["shifted_policies"] = finals
+    memo: dict = {}  # a fixed RM scores a fixed set once, whatever the round
+    rivals = {
+        run.arm.name: run.reward(rec.rm0)
+        for run in rec.of(CONTINUOUS)
+        if run.arm.reward not in ("rm0", "gold")
+    }
     for r in range(1, rec.rounds + 1):
         rms = {"r0": rec.rm0}
         sets = {"probe (SFT samples)": "sft"}
         for run in rec.of(ROUNDS):
             rms[f"{run.arm.name}_r{r}"] = run.rm_at(r)
             sets[f"{run.arm.name} round {r} samples"] = run.arm.policy(r)
+        rms.update({f"{name}_r{r}": reward for name, reward in rivals.items()})
         sets[compute.SHIFTED] = compute.SHIFTED
         table = {}
         for set_label, policy in sets.items():
@@ -376,8 +396,8 @@ def _rm_metrics(rec: RunRecord, test, prompts, world, scorer, rc, n_boot) -> dic
             if policy not in refs:
                 refs[policy] = reference(resp)
             row = {}
-            for rm_label, path in rms.items():
-                scores, mask = scorer(path).score(prompts, resp)
+            for rm_label, reward in rms.items():
+                scores, mask = _scores(config, scorer, reward, prompts, resp, memo, policy)
                 row[rm_label] = compute.rm_agreement(scores, refs[policy], mask, n_boot)
             table[set_label] = row
         out["rounds"][f"round{r}"] = table
