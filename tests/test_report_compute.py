@@ -157,6 +157,10 @@ def _seed_report(shift: float) -> dict:
         },
         "curves": {a: curve(1.0 + shift) for a in ("metarm", "vanilla_ppo")},
         "rm_on_policy_accuracy": {"metarm": {"round1": 0.6, "round2": 0.7}},
+        "budget": {
+            "metarm": {"rm_steps": 30, "ppo_iterations": 6, "rm_forwards_per_rollout": 1},
+            "vanilla_ppo": {"rm_steps": 10, "ppo_iterations": 6, "rm_forwards_per_rollout": 1},
+        },
         "rm_metrics": {
             "rounds": {
                 f"round{r}": {
@@ -200,6 +204,20 @@ def test_study_over_seeds_against_hand_computed_t_intervals():
     assert res["arms"]["metarm"]["rm_shifted_final"]["mean"] == pytest.approx(0.8 + 0.2)
     assert "rm_shifted_final" not in res["arms"]["eta0"]  # no RM of its own in these reports
     assert res["rm0_shifted"]["values"] == pytest.approx([0.55] * 3)
+    # each arm's compute from its reports' budget; the ranking; what the intervals resolve
+    assert res["arms"]["metarm"]["compute"] == {
+        "rm_steps": 30, "ppo_iterations": 6, "rm_forwards_per_rollout": 1,
+    }  # fmt: skip
+    assert "compute" not in res["arms"]["eta0"]  # no budget in these reports
+    # final: metarm 1.1 + 0.2, ceiling 1.2, eta0 1.1, oracle 1.0, vanilla 0.7
+    assert res["ranking"]["final"] == ["metarm", "ceiling", "eta0", "oracle", "vanilla_ppo"]
+    assert res["ranking"]["peak"] == ["ceiling", "metarm", "eta0", "oracle", "vanilla_ppo"]
+    resolved = {(d["difference"], d["what"]) for d in res["resolved"]}
+    # metarm − vanilla: 0.5, 0.6, 0.7 (t interval 0.6 ± 0.248): resolved; metarm − eta0 (0.2 ±
+    # 0.248) and the peaks' zero differences are not
+    assert ("metarm − vanilla_ppo", "final") in resolved
+    assert ("metarm − eta0", "final") not in resolved
+    assert ("metarm − eta0", "peak") not in resolved
     curves = compute.mean_curves([_seed_report(s) for s in shifts])
     assert set(curves) == {"metarm", "vanilla_ppo"}
     assert curves["metarm"][2]["gold"] == pytest.approx(1.2 + 0.2)  # mean of 1 + s + 0.2

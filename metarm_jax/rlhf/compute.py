@@ -364,6 +364,13 @@ def study(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
         if all(shifted):
             last = f"round{max(int(k[5:]) for k in shifted[0])}"
             row["rm_shifted_final"] = over_seeds([a[last] for a in shifted])
+        budget = [r.get("budget", {}).get(arm) for r in reports]
+        if all(budget):  # the arm's compute; the same in every seed, else the seeds' mean
+            row["compute"] = {
+                k: float(np.mean([b[k] for b in budget]))
+                for k in budget[0]
+                if all(isinstance(b.get(k), int | float) for b in budget)
+            }
         table[arm] = row
 
     def diff(a, b, what):
@@ -399,6 +406,15 @@ def study(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
             and controls["oracle_minus_vanilla"]["passed"]
         )
     out = {"seeds": len(reports), "controls": controls, "arms": table, "differences": differences}
+    out["ranking"] = {  # by the mean over seeds, best first
+        what: sorted(table, key=lambda a: -table[a][what]["mean"]) for what in ("final", "peak")
+    }
+    out["resolved"] = [  # the paired differences whose 95% interval excludes 0
+        {"difference": k, "what": what, "mean": v[what]["mean"], "ci": v[what]["ci"]}
+        for k, v in differences.items()
+        for what in ("final", "peak")
+        if v[what]["ci"][0] > 0 or v[what]["ci"][1] < 0
+    ]
     rm0 = [shifted_accuracy(r.get("rm_metrics", {})).get("r0") for r in reports]
     if all(rm0):
         out["rm0_shifted"] = over_seeds([min(a.values()) for a in rm0])  # one RM: equal rounds

@@ -107,8 +107,8 @@ def study_section(workdir: str, reports: list[dict]) -> str:
         "",
         "| arm | peak gold (test, round chosen on validation) | final gold (test) | final √KL | "
         "RM accuracy on own samples, last round | RM accuracy on held-out shifted pairs, last "
-        "round |",
-        "|---|---|---|---|---|---|",
+        "round | compute: RM steps; RM forwards per roll-out |",
+        "|---|---|---|---|---|---|---|",
     ]
 
     def cell(row, key):
@@ -118,7 +118,7 @@ def study_section(workdir: str, reports: list[dict]) -> str:
         lines.append(
             f"| {arm} | {_ci(row['peak'])} (rounds {row['peak_rounds']}) | {_ci(row['final'])} "
             f"| {cell(row, 'sqrt_kl_final')} | {cell(row, 'rm_on_policy_final')} "
-            f"| {cell(row, 'rm_shifted_final')} |"
+            f"| {cell(row, 'rm_shifted_final')} | {_compute(row)} |"
         )
     if "rm0_shifted" in res:
         lines += [
@@ -130,8 +130,27 @@ def study_section(workdir: str, reports: list[dict]) -> str:
     lines += ["| difference | final gold | peak gold |", "|---|---|---|"]
     for k, v in res["differences"].items():
         lines.append(f"| {k} | {_ci(v['final'])} | {_ci(v['peak'])} |")
+    lines += ["", "## Ranking, and what the intervals resolve", ""]
+    for what in ("final", "peak"):
+        ranked = ", ".join(f"{a} {res['arms'][a][what]['mean']:.3f}" for a in res["ranking"][what])
+        lines.append(f"- By mean {what} gold: {ranked}.")
+    if res["resolved"]:
+        lines.append("- Paired differences whose 95% interval excludes 0 (no multiplicity "
+                     "correction): " + "; ".join(f"{d['difference']} ({d['what']}) "
+                     f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]"
+                     for d in res["resolved"]) + ".")  # fmt: skip
+    else:
+        lines.append("- No paired difference has a 95% interval that excludes 0.")
+    lines.append("- Every other difference above is unresolved: its interval includes 0.")
     lines += ["", f"![frontier over seeds]({fig})", ""]
     return "\n".join(lines)
+
+
+def _compute(row) -> str:
+    c = row.get("compute")
+    if not c:
+        return "—"
+    return f"{c.get('rm_steps', 0):.0f}; {c.get('rm_forwards_per_rollout', 0):.0f}"
 
 
 def aggregate_seeds(workdir: str, per_seed: list[dict]) -> str:
