@@ -208,6 +208,7 @@ def _config(**rlhf):
     c = config_lib.load_config_file("configs/quickstart.py:fast=1")
     c.rlhf.baselines = ("vanilla_ppo", "ensemble_mean", "ensemble_uwo", "warm", "centred")
     c.rlhf.ensemble_size = 3
+    c.ppo.ensemble_lambda = 0.5
     for k, v in rlhf.items():
         c.rlhf[k] = v
     return c
@@ -257,7 +258,7 @@ def test_rival_arms_share_one_ensemble_and_differ_from_vanilla_only_in_the_rewar
     src = compute.reward_sources(RunRecord("/sft", "/rm0", 7, "", 3, 2, runs), config.ppo)
     assert src["ensemble_uwo"] == {
         "reward": "ensemble", "rms": list(members), "members": 3, "agg": "uwo",
-        "standardized": True, "lambda": 1.0,
+        "standardized": True, "lambda": 0.5,
     }  # fmt: skip
     assert runs["ensemble_mean"].reward("/rm0") == (members, "mean")
     assert runs["centred"].reward("/rm0") == "/run/rm_centred/export/rm"
