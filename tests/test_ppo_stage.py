@@ -180,6 +180,10 @@ def test_ppo_raises_the_reward_with_bounded_kl(learned):
     assert os.path.isfile(os.path.join(learned["workdir"], "export", "ppo", "tokenizer.json"))
     critic = hf.load_hf(os.path.join(learned["workdir"], "export", "ppo_critic"), "value")
     assert critic.head == "value"
+    # the critic export carries the tokenizer too, so it loads on its own in transformers
+    assert os.path.isfile(
+        os.path.join(learned["workdir"], "export", "ppo_critic", "tokenizer.json")
+    )
 
 
 def test_kl_is_exactly_zero_at_iteration_zero(learned):

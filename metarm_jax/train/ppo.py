@@ -134,7 +134,7 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
     ``summary["rm_forwards_per_rollout"]`` counts the RM forwards each roll-out costs.
 
     Writes workdir/ppo (checkpoints, metrics.jsonl, tb/) and, with ppo.export,
-    workdir/export/ppo (LlamaForCausalLM + tokenizer) and workdir/export/ppo_critic.
+    workdir/export/ppo (LlamaForCausalLM + tokenizer) and workdir/export/ppo_critic (value head + tokenizer).
     """
     config, mesh = ctx.config, ctx.mesh
     p = config.ppo  # resolved: every path and dtype is set (config_lib.resolve)
@@ -242,5 +242,5 @@ def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
         nnx.update(critic_model, params["critic"])
         if p.export:
             summary["export"] = common.export(actor_model, ctx.workdir, "ppo", tokenizer=tok)
-            common.export(critic_model, ctx.workdir, "ppo_critic")
+            common.export(critic_model, ctx.workdir, "ppo_critic", tokenizer=tok)
     return summary
