@@ -27,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,7 +43,7 @@ from metarm_jax.layout import read_metrics
 class Sweep:
     arm: str  # the arm whose validation gold chooses the value
     flags: Callable[[float], list[str]]  # the --config flags that set the value
-    own: tuple[str, ...]  # the run's top-level entries that depend on the value (not shared)
+    owns: Callable[[str], bool]  # whether a top-level entry of the run depends on the value
 
 
 SWEEPS = {
@@ -53,8 +54,9 @@ SWEEPS = {
             f"--config.meta.eta={v:g}",
             "--config.rlhf.baselines=()",
         ],
-        # Round 1's meta samples come from π_SFT: only round1/metarm and round1/ppo depend on ρ.
-        tuple(f"round{r}" for r in range(2, 100)),
+        # every round after the first; round 1's meta samples come from π_SFT, so only its
+        # metarm/ and ppo/ depend on ρ (``share`` copies round1/meta alone)
+        lambda entry: re.fullmatch(r"round\d+", entry) is not None and entry != "round1",
     ),
     "lambda": Sweep(
         "ensemble_uwo",
@@ -62,7 +64,7 @@ SWEEPS = {
             "--config.rlhf.baselines=('ensemble_uwo',)",
             f"--config.ppo.ensemble_lambda={v:g}",
         ],
-        ("ensemble_uwo",),
+        lambda entry: entry == "ensemble_uwo",
     ),
 }
 
@@ -101,7 +103,7 @@ def share(sweep: Sweep, src: str, dst: str) -> None:
     os.makedirs(dst, exist_ok=True)
     for entry in sorted(os.listdir(src)):
         s, d = os.path.join(src, entry), os.path.join(dst, entry)
-        if os.path.exists(d) or not os.path.isdir(s) or entry in sweep.own:
+        if os.path.exists(d) or not os.path.isdir(s) or sweep.owns(entry):
             continue
         if entry == "samples":
             for split in os.listdir(s):
