@@ -71,8 +71,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from metarm_jax import config_lib
 from metarm_jax import sharding as shd
+from metarm_jax.config import lib as config_lib
 from metarm_jax.core import tree
 from metarm_jax.models import llama
 from metarm_jax.train import loop, optim, ppo, rm, rollout

@@ -18,7 +18,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 
-from metarm_jax import defaults
+from metarm_jax.config import defaults
 from metarm_jax.data import (
     DataSource,
     TokenSpec,

@@ -30,10 +30,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from metarm_jax import config_lib, sharding, stages
+from metarm_jax import sharding
+from metarm_jax.config import lib as config_lib
+from metarm_jax.config import stages
 from metarm_jax.core import stats
 from metarm_jax.data import DataSource, load, synthetic
-from metarm_jax.scoring import RewardScorer
+from metarm_jax.generation.scoring import RewardScorer
 
 
 def _stage(config, mesh, workdir, name, overrides):

@@ -26,7 +26,7 @@ for arg in "$@"; do [[ "$arg" == "--dry-run" ]] && DRY=1; done
 JAX_VERSION="$(sed -n 's/^jax==\([0-9][0-9.]*\).*/\1/p' requirements.txt)"
 
 if [[ "$DRY" == 0 && -z "${METARM_NO_INSTALL:-}" ]]; then
-  if ! "$PY" -c "import metarm_jax.train.loop, metarm_jax.sampling" 2>/dev/null; then
+  if ! "$PY" -c "import metarm_jax.train.loop, metarm_jax.generation.sampling" 2>/dev/null; then
     echo "[gpu.sh] installing requirements.txt and the project (-e .)"
     "$PY" -m pip install -q -r requirements.txt -e .
   fi

@@ -287,8 +287,8 @@ def run_generate(preset: str, a) -> list[dict]:
     import jax
     import numpy as np
 
-    from metarm_jax import sampling
     from metarm_jax import sharding as shd
+    from metarm_jax.generation import sampling
     from metarm_jax.models import llama
 
     dev = jax.devices()[0]
@@ -328,7 +328,7 @@ def run_generate(preset: str, a) -> list[dict]:
 def _hh_sampling(new: int, prompt_len: int):
     """configs/hh_rlhf.py's sampling (top-p 0.9, T 0.8, repetition penalty 1.1), ``new`` tokens
     forced, prompts bucketed at ``prompt_len``."""
-    from metarm_jax import sampling
+    from metarm_jax.generation import sampling
 
     return sampling.settings(
         max_new_tokens=new,
@@ -346,8 +346,8 @@ def run_rollout(preset: str, a) -> list[dict]:
     import jax
     import numpy as np
 
-    from metarm_jax import sampling
     from metarm_jax import sharding as shd
+    from metarm_jax.generation import sampling
     from metarm_jax.models import llama
 
     dev = jax.devices()[0]

@@ -22,7 +22,9 @@ import time
 import jax
 import numpy as np
 
-from metarm_jax import config_lib, defaults, models, sharding
+from metarm_jax import models, sharding
+from metarm_jax.config import defaults
+from metarm_jax.config import lib as config_lib
 from metarm_jax.core import metarm
 from metarm_jax.models import llama
 from metarm_jax.train import loop, optim, rm

@@ -36,7 +36,9 @@ def main():
 
     import jax
 
-    from metarm_jax import config_lib, defaults, sharding, stages
+    from metarm_jax import sharding
+    from metarm_jax.config import defaults, stages
+    from metarm_jax.config import lib as config_lib
     from metarm_jax.data.world_files import write_world
     from metarm_jax.models import hf, llama
     from metarm_jax.train import ppo

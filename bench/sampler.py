@@ -93,7 +93,7 @@ def main():
     import torch
     import transformers
 
-    from metarm_jax import sampling
+    from metarm_jax.generation import sampling
     from metarm_jax.models import hf, llama
 
     print(f"load average before: {os.getloadavg()}")

@@ -43,7 +43,9 @@ import jax
 import numpy as np
 
 from bench.metarm_step import time_train_step
-from metarm_jax import config_lib, defaults, models, sharding
+from metarm_jax import models, sharding
+from metarm_jax.config import defaults
+from metarm_jax.config import lib as config_lib
 from metarm_jax.data import features as F
 from metarm_jax.data import packing, readers, tokenizer
 from metarm_jax.data.records import MetaExample, Records, SamplingInfo, SkipReport

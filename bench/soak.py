@@ -6,7 +6,7 @@ and check that it ends exactly where an uninterrupted run ends.
 
 A reference run goes first (uninterrupted). Then the same command runs again in another workdir
 and is SIGKILLed again and again: half of the kills at a seeded random time after the restart,
-half at a chosen moment through ``METARM_FAULT`` (metarm_jax/faults.py: a stage's start, an async checkpoint write
+half at a chosen moment through ``METARM_FAULT`` (metarm_jax/runtime/faults.py: a stage's start, an async checkpoint write
 in flight, a build_meta chunk written before its manifest, a DONE.json marker, the report), each
 run picking up where the last one died. When a run ends before its kill lands (nothing was left
 to kill), that cycle is complete: its outputs are compared and the next kills start a fresh

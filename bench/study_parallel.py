@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from metarm_jax import config_lib
+from metarm_jax.config import lib as config_lib
 from metarm_jax.rlhf import seeds as seeds_lib
 
 CONFIG = "configs/quickstart.py:study=1,seeds=1"

@@ -35,8 +35,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from metarm_jax import config_lib
-from metarm_jax.layout import read_metrics
+from metarm_jax.config import lib as config_lib
+from metarm_jax.runtime.layout import read_metrics
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,12 +25,15 @@ import os
 
 import numpy as np
 
-from metarm_jax import config_lib, fileio, sharding, stages
+from metarm_jax import sharding
+from metarm_jax.config import lib as config_lib
+from metarm_jax.config import stages
 from metarm_jax.data import synthetic, world_files
+from metarm_jax.generation.scoring import RewardScorer
 from metarm_jax.rlhf import driver
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.runner import Runner, export_of
-from metarm_jax.scoring import RewardScorer
+from metarm_jax.runtime import fileio
 
 
 def read_pairs(path):

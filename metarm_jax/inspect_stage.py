@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from metarm_jax import models, sharding
-from metarm_jax.stages import StageContext
+from metarm_jax.config.stages import StageContext
 
 
 def run(ctx: StageContext) -> dict:

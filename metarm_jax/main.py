@@ -18,8 +18,11 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from metarm_jax import config_lib, hosts, sharding, stages
-from metarm_jax.errors import PREEMPTED_EXIT_CODE, ConfigError, Preempted, UserError
+from metarm_jax import sharding
+from metarm_jax.config import lib as config_lib
+from metarm_jax.config import stages
+from metarm_jax.runtime import hosts
+from metarm_jax.runtime.errors import PREEMPTED_EXIT_CODE, ConfigError, Preempted, UserError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default runs/<config name>).")
 _CONFIG: flags.FlagHolder | None = None  # defined by _parse_flags from the loaded config file
@@ -57,7 +60,7 @@ def usage() -> str:
     lines += [
         "",
         f"Stages (config.pipeline, run in order): {', '.join(stages.STAGES)}.",
-        "Keys: every key with its default and meaning is in metarm_jax/defaults.py (one function "
+        "Keys: every key with its default and meaning is in metarm_jax/config/defaults.py (one function "
         "per block); the README's",
         "'Configuration' section says which docs/ page explains each block. Every value is "
         "checked before any stage runs:",

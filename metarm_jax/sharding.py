@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from metarm_jax.errors import UserError
+from metarm_jax.runtime.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # Axes that split the batch (data parallelism; fsdp also shards the weights).

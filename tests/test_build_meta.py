@@ -15,8 +15,11 @@ SETUP = r"""
 import json, os
 import jax
 import ml_collections
-from metarm_jax import build_meta, config_lib, fileio, sharding
-from metarm_jax.stages import StageContext
+from metarm_jax import sharding
+from metarm_jax.generation import build_meta
+from metarm_jax.config import lib as config_lib
+from metarm_jax.runtime import fileio
+from metarm_jax.config.stages import StageContext
 
 def make_ctx(root, output):
     c = config_lib.base_config()

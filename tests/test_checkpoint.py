@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from metarm_jax import config_lib, models, sharding
-from metarm_jax.checkpoint import Checkpointer, abstract_like
+from metarm_jax import models, sharding
+from metarm_jax.config import lib as config_lib
 from metarm_jax.models import llama
+from metarm_jax.runtime.checkpoint import Checkpointer, abstract_like
 from metarm_jax.train import loop, optim
 from tests.resume_util import assert_same_exports, kill_at_checkpoint
 from tests.xla_env import xla_flags
@@ -24,7 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DRIVER = textwrap.dedent("""
     import os, sys, time
     import jax
-    from metarm_jax import config_lib, sharding, stages
+    from metarm_jax import sharding
+    from metarm_jax.config import lib as config_lib, stages
     from metarm_jax.train import rm
     from tests import marker_task
     workdir, steps, slow = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])

@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from metarm_jax import config_lib, models
-from metarm_jax.errors import ConfigError
+from metarm_jax import models
+from metarm_jax.config import lib as config_lib
+from metarm_jax.runtime.errors import ConfigError
 from tests.conftest import REPO
 from tests.xla_env import xla_flags
 

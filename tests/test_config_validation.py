@@ -12,8 +12,10 @@ import time
 import ml_collections
 import pytest
 
-from metarm_jax import config_lib, config_rules, defaults, stages
-from metarm_jax.errors import ConfigError
+from metarm_jax.config import defaults, stages
+from metarm_jax.config import lib as config_lib
+from metarm_jax.config import rules as config_rules
+from metarm_jax.runtime.errors import ConfigError
 from tests.conftest import REPO
 from tests.xla_env import xla_flags
 
@@ -58,7 +60,7 @@ def _cli(*args, cwd=REPO) -> subprocess.Popen:
 
 
 USER_CONFIG = """
-from metarm_jax import config_lib
+from metarm_jax.config import lib as config_lib
 
 
 def get_config():
@@ -129,7 +131,7 @@ def test_help_needs_no_config_and_lists_the_configs(capsys):
     for name in ("quickstart", "hh_rlhf", "tldr", "ood"):
         assert f"configs/{name}.py" in out, out
     assert "seeds=<int>, fast[=0|1], study[=0|1], ood[=0|1]" in out
-    assert "metarm_jax/defaults.py" in out and "'Configuration' section" in out
+    assert "metarm_jax/config/defaults.py" in out and "'Configuration' section" in out
     assert "inspect, rm, metarm, build_meta, sft, dpo, ppo, rlhf" in out
     for argv in (["main"], ["main", QS, QS]):
         with pytest.raises(SystemExit) as e:

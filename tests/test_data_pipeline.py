@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from metarm_jax import defaults
+from metarm_jax.config import defaults
 from metarm_jax.data import (
     DataSource,
     MetaExample,

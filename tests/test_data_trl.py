@@ -4,7 +4,7 @@ from JSONL and Parquet; a conversational row in the tokenizer's chat template ch
 
 import pytest
 
-from metarm_jax import config_lib
+from metarm_jax.config import lib as config_lib
 from metarm_jax.data import DataError, DataSource, TokenSpec, load, load_records
 from metarm_jax.data.features import tokenize_pairs, tokenize_sft
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from metarm_jax import sampling
+from metarm_jax.generation import sampling
 from metarm_jax.models import llama
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "bench" / "compile_7b.py"

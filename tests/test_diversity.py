@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from metarm_jax.errors import UserError
 from metarm_jax.eval import diversity as D
+from metarm_jax.runtime.errors import UserError
 
 X = "the quick brown fox jumps over the lazy dog today"
 Y = "the quick red fox runs over the lazy cat today again"

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from metarm_jax import config_lib
+from metarm_jax.config import lib as config_lib
 from metarm_jax.data import (
     DataSource,
     TokenSpec,
@@ -32,7 +32,7 @@ from metarm_jax.data import (
     tokenize_prompts,
     tokenize_sft,
 )
-from metarm_jax.errors import UserError
+from metarm_jax.runtime.errors import UserError
 
 EXAMPLES = int(os.environ.get("METARM_FUZZ_EXAMPLES", "30"))
 FUZZ = settings(
@@ -312,7 +312,7 @@ def tokenizer(tmp_path_factory):
 def test_tokenization_of_odd_but_valid_text(tokenizer, data):
     """Whatever the text (control, RTL, combining, huge), tokenization keeps every response
     whole or skips the record as too long, counted."""
-    from metarm_jax import defaults
+    from metarm_jax.config import defaults
     from metarm_jax.data.records import PreferencePair, PromptExample, SFTExample, Source
 
     cfg = defaults.data()

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from metarm_jax.errors import UserError
 from metarm_jax.eval import human
+from metarm_jax.runtime.errors import UserError
 
 NAME_A, NAME_B = "POLICY_METARM_R2", "POLICY_SFT_BASE"
 PROMPTS = [

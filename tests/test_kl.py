@@ -11,7 +11,8 @@ import pytest
 import torch
 import transformers
 
-from metarm_jax import config_lib, sharding
+from metarm_jax import sharding
+from metarm_jax.config import lib as config_lib
 from metarm_jax.data import synthetic, world_files
 from metarm_jax.models import hf, llama
 from metarm_jax.rlhf import kl

@@ -9,22 +9,24 @@ import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "metarm_jax"
 
-# Bottom to top. A module may import modules of its own layer or below, never above.
+# Bottom to top. A module may import modules of its own layer or below, never above. A part is a
+# folder of the package (``runtime``) or, where a folder spans layers, one of its modules
+# (``config.defaults``); a module belongs to the longest part that names it.
 LAYERS = (
-    ("errors", "fileio", "defaults", "faults", "layout", "core"),
-    ("sharding", "checkpoint", "hosts"),
+    ("runtime", "config.defaults", "core"),
+    ("sharding", "config.stages"),
     ("models",),
     ("data",),
-    ("sampling", "scoring"),
-    ("config_rules", "config_lib", "stages"),
+    ("generation",),
+    ("config",),
     ("eval",),
     ("train",),
-    ("build_meta", "inspect_stage"),
+    ("inspect_stage",),
     ("rlhf",),
     ("main",),
 )
 # Parts that may import nothing of the package outside themselves.
-SELF_CONTAINED = ("core", "defaults", "errors", "fileio", "faults", "layout")
+SELF_CONTAINED = ("core", "runtime", "config.defaults")
 
 
 def _module_name(path: pathlib.Path, root: pathlib.Path) -> str:
@@ -97,9 +99,15 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _part(module: str) -> str:
-    """metarm_jax.train.ppo -> train; metarm_jax -> '' (the package's own __init__)."""
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else ""
+    """The longest part of LAYERS that names the module: metarm_jax.train.ppo -> train,
+    metarm_jax.config.defaults -> config.defaults, metarm_jax.config.lib -> config; metarm_jax
+    -> '' (the package's own __init__)."""
+    parts = module.split(".")[1:]
+    known = {p for layer in LAYERS for p in layer}
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in known:
+            return ".".join(parts[:n])
+    return parts[0] if parts else ""
 
 
 def layer_of(module: str) -> int:

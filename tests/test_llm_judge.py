@@ -16,11 +16,13 @@ import pytest
 
 pytest.importorskip("openai", reason="the LLM judge needs openai (pip install -e .[eval])")
 
-from metarm_jax import config_lib, defaults, fileio
-from metarm_jax.errors import ConfigError, UserError
+from metarm_jax.config import defaults
+from metarm_jax.config import lib as config_lib
 from metarm_jax.eval import llm_judge
 from metarm_jax.eval.judges import JudgeResult
 from metarm_jax.eval.llm_judge import JudgeAPIError, JudgeSettings, LLMJudge, parse_verdict
+from metarm_jax.runtime import fileio
+from metarm_jax.runtime.errors import ConfigError, UserError
 from tests.conftest import FAKE_JUDGE_KEY, REPO
 
 KEY = FAKE_JUDGE_KEY

@@ -13,7 +13,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from metarm_jax import sampling
+from metarm_jax.generation import sampling
 from metarm_jax.models import hf, llama
 
 PAD = 0

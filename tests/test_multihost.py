@@ -305,9 +305,9 @@ def test_sigterm_to_one_host_saves_every_host_at_one_step_and_the_run_resumes(tm
     processes: JAX's preemption service tells process 0, both save a checkpoint after the same
     step and exit 75 with one line each; the same command resumes there and ends with the
     weights of an uninterrupted 2-process run, bit for bit."""
-    from metarm_jax import defaults
+    from metarm_jax.config import defaults
     from metarm_jax.data.world_files import write_world
-    from metarm_jax.errors import PREEMPTED_EXIT_CODE
+    from metarm_jax.runtime.errors import PREEMPTED_EXIT_CODE
 
     world = tmp_path / "world"
     cfg = defaults.world()

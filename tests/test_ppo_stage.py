@@ -23,7 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax import config_lib, defaults, models, sharding, stages
+from metarm_jax import models, sharding
+from metarm_jax.config import defaults, stages
+from metarm_jax.config import lib as config_lib
 from metarm_jax.data.world_files import write_world
 from metarm_jax.models import hf, llama
 from metarm_jax.train import optim, ppo, rollout
@@ -229,7 +231,8 @@ def test_gated_actor_keeps_adam_state():
 
 DRIVER = """
 import sys
-from metarm_jax import config_lib, sharding, stages
+from metarm_jax import sharding
+from metarm_jax.config import lib as config_lib, stages
 sys.path.insert(0, {tests!r})
 import test_ppo_stage as T
 from metarm_jax.train import ppo

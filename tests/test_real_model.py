@@ -19,11 +19,12 @@ import torch
 import transformers
 from safetensors.numpy import load_file
 
-from metarm_jax import models, sampling
+from metarm_jax import models
 from metarm_jax.data import DataSource, TokenSpec, load, load_tokenizer
 from metarm_jax.data.features import CollatePrompts, tokenize_prompts
 from metarm_jax.data.formats import formatter
 from metarm_jax.data.records import PromptExample, Source
+from metarm_jax.generation import sampling
 from metarm_jax.models import hf, pretrained
 from tests.tolerances import assert_close_to_scale
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from metarm_jax import defaults
+from metarm_jax.config import defaults
 from metarm_jax.data.world_files import write_world
-from metarm_jax.errors import PREEMPTED_EXIT_CODE
 from metarm_jax.models import hf, llama
+from metarm_jax.runtime.errors import PREEMPTED_EXIT_CODE
 from tests.conftest import REPO
 from tests.xla_env import xla_flags
 

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from metarm_jax import config_lib, sharding, stages
+from metarm_jax import sharding
+from metarm_jax.config import lib as config_lib
+from metarm_jax.config import stages
 from metarm_jax.core import ensemble, losses, metarm
 from metarm_jax.models import factory, hf, llama
 from metarm_jax.rlhf import compute, driver, plan
@@ -176,7 +178,7 @@ def test_warm_stage_exports_the_members_mean_and_scores_as_one_of_identical_memb
 
 
 def test_warm_refuses_one_member_and_a_policy_in_one_line(tmp_path):
-    from metarm_jax.errors import ConfigError
+    from metarm_jax.runtime.errors import ConfigError
     from metarm_jax.train import rm
 
     hf.save_hf(llama.create(llama.preset("tiny", vocab_size=64), "lm", seed=0), str(tmp_path / "p"))
@@ -296,7 +298,7 @@ def test_ppo_stage_with_an_ensemble_of_identical_members_runs_as_one_rm(tmp_path
     from metarm_jax.train import ppo
     from tests.test_ppo_stage import read_metrics, toy_config, write_world
 
-    wc = __import__("metarm_jax.defaults", fromlist=["world"]).world()
+    wc = __import__("metarm_jax.config.defaults", fromlist=["world"]).world()
     for key in ("num_sft", "num_train_pairs", "num_test_pairs", "num_eval_prompts",
                 "num_ood_prompts"):  # fmt: skip
         wc[key] = 8

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from metarm_jax.errors import PREEMPTED_EXIT_CODE
+from metarm_jax.runtime.errors import PREEMPTED_EXIT_CODE
 from tests.conftest import REPO
 from tests.xla_env import xla_flags
 

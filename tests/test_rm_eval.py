@@ -22,14 +22,17 @@ import jax
 import numpy as np
 import pytest
 
-from metarm_jax import config_lib, config_rules, sharding, stages
+from metarm_jax import sharding
+from metarm_jax.config import lib as config_lib
+from metarm_jax.config import rules as config_rules
+from metarm_jax.config import stages
 from metarm_jax.data import formats
 from metarm_jax.data.records import DataError, SkipReport, Source
 from metarm_jax.data.tokenizer import train_bpe_tokenizer
-from metarm_jax.errors import ConfigError
 from metarm_jax.eval import rewardbench as rb
 from metarm_jax.eval import rm_eval
 from metarm_jax.models import llama
+from metarm_jax.runtime.errors import ConfigError
 from metarm_jax.train import rm as rm_stage
 from tests.test_rm_export import CHAT_TEMPLATE, _readme_reward_fn
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import transformers
 
-from metarm_jax import config_lib
+from metarm_jax.config import lib as config_lib
 from metarm_jax.data import features, formats
 from metarm_jax.data.records import PreferencePair
 from metarm_jax.data.tokenizer import train_bpe_tokenizer

@@ -5,7 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax import config_lib, defaults, models, sharding, stages
+from metarm_jax import models, sharding
+from metarm_jax.config import defaults, stages
+from metarm_jax.config import lib as config_lib
 from metarm_jax.core import metarm
 from metarm_jax.models import llama
 from metarm_jax.train import rm

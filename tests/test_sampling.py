@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax import defaults, sampling
+from metarm_jax.config import defaults
+from metarm_jax.generation import sampling
 from metarm_jax.models import hf, llama
 from tests.xla_env import xla_flags
 
@@ -383,7 +384,8 @@ def test_settings_come_from_the_sampling_block_and_defaults_py(monkeypatch):
 
 SHARDED_SCRIPT = r"""
 import numpy as np, jax
-from metarm_jax import sampling, sharding
+from metarm_jax import sharding
+from metarm_jax.generation import sampling
 from metarm_jax.models import llama
 assert len(jax.devices()) == 8, jax.devices()
 cfg = llama.preset("tiny")

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from metarm_jax import defaults
+from metarm_jax.config import defaults
 from metarm_jax.data.world_files import write_world
-from metarm_jax.errors import ConfigError, UserError
+from metarm_jax.runtime.errors import ConfigError, UserError
 from tests.conftest import REPO
 from tests.xla_env import xla_flags
 
@@ -26,9 +26,9 @@ UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve
 # stages.STAGES), the data layer's lazy exports (fixed names of its own modules) and ppo.monitor
 # ("module:function" from the user's config: the one place user code is imported, docs/ppo.md).
 IMPORT_BY_NAME = {
-    "metarm_jax/stages.py",  # the stage registry and stages.load_function (ppo.monitor)
+    "metarm_jax/config/stages.py",  # the stage registry and stages.load_function (ppo.monitor)
     "metarm_jax/data/__init__.py",
-    "metarm_jax/config_lib.py",  # a config file inside a package (configs/) is imported as such
+    "metarm_jax/config/lib.py",  # a config file inside a package (configs/) is imported as such
 }
 
 

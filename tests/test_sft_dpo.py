@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from metarm_jax import config_lib, defaults, models, sharding, stages
+from metarm_jax import models, sharding
+from metarm_jax.config import defaults, stages
+from metarm_jax.config import lib as config_lib
 from metarm_jax.data import synthetic, world_files
 from metarm_jax.train import common, dpo, loop, optim, sft
 from tests.resume_util import assert_same_exports, kill_at_checkpoint
@@ -30,7 +32,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Builds the run config from a world directory; exec'd here and in the subprocesses so every run
 # sees the same config.
 CONFIG_SRC = textwrap.dedent("""
-    from metarm_jax import config_lib
+    from metarm_jax.config import lib as config_lib
 
     def make_config(world):
         c = config_lib.base_config()
@@ -412,7 +414,8 @@ def test_dpo_reference_stays_bitwise_unchanged_and_resume_is_exact(world, tmp_pa
 DRIVER = CONFIG_SRC + textwrap.dedent("""
     import os, sys, time
     import jax
-    from metarm_jax import sharding, stages
+    from metarm_jax import sharding
+    from metarm_jax.config import stages
     from metarm_jax.train import loop, sft
     world, workdir, slow = sys.argv[1], sys.argv[2], float(sys.argv[3])
     c = make_config(world)

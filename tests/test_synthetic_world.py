@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from metarm_jax import defaults
+from metarm_jax.config import defaults
 from metarm_jax.data import DataSource, load
 from metarm_jax.data.formats import ASSISTANT, HUMAN
 from metarm_jax.data.synthetic import (
@@ -414,7 +414,7 @@ def _tmp_jsonl(rows) -> str:
 
 
 def quickstart_world_config():
-    from metarm_jax import config_lib
+    from metarm_jax.config import lib as config_lib
 
     return config_lib.load_config_file(
         str(pathlib.Path(__file__).parents[1] / "configs" / "quickstart.py")
@@ -482,12 +482,14 @@ def test_subtle_part_is_learnable_and_r0_learns_it_poorly(tmp_path):
     """The learnability probe (bench/world_learnability.py at full size): an RM trained with
     r_0's recipe (from π_SFT, the same lr, steps and batch) on coarse-saturated pairs ordered by
     gold ranks held-out saturated pairs at >= 0.75; r_0, trained on the base pairs, does not."""
-    from metarm_jax import config_lib, sharding, stages
+    from metarm_jax import sharding
+    from metarm_jax.config import lib as config_lib
+    from metarm_jax.config import stages
     from metarm_jax.data import synthetic, world_files
+    from metarm_jax.generation.scoring import RewardScorer
     from metarm_jax.rlhf import driver
     from metarm_jax.rlhf.layout import RunLayout
     from metarm_jax.rlhf.runner import Runner, export_of
-    from metarm_jax.scoring import RewardScorer
 
     config = config_lib.load_config_file(
         str(pathlib.Path(__file__).parents[1] / "configs" / "quickstart.py")

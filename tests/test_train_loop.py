@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from metarm_jax import config_lib, faults, hosts, models, sharding
-from metarm_jax.errors import Preempted
+from metarm_jax import models, sharding
+from metarm_jax.config import lib as config_lib
 from metarm_jax.models import llama
+from metarm_jax.runtime import faults, hosts
+from metarm_jax.runtime.errors import Preempted
 from metarm_jax.train import loop, optim, rm
 from tests import marker_task
 from tests.tolerances import assert_close_to_scale
@@ -156,7 +158,7 @@ def test_nan_streak_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     assert by_step[5]["skipped"] == 1 and by_step[6]["skipped"] == 0
     assert by_step[9]["streak"] == 3 and by_step[9]["nonfinite"] == 4
     assert os.listdir(tmp_path / "tb")  # TensorBoard events written
-    from metarm_jax.checkpoint import Checkpointer, abstract_like
+    from metarm_jax.runtime.checkpoint import Checkpointer, abstract_like
 
     ck = Checkpointer(str(tmp_path / "checkpoints"), keep=10, async_save=False)
     assert ck.latest_step() == 8  # nothing saved after the stop
@@ -188,7 +190,7 @@ def test_a_checkpoint_commits_only_after_its_steps_rows_are_written(tmp_path, mo
     up to s, its eval row included: a kill right after the commit loses no row that the resumed
     run (starting after s) would not write again. (bench/soak.py found the row of step s lost:
     it was drained one step late, after the checkpoint.)"""
-    from metarm_jax import checkpoint
+    from metarm_jax.runtime import checkpoint
 
     seen = {}
     real_save = checkpoint.Checkpointer.save

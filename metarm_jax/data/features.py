@@ -27,7 +27,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from metarm_jax import defaults
+from metarm_jax.config import defaults
 from metarm_jax.core.packed import Packing
 from metarm_jax.data import packing
 from metarm_jax.data.records import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from metarm_jax import defaults
+from metarm_jax.config import defaults
 from metarm_jax.data import rows, schemas
 from metarm_jax.data.records import DataError, Records, SkipReport, unique_prompts
 from metarm_jax.data.schemas.common import ParseOptions

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from metarm_jax.errors import UserError
+from metarm_jax.runtime.errors import UserError
 
 
 class DataError(UserError):

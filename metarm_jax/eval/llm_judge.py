@@ -50,9 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from metarm_jax import defaults, fileio
-from metarm_jax.errors import ConfigError, UserError
+from metarm_jax.config import defaults
 from metarm_jax.eval.judges import Judge, JudgeResult, _check_lengths
+from metarm_jax.runtime import fileio
+from metarm_jax.runtime.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 

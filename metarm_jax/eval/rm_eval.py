@@ -23,14 +23,14 @@ import ml_collections
 import numpy as np
 
 from metarm_jax import data as D
-from metarm_jax import fileio, hosts
 from metarm_jax.data import formats, rows
 from metarm_jax.data.features import TokenSpec
 from metarm_jax.data.records import MALFORMED, TOO_LONG, DataError, SkipReport
-from metarm_jax.errors import ConfigError
 from metarm_jax.eval import rewardbench as rb
+from metarm_jax.generation.scoring import RewardScorer
 from metarm_jax.models import hf
-from metarm_jax.scoring import RewardScorer
+from metarm_jax.runtime import fileio, hosts
+from metarm_jax.runtime.errors import ConfigError
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 _TRAINING_STAGES = ("rm", "metarm")  # they write <workdir>/export/rm, the '' default of rm_path

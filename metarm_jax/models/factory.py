@@ -20,8 +20,8 @@ from typing import Any, NamedTuple
 
 from flax import nnx
 
-from metarm_jax.errors import ConfigError
 from metarm_jax.models import hf, llama
+from metarm_jax.runtime.errors import ConfigError
 
 
 def model_config(model_cfg, *, param_dtype: str | None = None) -> llama.LlamaConfig:

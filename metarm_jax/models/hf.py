@@ -28,7 +28,6 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
-from metarm_jax import hosts
 from metarm_jax.models import llama
 from metarm_jax.models.hf_config import (  # the config half (re-exported: hf.config_from_hf, ...)
     _HEAD_PARAMS,
@@ -38,6 +37,7 @@ from metarm_jax.models.hf_config import (  # the config half (re-exported: hf.co
     config_from_hf,
     config_to_hf,
 )
+from metarm_jax.runtime import hosts
 from metarm_jax.sharding import state_shardings, to_host
 
 # ---------------------------------------------------------------------------------------------

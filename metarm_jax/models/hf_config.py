@@ -5,8 +5,8 @@ Qwen2; anything else refused in one line, ``SUPPORTED``) and back (``config_to_h
 
 from __future__ import annotations
 
-from metarm_jax.errors import UserError
 from metarm_jax.models import llama
+from metarm_jax.runtime.errors import UserError
 
 # The checkpoint families this module reads and writes: HF model_type -> class per head.
 ARCHITECTURES = {

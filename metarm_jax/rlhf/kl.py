@@ -19,10 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarm_jax import data as D
-from metarm_jax import fileio, models, sampling
+from metarm_jax import models
 from metarm_jax import sharding as shd
 from metarm_jax.data.features import CollatePrompts, TokenSpec, tokenize_prompts
 from metarm_jax.data.records import PromptExample, Source
+from metarm_jax.generation import sampling
+from metarm_jax.runtime import fileio
 from metarm_jax.train.rollout import response_logprobs
 
 

@@ -3,7 +3,7 @@ report reads, named once here for writer and reader alike.
 
     world/            the synthetic world's files (quickstart) and paths.json
     tokenizer/        a BPE tokenizer trained on the pairs (rlhf.tokenizer_vocab, real data)
-    sft/  rm/         π_SFT and r_0 (stage directories: metarm_jax/layout.py)
+    sft/  rm/         π_SFT and r_0 (stage directories: metarm_jax/runtime/layout.py)
     round<r>/         the method's round r: meta/ + meta.jsonl, metarm/ (its RM), ppo/
     <arm>/round<r>/   the same for every other ROUNDS arm (round 1's meta samples are shared)
     vanilla_ppo/  dpo/    the CONTINUOUS and SINGLE arms

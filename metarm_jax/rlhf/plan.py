@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from metarm_jax.errors import ConfigError
+from metarm_jax.runtime.errors import ConfigError
 
 ROUNDS, CONTINUOUS, SINGLE = "rounds", "continuous", "single"
 MAIN = "metarm"  # the method under test: always run; its rounds pick the best round

@@ -31,15 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from metarm_jax import data as D
-from metarm_jax import faults
 from metarm_jax.data import synthetic
 from metarm_jax.eval import diversity, human, judges, llm_judge
-from metarm_jax.layout import read_metrics
+from metarm_jax.generation.scoring import RewardScorer
 from metarm_jax.rlhf import compute, render
 from metarm_jax.rlhf import kl as kl_lib
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, RunRecord
-from metarm_jax.scoring import RewardScorer
+from metarm_jax.runtime import faults
+from metarm_jax.runtime.layout import read_metrics
 from metarm_jax.train import rollout
 
 

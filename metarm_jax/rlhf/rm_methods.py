@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable
 
 from metarm_jax import data as D
-from metarm_jax import fileio, hosts
 from metarm_jax.data import synthetic, world_files
-from metarm_jax.layout import StageDir
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import Arm
 from metarm_jax.rlhf.runner import Runner, export_of
+from metarm_jax.runtime import fileio, hosts
+from metarm_jax.runtime.layout import StageDir
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,10 +17,11 @@ from typing import Any
 
 import jax
 
-from metarm_jax import faults, fileio, hosts, stages
-from metarm_jax.config_lib import derive
-from metarm_jax.errors import ConfigError, Preempted
-from metarm_jax.layout import StageDir
+from metarm_jax.config import stages
+from metarm_jax.config.lib import derive
+from metarm_jax.runtime import faults, fileio, hosts
+from metarm_jax.runtime.errors import ConfigError, Preempted
+from metarm_jax.runtime.layout import StageDir
 
 
 class Runner:

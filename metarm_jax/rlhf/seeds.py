@@ -15,10 +15,10 @@ import re
 import numpy as np
 
 from metarm_jax.core import stats
-from metarm_jax.errors import UserError
 from metarm_jax.eval import plots
 from metarm_jax.rlhf import compute, plan
 from metarm_jax.rlhf.plan import SINGLE
+from metarm_jax.runtime.errors import UserError
 
 
 def _flatten(prefix: str, x, out: dict) -> None:

@@ -12,9 +12,9 @@ import ml_collections
 import numpy as np
 
 from metarm_jax import data as D
-from metarm_jax.errors import ConfigError
-from metarm_jax.layout import StageDir
 from metarm_jax.models import hf
+from metarm_jax.runtime.errors import ConfigError
+from metarm_jax.runtime.layout import StageDir
 
 Batches = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 

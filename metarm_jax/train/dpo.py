@@ -44,9 +44,9 @@ from metarm_jax import models, sharding
 from metarm_jax.core import packed
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core.tree import global_norm
-from metarm_jax.errors import ConfigError
-from metarm_jax.layout import StageDir
 from metarm_jax.models import llama
+from metarm_jax.runtime.errors import ConfigError
+from metarm_jax.runtime.layout import StageDir
 from metarm_jax.train import common, loop, optim
 
 PAIR_KEYS = ("chosen_ids", "chosen_mask", "rejected_ids", "rejected_mask")

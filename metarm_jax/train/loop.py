@@ -41,11 +41,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from metarm_jax import faults, hosts
 from metarm_jax import sharding as shd
-from metarm_jax.checkpoint import Checkpointer, abstract_like
 from metarm_jax.core.tree import global_norm
-from metarm_jax.errors import ConfigError, Preempted, UserError
+from metarm_jax.runtime import faults, hosts
+from metarm_jax.runtime.checkpoint import Checkpointer, abstract_like
+from metarm_jax.runtime.errors import ConfigError, Preempted, UserError
 
 PyTree = Any
 StepFn = Callable[[PyTree, PyTree, jax.Array], tuple[PyTree, dict[str, jax.Array]]]

@@ -8,7 +8,7 @@ import ml_collections
 import optax
 
 from metarm_jax.core.tree import global_norm
-from metarm_jax.errors import ConfigError
+from metarm_jax.runtime.errors import ConfigError
 
 
 def warmup_steps(warmup: float, total_steps: int) -> int:

@@ -36,8 +36,8 @@ from metarm_jax import data as D
 from metarm_jax import models, sharding
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
-from metarm_jax.errors import ConfigError
-from metarm_jax.layout import StageDir
+from metarm_jax.runtime.errors import ConfigError
+from metarm_jax.runtime.layout import StageDir
 from metarm_jax.train import common, loop, optim
 from metarm_jax.train.rollout import (
     Frozen,

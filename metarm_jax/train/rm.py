@@ -27,10 +27,10 @@ from metarm_jax import models, sharding
 from metarm_jax.core import ensemble, losses, metarm
 from metarm_jax.core.stats import abs_differences
 from metarm_jax.data import formats
-from metarm_jax.errors import ConfigError
-from metarm_jax.layout import StageDir
+from metarm_jax.generation.scoring import meta_scores
 from metarm_jax.models import hf
-from metarm_jax.scoring import meta_scores
+from metarm_jax.runtime.errors import ConfigError
+from metarm_jax.runtime.layout import StageDir
 from metarm_jax.train import common, loop, optim
 
 # --------------------------------------------------------------------------------------------

@@ -25,13 +25,15 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from metarm_jax import data as D
-from metarm_jax import faults, sampling, stages
 from metarm_jax import sharding as shd
+from metarm_jax.config import stages
 from metarm_jax.core import ensemble, packed, stats
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core import ppo as core
-from metarm_jax.errors import ConfigError
+from metarm_jax.generation import sampling
 from metarm_jax.models import hf
+from metarm_jax.runtime import faults
+from metarm_jax.runtime.errors import ConfigError
 from metarm_jax.train import loop
 
 # --------------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ from metarm_jax.core import policy_losses as pl
 from metarm_jax.core.tree import global_norm
 from metarm_jax.data import rows
 from metarm_jax.data.records import SkipReport
-from metarm_jax.errors import ConfigError
-from metarm_jax.layout import StageDir
+from metarm_jax.runtime.errors import ConfigError
+from metarm_jax.runtime.layout import StageDir
 from metarm_jax.train import common, loop, optim
 
 # --------------------------------------------------------------------------------------------

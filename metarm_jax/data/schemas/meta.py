@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 
-from metarm_jax import fileio
 from metarm_jax.data.records import (
     BAD_VALUE,
     EMPTY_PROMPT,
@@ -22,6 +21,7 @@ from metarm_jax.data.records import (
 )
 from metarm_jax.data.rows import file_ext
 from metarm_jax.data.schemas.common import ParseOptions, row_reader
+from metarm_jax.runtime import fileio
 
 META_SAMPLING_FIELDS = {"temperature": float, "top_p": float, "policy_step": int, "seed": int}
 META_OPTIONAL_FIELDS = {

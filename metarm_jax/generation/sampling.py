@@ -1,6 +1,6 @@
 """The one sampler: KV-cache generation shared by PPO roll-outs and meta-dataset building.
 
-    from metarm_jax import sampling
+    from metarm_jax.generation import sampling
     settings = sampling.settings(config.sampling)     # or sampling.settings(max_new_tokens=64)
     out = sampling.generate(model, prompt_ids, prompt_mask, rng, settings, num_samples=5)
     out.tokens          # [B*num_samples, T_new] int32; rows i*n:(i+1)*n are prompt i's samples
@@ -59,10 +59,10 @@ import numpy as np
 from flax import nnx, struct
 from jax.sharding import Mesh, NamedSharding
 
-from metarm_jax import defaults
 from metarm_jax import sharding as shd
-from metarm_jax.errors import UserError
+from metarm_jax.config import defaults
 from metarm_jax.models import llama
+from metarm_jax.runtime.errors import UserError
 
 
 class SamplingError(UserError):

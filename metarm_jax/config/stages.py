@@ -19,14 +19,14 @@ from typing import Any
 import ml_collections
 from jax.sharding import Mesh
 
-from metarm_jax import defaults
-from metarm_jax.errors import ConfigError
+from metarm_jax.config import defaults
+from metarm_jax.runtime.errors import ConfigError
 
 STAGES: dict[str, str] = {
     "inspect": "metarm_jax.inspect_stage:run",
     "rm": "metarm_jax.train.rm:run_rm",
     "metarm": "metarm_jax.train.rm:run_metarm",
-    "build_meta": "metarm_jax.build_meta:run",
+    "build_meta": "metarm_jax.generation.build_meta:run",
     "sft": "metarm_jax.train.sft:run_sft",
     "dpo": "metarm_jax.train.dpo:run_dpo",
     "ppo": "metarm_jax.train.ppo:run_ppo",

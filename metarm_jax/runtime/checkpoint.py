@@ -28,8 +28,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-from metarm_jax import faults
-from metarm_jax.errors import UserError
+from metarm_jax.runtime import faults
+from metarm_jax.runtime.errors import UserError
 
 
 def _log(msg: str) -> None:
@@ -87,7 +87,7 @@ def abstract_like(tree: Any) -> Any:
 class _Manager(ocp.CheckpointManager):
     """orbax's manager, minus its calls to JAX's preemption sync point: orbax passes checkpoint
     step numbers to it, which would mix a second count into the one ``hosts.preemption_point``
-    keeps (the sync point is a count of calls; see metarm_jax/hosts.py). The train loop decides
+    keeps (the sync point is a count of calls; see metarm_jax/runtime/hosts.py). The train loop decides
     when to save for a preemption itself."""
 
     def reached_preemption(self, step: int) -> bool:

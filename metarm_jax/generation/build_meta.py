@@ -6,7 +6,7 @@
 Round r of iterative RLHF samples its meta dataset X_s from the round r-1 policy (round 1: the
 SFT model). Prompts come from the data layer (``load_prompts``), are tokenized like roll-out
 prompts (``tokenize_prompts``: BOS + the last ``data.max_prompt_length`` tokens), sampled with
-:func:`metarm_jax.sampling.generate` (``config.sampling``, k = ``build_meta.k``) and written with
+:func:`metarm_jax.generation.sampling.generate` (``config.sampling``, k = ``build_meta.k``) and written with
 ``write_meta_dataset`` in the schema ``load("meta", ...)`` reads, with the sampling settings and
 the policy step on every row.
 
@@ -31,11 +31,13 @@ import jax
 import numpy as np
 
 from metarm_jax import data as D
-from metarm_jax import faults, fileio, hosts, models, sampling, sharding
+from metarm_jax import models, sharding
 from metarm_jax.data import MetaExample, SamplingInfo
 from metarm_jax.data.features import CollatePrompts, TokenSpec
 from metarm_jax.data.schemas.meta import meta_row
-from metarm_jax.errors import ConfigError, Preempted, UserError
+from metarm_jax.generation import sampling
+from metarm_jax.runtime import faults, fileio, hosts
+from metarm_jax.runtime.errors import ConfigError, Preempted, UserError
 
 MANIFEST = "manifest.json"
 

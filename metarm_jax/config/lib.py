@@ -1,6 +1,6 @@
 """The one config system: ml_collections ConfigDicts built by ``configs/*.py:get_config(arg)``.
 
-``base_config()`` holds every key the code reads; the defaults live in ``metarm_jax/defaults.py``
+``base_config()`` holds every key the code reads; the defaults live in ``metarm_jax/config/defaults.py``
 (one function per block). Config files start from it and change what they need, and read their
 own arguments with ``parse_config_args`` (one parser for every file; ``load_config_file`` imports
 a file of the ``configs`` package as a module of it); ``--config.a.b=v`` overrides any key, and an
@@ -25,20 +25,21 @@ from typing import Any
 
 import ml_collections
 
-from metarm_jax import defaults, sharding, stages
-from metarm_jax.config_rules import RULES, is_int
+from metarm_jax import sharding
+from metarm_jax.config import defaults, stages
+from metarm_jax.config.rules import RULES, is_int
 from metarm_jax.data import synthetic
-from metarm_jax.errors import ConfigError
 from metarm_jax.models import llama
+from metarm_jax.runtime.errors import ConfigError
 
 # The one resolution of "inherit" values lives beside the defaults (stages resolve every config).
 resolve = defaults.resolve
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every key the code reads, with its default (``metarm_jax/defaults.py``, one block each)."""
+    """Every key the code reads, with its default (``metarm_jax/config/defaults.py``, one block each)."""
     c = ml_collections.ConfigDict()
-    c.pipeline = ("inspect",)  # stages to run in order; see metarm_jax/stages.py
+    c.pipeline = ("inspect",)  # stages to run in order; see metarm_jax/config/stages.py
     c.seed = 0
     c.seeds = 1  # >1: run the whole pipeline once per seed (seed, seed+1, ...)
     c.workdir = ""  # set by --workdir (default runs/<config name>)
@@ -141,7 +142,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ConfigError(
             f"{path}: get_config() returned {type(config).__name__}, not a ConfigDict (start "
-            "from metarm_jax.config_lib.base_config())."
+            "from metarm_jax.config.lib.base_config())."
         )
     return config
 
@@ -275,7 +276,7 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
         hint = f" Did you mean config.{close[0]}?" if close else ""
         raise ConfigError(
             f"config.{_show(key)}: the config file sets a key that no code reads.{hint} Every key is "
-            "listed in metarm_jax/defaults.py."
+            "listed in metarm_jax/config/defaults.py."
         )
 
 
