@@ -13,10 +13,11 @@ its answer with a line ``Verdict: A``, ``Verdict: B`` or ``Verdict: tie`` (surro
 one is asked again up to ``parse_retries`` times and then counted as unparsable: the pair is a
 tie in the tally and is counted separately in ``stats``.
 
-Transport: 408/409/429/5xx, timeouts and connection errors are retried up to ``max_retries``
-times with exponential backoff (``backoff_s * 2**attempt``, jittered, at most ``max_backoff_s``)
-or, when the answer carries ``Retry-After`` (or ``retry-after-ms``), after that long (capped at
-``max_backoff_s``). Other errors (401, 404, 400, ...) stop at once with one line. At most
+Transport (``judge_http.ChatEndpoint``; this module holds no HTTP code): 408/409/429/5xx,
+timeouts and connection errors are retried up to ``max_retries`` times with exponential backoff
+(``backoff_s * 2**attempt``, jittered, at most ``max_backoff_s``) or, when the answer carries
+``Retry-After`` (or ``retry-after-ms``), after that long (capped at ``max_backoff_s``). Other
+errors (401, 404, 400, ...) stop at once with one line (``JudgeAPIError``). At most
 ``max_concurrency`` requests are in flight (a thread pool); each has ``timeout_s``.
 
 Settings: ``JudgeSettings``, built from the config's ``judge`` block (every key not given takes
@@ -34,16 +35,13 @@ a log line: error texts from the endpoint are redacted).
 from __future__ import annotations
 
 import dataclasses
-import email.utils
 import hashlib
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
-import urllib.parse
 from collections.abc import Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any
@@ -51,9 +49,11 @@ from typing import Any
 import numpy as np
 
 from metarm_jax.config import defaults
+from metarm_jax.eval.judge_http import ChatEndpoint
+from metarm_jax.eval.judge_http import JudgeAPIError as JudgeAPIError  # re-exported
 from metarm_jax.eval.judges import Judge, JudgeResult, _check_lengths
 from metarm_jax.runtime import fileio
-from metarm_jax.runtime.errors import ConfigError, UserError
+from metarm_jax.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,8 @@ TEMPLATE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "templat
 BUILTIN_TEMPLATES = ("helpful", "harmless", "summary")
 PLACEHOLDERS = ("prompt", "response_a", "response_b")
 CACHE_VERSION = 1
-RETRY_STATUS = frozenset({408, 409, 429})  # and every status >= 500
 _FIELD = re.compile(r"\{(prompt|response_a|response_b)\}")
 _VERDICT = re.compile(r"verdict\s*:\s*(a|b|tie)", re.I)
-_KEYLIKE = re.compile(r"\bsk-[A-Za-z0-9*_-]{4,}|\bBearer\s+\S+")
 
 # Counters of `stats` (all ints), then the floats.
 COUNTERS = (
@@ -132,42 +130,6 @@ def render(template_text: str, prompt: str, response_a: str, response_b: str) ->
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _retry_after(headers) -> float | None:
-    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    ra = headers.get("retry-after")
-    if not ra:
-        return None
-    try:
-        return max(0.0, float(ra))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(ra)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def _public_url(url: str) -> str:
-    """The URL without user:password@ (for messages)."""
-    p = urllib.parse.urlsplit(url)
-    if p.username or p.password:
-        p = p._replace(netloc=p.hostname + (f":{p.port}" if p.port else ""))
-    return urllib.parse.urlunsplit(p)
-
-
-class JudgeAPIError(UserError):
-    """The endpoint refused a request, or kept failing after every retry."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,18 +223,21 @@ def validate(config) -> None:
 
 
 class LLMJudge(Judge):
-    """Pairwise LLM judge through the ``openai`` client (see the module docstring)."""
+    """Pairwise LLM judge through a ``judge_http.ChatEndpoint`` (see the module docstring)."""
 
     def __init__(self, settings: JudgeSettings):
-        try:
-            import openai
-        except ImportError as e:
-            raise UserError("the LLM judge needs the openai client: pip install -e .[eval]") from e
-        secret = os.environ.get(settings.api_key_env, "") if settings.api_key_env else ""
-        # (checked by JudgeSettings); the client needs a non-empty key, keyless servers ignore it
-        secret = secret or "no-key"
-        self._openai = openai
-        self._secret = secret
+        self._endpoint = ChatEndpoint(
+            settings.base_url,
+            settings.model,
+            api_key_env=settings.api_key_env,
+            timeout_s=settings.timeout_s,
+            max_retries=settings.max_retries,
+            backoff_s=settings.backoff_s,
+            max_backoff_s=settings.max_backoff_s,
+            give_up_note=(
+                f"; answers so far are cached in {settings.cache_dir}" if settings.cache_dir else ""
+            ),
+        )
         self.settings = settings
         self.base_url = settings.base_url
         self.model = settings.model
@@ -289,37 +254,26 @@ class LLMJudge(Judge):
         self.parse_retries = int(settings.parse_retries)
         self.backoff_s = float(settings.backoff_s)
         self.max_backoff_s = float(settings.max_backoff_s)
-        self._client = openai.OpenAI(
-            api_key=secret, base_url=self.base_url, timeout=self.timeout_s, max_retries=0
-        )
         self._lock = threading.Lock()
         self.stats: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
         self.stats["elapsed_s"] = 0.0
 
     def __repr__(self) -> str:
         return (
-            f"LLMJudge(model={self.model!r}, base_url={_public_url(self.base_url)!r}, "
+            f"LLMJudge(model={self.model!r}, base_url={self._endpoint.public_url!r}, "
             f"template={self.template!r})"
         )
 
     def describe(self) -> str:
         """One line for a report (no key)."""
         return (
-            f"LLM judge {self.model} at {_public_url(self.base_url)}, template {self.template} "
+            f"LLM judge {self.model} at {self._endpoint.public_url}, template {self.template} "
             f"(sha256 {self.template_sha256[:12]}), both orders, temperature {self.temperature:g}"
         )
 
     # ---------------------------------------------------------------------------------------
     # Internals.
     # ---------------------------------------------------------------------------------------
-
-    def _redact(self, text: str) -> str:
-        text = str(text)
-        if len(self._secret) >= 8:
-            text = text.replace(self._secret, "***")
-        text = _KEYLIKE.sub("***", text)
-        text = " ".join(text.split())
-        return text[:300]
 
     def _count(self, stats: dict, key: str, n: int = 1) -> None:
         with self._lock:
@@ -353,54 +307,16 @@ class LLMJudge(Judge):
         return entry if isinstance(entry, dict) and "verdict" in entry else None
 
     def _request(self, content: str, stats: dict) -> str:
-        """One answer's text, retrying transport failures."""
-        openai = self._openai
-        for attempt in range(self.max_retries + 1):
-            self._count(stats, "calls")
-            wait_s = None
-            try:
-                resp = self._client.chat.completions.create(
-                    model=self.model,
-                    messages=[{"role": "user", "content": content}],
-                    temperature=self.temperature,
-                    **({"max_tokens": self.max_tokens} if self.max_tokens else {}),
-                )
-            except openai.APITimeoutError:
-                kind, what = "timeouts", f"no answer within {self.timeout_s:g} s"
-            except openai.APIConnectionError as e:
-                kind, what = "connection_errors", f"connection failed ({self._redact(e)})"
-            except openai.APIStatusError as e:
-                status = e.status_code
-                what = f"HTTP {status}: {self._redact(e.message)}"
-                if status not in RETRY_STATUS and status < 500:
-                    hint = (
-                        f" (check the key in ${self.api_key_env})" if status in (401, 403) else ""
-                    )
-                    raise JudgeAPIError(
-                        f"LLM judge: {_public_url(self.base_url)} refused model {self.model!r}: "
-                        f"{what}{hint}."
-                    ) from None
-                kind = "rate_limited" if status == 429 else "server_errors"
-                wait_s = _retry_after(getattr(e.response, "headers", None))
-            else:
-                usage = getattr(resp, "usage", None)
-                for k in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                    self._count(stats, k, int(getattr(usage, k, 0) or 0))
-                choices = getattr(resp, "choices", None) or []
-                return (choices[0].message.content or "") if choices else ""
-            self._count(stats, kind)
-            if attempt == self.max_retries:
-                tries = self.max_retries + 1
-                where = f"; answers so far are cached in {self.cache_dir}" if self.cache_dir else ""
-                raise JudgeAPIError(
-                    f"LLM judge: {_public_url(self.base_url)} failed {tries} "
-                    f"time{'s' if tries > 1 else ''}, last {what}; rerun to resume{where}."
-                ) from None
-            self._count(stats, "retries")
-            if wait_s is None:
-                wait_s = self.backoff_s * 2**attempt * (0.5 + 0.5 * random.random())
-            time.sleep(min(wait_s, self.max_backoff_s))
-        raise AssertionError("unreachable")
+        """One answer's text (the endpoint retries transport failures), its usage counted."""
+        done = self._endpoint.complete(
+            content,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            count=lambda key: self._count(stats, key),
+        )
+        for k, n in done.usage.items():
+            self._count(stats, k, n)
+        return done.text
 
     def _judge(self, key: str, content: str, stats: dict) -> str | None:
         """Ask (re-asking while the answer has no verdict), cache the final answer."""
@@ -418,7 +334,7 @@ class LLMJudge(Judge):
             log.warning(
                 "LLM judge: no verdict line after %d answers (last ends %r); counted as unparsable",
                 attempts,
-                self._redact(answer[-80:]),
+                self._endpoint.redact(answer[-80:]),
             )
         if self.cache_dir:
             fileio.write_json(
