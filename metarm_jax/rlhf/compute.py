@@ -14,9 +14,8 @@ import numpy as np
 
 from metarm_jax.core import stats
 from metarm_jax.eval.judges import JudgeResult
-from metarm_jax.rlhf.plan import BY_NAME, CONTINUOUS, ROUNDS, SINGLE, RunRecord
-
-RIVAL_REWARDS = ("ensemble", "warm", "centred")  # the rival arms' rewards (plan.REWARDS)
+from metarm_jax.rlhf import plan
+from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, SINGLE, RunRecord
 
 CLIP_FLAG = 0.10  # an arm whose PPO scores are clipped more often than this is flagged
 CLIP_KEY = "rollout/reward_clip_frac"  # written by metarm_jax/train/rollout.py
@@ -259,7 +258,7 @@ def control_difference(
     vanilla_valid: Mapping[int, float],
     n_boot: int,
 ) -> dict[str, Any]:
-    """A positive control minus vanilla PPO on the same test prompts: at the end of the budget
+    """A positive control minus the floor arm (vanilla PPO) on the same test prompts: at the end of the budget
     (``diff``/``ci``, what ``passed`` reads) and at each one's peak chosen on validation."""
     final = paired_difference(arm_gold[max(arm_gold)], vanilla_gold[max(vanilla_gold)], n_boot)
     peak = paired_difference(
@@ -269,20 +268,25 @@ def control_difference(
 
 
 def controls(over: Mapping[str, Any], diffs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The pre-registered checks the report opens with: vanilla over-optimises, and every
-    positive control beats vanilla with an interval above 0. ``discriminates`` when all pass
-    (a missing control fails: the experiment is not shown to discriminate without it)."""
+    """The pre-registered checks the report opens with: the floor arm (vanilla PPO) over-optimises,
+    and every positive control of the plan (``plan.CONTROLS``) beats it with an interval above 0.
+    ``discriminates`` when all pass (a missing control fails: the experiment is not shown to
+    discriminate without it)."""
     out: dict[str, Any] = {"overoptimised": dict(over)}
-    for name in ("ceiling", "oracle"):
-        out[f"{name}_minus_vanilla"] = dict(diffs[name]) if name in diffs else None
+    for name in plan.CONTROLS:
+        out[control_key(name)] = dict(diffs[name]) if name in diffs else None
     out["discriminates"] = bool(
         over["passed"]
         and all(
-            out[f"{n}_minus_vanilla"] is not None and out[f"{n}_minus_vanilla"]["passed"]
-            for n in ("ceiling", "oracle")
+            out[control_key(n)] is not None and out[control_key(n)]["passed"] for n in plan.CONTROLS
         )
     )
     return out
+
+
+def control_key(name: str) -> str:
+    """The key of a positive control's check in ``controls`` (report.json)."""
+    return f"{name}_minus_vanilla"
 
 
 def gao_fit(sqrt_kl: Sequence[float], gold: Sequence[float]) -> dict[str, float]:
@@ -336,9 +340,9 @@ def over_seeds(values) -> dict[str, Any]:
 def study(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
     """The experiment over seeds, from each seed's report: every arm's peak gold (its round chosen
     on validation, read on test), final gold, final √KL and its RM's accuracy against gold on its
-    own policy's samples at the last round; the controls with t intervals over seeds (ceiling −
-    vanilla and oracle − vanilla in final test gold; vanilla's drop from peak to final); and the
-    paired differences (within a seed) of the method's arms against their controls."""
+    own policy's samples at the last round; the controls with t intervals over seeds (each
+    positive control minus the floor arm in final test gold; the floor's drop from peak to
+    final); and the paired differences (within a seed) the plan declares (``plan.comparisons``)."""
     if not reports or any("peak_final" not in r for r in reports):
         raise ValueError("study: every seed's report needs the experiment's keys (peak_final)")
     arms = [a for a in reports[0]["peak_final"] if all(a in r["peak_final"] for r in reports)]
@@ -378,32 +382,25 @@ def study(reports: list[Mapping[str, Any]]) -> dict[str, Any]:
             [r["peak_final"][a][what]["mean"] - r["peak_final"][b][what]["mean"] for r in reports]
         )
 
-    pairs = [(a, b) for a in ("metarm", "metarm2") for b in ("eta0", "vanilla_ppo") if a != b]
-    pairs += [("metarm2", "metarm"), ("ceiling", "vanilla_ppo"), ("oracle", "vanilla_ppo")]
-    # the rivals (issue 26) against vanilla PPO, and the method against each
-    rivals = [a for a in arms if a in BY_NAME and BY_NAME[a].reward in RIVAL_REWARDS]
-    pairs += [(a, "vanilla_ppo") for a in rivals] + [("metarm", a) for a in rivals]
-    differences = {
+    differences = {  # the plan's comparisons (each arm's compare_to)
         f"{a} − {b}": {"final": diff(a, b, "final"), "peak": diff(a, b, "peak")}
-        for a, b in pairs
-        if a in table and b in table
+        for a, b in plan.comparisons(table)
     }
-    controls: dict[str, Any] = {"note": "needs the vanilla_ppo, ceiling and oracle arms"}
-    if {"vanilla_ppo", "ceiling", "oracle"} <= set(table):
-        drop = over_seeds(per("vanilla_ppo", lambda r, a: r["peak_final"][a]["drop"]["diff"]))
+    needed = (plan.FLOOR, *plan.CONTROLS)
+    controls: dict[str, Any] = {"note": f"needs the {', '.join(needed)} arms"}
+    if set(needed) <= set(table):
+        drop = over_seeds(per(plan.FLOOR, lambda r, a: r["peak_final"][a]["drop"]["diff"]))
         over = {
             **drop,
             "threshold": OVEROPTIMISED_DROP,
             "passed": bool(drop["mean"] >= OVEROPTIMISED_DROP),
         }
         controls = {"overoptimised": over}
-        for name in ("ceiling", "oracle"):
-            d = differences[f"{name} − vanilla_ppo"]["final"]
-            controls[f"{name}_minus_vanilla"] = {**d, "passed": bool(d["ci"][0] > 0)}
+        for name in plan.CONTROLS:
+            d = differences[f"{name} − {plan.FLOOR}"]["final"]
+            controls[control_key(name)] = {**d, "passed": bool(d["ci"][0] > 0)}
         controls["discriminates"] = bool(
-            over["passed"]
-            and controls["ceiling_minus_vanilla"]["passed"]
-            and controls["oracle_minus_vanilla"]["passed"]
+            over["passed"] and all(controls[control_key(n)]["passed"] for n in plan.CONTROLS)
         )
     out = {"seeds": len(reports), "controls": controls, "arms": table, "differences": differences}
     out["ranking"] = {  # by the mean over seeds, best first

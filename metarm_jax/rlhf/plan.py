@@ -1,7 +1,10 @@
 """The plan of arms: every policy the rlhf stage trains, what it differs in, and what the report
 calls it. The rounds driver, the budgets, the policy names and the report all read this table;
 adding an arm is one entry in ``ARMS`` plus, for a rounds arm, its RM-training function
-(``metarm_jax/rlhf/rm_methods.py``).
+(``metarm_jax/rlhf/rm_methods.py``). The table also declares what the report checks and compares:
+which arms are positive controls (``control``), the one arm every control must beat and that must
+over-optimise inside the budget (``floor``), and the paired differences the study reports
+(``compare_to``); adding a control or a reported comparison is one edit here.
 
 Three schedules:
 
@@ -27,10 +30,15 @@ from metarm_jax.runtime.errors import ConfigError
 
 ROUNDS, CONTINUOUS, SINGLE = "rounds", "continuous", "single"
 MAIN = "metarm"  # the method under test: always run; its rounds pick the best round
-# What a CONTINUOUS arm's PPO optimises (``Arm.reward``; metarm_jax/rlhf/rewards.py builds each):
-# r_0; the world's gold; the aggregation of an ensemble of rlhf.ensemble_size RMs (Arm.agg);
-# their weight average (WARM); an RM trained like r_0 with reward centring.
+FLOOR = "vanilla_ppo"  # the arm with ``floor=True`` (named here so that entries can refer to it)
+# The rival arms (issue 26): opt-in, each vanilla PPO but for its reward; MetaRM is compared to each.
+RIVALS = ("ensemble_mean", "ensemble_worst", "ensemble_uwo", "warm", "centred")
+# What a CONTINUOUS arm's PPO optimises (``Arm.reward``): r_0; the world's gold; the aggregation of
+# an ensemble of rlhf.ensemble_size RMs (Arm.agg); their weight average (WARM); an RM trained like
+# r_0 with reward centring. The one list of reward kinds: metarm_jax/rlhf/rewards.py builds one
+# function per name (its ``SOURCES`` is keyed by this tuple, checked when it is imported).
 REWARDS = ("rm0", "gold", "ensemble", "warm", "centred")
+FIXED_REWARDS = ("rm0", "gold")  # the others are an RM of the arm's own (a rival's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +54,13 @@ class Arm:
     title      how Table 2 names it next to the best round
     needs_world  it reads the synthetic world's gold reward (refused on real data)
     needs_judge  it asks the LLM judge (the ``judge`` block must make one: endpoint, model ...)
-    control    a positive control (the report checks it before it shows a MetaRM number)
+    control    a positive control: before any MetaRM number is read, the report checks that it
+               beats the floor arm at the end of the budget with a 95% interval above 0
+    floor      the arm every positive control must beat, and which must itself over-optimise
+               inside the budget (its final gold at least OVEROPTIMISED_DROP below its peak);
+               exactly one arm of ``ARMS`` is the floor
+    compare_to the arms the study reports this arm's paired difference from (this − other, in
+               peak and final gold over seeds); a control's includes the floor
     """
 
     name: str
@@ -58,7 +72,14 @@ class Arm:
     needs_world: bool = False
     needs_judge: bool = False
     control: bool = False
+    floor: bool = False
+    compare_to: tuple[str, ...] = ()
     doc: str = ""
+
+    @property
+    def rival_reward(self) -> bool:
+        """A CONTINUOUS arm whose PPO optimises an RM of its own (an ensemble, WARM, centred)."""
+        return self.schedule == CONTINUOUS and self.reward not in FIXED_REWARDS
 
     @property
     def main(self) -> bool:
@@ -97,6 +118,7 @@ ARMS: tuple[Arm, ...] = (
         ROUNDS,
         "MetaRM",
         rm_method="metarm",
+        compare_to=("eta0", "vanilla_ppo", *RIVALS),
         doc="MetaRM (eta = meta.eta) on the original pairs, from the previous round's RM",
     ),
     Arm(
@@ -104,6 +126,7 @@ ARMS: tuple[Arm, ...] = (
         ROUNDS,
         "MetaRM second order",
         rm_method="metarm_second",
+        compare_to=("eta0", "vanilla_ppo", MAIN),
         doc="MetaRM differentiating through the ascent (meta.order='second', hvp form)",
     ),
     Arm(
@@ -120,6 +143,7 @@ ARMS: tuple[Arm, ...] = (
         rm_method="oracle",
         needs_world=True,
         control=True,
+        compare_to=(FLOOR,),
         doc="continues its RM on every round's gold-labelled pairs of its own policy's samples "
         "plus the original pairs and earlier rounds' (replay), the same RM steps",
     ),
@@ -141,16 +165,24 @@ ARMS: tuple[Arm, ...] = (
         reward="gold",
         needs_world=True,
         control=True,
+        compare_to=(FLOOR,),
         doc="PPO on the world's gold reward itself for the whole budget (critic from r_0)",
     ),
-    Arm("vanilla_ppo", CONTINUOUS, "vanilla PPO", doc="PPO against r_0 for the whole budget"),
-    # The rivals (issue 26): opt-in, each vanilla PPO but for its reward.
+    Arm(
+        FLOOR,
+        CONTINUOUS,
+        "vanilla PPO",
+        floor=True,
+        doc="PPO against r_0 for the whole budget",
+    ),
+    # The rivals (RIVALS): opt-in, each vanilla PPO but for its reward.
     Arm(
         "ensemble_mean",
         CONTINUOUS,
         "ensemble mean",
         reward="ensemble",
         agg="mean",
+        compare_to=(FLOOR,),
         doc="PPO against the mean of M RMs (r_0 and M-1 more from π_SFT, other seeds and data "
         "order; each standardised on its validation pairs), the whole budget",
     ),
@@ -160,6 +192,7 @@ ARMS: tuple[Arm, ...] = (
         "ensemble worst case",
         reward="ensemble",
         agg="min",
+        compare_to=(FLOOR,),
         doc="the same ensemble, PPO against the minimum over members (WCO, Coste et al.)",
     ),
     Arm(
@@ -168,6 +201,7 @@ ARMS: tuple[Arm, ...] = (
         "ensemble UWO",
         reward="ensemble",
         agg="uwo",
+        compare_to=(FLOOR,),
         doc="the same ensemble, PPO against mean - λ·variance over members (UWO, Coste et al.; "
         "λ = ppo.ensemble_lambda)",
     ),
@@ -176,6 +210,7 @@ ARMS: tuple[Arm, ...] = (
         CONTINUOUS,
         "WARM",
         reward="warm",
+        compare_to=(FLOOR,),
         doc="PPO against the element-wise weight average of the ensemble's M RMs (WARM, Ramé "
         "et al.)",
     ),
@@ -184,6 +219,7 @@ ARMS: tuple[Arm, ...] = (
         CONTINUOUS,
         "reward centring",
         reward="centred",
+        compare_to=(FLOOR,),
         doc="PPO against an RM trained as r_0 plus η·mean((r_w + r_l)²) (η = "
         "rlhf.center_rewards; Eisenstein et al.)",
     ),
@@ -191,6 +227,37 @@ ARMS: tuple[Arm, ...] = (
 )
 BY_NAME = {a.name: a for a in ARMS}
 BASELINES = tuple(a.name for a in ARMS if not a.main)
+CONTROLS = tuple(a.name for a in ARMS if a.control)  # the positive controls, in ARMS order
+
+
+def comparisons(names) -> list[tuple[str, str]]:
+    """The paired differences (a, b) = a − b the study reports among the arms ``names``: each
+    arm's ``compare_to``, in ``ARMS`` order."""
+    have = set(names)
+    return [(a.name, b) for a in ARMS for b in a.compare_to if a.name in have and b in have]
+
+
+def _check_table() -> None:
+    """The table's own consistency, checked when this module is imported (a wrong entry is a
+    programming error, not a user's)."""
+    floors = [a.name for a in ARMS if a.floor]
+    problems = [f"exactly one floor arm, {FLOOR!r}; got {floors}"] if floors != [FLOOR] else []
+    if len(BY_NAME) != len(ARMS):
+        problems.append("arm names must be unique")
+    if set(RIVALS) != {a.name for a in ARMS if a.rival_reward}:
+        problems.append("RIVALS must name every arm whose reward is an RM of its own")
+    for a in ARMS:
+        if not set(a.compare_to) <= set(BY_NAME) - {a.name}:
+            problems.append(f"{a.name}.compare_to names an unknown arm or itself")
+        if a.control and FLOOR not in a.compare_to:
+            problems.append(f"the control {a.name} must be compared to the floor {FLOOR}")
+        if a.schedule == CONTINUOUS and a.reward not in REWARDS:
+            problems.append(f"{a.name}.reward {a.reward!r} is not in {REWARDS}")
+    if problems:
+        raise RuntimeError("metarm_jax/rlhf/plan.py, ARMS: " + "; ".join(problems))
+
+
+_check_table()
 
 
 def arms(config) -> list[Arm]:
@@ -223,10 +290,6 @@ def validate(config) -> None:
             f"config.rlhf.baselines: unknown {unknown}; expected a subset of {list(BASELINES)}."
         )
     for arm in arms(config):
-        if arm.schedule == CONTINUOUS and arm.reward not in REWARDS:
-            raise ConfigError(
-                f"plan: arm {arm.name!r} has reward {arm.reward!r}; not in {REWARDS}."
-            )
         if arm.needs_judge:
             from metarm_jax.eval.llm_judge import JudgeSettings  # numpy only, no JAX
 

@@ -8,8 +8,8 @@ import os
 import numpy as np
 
 from metarm_jax.eval import diversity, plots
-from metarm_jax.rlhf import compute
-from metarm_jax.rlhf.plan import RunRecord
+from metarm_jax.rlhf import compute, plan
+from metarm_jax.rlhf.plan import ROUNDS, RunRecord
 
 
 def figures(workdir, res: dict, ppo_rows, rm_rows, fig5, meta_names) -> dict[str, str]:
@@ -82,14 +82,18 @@ def _plain_words(res: dict, rec: RunRecord) -> list[str]:
                 f"{_pct(v['net'])} {_ci(v['net_ci'])} includes 0."
             )
     r_best = int(best.removeprefix("round"))
-    if "oracle" in rec.arms and "vanilla_ppo" in rec.arms:
-        o = res["gold"].get(rec.arms["oracle"].arm.policy(r_best), {}).get("mean")
-        v = res["gold"].get(rec.arms["vanilla_ppo"].arm.policy(r_best), {}).get("mean")
+    floor = rec.arms.get(plan.FLOOR)
+    for run in rec.of(ROUNDS):  # a positive control that is an RM of its own: the oracle
+        if not run.arm.control or floor is None:
+            continue
+        o = res["gold"].get(run.arm.policy(r_best), {}).get("mean")
+        v = res["gold"].get(floor.arm.policy(r_best), {}).get("mean")
         if o is not None and v is not None and o <= v:
             out.append(
-                f"The oracle arm (an RM trained on gold-labelled on-policy pairs) does not reach "
-                f"a higher mean gold than vanilla PPO at the same budget ({o:.3f} vs {v:.3f}): "
-                "this world and budget cannot reward a better RM, so no RM method can win here."
+                f"The {run.arm.title} arm (a positive control: an RM trained on gold-labelled "
+                f"on-policy pairs) does not reach a higher mean gold than {floor.arm.title} at "
+                f"the same budget ({o:.3f} vs {v:.3f}): this world and budget cannot reward a "
+                "better RM, so no RM method can win here."
             )
     for name, c in res["reward_clip"].items():
         if c["flag"]:
@@ -129,13 +133,15 @@ def _controls_section(res: dict) -> list[str]:
         f"(round {o['peak_round']}), final {o['final']:.3f}, drop {o['drop']:+.3f} "
         f"{_ci(o['drop_ci'], pct=False)} — **{'passed' if o['passed'] else 'FAILED'}**.",
     ]
-    for name, label in (("ceiling", "PPO on the gold reward"), ("oracle", "accumulating oracle")):
-        d = c.get(f"{name}_minus_vanilla")
+    floor = plan.BY_NAME[plan.FLOOR].title
+    for name in plan.CONTROLS:
+        label = plan.BY_NAME[name].title
+        d = c.get(compute.control_key(name))
         if d is None:
-            lines.append(f"- **{name} ({label}) beats vanilla PPO**: not run — **FAILED**.")
+            lines.append(f"- **{label} beats {floor}**: not run — **FAILED**.")
             continue
         lines.append(
-            f"- **{name} ({label}) beats vanilla PPO** at the end of the budget: "
+            f"- **{label} beats {floor}** at the end of the budget: "
             f"{d['diff']:+.3f} {_ci(d['ci'], pct=False)} in test gold (at each one's peak: "
             f"{d['peak']['diff']:+.3f} {_ci(d['peak']['ci'], pct=False)}) — "
             f"**{'passed' if d['passed'] else 'FAILED'}**."

@@ -34,7 +34,7 @@ from metarm_jax import data as D
 from metarm_jax.data import synthetic
 from metarm_jax.eval import diversity, human, judges, llm_judge
 from metarm_jax.generation.scoring import RewardScorer
-from metarm_jax.rlhf import compute, render
+from metarm_jax.rlhf import compute, plan, render
 from metarm_jax.rlhf import kl as kl_lib
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, RunRecord
@@ -125,8 +125,9 @@ def build(
     for run in rec.arms.values():
         opponents.update(run.arm.opponents(r_best, rounds))
     table2 = {label: vs(best, name) for label, name in opponents.items()}
-    # Every round against vanilla PPO after the same PPO iterations (Figure 3 in the OOD setting)
-    vanilla = rec.arms.get("vanilla_ppo")
+    # Every round against vanilla PPO (the plan's floor arm) after the same PPO iterations
+    # (Figure 3 in the OOD setting)
+    vanilla = rec.arms.get(plan.FLOOR)
     rounds_vs_vanilla = (
         {n: vs(n, vanilla.arm.policy(int(n.removeprefix("round")))) for n in meta_names}
         if vanilla
@@ -332,12 +333,12 @@ def _experiment(ctx, rec: RunRecord, layout, test, valid, world, scorer, n_boot)
             {r: gold_test[p] for r, p in names.items()},
             n_boot,
         )
-    controls: dict[str, Any] = {"note": "needs the vanilla_ppo arm"}
-    if "vanilla_ppo" in peak_final:
-        v = rec.arms["vanilla_ppo"]
+    controls: dict[str, Any] = {"note": f"needs the {plan.FLOOR} arm"}
+    if plan.FLOOR in peak_final:
+        v = rec.arms[plan.FLOOR]
         v_names = {r: p for r, p, _ in _points(rec, v)}
         diffs = {}
-        for ctl in ("ceiling", "oracle"):
+        for ctl in plan.CONTROLS:
             if ctl in rec.arms:
                 c_names = {r: p for r, p, _ in _points(rec, rec.arms[ctl])}
                 diffs[ctl] = compute.control_difference(
@@ -347,7 +348,7 @@ def _experiment(ctx, rec: RunRecord, layout, test, valid, world, scorer, n_boot)
                     {r: gold_valid[p] for r, p in v_names.items()},
                     n_boot,
                 )
-        controls = compute.controls(compute.overoptimised(peak_final["vanilla_ppo"]), diffs)
+        controls = compute.controls(compute.overoptimised(peak_final[plan.FLOOR]), diffs)
     return {
         "controls": controls,
         "curves": curves,
@@ -378,9 +379,7 @@ def _rm_metrics(config, rec: RunRecord, test, prompts, world, scorer, n_boot) ->
     out["shifted_policies"] = finals
     memo: dict = {}  # a fixed RM scores a fixed set once, whatever the round
     rivals = {
-        run.arm.name: run.reward(rec.rm0)
-        for run in rec.of(CONTINUOUS)
-        if run.arm.reward not in ("rm0", "gold")
+        run.arm.name: run.reward(rec.rm0) for run in rec.of(CONTINUOUS) if run.arm.rival_reward
     }
     for r in range(1, rec.rounds + 1):
         rms = {"r0": rec.rm0}
@@ -485,13 +484,14 @@ def _human(config, layout: RunLayout, prompts, first, best, n_boot, lead) -> dic
 
 def _figure5(rec: RunRecord, test, scorer) -> dict[str, dict[str, np.ndarray]]:
     """|Δr| on the final MetaRM policy's test samples for step-matched RMs: r_0, and the last
-    round's RM of the method and of every other ROUNDS arm that trains on the same pairs with
-    the same steps (eta0); raw and / std(r)."""
+    round's RM of the method and of every ROUNDS arm the plan compares the method to (eta0: the
+    same pairs, the same steps); raw and / std(r)."""
     final = rec.main.rounds[-1]
     prompts, resp = test[rec.main.arm.policy(final.round)]
     rms = {"vanilla RM r0": rec.rm0, f"MetaRM round {final.round}": final.rm}
-    if "eta0" in rec.arms:
-        rms[f"eta0 RM round {final.round}"] = rec.arms["eta0"].rounds[-1].rm
+    for name in rec.main.arm.compare_to:
+        if name in rec.arms and rec.arms[name].arm.schedule == ROUNDS:
+            rms[f"{name} RM round {final.round}"] = rec.arms[name].rounds[-1].rm
     out = {}
     for name, path in rms.items():
         scores, mask = scorer(path).score(prompts, resp)

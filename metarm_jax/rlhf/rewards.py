@@ -23,6 +23,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from metarm_jax.rlhf import plan
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import Arm, RunRecord
 from metarm_jax.rlhf.runner import Runner, export_of
@@ -115,10 +116,6 @@ def centred(req: RewardRequest) -> Reward:
     return Reward(path, (path,), rec.rm0_steps + int(s.get("steps", 0)))
 
 
-SOURCES: dict[str, Callable[[RewardRequest], Reward]] = {
-    "rm0": rm0,
-    "gold": gold,
-    "ensemble": ensemble,
-    "warm": warm,
-    "centred": centred,
-}
+# One builder per reward kind of the plan (``plan.REWARDS`` is the one list of names; a kind
+# without its function here fails when this module is imported).
+SOURCES: dict[str, Callable[[RewardRequest], Reward]] = {k: globals()[k] for k in plan.REWARDS}

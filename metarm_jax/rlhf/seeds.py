@@ -89,10 +89,10 @@ def study_section(workdir: str, reports: list[dict]) -> str:
             f"- vanilla PPO's drop from its peak (chosen on validation) to its final test gold: "
             f"{_ci(o)} (threshold {o['threshold']}) — **{'passed' if o['passed'] else 'FAILED'}**",
         ]
-        for name in ("ceiling", "oracle"):
-            d = c[f"{name}_minus_vanilla"]
+        for name in plan.CONTROLS:
+            d = c[compute.control_key(name)]
             lines.append(
-                f"- {name} − vanilla PPO, final test gold: {_ci(d)} — "
+                f"- {name} − {plan.FLOOR}, final test gold: {_ci(d)} — "
                 f"**{'passed' if d['passed'] else 'FAILED'}**"
             )
         lines += [
