@@ -75,7 +75,7 @@ from metarm_jax import sharding as shd
 from metarm_jax.config import lib as config_lib
 from metarm_jax.core import tree
 from metarm_jax.models import llama
-from metarm_jax.train import loop, optim, ppo, rm, rollout
+from metarm_jax.train import loop, optim, ppo, rm, rollout, rollout_scoring
 
 GiB = 2**30
 FAST = {"xla_backend_optimization_level": 0}  # LLVM -O0: the HLO passes are unchanged
@@ -357,7 +357,7 @@ def build(step: str, cfg: llama.LlamaConfig, mesh, s: Shapes):
         frozen = cfg.replace(param_dtype="bfloat16")
         ref_apply, ref, *_ = abstract_model(frozen, "lm")
         rm_apply, rmp, *_ = abstract_model(frozen, "reward")
-        score = rollout.make_score_fn(lm_apply, ref_apply, value_apply, rm_apply)
+        score = rollout_scoring.make_score_fn(lm_apply, ref_apply, value_apply, rm_apply)
         fn = getattr(score, "__wrapped__", None)
         n, t, tn = s.score_rows, s.ppo_seq_len, s.ppo_response
 

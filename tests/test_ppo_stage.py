@@ -28,7 +28,7 @@ from metarm_jax.config import defaults, stages
 from metarm_jax.config import lib as config_lib
 from metarm_jax.data.world_files import write_world
 from metarm_jax.models import hf, llama
-from metarm_jax.train import optim, ppo, rollout
+from metarm_jax.train import offload, optim, ppo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TARGET = 6  # token id of symbol w00
@@ -306,9 +306,9 @@ def test_resume_after_sigkill_is_bitwise_exact(toy, tmp_path):
 def test_frozen_offload_round_trip():
     model = llama.create(toy_cfg(), "reward", seed=3)
     params = models.split(model).params
-    frozen = rollout.Frozen(params, offload=True)
+    frozen = offload.Frozen(params, offload=True)
     leaves = jax.tree.leaves(frozen.params)
-    kind = rollout.host_memory_kind()
+    kind = offload.host_memory_kind()
     if kind is not None:  # jax's CPU client has pinned_host: the params really move there
         assert all(x.sharding.memory_kind == kind for x in leaves)
     back = frozen.get()

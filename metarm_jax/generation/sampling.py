@@ -41,7 +41,7 @@ once per call), which the token steps read in place; the KV cache is one [B, KVH
 per layer, written in place (tests/test_decode_hlo.py checks the compiled loop for copies).
 
 Sharding: the decoding weights keep the layout the training put the params in, the KV cache
-carries ``llama.CACHE_AXES`` and the batch/activations the ``batch``/``act_*`` names of
+carries ``decode.CACHE_AXES`` and the batch/activations the ``batch``/``act_*`` names of
 :mod:`metarm_jax.sharding`, i.e. the batch on ``data``/``fsdp`` and heads on ``tensor``.
 Random draws use one key per output row (``fold_in(rng, row)``, then the step), so the samples of
 a row do not depend on the batch padding, the mesh, or the other rows.
@@ -61,12 +61,23 @@ from jax.sharding import Mesh, NamedSharding
 
 from metarm_jax import sharding as shd
 from metarm_jax.config import defaults
-from metarm_jax.models import llama
+from metarm_jax.models import decode, llama_config
 from metarm_jax.runtime.errors import UserError
 
 
 class SamplingError(UserError):
     """Bad sampling arguments or prompts."""
+
+
+# The one definition of each sampling knob's range: (ok, the words for it). SamplingSettings checks
+# them for a caller of ``settings()``; config/rules.py applies the same to config.sampling before
+# any stage runs.
+LIMITS = {
+    "temperature": (lambda v: v >= 0, "a number >= 0 (0 = greedy)"),
+    "top_p": (lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)"),
+    "top_k": (lambda v: v >= 0, "an integer >= 0 (0 = off)"),
+    "repetition_penalty": (lambda v: v > 0, "a number > 0 (1 = off)"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,13 +114,9 @@ class SamplingSettings:
                 f"sampling.min_new_tokens={self.min_new_tokens} must be in [0, "
                 f"max_new_tokens={self.max_new_tokens}]."
             )
-        t, p, k, rp = self.temperature, self.top_p, self.top_k, self.repetition_penalty
-        if t < 0 or not 0 < p <= 1 or k < 0 or rp <= 0:
-            raise SamplingError(
-                f"sampling settings temperature={t}, top_p={p}, top_k={k}, "
-                f"repetition_penalty={rp}: need temperature >= 0, 0 < top_p <= 1, "
-                "top_k >= 0 (0 = off), repetition_penalty > 0 (1 = off)."
-            )
+        for name, (ok, words) in LIMITS.items():
+            if not ok(getattr(self, name)):
+                raise SamplingError(f"sampling.{name}={getattr(self, name)}: expected {words}.")
 
 
 def settings(config: ml_collections.ConfigDict | None = None, **changes: Any) -> SamplingSettings:
@@ -221,10 +228,10 @@ def process_logits(
 # The jitted sampler
 
 
-def _cache_constrain(cache: llama.KVCache) -> llama.KVCache:
-    return llama.KVCache(
-        k=tuple(shd.constrain(a, llama.CACHE_AXES) for a in cache.k),
-        v=tuple(shd.constrain(a, llama.CACHE_AXES) for a in cache.v),
+def _cache_constrain(cache: decode.KVCache) -> decode.KVCache:
+    return decode.KVCache(
+        k=tuple(shd.constrain(a, decode.CACHE_AXES) for a in cache.k),
+        v=tuple(shd.constrain(a, decode.CACHE_AXES) for a in cache.v),
         key_mask=shd.constrain(cache.key_mask, ("cache_batch", "cache_length")),
         next_pos=shd.constrain(cache.next_pos, ("cache_batch",)),
         index=cache.index,
@@ -260,14 +267,14 @@ def _sample(
     w = model.decode_weights()
 
     # Prefill once per prompt; only the last position's logits are needed.
-    cache = _cache_constrain(llama.init_cache(cfg, b, t + max_new_tokens))
-    x, cache = llama.decode_forward(cfg, w, ids, mask, cache)
-    logits = llama.decode_logits(cfg, w, x[:, -1:])[:, 0]  # [B, V]
+    cache = _cache_constrain(decode.init_cache(cfg, b, t + max_new_tokens))
+    x, cache = decode.decode_forward(cfg, w, ids, mask, cache)
+    logits = decode.decode_logits(cfg, w, x[:, -1:])[:, 0]  # [B, V]
     seen = jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], ids].max(mask > 0)
 
     # Share the prompt's cache across its samples (prompt-major rows).
     cache = _cache_constrain(
-        llama.KVCache(
+        decode.KVCache(
             k=tuple(_repeat_rows(a, num_samples, 0) for a in cache.k),
             v=tuple(_repeat_rows(a, num_samples, 0) for a in cache.v),
             key_mask=_repeat_rows(cache.key_mask, num_samples, 0),
@@ -329,11 +336,11 @@ def _sample(
         out["seen"] = c["seen"].at[jnp.arange(n), tok].set(True)
         out["done"] = done | jnp.any(tok[:, None] == stop_ids[None, :], axis=-1)
         # Next step's logits (the last iteration's forward is unused; it keeps the loop simple).
-        h, cache = llama.decode_forward(
+        h, cache = decode.decode_forward(
             cfg, w, tok[:, None], jnp.ones((n, 1), jnp.int32), c["cache"]
         )
         out["cache"] = _cache_constrain(cache)
-        out["logits"] = shd.constrain(llama.decode_logits(cfg, w, h)[:, 0], ("batch", "act_vocab"))
+        out["logits"] = shd.constrain(decode.decode_logits(cfg, w, h)[:, 0], ("batch", "act_vocab"))
         out["step"] = step + 1
         return out
 
@@ -464,7 +471,7 @@ def generate(
     """
     graphdef, state = _split_model(model)
     module = model if isinstance(model, nnx.Module) else nnx.merge(graphdef, state)
-    cfg: llama.LlamaConfig = module.cfg
+    cfg: llama_config.LlamaConfig = module.cfg
     if module.head != "lm":
         raise SamplingError(f"generate() needs a model with the 'lm' head, got {module.head!r}.")
     eos_id = cfg.eos_token_id if eos_id is None else eos_id

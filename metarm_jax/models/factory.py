@@ -20,11 +20,11 @@ from typing import Any, NamedTuple
 
 from flax import nnx
 
-from metarm_jax.models import hf, llama
+from metarm_jax.models import hf, llama, llama_config
 from metarm_jax.runtime.errors import ConfigError
 
 
-def model_config(model_cfg, *, param_dtype: str | None = None) -> llama.LlamaConfig:
+def model_config(model_cfg, *, param_dtype: str | None = None) -> llama_config.LlamaConfig:
     """The LlamaConfig of ``config.model``: the HF checkpoint's config.json or the preset."""
     policy = dict(
         dtype=model_cfg.dtype,
@@ -41,7 +41,7 @@ def model_config(model_cfg, *, param_dtype: str | None = None) -> llama.LlamaCon
         )
     if model_cfg.vocab_size:
         policy["vocab_size"] = model_cfg.vocab_size
-    return llama.preset(model_cfg.preset, **policy)
+    return llama_config.preset(model_cfg.preset, **policy)
 
 
 def from_config(

@@ -28,7 +28,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
-from metarm_jax.models import llama
+from metarm_jax.models import llama, llama_config
 from metarm_jax.models.hf_config import (  # the config half (re-exported: hf.config_from_hf, ...)
     _HEAD_PARAMS,
     ARCHITECTURES,
@@ -51,7 +51,7 @@ class _Map:
     stacked: bool = False
 
 
-def weight_map(cfg: llama.LlamaConfig, head: str) -> dict[str, _Map]:
+def weight_map(cfg: llama_config.LlamaConfig, head: str) -> dict[str, _Map]:
     m = {
         "embed": _Map("{prefix}embed_tokens.weight", "same"),
         "final_norm": _Map("{prefix}norm.weight", "same"),
@@ -361,7 +361,7 @@ def _save_hf(model, out_dir, *, dtype, tokenizer, scoring, max_shard_bytes) -> N
 
     cfg, head = model.cfg, model.head
     wmap = weight_map(cfg, head)
-    np_dtype = np.dtype(llama.DTYPES[dtype or cfg.param_dtype])
+    np_dtype = np.dtype(llama_config.DTYPES[dtype or cfg.param_dtype])
     writer = jax.process_index() == 0
     if writer:
         os.makedirs(out_dir, exist_ok=True)
@@ -408,7 +408,7 @@ def _save_hf(model, out_dir, *, dtype, tokenizer, scoring, max_shard_bytes) -> N
         cfg = cfg.replace(pad_token_id=int(tokenizer.pad_token_id))
     hf_cfg = config_to_hf(
         cfg.replace(
-            param_dtype=np_dtype.name if np_dtype.name in llama.DTYPES else cfg.param_dtype
+            param_dtype=np_dtype.name if np_dtype.name in llama_config.DTYPES else cfg.param_dtype
         ),
         head,
     )

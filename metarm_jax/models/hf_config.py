@@ -1,11 +1,11 @@
 """The config half of HF checkpoints in and out (``metarm_jax/models/hf.py`` is the weights
-half): an HF ``config.json`` -> ``llama.LlamaConfig`` (``config_from_hf``: the Llama family and
-Qwen2; anything else refused in one line, ``SUPPORTED``) and back (``config_to_hf``, through
+half): an HF ``config.json`` -> ``llama_config.LlamaConfig`` (``config_from_hf``: the Llama family
+and Qwen2; anything else refused in one line, ``SUPPORTED``) and back (``config_to_hf``, through
 ``transformers``' own config classes of the family)."""
 
 from __future__ import annotations
 
-from metarm_jax.models import llama
+from metarm_jax.models import llama_config
 from metarm_jax.runtime.errors import UserError
 
 # The checkpoint families this module reads and writes: HF model_type -> class per head.
@@ -38,7 +38,9 @@ class CheckpointError(UserError):
 # Config
 
 
-def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> llama.LlamaConfig:
+def config_from_hf(
+    hf_cfg: dict, *, source: str = "config.json", **policy
+) -> llama_config.LlamaConfig:
     """LlamaConfig from an HF ``config.json`` dict; ``policy`` sets dtype, param_dtype, remat,
     attention, scan_layers.
 
@@ -72,7 +74,7 @@ def config_from_hf(hf_cfg: dict, *, source: str = "config.json", **policy) -> ll
             )
     rope = _rope_config(hf_cfg, source)
     try:
-        cfg = llama.LlamaConfig(
+        cfg = llama_config.LlamaConfig(
             vocab_size=hf_cfg["vocab_size"],
             hidden_size=hf_cfg["hidden_size"],
             intermediate_size=hf_cfg["intermediate_size"],
@@ -145,7 +147,7 @@ def _default(x, default):
     return default if x is None else x
 
 
-def config_to_hf(cfg: llama.LlamaConfig, head: str = "lm"):
+def config_to_hf(cfg: llama_config.LlamaConfig, head: str = "lm"):
     """The ``transformers`` config of this model's family (``LlamaConfig`` or ``Qwen2Config``,
     built by transformers itself), with the architecture of ``head``."""
     import transformers

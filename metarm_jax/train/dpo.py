@@ -44,7 +44,7 @@ from metarm_jax import models, sharding
 from metarm_jax.core import packed
 from metarm_jax.core import policy_losses as pl
 from metarm_jax.core.tree import global_norm
-from metarm_jax.models import llama
+from metarm_jax.models import llama_config
 from metarm_jax.runtime.errors import ConfigError
 from metarm_jax.runtime.layout import StageDir
 from metarm_jax.train import common, loop, optim
@@ -141,7 +141,7 @@ def dpo_loss_on_batch(logits_fn, params, batch, beta, label_smoothing):
     return loss, metrics
 
 
-def dpo_step(logits_fn, beta: float, label_smoothing: float = 0.0) -> loop.StepFn:
+def dpo_step(logits_fn, beta: float, label_smoothing: float) -> loop.StepFn:
     """g = ∇_θ L_DPO(θ; batch["pref"]); the reference's gradient is 0 (it is frozen)."""
 
     def step_fn(params, batch, rng):
@@ -213,7 +213,8 @@ def make_eval_fn(
             for col, v in zip(cols, (pw, plo, rw, rl)):
                 col.append(v[keep > 0])
         pw, plo, rw, rl = (jnp.asarray(np.concatenate(c)) for c in cols)
-        loss, m = pl.dpo_loss(pw, plo, rw, rl, beta=beta)
+        # evaluation reports the plain DPO loss (no cDPO label smoothing), whatever training uses
+        loss, m = pl.dpo_loss(pw, plo, rw, rl, beta=beta, label_smoothing=0.0)
         return {
             "loss": float(loss),
             "accuracy": float(m["dpo/accuracy"]),
@@ -253,7 +254,7 @@ def reference_params(config, mesh, path: str | None, dtype: str):
     ref_model = models.from_config(config.model, "lm", mesh, path=path, seed=config.seed)
     ref = models.split(ref_model, "lm").params
     if dtype:
-        ref = jax.tree.map(lambda x: x.astype(llama.DTYPES[dtype]), ref)
+        ref = jax.tree.map(lambda x: x.astype(llama_config.DTYPES[dtype]), ref)
     return ref
 
 

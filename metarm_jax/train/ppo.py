@@ -39,15 +39,10 @@ from metarm_jax.core import ppo as core
 from metarm_jax.runtime.errors import ConfigError
 from metarm_jax.runtime.layout import StageDir
 from metarm_jax.train import common, loop, optim
-from metarm_jax.train.rollout import (
-    Frozen,
-    Rollouts,
-    ensemble_of,
-    make_score_fn,
-    response_logprobs,
-    response_slice,
-    settings,
-)
+from metarm_jax.train.ensemble_reward import ensemble_of
+from metarm_jax.train.offload import Frozen
+from metarm_jax.train.rollout import Rollouts, settings
+from metarm_jax.train.rollout_scoring import make_score_fn, response_logprobs, response_slice
 
 # --------------------------------------------------------------------------------------------
 # The step.
@@ -130,7 +125,7 @@ def rm_paths(p) -> tuple[str, ...]:
 def run_ppo(ctx, *, timer: dict | None = None) -> dict[str, Any]:
     """Stage ``ppo``: PPO of config.model (or ppo.policy_path) against the RM in ppo.rm_path.
 
-    With ``ppo.reward_models`` the reward is an ensemble's aggregation (``rollout.Ensemble``);
+    With ``ppo.reward_models`` the reward is an ensemble's aggregation (``ensemble_reward.Ensemble``);
     ``summary["rm_forwards_per_rollout"]`` counts the RM forwards each roll-out costs.
 
     Writes workdir/ppo (checkpoints, metrics.jsonl, tb/) and, with ppo.export,
