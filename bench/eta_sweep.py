@@ -105,7 +105,7 @@ def main():
         for prompts, resp, gold in samples.values():
             scores, mask = scorer.score(prompts, resp)
             acc, tau = stats.ranking_agreement(scores, gold, mask)
-            lo, hi = stats.bootstrap_ci(acc)
+            lo, hi = stats.bootstrap_ci(acc, n_resamples=int(config.rlhf.bootstrap))
             cells.append(f"{np.nanmean(acc):.3f} [{lo:.3f}, {hi:.3f}] / {np.nanmean(tau):+.3f}")
         return cells
 

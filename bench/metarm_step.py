@@ -108,12 +108,12 @@ def bench(preset: str, seq_len: int, n: int, m: int, k: int, reps: int, warmup: 
         shard = loop.state_shardings(mesh, params, opt)
         both = {"pref": pref, "meta": meta}
         steps = [
-            ("vanilla", rm.rm_step(reward_fn), {"pref": pref}),
-            ("meta-1st", rm.metarm_step(reward_fn, _meta(order="first")), both),
+            ("vanilla", rm.rm_step(reward_fn, 0.0), {"pref": pref}),
+            ("meta-1st", rm.metarm_step(reward_fn, _meta(order="first"), 0.0), both),
         ] + [
             (
                 f"2nd-{form}",
-                rm.metarm_step(reward_fn, _meta(order="second", second_order=form)),
+                rm.metarm_step(reward_fn, _meta(order="second", second_order=form), 0.0),
                 both,
             )
             for form in metarm.SECOND_ORDER

@@ -21,8 +21,8 @@ ascent θ' = θ + η∇J, ∇L at θ'), then torch.optim.AdamW, 2 threads.
 PPO scoring (``--ppo=1``): a roll-out batch of q prompts x r responses, built from the same data
 (each meta example's prompt, the common prefix of its sequences, with r real responses cut to
 Tn = --ppo-tn slots), scored by actor, reference (LM heads), critic (value head) and RM (reward
-head) as ``train/rollout.make_score_fn`` does: unpacked rows [prompt | response] against packed
-rows [prompt | g responses] (g from ``rollout.score_group``); torch: the four unpacked forwards
+head) as ``train/rollout_scoring.make_score_fn`` does: unpacked rows [prompt | response] against packed
+rows [prompt | g responses] (g from ``rollout_scoring.score_group``); torch: the four unpacked forwards
 (LlamaForCausalLM twice, then the backbone LlamaModel twice: critic and RM heads are one matmul).
 Packed SFT (``--sft=1``): the pairs' chosen sequences as SFT examples, tokens computed per batch of
 ``--sft-batch`` (rows x padded length), unpacked vs ``packing.pack_examples``, and the SFT step.
@@ -159,9 +159,17 @@ def jax_steps(cfg_model, pref, meta, reps):
         for layout in ("unpacked", "packed"):
             p, mt = pref[layout], meta[layout]
             for name, step_fn, batch in (
-                ("RM", rm.rm_step(reward_fn), {"pref": p}),
-                ("MetaRM 1st", rm.metarm_step(reward_fn, _meta("first")), {"pref": p, "meta": mt}),
-                ("MetaRM 2nd", rm.metarm_step(reward_fn, _meta("second")), {"pref": p, "meta": mt}),
+                ("RM", rm.rm_step(reward_fn, 0.0), {"pref": p}),
+                (
+                    "MetaRM 1st",
+                    rm.metarm_step(reward_fn, _meta("first"), 0.0),
+                    {"pref": p, "meta": mt},
+                ),
+                (
+                    "MetaRM 2nd",
+                    rm.metarm_step(reward_fn, _meta("second"), 0.0),
+                    {"pref": p, "meta": mt},
+                ),
             ):
                 r = time_train_step(step_fn, batch, params, opt, sched, shard, mesh, reps)
                 out[(name, layout)] = (r["step_s"], r["gflop"])
@@ -175,7 +183,7 @@ def jax_steps(cfg_model, pref, meta, reps):
         dshard = loop.state_shardings(mesh, both, dopt)
         for layout in ("unpacked", "packed"):
             r = time_train_step(
-                dpo.dpo_step(logits_fn, 0.1),
+                dpo.dpo_step(logits_fn, 0.1, 0.0),
                 {"pref": pref[layout]},
                 both,
                 dopt,
@@ -404,7 +412,7 @@ def ppo_scoring(cfg_model, rollouts, r, tn, reps, with_torch):
     import jax.numpy as jnp
 
     from metarm_jax.models import hf
-    from metarm_jax.train import rollout
+    from metarm_jax.train import rollout_scoring
 
     models_ = {
         h: llama.create(cfg_model, h, seed=i) for i, h in enumerate(("lm", "value", "reward"))
@@ -413,15 +421,15 @@ def ppo_scoring(cfg_model, rollouts, r, tn, reps, with_torch):
     lm_apply, actor = split["lm"][:2]
     args = (actor, actor, split["value"][1], split["reward"][1])
     fns = {
-        "unpacked": rollout.make_score_fn(
+        "unpacked": rollout_scoring.make_score_fn(
             lm_apply, lm_apply, split["value"][0], split["reward"][0]
         ),
-        "packed": rollout.make_score_fn(
+        "packed": rollout_scoring.make_score_fn(
             lm_apply, lm_apply, split["value"][0], split["reward"][0], per_prompt=r, cfg=cfg_model
         ),
     }
     n, width = rollouts[0][0].shape
-    g = rollout.score_group(cfg_model, n, r, width - tn, tn, 1)
+    g = rollout_scoring.score_group(cfg_model, n, r, width - tn, tn, 1)
     computed_u = sum(ids.size for ids, _ in rollouts)
     computed_p = sum(ids.shape[0] // g * (ids.shape[1] - tn + g * tn) for ids, _ in rollouts)
     lengths = [ids.shape[1] for ids, _ in rollouts]

@@ -161,9 +161,9 @@ def test_first_order_equals_manual_composition():
     theta_prime = jax.tree.map(lambda p, g: p + eta * g, params, grad_j)
     expected = jax.jit(jax.grad(l_manual))(theta_prime)
 
-    got, metrics = jax.jit(functools.partial(metarm.meta_grads, jax_reward, order="first"))(
-        params, pref, meta, eta
-    )
+    got, metrics = jax.jit(
+        functools.partial(metarm.meta_grads, jax_reward, order="first", center=0.0)
+    )(params, pref, meta, eta)
     assert_trees_close(got, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(metrics["meta/J"], j_manual(params), rtol=1e-6)
     np.testing.assert_allclose(metrics["loss"], l_manual(theta_prime), rtol=1e-6)
@@ -176,7 +176,9 @@ def test_first_order_equals_manual_composition():
         metrics["meta/cos_gradJ_grad"], a @ b / np.linalg.norm(a) / np.linalg.norm(b), rtol=1e-4
     )
     # The ascent matters: a large η moves the gradient away from the vanilla one.
-    vanilla, _ = jax.jit(functools.partial(metarm.vanilla_grads, jax_reward))(params, pref)
+    vanilla, _ = jax.jit(functools.partial(metarm.vanilla_grads, jax_reward, center=0.0))(
+        params, pref
+    )
     assert np.linalg.norm(tree_flat(got) - tree_flat(vanilla)) > 1e-2 * np.linalg.norm(b)
 
 
@@ -192,7 +194,9 @@ def test_meta_grads_match_torch_autograd(order, second_order):
     with jax.enable_x64(True):
         params = make_params(seed=1, dtype=jnp.float64)
         step = jax.jit(
-            functools.partial(metarm.meta_grads, jax_reward, order=order, second_order=second_order)
+            functools.partial(
+                metarm.meta_grads, jax_reward, order=order, second_order=second_order, center=0.0
+            )
         )
         got, metrics = step(params, pref, meta, eta)
         got = jax.tree.map(np.asarray, got)
@@ -215,9 +219,9 @@ def test_second_order_matches_finite_differences_and_differs_from_first():
         def f(theta):  # L(θ + η ∇J(θ)), evaluated only: FD never differentiates through it
             grad_j = jax.grad(lambda t: metarm.meta_loss(jax_reward, t, meta))(theta)
             theta_prime = jax.tree.map(lambda p, g: p + eta * g, theta, grad_j)
-            return metarm.preference_loss(jax_reward, theta_prime, pref)[0]
+            return metarm.preference_loss(jax_reward, theta_prime, pref, center=0.0)[0]
 
-        step = functools.partial(metarm.meta_grads, jax_reward, eta=eta)
+        step = functools.partial(metarm.meta_grads, jax_reward, eta=eta, center=0.0)
         g2, _ = jax.jit(functools.partial(step, order="second"))(params, pref, meta)
         g1, _ = jax.jit(functools.partial(step, order="first"))(params, pref, meta)
         rng = np.random.default_rng(0)
@@ -244,19 +248,23 @@ def test_second_order_matches_finite_differences_and_differs_from_first():
 @pytest.mark.parametrize("order", ["first", "second"])
 def test_eta_zero_is_exactly_vanilla(order):
     params, (pref, meta) = make_params(seed=3), make_batches(seed=3)
-    vanilla, v_metrics = metarm.vanilla_grads(jax_reward, params, pref)
-    got, metrics = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.0, order=order)
+    vanilla, v_metrics = metarm.vanilla_grads(jax_reward, params, pref, center=0.0)
+    got, metrics = metarm.meta_grads(
+        jax_reward, params, pref, meta, eta=0.0, order=order, center=0.0
+    )
     assert_trees_equal(got, vanilla)
     for key in v_metrics:
         np.testing.assert_array_equal(metrics[key], v_metrics[key])
     # Also jitted, with η a traced zero (as a train step would pass it).
-    vanilla_jit, _ = jax.jit(functools.partial(metarm.vanilla_grads, jax_reward))(params, pref)
-    step = jax.jit(functools.partial(metarm.meta_grads, jax_reward, order=order))
+    vanilla_jit, _ = jax.jit(functools.partial(metarm.vanilla_grads, jax_reward, center=0.0))(
+        params, pref
+    )
+    step = jax.jit(functools.partial(metarm.meta_grads, jax_reward, order=order, center=0.0))
     assert_trees_equal(step(params, pref, meta, jnp.float32(0.0))[0], vanilla_jit)
     # A Python 0 skips ∇J (the eta0 control arm's fast path); a traced 0 runs the whole step.
     # Both give the vanilla gradient bit for bit, and the fast path reports a zero ascent.
     general, g_metrics = metarm.meta_grads(
-        jax_reward, params, pref, meta, eta=jnp.float32(0.0), order=order
+        jax_reward, params, pref, meta, eta=jnp.float32(0.0), order=order, center=0.0
     )
     assert_trees_equal(general, vanilla)
     assert float(g_metrics["meta/ascent_norm"]) == 0.0 == float(metrics["meta/ascent_norm"])
@@ -270,7 +278,14 @@ def test_param_fraction_mode_sets_the_ascent_by_its_size(order):
     theta_norm = float(np.linalg.norm(tree_flat(params)))
     for eta in (1e-3, 1e-2):
         _, m = metarm.meta_grads(
-            jax_reward, params, pref, meta, eta=eta, order=order, eta_mode="param_fraction"
+            jax_reward,
+            params,
+            pref,
+            meta,
+            eta=eta,
+            order=order,
+            eta_mode="param_fraction",
+            center=0.0,
         )
         # float32 norms of a sum of ~1e3 squares: a few ulps of the result
         np.testing.assert_allclose(float(m["meta/ascent_norm"]), eta * theta_norm, rtol=1e-4)
@@ -280,7 +295,7 @@ def test_param_fraction_mode_sets_the_ascent_by_its_size(order):
             rtol=1e-5,
         )
     with pytest.raises(ValueError, match="eta_mode"):
-        metarm.meta_grads(jax_reward, params, pref, meta, eta=0.1, eta_mode="relative")
+        metarm.meta_grads(jax_reward, params, pref, meta, eta=0.1, eta_mode="relative", center=0.0)
 
 
 def test_update_mode_sizes_the_ascent_against_the_last_optimizer_step():
@@ -290,20 +305,27 @@ def test_update_mode_sizes_the_ascent_against_the_last_optimizer_step():
     for rho, u in ((0.25, 0.3), (4.0, 0.05)):
         _, m = metarm.meta_grads(
             jax_reward, params, pref, meta, eta=rho, eta_mode="update",
-            prev_update_norm=jnp.float32(u),
+            prev_update_norm=jnp.float32(u), center=0.0,
         )  # fmt: skip
         np.testing.assert_allclose(float(m["meta/ascent_norm"]), rho * u, rtol=1e-4)
     _, m = metarm.meta_grads(
-        jax_reward, params, pref, meta, eta=1.0, eta_mode="update", prev_update_norm=jnp.zeros(())
+        jax_reward,
+        params,
+        pref,
+        meta,
+        eta=1.0,
+        eta_mode="update",
+        prev_update_norm=jnp.zeros(()),
+        center=0.0,
     )
     assert float(m["meta/ascent_norm"]) == 0.0
     with pytest.raises(ValueError, match="last update norm"):
-        metarm.meta_grads(jax_reward, params, pref, meta, eta=1.0, eta_mode="update")
+        metarm.meta_grads(jax_reward, params, pref, meta, eta=1.0, eta_mode="update", center=0.0)
 
 
 def test_absolute_mode_ascent_norm_is_eta_times_grad_j_norm():
     params, (pref, meta) = make_params(seed=6), make_batches(seed=6)
-    _, m = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.05)
+    _, m = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.05, center=0.0)
     np.testing.assert_allclose(
         float(m["meta/ascent_norm"]), 0.05 * float(m["meta/grad_J_norm"]), rtol=1e-4
     )
@@ -314,8 +336,8 @@ def test_no_pairs_in_meta_batch_is_exactly_vanilla():
     """J = 0 and ∇J = 0 when no prompt has two real samples, so θ' = θ and g = ∇L(θ)."""
     params, (pref, meta) = make_params(seed=4), make_batches(seed=4)
     meta = dict(meta, sample_mask=jnp.zeros((M, K), jnp.int32).at[:, 0].set(1))
-    vanilla, _ = metarm.vanilla_grads(jax_reward, params, pref)
-    got, metrics = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.3)
+    vanilla, _ = metarm.vanilla_grads(jax_reward, params, pref, center=0.0)
+    got, metrics = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.3, center=0.0)
     assert_trees_equal(got, vanilla)
     assert float(metrics["meta/J"]) == 0.0 and float(metrics["meta/grad_J_norm"]) == 0.0
     assert float(metrics["meta/cos_gradJ_grad"]) == 0.0
@@ -333,13 +355,13 @@ def test_padding_sample_content_is_ignored(order):
         attention_mask=jnp.where(pad[..., None], new_att, meta["attention_mask"]),
     )
     assert not np.array_equal(changed["input_ids"], meta["input_ids"])
-    a, ma = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.5, order=order)
-    b, mb = metarm.meta_grads(jax_reward, params, pref, changed, eta=0.5, order=order)
+    a, ma = metarm.meta_grads(jax_reward, params, pref, meta, eta=0.5, order=order, center=0.0)
+    b, mb = metarm.meta_grads(jax_reward, params, pref, changed, eta=0.5, order=order, center=0.0)
     assert_trees_close(a, b, rtol=1e-6, atol=1e-7)
     assert_trees_close(ma, mb, rtol=1e-6, atol=1e-7)
     # ... whereas changing a real sample does change the step.
     real = dict(meta, input_ids=meta["input_ids"].at[0, 0].set((meta["input_ids"][0, 0] + 1) % V))
-    c, _ = metarm.meta_grads(jax_reward, params, pref, real, eta=0.5, order=order)
+    c, _ = metarm.meta_grads(jax_reward, params, pref, real, eta=0.5, order=order, center=0.0)
     assert np.abs(tree_flat(a) - tree_flat(c)).max() > 1e-4
 
 
@@ -347,11 +369,13 @@ def test_padding_sample_content_is_ignored(order):
 def test_jit_matches_eager_with_traced_eta(order):
     params, (pref, meta) = make_params(seed=6), make_batches(seed=6)
     step = jax.jit(
-        functools.partial(metarm.meta_grads, jax_reward, order=order, measure_j_prime=True)
+        functools.partial(
+            metarm.meta_grads, jax_reward, order=order, measure_j_prime=True, center=0.0
+        )
     )
     for eta in (0.5, 5e-6):
         g_eager, m_eager = metarm.meta_grads(
-            jax_reward, params, pref, meta, eta=eta, order=order, measure_j_prime=True
+            jax_reward, params, pref, meta, eta=eta, order=order, measure_j_prime=True, center=0.0
         )
         g_jit, m_jit = step(params, pref, meta, jnp.float32(eta))
         assert_trees_close(g_jit, g_eager, rtol=1e-5, atol=1e-7)
@@ -365,7 +389,9 @@ def test_jit_matches_eager_with_traced_eta(order):
 def test_j_prime_and_linear_gain():
     params, (pref, meta) = make_params(seed=7), make_batches(seed=7)
     eta = 1e-3
-    _, metrics = metarm.meta_grads(jax_reward, params, pref, meta, eta=eta, measure_j_prime=True)
+    _, metrics = metarm.meta_grads(
+        jax_reward, params, pref, meta, eta=eta, measure_j_prime=True, center=0.0
+    )
     grad_j = jax.grad(lambda t: metarm.meta_loss(jax_reward, t, meta))(params)
     theta_prime = jax.tree.map(lambda p, g: p + eta * g, params, grad_j)
     np.testing.assert_allclose(
@@ -375,7 +401,7 @@ def test_j_prime_and_linear_gain():
     assert gain > 0  # the ascent raised J
     np.testing.assert_allclose(gain, metrics["meta/J_gain_linear"], rtol=0.05)
     assert all(v.dtype == jnp.float32 and v.shape == () for v in metrics.values())
-    _, default = metarm.meta_grads(jax_reward, params, pref, meta, eta=eta)
+    _, default = metarm.meta_grads(jax_reward, params, pref, meta, eta=eta, center=0.0)
     assert "meta/J_prime" not in default
 
 
@@ -387,10 +413,10 @@ def test_one_reward_fn_call_per_batch():
         shapes.append(ids.shape)
         return jax_reward(p, ids, mask)
 
-    metarm.vanilla_grads(counting_reward, params, pref)
+    metarm.vanilla_grads(counting_reward, params, pref, center=0.0)
     assert shapes == [(2 * N, T)]
     shapes.clear()
-    metarm.meta_grads(counting_reward, params, pref, meta, eta=1e-3)
+    metarm.meta_grads(counting_reward, params, pref, meta, eta=1e-3, center=0.0)
     assert sorted(shapes) == sorted([(M * K, T), (2 * N, T)])
 
 
@@ -424,9 +450,15 @@ def test_first_order_flops_are_the_batch_ratio():
         cost = jax.jit(fn).lower(*args).compile().cost_analysis()
         return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
-    vanilla = flops(lambda p, b: metarm.vanilla_grads(per_token_reward, p, b), params, pref)
+    vanilla = flops(
+        lambda p, b: metarm.vanilla_grads(per_token_reward, p, b, center=0.0), params, pref
+    )
     meta_step = flops(
-        lambda p, b, s, e: metarm.meta_grads(per_token_reward, p, b, s, e), params, pref, meta, 5e-6
+        lambda p, b, s, e: metarm.meta_grads(per_token_reward, p, b, s, e, center=0.0),
+        params,
+        pref,
+        meta,
+        5e-6,
     )
     assert meta_step / vanilla <= 1.1 * (2 * n + m * k) / (2 * n), meta_step / vanilla
 
@@ -434,7 +466,9 @@ def test_first_order_flops_are_the_batch_ratio():
 def test_bf16_params_keep_their_dtype():
     params = make_params(seed=8, dtype=jnp.bfloat16)
     pref, meta = make_batches(seed=8)
-    g, metrics = jax.jit(functools.partial(metarm.meta_grads, jax_reward))(params, pref, meta, 1e-2)
+    g, metrics = jax.jit(functools.partial(metarm.meta_grads, jax_reward, center=0.0))(
+        params, pref, meta, 1e-2
+    )
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(g))
     assert all(v.dtype == jnp.float32 for v in metrics.values())
     assert metarm.ascend(params, g, 0.0)["w1"].dtype == jnp.bfloat16
@@ -461,7 +495,7 @@ def test_nnx_state_params_under_jit():
         return nnx.merge(graphdef, p, rest)(ids, mask)
 
     pref, meta = make_batches(seed=9)
-    step = jax.jit(functools.partial(metarm.meta_grads, reward_fn, order="second"))
+    step = jax.jit(functools.partial(metarm.meta_grads, reward_fn, order="second", center=0.0))
     g, metrics = step(params, pref, meta, 0.1)
     assert isinstance(g, nnx.State)
     assert jax.tree.structure(g) == jax.tree.structure(params)
@@ -471,13 +505,18 @@ def test_nnx_state_params_under_jit():
 def test_errors_are_explicit():
     params, (pref, meta) = make_params(), make_batches()
     with pytest.raises(ValueError, match="config.meta.order"):
-        metarm.meta_grads(jax_reward, params, pref, meta, eta=0.1, order="third")
+        metarm.meta_grads(jax_reward, params, pref, meta, eta=0.1, order="third", center=0.0)
     with pytest.raises(ValueError, match="same T"):
         short = dict(pref, rejected_ids=pref["rejected_ids"][:, 1:])
-        metarm.vanilla_grads(jax_reward, params, short)
+        metarm.vanilla_grads(jax_reward, params, short, center=0.0)
     with pytest.raises(ValueError, match=r"\[m, k, T\]"):
         metarm.meta_grads(
-            jax_reward, params, pref, dict(meta, input_ids=meta["input_ids"][0]), eta=0.1
+            jax_reward,
+            params,
+            pref,
+            dict(meta, input_ids=meta["input_ids"][0]),
+            eta=0.1,
+            center=0.0,
         )
     with pytest.raises(ValueError, match="one scalar per sequence"):
-        metarm.vanilla_grads(lambda p, i, m: jax_reward(p, i, m)[:, None], params, pref)
+        metarm.vanilla_grads(lambda p, i, m: jax_reward(p, i, m)[:, None], params, pref, center=0.0)

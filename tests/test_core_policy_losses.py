@@ -1,6 +1,7 @@
 """Token log-probs, entropy, SFT and DPO losses against NumPy, torch and hand-computed values."""
 
 import functools
+import inspect
 import math
 
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from metarm_jax.config import defaults
 from metarm_jax.core import policy_losses as pl
 
 
@@ -128,7 +130,7 @@ def test_dpo_loss_equals_published_formula():
     expected = -sum(log_sigmoid(beta * h) for h in hs) / 3
     # = -(log σ(1) + log σ(-1) + log σ(0)) / 3 = (0.313262 + 1.313262 + 0.693147) / 3
     np.testing.assert_allclose(expected, (0.3132617 + 1.3132617 + 0.6931472) / 3, rtol=1e-6)
-    loss, m = pl.dpo_loss(PW, PL, RW, RL, beta=beta)
+    loss, m = pl.dpo_loss(PW, PL, RW, RL, beta=beta, label_smoothing=0.0)
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
     np.testing.assert_allclose(m["dpo/reward_chosen"], beta * (1.0 - 1.0 + 1.0) / 3, rtol=1e-6)
     np.testing.assert_allclose(m["dpo/reward_rejected"], beta * (-1.0 + 1.0 + 1.0) / 3, rtol=1e-6)
@@ -136,9 +138,16 @@ def test_dpo_loss_equals_published_formula():
     np.testing.assert_allclose(m["dpo/accuracy"], 1.0 / 3)  # h = 0 (tie) counts as wrong
 
 
-def test_dpo_default_beta_is_0p1():
+def test_dpo_beta_is_required_and_the_paper_value_comes_from_the_config():
+    # One home per default: β's default (0.1) lives in config/defaults.py, not in core.
+    beta = inspect.signature(pl.dpo_loss).parameters["beta"]
+    assert beta.kind is inspect.Parameter.KEYWORD_ONLY
+    assert beta.default is inspect.Parameter.empty
+    assert defaults.dpo().beta == 0.1
     expected = -sum(log_sigmoid(0.1 * h) for h in (2.0, -2.0, 0.0)) / 3
-    np.testing.assert_allclose(pl.dpo_loss(PW, PL, RW, RL)[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        pl.dpo_loss(PW, PL, RW, RL, beta=0.1, label_smoothing=0.0)[0], expected, rtol=1e-6
+    )
 
 
 def test_dpo_label_smoothing_is_cdpo():
@@ -155,9 +164,9 @@ def test_dpo_label_smoothing_is_cdpo():
 
 
 def test_dpo_gradient_raises_chosen_and_lowers_rejected():
-    g_w, g_l = jax.grad(lambda w, l: pl.dpo_loss(w, l, RW, RL)[0], argnums=(0, 1))(
-        jnp.asarray(PW), jnp.asarray(PL)
-    )
+    g_w, g_l = jax.grad(
+        lambda w, l: pl.dpo_loss(w, l, RW, RL, beta=0.1, label_smoothing=0.0)[0], argnums=(0, 1)
+    )(jnp.asarray(PW), jnp.asarray(PL))
     # d/dπ_w = -β σ(-βh) / n, d/dπ_l = +β σ(-βh) / n
     sig = np.array([1 / (1 + math.exp(0.1 * h)) for h in (2.0, -2.0, 0.0)])
     np.testing.assert_allclose(g_w, -0.1 * sig / 3, rtol=1e-5)

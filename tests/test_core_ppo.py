@@ -1,6 +1,7 @@
 """PPO math against NumPy reference loops and hand-computed values (core/ppo.py)."""
 
 import functools
+import inspect
 import math
 
 import jax
@@ -63,14 +64,26 @@ def test_gae_matches_trl_numpy_loop_right_padded(gamma, lam):
     np.testing.assert_allclose(ret, ret_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_gae_defaults_are_gamma1_lambda095():
-    rng = np.random.default_rng(1)
+def test_hyperparameters_have_no_default_in_core():
+    # One home per default: config/defaults.py (ppo block); core/ppo.py takes them as required
+    # keyword-only arguments, so a caller that forgets one fails instead of silently using a
+    # second copy of the default.
+    required = {
+        ppo.kl_per_token: ("estimator", "clip"),
+        ppo.token_rewards: ("beta",),
+        ppo.normalize_scores: ("subtract_mean",),
+        ppo.gae: ("gamma", "lam"),
+        ppo.policy_loss: ("clip_eps",),
+        ppo.value_loss: ("clip_eps",),
+    }
+    for fn, names in required.items():
+        params = inspect.signature(fn).parameters
+        for name in names:
+            assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (fn.__name__, name)
+            assert params[name].default is inspect.Parameter.empty, (fn.__name__, name)
     mask = right_padded_mask([3, 5], 5)
-    rewards, values = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
-    adv, _ = ppo.gae(rewards, values, mask)
-    np.testing.assert_allclose(
-        adv, gae_reference_trl(rewards, values, mask, 1.0, 0.95)[0], rtol=1e-5, atol=1e-5
-    )
+    with pytest.raises(TypeError, match="gamma"):
+        ppo.gae(np.zeros((2, 5)), np.zeros((2, 5)), mask, lam=0.95)
 
 
 def test_gae_skips_holes_and_left_padding_and_ignores_garbage_at_pads():
@@ -144,33 +157,35 @@ REF = np.array([[-1.5, -2.0, 0.5]], np.float32)  # d = logp - ref = [0.5, 0, -1]
     ],
 )
 def test_kl_estimators_hand_values(estimator, expected):
-    kl = ppo.kl_per_token(LOGP, REF, estimator=estimator)
+    kl = ppo.kl_per_token(LOGP, REF, estimator=estimator, clip=None)
     np.testing.assert_allclose(kl, [expected], rtol=1e-6, atol=1e-7)
 
 
-def test_kl_default_is_k1_and_clip_and_mask():
-    np.testing.assert_allclose(ppo.kl_per_token(LOGP, REF), [[0.5, 0.0, -1.0]])
-    np.testing.assert_allclose(ppo.kl_per_token(LOGP, REF, clip=0.6), [[0.5, 0.0, -0.6]])
+def test_kl_clip_and_mask():
+    np.testing.assert_allclose(
+        ppo.kl_per_token(LOGP, REF, estimator="k1", clip=0.6), [[0.5, 0.0, -0.6]]
+    )
     np.testing.assert_allclose(
         ppo.kl_per_token(LOGP, REF, estimator="k3", clip=0.6),
         [[math.exp(-0.5) - 0.5, 0.0, 0.6]],
         rtol=1e-6,
     )
     np.testing.assert_allclose(
-        ppo.kl_per_token(LOGP, REF, jnp.array([[1, 1, 0]])), [[0.5, 0.0, 0.0]]
+        ppo.kl_per_token(LOGP, REF, jnp.array([[1, 1, 0]]), estimator="k1", clip=None),
+        [[0.5, 0.0, 0.0]],
     )
 
 
 @pytest.mark.parametrize("estimator", ppo.KL_ESTIMATORS)
 def test_kl_is_exactly_zero_when_policy_equals_reference(estimator):
     logp = jax.random.normal(jax.random.key(0), (3, 5)) * 4.0 - 3.0
-    kl = ppo.kl_per_token(logp, logp, estimator=estimator)
+    kl = ppo.kl_per_token(logp, logp, estimator=estimator, clip=None)
     assert np.all(np.asarray(kl) == 0.0)
 
 
 def test_kl_unknown_estimator_fails_loudly():
     with pytest.raises(ValueError, match="k1"):
-        ppo.kl_per_token(LOGP, REF, estimator="k4")
+        ppo.kl_per_token(LOGP, REF, estimator="k4", clip=None)
 
 
 # ------------------------------------------------------------------------------ PPO losses
@@ -190,7 +205,7 @@ def test_policy_loss_hand_values():
     #   (0.7, A=-2) -> max(1.4, 1.6)  = 1.6    clipped
     # loss = (-1.2 - 0.5 + 2.0 + 1.1 + 1.6) / 5 = 0.6, clipfrac = 2/5
     logp = np.log(RATIO).astype(np.float32)
-    loss, m = ppo.policy_loss(logp, np.zeros_like(logp), ADV, MASK)
+    loss, m = ppo.policy_loss(logp, np.zeros_like(logp), ADV, MASK, clip_eps=0.2)
     np.testing.assert_allclose(loss, 0.6, rtol=1e-6)
     np.testing.assert_allclose(m["ppo/policy_loss"], 0.6, rtol=1e-6)
     np.testing.assert_allclose(m["ppo/clipfrac"], 0.4, rtol=1e-6)
@@ -205,7 +220,9 @@ def test_policy_loss_hand_values():
 def test_policy_loss_gradient_is_zero_on_clipped_and_masked_tokens():
     # d/dlogp of -A·ratio = -A·ratio; divided by 5 real tokens; 0 where the clip is active.
     logp = jnp.asarray(np.log(RATIO), jnp.float32)
-    g = jax.grad(lambda lp: ppo.policy_loss(lp, jnp.zeros_like(lp), ADV, MASK)[0])(logp)
+    g = jax.grad(lambda lp: ppo.policy_loss(lp, jnp.zeros_like(lp), ADV, MASK, clip_eps=0.2)[0])(
+        logp
+    )
     np.testing.assert_allclose(
         g, [[0.0, -0.5 / 5, 2.0 / 5], [1.1 / 5, 0.0, 0.0]], rtol=1e-5, atol=1e-7
     )
@@ -226,11 +243,11 @@ def test_value_loss_hand_values():
     # v_clip = clip(v, v_old ± 0.2) = [[0.2, 1.1, -0.2], [1.8, 0.0, *]]
     # max((v-R)², (v_clip-R)²) = [[max(.25,.64), 1.21, max(.25,.64)], [max(.25,.09), 9, *]]
     # loss = 0.5 · (0.64 + 1.21 + 0.64 + 0.25 + 9) / 5 = 1.174; clipped branch active on 2 of 5.
-    loss, m = ppo.value_loss(V_NEW, V_OLD, RET, MASK)
+    loss, m = ppo.value_loss(V_NEW, V_OLD, RET, MASK, clip_eps=0.2)
     np.testing.assert_allclose(loss, 1.174, rtol=1e-5)
     np.testing.assert_allclose(m["ppo/value_loss"], 1.174, rtol=1e-5)
     np.testing.assert_allclose(m["ppo/value_clipfrac"], 0.4, rtol=1e-6)
-    g = jax.grad(lambda v: ppo.value_loss(v, V_OLD, RET, MASK)[0])(jnp.asarray(V_NEW))
+    g = jax.grad(lambda v: ppo.value_loss(v, V_OLD, RET, MASK, clip_eps=0.2)[0])(jnp.asarray(V_NEW))
     np.testing.assert_allclose(
         g, [[0.0, 1.1 / 5, 0.0], [-0.5 / 5, -3.0 / 5, 0.0]], rtol=1e-5, atol=1e-7
     )
@@ -253,7 +270,7 @@ def test_token_rewards_score_on_last_real_token_right_padded():
     mask = right_padded_mask(lengths, 4)
     scores = np.array([2.0, -1.0, 3.0, 7.0], np.float32)
     kl = np.ones((4, 4), np.float32)  # -β·KL = -0.05 on every real token
-    r = ppo.token_rewards(scores, kl, mask)  # default β = 0.05
+    r = ppo.token_rewards(scores, kl, mask, beta=0.05)
     expected = np.array(
         [
             [-0.05, -0.05, 1.95, 0.0],
@@ -267,7 +284,7 @@ def test_token_rewards_score_on_last_real_token_right_padded():
 
 def test_token_rewards_uses_kl_estimate_and_beta():
     logp, ref = jnp.array([[-1.0, -2.0, -3.0]]), jnp.array([[-1.5, -1.0, -3.0]])
-    kl = ppo.kl_per_token(logp, ref)  # [0.5, -1, 0]
+    kl = ppo.kl_per_token(logp, ref, estimator="k1", clip=None)  # [0.5, -1, 0]
     r = ppo.token_rewards(jnp.array([1.0]), kl, jnp.array([[1, 1, 0]]), beta=0.1)
     np.testing.assert_allclose(r, [[-0.05, 0.1 + 1.0, 0.0]], rtol=1e-6)
 
@@ -296,13 +313,15 @@ def test_normalize_and_clip_scores():
     x = np.array([1.0, 2.0, 3.0, 6.0], np.float32)
     state = ppo.update_moments(ppo.RunningMoments.init(), x)
     std, mean = x.std(), x.mean()
-    np.testing.assert_allclose(ppo.normalize_scores(x, state), x / std, rtol=1e-5)
+    np.testing.assert_allclose(
+        ppo.normalize_scores(x, state, subtract_mean=False), x / std, rtol=1e-5
+    )
     np.testing.assert_allclose(
         ppo.normalize_scores(x, state, subtract_mean=True), (x - mean) / std, rtol=1e-5, atol=1e-6
     )
     # Fewer than two scores seen: pass-through.
     one = ppo.update_moments(ppo.RunningMoments.init(), jnp.array([5.0]))
-    np.testing.assert_allclose(ppo.normalize_scores(x, one), x, rtol=1e-6)
+    np.testing.assert_allclose(ppo.normalize_scores(x, one, subtract_mean=False), x, rtol=1e-6)
     np.testing.assert_allclose(ppo.clip_rewards(x, 2.5), [1.0, 2.0, 2.5, 2.5])
     np.testing.assert_allclose(ppo.clip_rewards(-x, 2.5), [-1.0, -2.0, -2.5, -2.5])
     np.testing.assert_allclose(ppo.clip_rewards(x, None), x)
@@ -384,7 +403,7 @@ def test_every_function_jits():
         "normalize_scores": (
             ppo.normalize_scores,
             (scores, ppo.update_moments(ppo.RunningMoments.init(), scores)),
-            {},
+            {"subtract_mean": False},
         ),
         "reward_difference_stats": (
             stats.reward_difference_stats,

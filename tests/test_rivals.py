@@ -44,13 +44,13 @@ def test_aggregations_against_hand_computed_values():
     )
     np.testing.assert_allclose(np.asarray(z), [[0.0, -1.5], [3.0, 0.0], [0.0, 0.5]])
     with pytest.raises(ValueError, match="one of"):
-        ensemble.aggregate(jnp.asarray(SCORES), "max")
+        ensemble.aggregate(jnp.asarray(SCORES), "max", 0.0)
 
 
 def test_ensemble_scoring_aggregates_each_members_own_score():
     """The ensemble's roll-out scoring (unpacked and packed rows) equals each member scored
     alone by the one-RM scoring, standardised and aggregated by hand."""
-    from metarm_jax.train import rollout
+    from metarm_jax.train import ensemble_reward, rollout_scoring
     from tests.test_shared_prompt import _rollout_rows
 
     cfg = llama.preset("tiny", vocab_size=64)
@@ -61,17 +61,17 @@ def test_ensemble_scoring_aggregates_each_members_own_score():
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
 
     def alone(m):
-        fn = rollout.make_score_fn(lm_apply, lm_apply, value_apply, m.apply)
+        fn = rollout_scoring.make_score_fn(lm_apply, lm_apply, value_apply, m.apply)
         return np.asarray(fn(actor, actor, critic, m.params, ids, mask, tn)["score"], np.float64)
 
     raw = np.stack([alone(m) for m in members])
     mean, std = (0.5, -0.25), (2.0, 0.5)
     z = (raw - np.array(mean)[:, None]) / np.array(std)[:, None]
     want = z.mean(0) - 0.7 * z.var(0)  # UWO, population variance
-    ens = rollout.Ensemble("uwo", 0.7, mean, std)
+    ens = ensemble_reward.Ensemble("uwo", 0.7, mean, std)
     applies, params = tuple(m.apply for m in members), tuple(m.params for m in members)
     for kw in ({}, {"per_prompt": 4, "cfg": cfg, "group": 2}):
-        fn = rollout.make_score_fn(
+        fn = rollout_scoring.make_score_fn(
             lm_apply, lm_apply, value_apply, applies, ensemble_reward=ens, **kw
         )
         out = fn(actor, actor, critic, params, ids, mask, tn)
@@ -114,7 +114,7 @@ def test_centring_adds_eta_times_the_mean_squared_pair_sum():
     assert float(plain) == float(losses.bt_loss(jnp.asarray(r_w), jnp.asarray(r_l)))
     assert "center_penalty" not in aux0
     # the gradient: d/db of η·mean((r_w + r_l)²) = η·mean(2·2(r_w + r_l)) = 4η·mean(r_w + r_l)
-    g0, _ = metarm.vanilla_grads(_toy_reward_fn, params, _pairs())
+    g0, _ = metarm.vanilla_grads(_toy_reward_fn, params, _pairs(), 0.0)
     g1, _ = metarm.vanilla_grads(_toy_reward_fn, params, _pairs(), 0.01)
     np.testing.assert_allclose(float(g1["b"] - g0["b"]), 4 * 0.01 * np.mean(r_w + r_l), rtol=1e-5)
     # MetaRM's L takes it too (η = 0 returns the vanilla gradient of the centred loss)

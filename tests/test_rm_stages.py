@@ -119,7 +119,9 @@ def test_metarm_step_on_8_devices_equals_1_device(mesh_shape, order):
             step = loop.jit_train_step(
                 loop.make_train_step(
                     rm.metarm_step(
-                        reward_fn, config_lib.derive(defaults.meta(), {"eta": 0.1, "order": order})
+                        reward_fn,
+                        config_lib.derive(defaults.meta(), {"eta": 0.1, "order": order}),
+                        0.0,
                     ),
                     opt,
                     sched,
@@ -129,7 +131,9 @@ def test_metarm_step_on_8_devices_equals_1_device(mesh_shape, order):
                 batch,
             )
             grads = jax.jit(
-                lambda p, b: metarm.meta_grads(reward_fn, p, b["pref"], b["meta"], 0.1, order)[0]
+                lambda p, b: metarm.meta_grads(
+                    reward_fn, p, b["pref"], b["meta"], 0.1, order, center=0.0
+                )[0]
             )(state["params"], sharding.global_batch(mesh, batch))
             state, metrics = step(state, sharding.global_batch(mesh, batch))
             return jax.device_get((grads, state["params"], metrics))

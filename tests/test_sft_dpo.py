@@ -384,7 +384,7 @@ def test_dpo_reference_stays_bitwise_unchanged_and_resume_is_exact(world, tmp_pa
                 mesh=_mesh(),
                 workdir=str(workdir),
                 params={"policy": policy, "ref": ref},
-                step_fn=dpo.dpo_step(logits_fn, 0.1),
+                step_fn=dpo.dpo_step(logits_fn, 0.1, 0.0),
                 seed=0,
                 batches={"pref": D.preference_iterator(config.data, tok, num_epochs=0)},
                 total_steps=steps,

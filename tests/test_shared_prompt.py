@@ -124,7 +124,7 @@ def test_pair_rewards_and_gradients_equal_unpacked(rm, side="left"):
     f = jax.jit(
         lambda p, batch: (
             metarm.pair_rewards(apply, p, batch),
-            metarm.vanilla_grads(apply, p, batch),
+            metarm.vanilla_grads(apply, p, batch, 0.0),
         )
     )
     (r_w, r_l), (g, m) = f(params, _jnp(b))
@@ -172,7 +172,9 @@ def test_metarm_gradient_equals_unpacked(rm, order, side="left"):
     pmeta = packing.pack_meta(meta, BUCKETS, PAD)
     eta = 0.5  # large enough that θ' is far from θ, so the ascent's correctness shows
     step = jax.jit(
-        lambda p, a, b: metarm.meta_grads(apply, p, a, b, eta, order, measure_j_prime=True)
+        lambda p, a, b: metarm.meta_grads(
+            apply, p, a, b, eta, order, measure_j_prime=True, center=0.0
+        )
     )
     g, m = step(params, _jnp(pref), _jnp(meta))
     gp, mp = step(params, _jnp(ppref), _jnp(pmeta))
@@ -296,7 +298,7 @@ def _rollout_rows(q=3, r=4, w=10, tn=7, seed=9):
 
 @pytest.mark.parametrize("g", [2, 4])
 def test_ppo_scoring_on_packed_rows_equals_unpacked(g):
-    from metarm_jax.train import rollout
+    from metarm_jax.train import rollout_scoring
 
     cfg = llama.preset("tiny", vocab_size=64)
     jitter = lambda tree, seed: jax.tree.map(
@@ -312,8 +314,8 @@ def test_ppo_scoring_on_packed_rows_equals_unpacked(g):
     rm_apply, rm_params = splits["reward"][0], jitter(splits["reward"][1], 6)
     ids, mask, tn = _rollout_rows()
     args = (actor, ref, critic, rm_params, jnp.asarray(ids), jnp.asarray(mask), tn)
-    plain = rollout.make_score_fn(lm_apply, lm_apply, value_apply, rm_apply)(*args)
-    packed = rollout.make_score_fn(
+    plain = rollout_scoring.make_score_fn(lm_apply, lm_apply, value_apply, rm_apply)(*args)
+    packed = rollout_scoring.make_score_fn(
         lm_apply, lm_apply, value_apply, rm_apply, per_prompt=4, cfg=cfg, group=g
     )(*args)
     real = mask[:, -tn:] > 0
@@ -323,13 +325,13 @@ def test_ppo_scoring_on_packed_rows_equals_unpacked(g):
         assert np.isfinite(got).all(), key
         assert_close_to_scale(got[real], want[real], RTOL, err_msg=key)
     # the layout computes each prompt once per g roll-outs
-    rows, _ = rollout.pack_scoring_rows(jnp.asarray(ids), jnp.asarray(mask), tn, g)
+    rows, _ = rollout_scoring.pack_scoring_rows(jnp.asarray(ids), jnp.asarray(mask), tn, g)
     assert rows.ids.shape == (len(ids) // g, ids.shape[1] - tn + g * tn)
 
 
 def test_score_group_weighs_prompt_tokens_against_attention():
     cfg = llama.preset("tiny", vocab_size=64)
-    from metarm_jax.train.rollout import score_group
+    from metarm_jax.train.rollout_scoring import score_group
 
     # a long prompt and short responses: the whole group in one row
     assert score_group(cfg, rows=64, per_prompt=8, width=256, num_response=8, dp=1) == 8

@@ -49,10 +49,12 @@ def test_t_interval_covers_the_mean_over_seeds():
 
 
 def test_bootstrap_edge_cases():
-    assert stats.bootstrap_ci(np.ones(10)) == (1.0, 1.0)  # no spread
-    lo, hi = stats.bootstrap_ci(np.array([np.nan, 1.0]))  # one usable row
+    assert stats.bootstrap_ci(np.ones(10), n_resamples=2000) == (1.0, 1.0)  # no spread
+    lo, hi = stats.bootstrap_ci(np.array([np.nan, 1.0]), n_resamples=2000)  # one usable row
     assert np.isnan(lo) and np.isnan(hi)
-    lo, hi = stats.bootstrap_ci(np.array([0.0, 1.0, np.nan, 1.0, 0.0, 1.0]), seed=3)
+    lo, hi = stats.bootstrap_ci(
+        np.array([0.0, 1.0, np.nan, 1.0, 0.0, 1.0]), n_resamples=2000, seed=3
+    )
     assert 0.0 <= lo <= 0.6 <= hi <= 1.0  # the NaN row is dropped: mean of the rest is 0.6
 
 

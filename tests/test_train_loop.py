@@ -31,7 +31,7 @@ def test_accumulated_grads_equal_full_batch():
     reward_fn, params = _tiny_rm()
     pref = marker_task.preference_arrays(16, 14, seed=0)
     batch = {"pref": {k: jnp.asarray(v) for k, v in pref.items()}}
-    step_fn = rm.rm_step(reward_fn)
+    step_fn = rm.rm_step(reward_fn, 0.0)
     rng = jax.random.key(0)
     full, m_full = jax.jit(lambda p, b: loop.accumulate(step_fn, p, b, rng, 1))(params, batch)
     acc, m_acc = jax.jit(lambda p, b: loop.accumulate(step_fn, p, b, rng, 4))(params, batch)
@@ -214,7 +214,7 @@ def test_a_checkpoint_commits_only_after_its_steps_rows_are_written(tmp_path, mo
 
 def test_a_step_that_asks_gets_the_last_applied_update_norm():
     """MetaRM's eta_mode='update' reads the optimizer's last update norm: the loop keeps it in
-    its state and passes it to a step function that declares ``wants_update_norm``; a skipped
+    its state and passes it to the step function when asked (``update_norm_arg``); a skipped
     (non-finite) step leaves it as it was."""
     cfg = _cfg()
     params, inner, batches = _toy(poison_at=(2,))
@@ -223,11 +223,10 @@ def test_a_step_that_asks_gets_the_last_applied_update_norm():
         g, m = inner(p, b, rng)
         return g, {**m, "seen": prev_update_norm}
 
-    step_fn.wants_update_norm = True
     opt, sched = optim.optimizer(cfg, 4)
     mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
     state = loop.init_state(params, opt, 0, loop.state_shardings(mesh, params, opt))
-    step = jax.jit(loop.make_train_step(step_fn, opt, sched))
+    step = jax.jit(loop.make_train_step(step_fn, opt, sched, update_norm_arg=True))
     seen, applied = [], []
     for _ in range(4):
         state, m = step(state, {"toy": next(batches["toy"])})

@@ -358,7 +358,8 @@ def ppo() -> ml_collections.ConfigDict:
 
 
 def rlhf() -> ml_collections.ConfigDict:
-    """The iterative rounds (``metarm_jax/rlhf.py``), baselines, evaluation and judge."""
+    """The iterative rounds (``metarm_jax/rlhf/``: the plan of arms in ``rlhf/plan.py``), baselines,
+    evaluation and judge."""
     c = ml_collections.ConfigDict()
     c.rounds = 4  # R (paper: 4 on HH-RLHF, 5 on TL;DR)
     # Each round's MetaRM starts from the previous round's RM ("previous", default: the meta

@@ -83,7 +83,10 @@ REMOVED_KEYS = {
 # Loading config files
 
 # The shipped configs: the package ``configs`` beside ``metarm_jax`` in a checkout.
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# the repository's configs/ (metarm_jax/config/lib.py -> the checkout's root)
+CONFIG_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs"
+)
 
 
 def _import_file(path: str) -> types.ModuleType:

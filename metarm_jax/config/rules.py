@@ -11,14 +11,16 @@ import math
 
 from metarm_jax.core import ensemble, metarm
 from metarm_jax.core import ppo as ppo_math
+from metarm_jax.data.schemas import pku
+from metarm_jax.generation import sampling
 from metarm_jax.models import llama
 
 # The allowed values of enum keys whose code lives above this module (train/, eval/); keys whose
 # code lives below import theirs (core.metarm.ORDERS, core.ppo.KL_ESTIMATORS, llama.DTYPES, ...).
 SCHEDULES = ("constant", "linear", "cosine")  # train/optim.py
 OPTIMIZERS = ("adamw", "adam", "sgd")  # train/optim.py
-JUDGES = ("auto", "gold", "rm", "llm")  # eval/report.py
-DIVERSITY = ("", "self_bleu", "all")  # eval/report.py
+JUDGES = ("auto", "gold", "rm", "llm")  # rlhf/report.py
+DIVERSITY = ("", "self_bleu", "all")  # rlhf/report.py
 RM_EVAL_FORMATS = ("v1", "v2")  # eval/rewardbench.py
 RM_EVAL_CONVERSATION = ("auto", "hh", "chat_template")  # eval/rm_eval.py
 
@@ -130,7 +132,7 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     "data": {
         "conversation_format": _choice("hh", "chat_template"),
-        "pku_preference": _choice("helpful", "harmless"),
+        "pku_preference": _choice(*pku.PREFERENCE_FIELDS),
         "on_bad_record": _choice("skip", "error"),
         "max_skip_fraction": _real(0, 1),
         "max_length": _COUNT,
@@ -174,10 +176,11 @@ RULES: dict[str, dict[str, Rule]] = {
         "hist_max": _NONNEG,
     },
     "sampling": {
-        "temperature": Rule(_real(0).ok, "a number >= 0 (0 = greedy)"),
-        "top_p": Rule(_real(0, 1, lo_open=True).ok, "a number in (0, 1] (1 = off)"),
-        "top_k": Rule(_int(0).ok, "an integer >= 0 (0 = off)"),
-        "repetition_penalty": Rule(_real(0, lo_open=True).ok, "a number > 0 (1 = off)"),
+        # the sampler's knobs: their ranges live in generation/sampling.py (LIMITS)
+        **{
+            k: Rule(lambda v, ok=ok, k=k: _is_real(v) and (k != "top_k" or is_int(v)) and ok(v), w)
+            for k, (ok, w) in sampling.LIMITS.items()
+        },
         "max_new_tokens": _COUNT,
         "min_new_tokens": _int(0),
         "stop_token_ids": _ints(0),

@@ -35,13 +35,14 @@ AGGREGATIONS = ("mean", "min", "uwo", "mean_std")
 PyTree = Any
 
 
-def aggregate(scores: jax.Array, agg: str, lam: float | jax.Array = 0.0) -> jax.Array:
+def aggregate(scores: jax.Array, agg: str, lam: float | jax.Array) -> jax.Array:
     """One reward per roll-out from M members' scores.
 
     Args:
       scores: [M, N] the M members' scores of N roll-outs (at least float32 out).
       agg: one of ``AGGREGATIONS`` (module docstring).
-      lam: λ of ``uwo`` and ``mean_std`` (>= 0); unused by ``mean`` and ``min``.
+      lam: λ of ``uwo`` and ``mean_std`` (>= 0; config.ppo.ensemble_lambda); unused by ``mean``
+        and ``min``.
     Returns:
       [N].
     """

@@ -142,11 +142,11 @@ def meta_rewards(reward_fn: RewardFn, params: PyTree, meta_batch: Batch) -> jax.
 
 
 def preference_loss(
-    reward_fn: RewardFn, params: PyTree, pref_batch: Batch, center: float = 0.0
+    reward_fn: RewardFn, params: PyTree, pref_batch: Batch, center: float
 ) -> tuple[jax.Array, Metrics]:
     """L_θ(X_t), the Bradley-Terry loss, with (float32) accuracy and reward stats as aux.
     An optional `margin` [n] in pref_batch is subtracted from r_w - r_l. ``center`` > 0 (reward
-    centring, ``train.center_rewards``) adds center · mean((r_w + r_l)²)
+    centring, ``train.center_rewards``; its default lives in config/defaults.py) adds center · mean((r_w + r_l)²)
     (``losses.centering_penalty``; its value is logged as ``center_penalty``); a Python 0 adds
     nothing, so the loss is the plain BT loss bit for bit."""
     r_w, r_l = pair_rewards(reward_fn, params, pref_batch)
@@ -184,7 +184,7 @@ def ascend(params: PyTree, grads: PyTree, eta: float | jax.Array) -> PyTree:
 
 
 def vanilla_grads(
-    reward_fn: RewardFn, params: PyTree, pref_batch: Batch, center: float = 0.0
+    reward_fn: RewardFn, params: PyTree, pref_batch: Batch, center: float
 ) -> tuple[PyTree, Metrics]:
     """The plain RM step's gradient ∇_θ L_θ(X_t), and metrics at θ (``center``: reward
     centring's coefficient, ``preference_loss``)."""
@@ -206,7 +206,8 @@ def meta_grads(
     eta_mode: str = "absolute",
     second_order: str = "hvp",
     prev_update_norm: jax.Array | None = None,
-    center: float = 0.0,
+    *,
+    center: float,
 ) -> tuple[PyTree, Metrics]:
     """One MetaRM gradient (Algorithm 1); the caller applies it with its optimizer.
     ``center``: reward centring's coefficient in L (``preference_loss``; 0: the paper's L).

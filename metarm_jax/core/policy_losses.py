@@ -19,8 +19,6 @@ from metarm_jax.core.tree import upcast
 
 Metrics = dict[str, jax.Array]
 
-DPO_BETA = 0.1  # Rafailov et al. (2023) and TRL default; not the PPO KL β (0.05), see dpo_loss.
-
 
 # --------------------------------------------------------------------------------------------
 # Masked reductions.
@@ -173,8 +171,8 @@ def dpo_loss(
     ref_chosen: jax.Array,
     ref_rejected: jax.Array,
     *,
-    beta: float | jax.Array = DPO_BETA,
-    label_smoothing: float | jax.Array = 0.0,
+    beta: float | jax.Array,
+    label_smoothing: float | jax.Array,
 ) -> tuple[jax.Array, Metrics]:
     """DPO (Rafailov et al. 2023, Eq. 7):  L = -mean log σ(β[(π_w - ref_w) - (π_l - ref_l)]).
 
@@ -182,8 +180,8 @@ def dpo_loss(
       policy_chosen, policy_rejected: [n] summed response log-probs log π_θ(y_w|x), log π_θ(y_l|x)
         (`sequence_logprobs`).
       ref_chosen, ref_rejected: [n] the same under the frozen reference (SFT) policy.
-      beta: β, the strength of the implicit KL constraint. Default 0.1 (the paper's main setting
-        and TRL's default). Deliberately separate from the PPO KL coefficient (0.05).
+      beta: β, the strength of the implicit KL constraint (config.dpo.beta, whose default lives
+        in config/defaults.py). Deliberately separate from the PPO KL coefficient.
       label_smoothing: ε of conservative DPO (cDPO, Mitchell 2023): the preference label is
         assumed flipped with probability ε, so
         L = -(1-ε)·log σ(βh) - ε·log σ(-βh),  h = (π_w - ref_w) - (π_l - ref_l).

@@ -6,11 +6,12 @@ The order of one PPO roll-out batch (TRL / "Secrets of RLHF" style):
     score     = RM score r_θ(x, y)                           [B]
     moments   = update_moments(moments, score)               running count/mean/M2 (checkpointed)
     score     = clip_rewards(normalize_scores(score, moments), reward_clip)
-    kl        = kl_per_token(logp, ref_logp, mask)           [B, T]   k1 by default
-    rewards   = token_rewards(score, kl, mask, beta=0.05)    [B, T]   -β·KL_t, + score at the end
-    adv, ret  = gae(rewards, values, mask, gamma=1, lam=0.95)
+    kl        = kl_per_token(logp, ref_logp, mask, estimator=..., clip=...)    [B, T]
+    rewards   = token_rewards(score, kl, mask, beta=β)       [B, T]   -β·KL_t, + score at the end
+    adv, ret  = gae(rewards, values, mask, gamma=γ, lam=λ)
     adv       = whiten(adv, mask)
-    ... per minibatch: policy_loss(logp_new, logp, adv, mask), value_loss(v_new, values, ret, mask)
+    ... per minibatch: policy_loss(logp_new, logp, adv, mask, clip_eps=ε),
+                       value_loss(v_new, values, ret, mask, clip_eps=ε_v)
 
 Shapes: all `[B, T]` arrays are over RESPONSE positions (the caller slices the prompt off);
 `mask: [B, T]` is 1 on real response tokens (bool or float). Masks may be right- or left-padded
@@ -18,9 +19,12 @@ or have holes; GAE skips masked positions (see `gae`). Token means are over all 
 the batch (TRL's `masked_mean`). Everything is jit-able; string options (`estimator`) and
 `None`-able clips must be static, numeric hyper-parameters may be traced.
 
-Defaults (each documented where used): KL β = 0.05 and per-token KL clip off (paper: "β = 0.05
-with a clip value of 0.8" -> the config decides which clip that is), KL estimator k1,
-γ = 1, λ = 0.95, policy clip ε = 0.2, value clip ε_v = 0.2, whitening with shift_mean=True.
+No hyper-parameter has a default here: the KL estimator and clip, β, the score normalisation,
+γ, λ and the clips ε, ε_v are required keyword arguments, and their defaults live in one place,
+the ``ppo`` block of ``config/defaults.py`` (``kl_estimator``, ``kl_clip``, ``kl_beta``,
+``reward_norm``, ``gamma``, ``lam``, ``clip_eps``, ``value_clip_eps``), which ``core/`` may not
+import; the PPO stage passes them from ``config.ppo``. Only numerical-stability epsilons and
+``whiten``'s ``shift_mean`` (no config key) keep defaults.
 """
 
 from __future__ import annotations
@@ -41,15 +45,10 @@ from metarm_jax.core.policy_losses import (
 
 Metrics = dict[str, jax.Array]
 
-KL_BETA = 0.05  # token-level KL penalty coefficient (paper, PPO)
 KL_ESTIMATORS = ("k1", "k2", "k3")
 # How the PPO stage normalises RM scores (config.ppo.reward_norm): not at all, by the running std
 # (`normalize_scores`), or centred and scaled (`subtract_mean=True`).
 REWARD_NORMS = ("none", "scale", "standard")
-GAMMA = 1.0  # no discounting within a response (TRL, paper)
-LAMBDA = 0.95  # GAE λ (TRL default)
-CLIP_EPS = 0.2  # PPO ratio clip ε
-VALUE_CLIP_EPS = 0.2  # value clip ε_v (TRL `cliprange_value`)
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,18 +61,19 @@ def kl_per_token(
     ref_logp: jax.Array,
     mask: jax.Array | None = None,
     *,
-    estimator: str = "k1",
-    clip: float | None = None,
+    estimator: str,
+    clip: float | None,
 ) -> jax.Array:
     """Per-token KL(π ‖ π_ref) estimate from sampled-token log-probs: [B, T] -> [B, T].
 
     With d = logp - ref_logp (tokens sampled from π), Schulman's estimators:
-      k1 = d                          unbiased, can be negative per token. The default (TRL).
+      k1 = d                          unbiased, can be negative per token (TRL's).
       k2 = d² / 2                     biased, ≥ 0, low variance.
       k3 = exp(-d) - (-d) - 1         = exp(ref - logp) - (ref - logp) - 1: unbiased, ≥ 0.
     All three are exactly 0 where logp == ref_logp.
-    `clip`: if not None, clip the per-token estimate to [-clip, clip] (a KL clip, separate from
-    reward clipping; default None = off). Masked positions are 0.
+    `estimator`: one of KL_ESTIMATORS (config.ppo.kl_estimator). `clip`: if not None, clip the
+    per-token estimate to [-clip, clip] (a KL clip, separate from reward clipping; None = off;
+    config.ppo.kl_clip, 0 there = None here). Masked positions are 0.
     """
     if estimator not in KL_ESTIMATORS:
         raise ValueError(
@@ -108,7 +108,7 @@ def last_token_onehot(mask: jax.Array) -> jax.Array:
 
 
 def token_rewards(
-    scores: jax.Array, kl: jax.Array, mask: jax.Array, *, beta: float | jax.Array = KL_BETA
+    scores: jax.Array, kl: jax.Array, mask: jax.Array, *, beta: float | jax.Array
 ) -> jax.Array:
     """Per-token RLHF rewards (Ziegler et al. 2019; TRL):  r_t = -β·KL_t, plus the RM score on the
     last real response token.
@@ -117,7 +117,7 @@ def token_rewards(
       scores: [B] the (normalised, clipped) RM scores r_θ(x, y).
       kl: [B, T] per-token KL estimates (`kl_per_token`).
       mask: [B, T] response mask.
-      beta: KL coefficient β; default 0.05 (the paper's PPO setting).
+      beta: KL coefficient β (config.ppo.kl_beta).
     Returns:
       [B, T] rewards, 0 at masked positions. A row with no real token gets no score.
     """
@@ -129,7 +129,7 @@ def token_rewards(
 
 
 def clip_rewards(x: jax.Array, clip: float | jax.Array | None) -> jax.Array:
-    """Clip rewards/scores to [-clip, clip]; None = off (default of the config decides)."""
+    """Clip rewards/scores to [-clip, clip]; None = off (config.ppo.reward_clip, 0 there = None)."""
     x = upcast(x)
     return x if clip is None else jnp.clip(x, -clip, clip)
 
@@ -188,11 +188,12 @@ def update_moments(
 
 
 def normalize_scores(
-    scores: jax.Array, state: RunningMoments, *, subtract_mean: bool = False, eps: float = 1e-8
+    scores: jax.Array, state: RunningMoments, *, subtract_mean: bool, eps: float = 1e-8
 ) -> jax.Array:
-    """Scale RM scores by the running std: s / (std + eps), and optionally centre them first
-    ((s - mean) / (std + eps), `subtract_mean=True`). Default: scale only (TRL's
-    `use_score_scaling` without `use_score_norm`), keeping the sign meaningful.
+    """Scale RM scores by the running std: s / (std + eps) (`subtract_mean=False`: TRL's
+    `use_score_scaling` without `use_score_norm`, keeping the sign meaningful), or centre them
+    first: (s - mean) / (std + eps) (`subtract_mean=True`); config.ppo.reward_norm 'scale' and
+    'standard'.
     Update the state with this batch first (`update_moments`). Before two scores have been seen
     the std is undefined and scores pass through unscaled (std := 1).
     """
@@ -213,8 +214,8 @@ def gae(
     values: jax.Array,
     mask: jax.Array,
     *,
-    gamma: float | jax.Array = GAMMA,
-    lam: float | jax.Array = LAMBDA,
+    gamma: float | jax.Array,
+    lam: float | jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
     """Generalised advantage estimation (Schulman et al. 2016), a reverse `lax.scan` over time.
 
@@ -223,7 +224,7 @@ def gae(
     where t+1 is the next REAL position of the row (masked positions are skipped, so right- or
     left-padding and holes all work) and V, A after the last real token are 0 (the episode ends
     with the response). Masked positions get advantage 0 and return 0, whatever rewards/values
-    hold there (even NaN). Defaults γ = 1 (no discount within a response), λ = 0.95.
+    hold there (even NaN). γ, λ: config.ppo.gamma and .lam.
 
     Args: rewards [B, T], values [B, T] (the critic's V(s_t) at roll-out time), mask [B, T].
     Returns: (advantages [B, T], returns [B, T]); no gradient flows (stop_gradient inside).
@@ -276,7 +277,7 @@ def policy_loss(
     advantages: jax.Array,
     mask: jax.Array,
     *,
-    clip_eps: float | jax.Array = CLIP_EPS,
+    clip_eps: float | jax.Array,
 ) -> tuple[jax.Array, Metrics]:
     """Clipped surrogate (Schulman et al. 2017), as a loss to minimise:
 
@@ -284,7 +285,7 @@ def policy_loss(
         L = mean_t max(-A_t·ratio_t, -A_t·clip(ratio_t, 1-ε, 1+ε))     (mean over real tokens)
 
     Args: logp [B, T] (current policy, differentiable), old_logp [B, T] (roll-out policy),
-    advantages [B, T] (whitened; treated as constants), mask [B, T]. ε defaults to 0.2.
+    advantages [B, T] (whitened; treated as constants), mask [B, T]. ε: config.ppo.clip_eps.
     Metrics (f32): ppo/policy_loss; ppo/clipfrac = fraction of tokens where the clipped term is
     the active one (strictly larger); ppo/approx_kl_k1 = mean(old - new); ppo/approx_kl_k2 =
     0.5·mean((new - old)²) (TRL's `approxkl`); ppo/ratio_mean.
@@ -314,7 +315,7 @@ def value_loss(
     returns: jax.Array,
     mask: jax.Array,
     *,
-    clip_eps: float | jax.Array = VALUE_CLIP_EPS,
+    clip_eps: float | jax.Array,
 ) -> tuple[jax.Array, Metrics]:
     """Clipped value loss (PPO2 / TRL):
 
@@ -324,7 +325,7 @@ def value_loss(
     The 0.5 makes ∂L_V/∂v = (v - R) on the unclipped branch (TRL's `0.5 * masked_mean(...)`); the
     caller weights L_V against the policy loss (TRL's vf_coef) or trains a separate critic.
     Args: values [B, T] (current critic), old_values [B, T] (roll-out), returns [B, T] (`gae`),
-    mask [B, T]. ε_v defaults to 0.2.
+    mask [B, T]. ε_v: config.ppo.value_clip_eps.
     Metrics (f32): ppo/value_loss; ppo/value_clipfrac = fraction of tokens where the clipped
     error is strictly larger (the clipped branch is active); ppo/explained_variance.
     """

@@ -71,14 +71,14 @@ def reward_difference_stats(
 def bootstrap_ci(
     *samples: np.ndarray,
     statistic=None,
-    n_resamples: int = 2000,
+    n_resamples: int,
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of ``statistic(*samples)`` (default: the mean of one
-    sample), resampling the rows, paired across ``samples`` (one row per prompt). NaN rows
-    (e.g. a prompt with no comparable pair) are dropped first; with fewer than 2 rows the
-    interval is (nan, nan)."""
+    sample), resampling the rows ``n_resamples`` times (config.rlhf.bootstrap), paired across
+    ``samples`` (one row per prompt). NaN rows (e.g. a prompt with no comparable pair) are
+    dropped first; with fewer than 2 rows the interval is (nan, nan)."""
     arrays = [np.asarray(s, np.float64) for s in samples]
     keep = np.ones(len(arrays[0]), bool)
     for a in arrays:

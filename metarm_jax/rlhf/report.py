@@ -261,7 +261,7 @@ def _scores(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Scores [prompts, k] and sample mask of the texts under ``reward``: an RM export, or
     (member exports, aggregation): the ensemble's reward as PPO computed it
-    (``rollout.Ensemble``: standardised members, aggregated). With ``memo``, each RM scores the
+    (``ensemble_reward.Ensemble``: standardised members, aggregated). With ``memo``, each RM scores the
     texts named ``key`` once."""
 
     def one(path):

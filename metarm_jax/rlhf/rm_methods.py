@@ -51,17 +51,14 @@ def _stage(req: RMRequest, stage: str, overrides: dict) -> RMResult:
 
 
 def metarm(req: RMRequest) -> RMResult:
-    """MetaRM (Algorithm 1) on the original pairs with this round's meta samples, η = meta.eta."""
-    eta = float(req.runner.config.meta.eta)
-    return _stage(req, "metarm", {"data.meta_path": req.meta, "meta.eta": eta})
+    """MetaRM (Algorithm 1) on the original pairs with this round's meta samples, η = meta.eta
+    (the run's own ``meta`` block, unchanged)."""
+    return _stage(req, "metarm", {"data.meta_path": req.meta})
 
 
 def metarm_second(req: RMRequest) -> RMResult:
     """MetaRM of the second order: g = ∇_θ L(θ + η∇J(θ)), through the ascent (``hvp`` form)."""
-    eta = float(req.runner.config.meta.eta)
-    return _stage(
-        req, "metarm", {"data.meta_path": req.meta, "meta.eta": eta, "meta.order": "second"}
-    )
+    return _stage(req, "metarm", {"data.meta_path": req.meta, "meta.order": "second"})
 
 
 def eta0(req: RMRequest) -> RMResult:

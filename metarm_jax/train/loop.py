@@ -185,8 +185,14 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     schedule: optax.Schedule | None,
     num_micro: int = 1,
+    *,
+    update_norm_arg: bool = False,
 ):
     """The (un-jitted) train step: state, batch -> state, metrics.
+
+    ``update_norm_arg``: call ``step_fn(params, batch, rng, prev_update_norm=‖Δθ_opt‖)`` with the
+    norm of the last optimizer update applied (0 before the first; kept across a skipped step):
+    MetaRM's ascent sized against the optimizer's step (``meta.eta_mode='update'``).
 
     A step whose loss or gradients are not all finite leaves params and optimizer state as they
     were and counts itself. The decision stays on device: one ``lax.cond`` between applying the
@@ -206,7 +212,7 @@ def make_train_step(
     def train_step(state, batch):
         rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
         fn = step_fn
-        if getattr(step_fn, "wants_update_norm", False):  # MetaRM's ascent sized by the update
+        if update_norm_arg:
             fn = functools.partial(step_fn, prev_update_norm=state["update_norm"])
         grads, metrics = accumulate(fn, state["params"], batch, rng, num_micro)
         finite = all_finite(metrics["loss"], grads)
@@ -335,6 +341,7 @@ def train(
     snapshot_every: int = 0,
     snapshot_fn: Callable[[int, PyTree], None] | None = None,
     boundary: int = 1,
+    update_norm_arg: bool = False,
 ) -> tuple[PyTree, dict[str, Any]]:
     """Run ``total_steps`` optimizer steps (resuming from ``workdir/checkpoints``); returns the
     final params and a summary. ``cfg`` is ``config.train`` (grad_accum, eval_every, log_every,
@@ -432,7 +439,9 @@ def train(
             if step_jit is None:
                 _check_batch_sizes(mesh, host_batch, num_micro)
                 step_jit = jit_train_step(
-                    make_train_step(step_fn, optimizer, schedule, num_micro),
+                    make_train_step(
+                        step_fn, optimizer, schedule, num_micro, update_norm_arg=update_norm_arg
+                    ),
                     mesh,
                     shardings,
                     host_batch,

@@ -38,7 +38,7 @@ from metarm_jax.train import common, loop, optim
 # --------------------------------------------------------------------------------------------
 
 
-def rm_step(reward_fn, center: float = 0.0) -> loop.StepFn:
+def rm_step(reward_fn, center: float) -> loop.StepFn:
     """Vanilla RM: g = ∇_θ L_θ(X_t) (``center`` > 0: L with reward centring's term,
     ``train.center_rewards``)."""
 
@@ -49,7 +49,7 @@ def rm_step(reward_fn, center: float = 0.0) -> loop.StepFn:
     return step_fn
 
 
-def metarm_step(reward_fn, meta, center: float = 0.0) -> loop.StepFn:
+def metarm_step(reward_fn, meta, center: float) -> loop.StepFn:
     """MetaRM: g = ∇_θ' L_θ'(X_t) at θ' = θ + η∇_θ J_θ(X_s) (``meta.order`` 'first'), or through
     it ('second', formed as ``meta.second_order`` says: ``metarm.SECOND_ORDER``). ``meta``: the
     config's ``meta`` block (eta, order, eta_mode, second_order, measure_j_prime; values checked
@@ -73,7 +73,6 @@ def metarm_step(reward_fn, meta, center: float = 0.0) -> loop.StepFn:
             center=center,
         )
 
-    step_fn.wants_update_norm = eta_mode == "update"  # the loop passes ‖Δθ_opt‖ of the last step
     return step_fn
 
 
@@ -220,6 +219,8 @@ def _run(ctx, with_meta: bool, data: common.StageData | None) -> dict[str, Any]:
             schedule=schedule,
             eval_fn=eval_fn,
             desc=name,
+            # MetaRM's ascent sized against the optimizer's step reads its last update norm
+            update_norm_arg=with_meta and config.meta.eta_mode == "update",
         )
         nnx.update(model, params)
         if t.export:  # rm and metarm both write export/rm: the RM that PPO reads

@@ -37,11 +37,7 @@ class ParseOptions:
         self.prompt_fn = self.reply_fn = None
         if conversation_format is not None:
             self.prompt_fn, self.reply_fn = formats.formatter(conversation_format, tokenizer)
-        if pku_preference not in ("helpful", "harmless"):
-            raise DataError(
-                f"data.pku_preference must be 'helpful' or 'harmless', got {pku_preference!r}."
-            )
-        self.pku_preference = pku_preference
+        self.pku_preference = pku_preference  # checked by config/rules.py (pku.PREFERENCE_FIELDS)
         self.oasst_lang = oasst_lang
         self.k = k
 

@@ -7,6 +7,10 @@ from metarm_jax.data.records import EMPTY_PROMPT, IDENTICAL_RESPONSES, check_tex
 from metarm_jax.data.schemas.common import ParseOptions, binary, row_reader, single_turn_pair
 from metarm_jax.data.schemas.prompts import user_prompt
 
+# data.pku_preference -> the column that names the preferred response (config/rules.py checks the
+# key against these, once, before any stage).
+PREFERENCE_FIELDS = {"helpful": "better_response_id", "harmless": "safer_response_id"}
+
 
 def pair(where, row, report, o: ParseOptions):
     p = check_text(report, where, row, "prompt", empty_reason=EMPTY_PROMPT)
@@ -15,7 +19,7 @@ def pair(where, row, report, o: ParseOptions):
     rs = [check_text(report, where, row, f"response_{i}") for i in (0, 1)]
     if any(r is None for r in rs):
         return None
-    field = "better_response_id" if o.pku_preference == "helpful" else "safer_response_id"
+    field = PREFERENCE_FIELDS[o.pku_preference]
     w = binary(where, row, field, report)
     if w is None:
         return None
