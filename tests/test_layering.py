@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "metarm_jax"
 
@@ -167,3 +168,26 @@ def test_core_and_eval_keep_to_themselves():
             assert all(_part(t) == "core" for t in targets), (module, targets)
         if _part(module) == "eval":
             assert not any(_part(t) == "train" for t in targets), (module, targets)
+
+
+def test_the_readme_layout_names_every_module():
+    """README's Layout is drawn from the tree: every module file of the package (and every folder
+    of it) is named there, and it names no module that is gone."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    start = readme.index("## Layout")
+    first = readme.index("```\nmetarm_jax/", start) + 4
+    block = readme[first : readme.index("\n```\n", first)]
+    files = {
+        p.name
+        for p in PACKAGE.rglob("*.py")
+        if p.name != "__init__.py" and "schemas" not in p.parts
+    }
+    missing = sorted(f for f in files if f not in block)
+    assert not missing, f"README, Layout: add {missing}"
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert all(f"{d}/" in block for d in folders), folders
+    named = set(re.findall(r"\b([a-z_0-9]+\.py)\b", block))
+    gone = sorted(
+        n for n in named - files if not any(PACKAGE.parent.rglob(f"{n}")) and n != "__init__.py"
+    )
+    assert not gone, f"README, Layout names modules that are gone: {gone}"
