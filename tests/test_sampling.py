@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from metarm_jax.config import defaults
+from metarm_jax.generation import logits as logits_lib
 from metarm_jax.generation import sampling
 from metarm_jax.models import hf, llama
 from tests.xla_env import xla_flags
@@ -240,7 +241,7 @@ def test_filters_match_numpy(penalty, temperature, top_k, top_p):
         min_new_tokens=jnp.int32(0),
     )
     got = np.asarray(
-        sampling.process_logits(
+        logits_lib.process_logits(
             jnp.asarray(logits), jnp.asarray(seen), knobs, jnp.zeros((40,), bool), 0
         )
     )
@@ -287,11 +288,11 @@ def test_sampled_frequencies_follow_filtered_distribution():
         min_new_tokens=jnp.int32(0),
     )
     batch = jnp.broadcast_to(jnp.asarray(logits), (n, v))
-    proc = sampling.process_logits(
+    proc = logits_lib.process_logits(
         batch, jnp.broadcast_to(jnp.asarray(seen), (n, v)), knobs, jnp.zeros((v,), bool), 0
     )
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(7), jnp.arange(n))
-    tokens = np.asarray(sampling.sample_rows(keys, proc))
+    tokens = np.asarray(logits_lib.sample_rows(keys, proc))
     counts = np.bincount(tokens, minlength=v)
 
     ref = np_process(logits[None], seen[None], 1.1, 0.8, 0, 0.9)[0]
