@@ -193,6 +193,10 @@ def meta() -> ml_collections.ConfigDict:
     # 'absolute': θ' = θ + η∇J (the paper; η is a raw gradient step). 'param_fraction' (beyond
     # the paper): ‖θ' − θ‖ = η‖θ‖, the same relative ascent at every model size.
     c.eta_mode = "absolute"
+    # The step's direction: 'ascent' (MetaRM, +∇J). 'random' (a Gaussian direction of the same
+    # norm, drawn per step) and 'descent' (−∇J) are the negative controls of the plan's arms
+    # metarm_random and metarm_descent (rlhf/plan.py); 'descent' is refused outside that arm.
+    c.direction = "ascent"
     c.measure_j_prime = False  # also log J(θ') (one extra forward on the meta batch per step)
     c.k = 5  # responses per meta prompt (the meta batches hold k rows per prompt; >= 2)
     c.hist_bins = 20  # bins of the |Δr| histogram in evaluation
@@ -363,8 +367,10 @@ def rlhf() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.rounds = 4  # R (paper: 4 on HH-RLHF, 5 on TL;DR)
     # Each round's MetaRM starts from the previous round's RM ("previous", default: the meta
-    # steps accumulate, as Algorithm 1 run round after round) or from the vanilla RM ("vanilla":
-    # each round adapts r_0 to the newest policy only).
+    # steps accumulate, as Algorithm 1 run round after round), from the vanilla RM ("vanilla":
+    # each round adapts r_0 to the newest policy only), or from r_0's initialisation ("restart":
+    # π_SFT with a fresh reward head seeded as r_0's, one pass each round: the paper's Figure 4,
+    # where each round's RM accuracy rises from ~0.55 within its epoch).
     c.rm_init = "previous"
     # "train": meta samples, PPO and evaluation on config.data.prompt_* / eval_prompt_*.
     # "ood" (the paper's Figure 3 setting): all three on the OOD prompt set: meta samples and

@@ -390,6 +390,19 @@ def _check_across_keys(config) -> None:
                 "config.ppo.reward_fn and ppo.reward_models both replace the RM's score; set one "
                 "of them (reward_fn='' for the ensemble)."
             )
+    if "meta" in config:
+        m = config.meta
+        if m.direction == "descent":  # a run's config; the plan's arm sets it on its own step
+            raise ConfigError(
+                "config.meta.direction='descent' (descent on J) is MetaRM's sign-flipped "
+                "negative control, run only as the plan's arm: add metarm_descent to "
+                "config.rlhf.baselines instead."
+            )
+        if m.direction == "random" and m.order != "first":
+            raise ConfigError(
+                "config.meta.direction='random' is a first-order control (a random direction "
+                "has no Hessian to differentiate through); set config.meta.order='first'."
+            )
     if "world" in config:
         try:
             synthetic.World(config.world)  # the world's own checks of its sizes

@@ -167,6 +167,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "order": _choice(*metarm.ORDERS),
         "second_order": _choice(*metarm.SECOND_ORDER),
         "eta_mode": _choice(*metarm.ETA_MODES),
+        "direction": _choice(*metarm.DIRECTIONS),
         "k": Rule(
             _int(2).ok,
             "an integer >= 2 (the difference loss J compares pairs of responses to the same "

@@ -54,6 +54,12 @@ ETA_MODES = ("absolute", "param_fraction", "update")
 # of it is held across the preference pass; 'linearize' the same product from jax.linearize of
 # ∇J (its residuals kept from the ascent instead of recomputed).
 SECOND_ORDER = ("reverse", "hvp", "linearize")
+# The direction of the step θ' − θ (``meta.direction``): 'ascent' is MetaRM (+∇J). The others are
+# its negative controls (issue 31), identical but for the direction: 'random', an isotropic
+# Gaussian direction drawn afresh each step from the step's key and scaled to the norm the ascent
+# would have had (‖θ' − θ‖ unchanged; first order only: it has no Hessian to differentiate); and
+# 'descent', the sign-flipped step (−∇J: descent on J).
+DIRECTIONS = ("ascent", "random", "descent")
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,6 +177,17 @@ def meta_loss(reward_fn: RewardFn, params: PyTree, meta_batch: Batch) -> jax.Arr
     return losses.difference_loss(rewards, meta_batch.get("sample_mask"))
 
 
+def random_like(key: jax.Array, tree: PyTree, norm: jax.Array) -> PyTree:
+    """An isotropic Gaussian direction with the structure and dtypes of ``tree``, scaled to
+    global norm ``norm`` (drawn in float32, one key per leaf from ``key``); no gradient flows."""
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    u = [jax.random.normal(k, x.shape, jnp.float32) for k, x in zip(keys, leaves)]
+    scale = norm / jnp.maximum(global_norm(u), jnp.finfo(jnp.float32).tiny)
+    out = [(x * scale).astype(leaf.dtype) for x, leaf in zip(u, leaves)]
+    return jax.lax.stop_gradient(jax.tree.unflatten(treedef, out))
+
+
 def ascend(params: PyTree, grads: PyTree, eta: float | jax.Array) -> PyTree:
     """θ + η·g, leaf by leaf in each param's own dtype (η = 0 returns θ bit for bit)."""
     return jax.tree.map(
@@ -208,6 +225,8 @@ def meta_grads(
     prev_update_norm: jax.Array | None = None,
     *,
     center: float,
+    direction: str = "ascent",
+    rng: jax.Array | None = None,
 ) -> tuple[PyTree, Metrics]:
     """One MetaRM gradient (Algorithm 1); the caller applies it with its optimizer.
     ``center``: reward centring's coefficient in L (``preference_loss``; 0: the paper's L).
@@ -217,6 +236,9 @@ def meta_grads(
     ‖θ' − θ‖ = η·‖Δθ_opt‖, ``prev_update_norm`` being the norm of the optimizer's last applied
     update (the train loop passes it; 0 at the first step, which then takes no ascent), so η is
     the ratio ρ of ascent to update that ``meta/ascent_to_update`` logs.
+    ``direction`` (``DIRECTIONS``): 'ascent' is MetaRM; 'random' (first order; ``rng`` a typed key,
+    one per step) and 'descent' are its negative controls, with the same ‖θ' − θ‖ and the same
+    step size; every metric below is measured as for the ascent (∇J, J at θ, cos(∇J, g)).
 
     Returns `(g, metrics)`, g with the structure and dtypes of params. Metrics (float32 scalars):
       loss, accuracy, reward_*   L_θ'(X_t), accuracy and reward stats at θ' (from the forward
@@ -244,6 +266,11 @@ def meta_grads(
         raise ValueError(f"meta.eta_mode must be one of {ETA_MODES}, got {eta_mode!r}.")
     if second_order not in SECOND_ORDER:
         raise ValueError(f"meta.second_order must be one of {SECOND_ORDER}, got {second_order!r}.")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"meta.direction must be one of {DIRECTIONS}, got {direction!r}.")
+    if direction == "random" and (order != "first" or rng is None):
+        raise ValueError("meta.direction='random' needs order='first' and a key per step (rng).")
+    sign = -1.0 if direction == "descent" else 1.0
     J = lambda theta: meta_loss(reward_fn, theta, meta_batch)  # J_θ(X_s)
     L = lambda theta: preference_loss(reward_fn, theta, pref_batch, center)  # L_θ(X_t)
 
@@ -276,8 +303,11 @@ def meta_grads(
 
     def meta_process(theta):
         j, grad_j = jax.value_and_grad(J)(theta)  # ∇_θ J_θ(X_s)
-        step = step_size(theta, grad_j)
-        theta_prime = ascend(theta, grad_j, step)  # θ' = θ + η ∇_θ J_θ(X_s)
+        step = sign * step_size(theta, grad_j)  # descent: the same size, the other way
+        move = grad_j
+        if direction == "random":  # the norm the ascent would have had, a random direction
+            move = random_like(rng, grad_j, global_norm(grad_j))
+        theta_prime = ascend(theta, move, step)  # θ' = θ + η ∇_θ J_θ(X_s)
         return theta_prime, (j, grad_j, step)
 
     def plus_hvp(v, hv, step):  # v + s·∇²J v, summed in at least float32, in v's dtype
@@ -297,7 +327,7 @@ def meta_grads(
         g = plus_hvp(v, hv, step)
     elif second_order == "linearize":
         (j, grad_j), lin = jax.linearize(jax.value_and_grad(J), params)
-        step = step_size(params, grad_j)
+        step = sign * step_size(params, grad_j)
         theta_prime = ascend(params, grad_j, step)
         (_, metrics), v = jax.value_and_grad(L, has_aux=True)(theta_prime)
         g = plus_hvp(v, lin(v)[1], step)

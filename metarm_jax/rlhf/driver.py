@@ -193,7 +193,7 @@ def _rounds_arm(runner, layout, arm: Arm, rec: RunRecord, meta_prompts: dict) ->
             "build_meta",
             _sample_overrides(policy, int(config.meta.k), meta, meta_prompts, r),
         )
-        start = rm if config.rlhf.rm_init == "previous" else rec.rm0
+        start = {"previous": rm, "vanilla": rec.rm0, "restart": rec.sft}[config.rlhf.rm_init]
         res = train_rm(rm_methods.RMRequest(runner, layout, arm, r, start, meta))
         rm = res.path
         name = layout.ppo_step(arm, r)

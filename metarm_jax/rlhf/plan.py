@@ -39,6 +39,10 @@ RIVALS = ("ensemble_mean", "ensemble_worst", "ensemble_uwo", "warm", "centred")
 # function per name (its ``SOURCES`` is keyed by this tuple, checked when it is imported).
 REWARDS = ("rm0", "gold", "ensemble", "warm", "centred")
 FIXED_REWARDS = ("rm0", "gold")  # the others are an RM of the arm's own (a rival's)
+# Where a ROUNDS arm's RM starts each round (rlhf.rm_init): the previous round's RM (continued:
+# rounds x one pass in all), r_0, or r_0's initialisation (π_SFT's weights and a fresh reward
+# head, seeded as r_0's) for one pass: the paper's Figure 4 reading, each round's RM restarted.
+RM_INITS = ("previous", "vanilla", "restart")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +65,9 @@ class Arm:
                exactly one arm of ``ARMS`` is the floor
     compare_to the arms the study reports this arm's paired difference from (this − other, in
                peak and final gold over seeds); a control's includes the floor
+    negative   a negative control of the method: MetaRM with its ascent replaced by the same-size
+               step in a direction that should not help (random, on SFT samples, sign-flipped);
+               if the paper is right, random ≈ eta0 and sign-flipped ≤ eta0 ≤ MetaRM
     """
 
     name: str
@@ -74,6 +81,7 @@ class Arm:
     control: bool = False
     floor: bool = False
     compare_to: tuple[str, ...] = ()
+    negative: bool = False
     doc: str = ""
 
     @property
@@ -135,6 +143,37 @@ ARMS: tuple[Arm, ...] = (
         "eta0",
         rm_method="eta0",
         doc="the same rounds with eta = 0: identical data order, seeds, steps, RM continuation",
+    ),
+    # The negative controls of the ascent (issue 31): MetaRM but for the step's direction.
+    Arm(
+        "metarm_random",
+        ROUNDS,
+        "random direction",
+        rm_method="metarm_random",
+        negative=True,
+        compare_to=("eta0", MAIN),
+        doc="MetaRM with the ascent replaced by a random Gaussian direction of the same norm, "
+        "drawn afresh each step from the step's seeded key (meta.direction='random')",
+    ),
+    Arm(
+        "metarm_sft_j",
+        ROUNDS,
+        "J on SFT samples",
+        rm_method="metarm_sft_j",
+        negative=True,
+        compare_to=("eta0", MAIN),
+        doc="MetaRM with J computed every round on π_SFT's samples (round 1's meta samples) "
+        "instead of the current policy's: an ascent that ignores the shift",
+    ),
+    Arm(
+        "metarm_descent",
+        ROUNDS,
+        "sign-flipped ascent",
+        rm_method="metarm_descent",
+        negative=True,
+        compare_to=("eta0", MAIN),
+        doc="MetaRM with the step reversed: descent on J, the same size (meta.direction="
+        "'descent', allowed only as this arm)",
     ),
     Arm(
         "oracle",
@@ -228,6 +267,7 @@ ARMS: tuple[Arm, ...] = (
 BY_NAME = {a.name: a for a in ARMS}
 BASELINES = tuple(a.name for a in ARMS if not a.main)
 CONTROLS = tuple(a.name for a in ARMS if a.control)  # the positive controls, in ARMS order
+NEGATIVE_CONTROLS = tuple(a.name for a in ARMS if a.negative)
 
 
 def comparisons(names) -> list[tuple[str, str]]:
@@ -273,8 +313,8 @@ def validate(config) -> None:
     rc = config.rlhf
     if rc.rounds < 1:
         raise ConfigError(f"config.rlhf.rounds={rc.rounds}: at least one round.")
-    if rc.rm_init not in ("previous", "vanilla"):
-        raise ConfigError(f"config.rlhf.rm_init={rc.rm_init!r}; expected 'previous' or 'vanilla'.")
+    if rc.rm_init not in RM_INITS:
+        raise ConfigError(f"config.rlhf.rm_init={rc.rm_init!r}; expected one of {RM_INITS}.")
     if rc.meta_prompts not in ("train", "ood"):
         raise ConfigError(
             f"config.rlhf.meta_prompts={rc.meta_prompts!r}; expected 'train' or 'ood'."

@@ -61,6 +61,23 @@ def metarm_second(req: RMRequest) -> RMResult:
     return _stage(req, "metarm", {"data.meta_path": req.meta, "meta.order": "second"})
 
 
+def metarm_random(req: RMRequest) -> RMResult:
+    """Negative control: MetaRM with the ascent replaced by a random direction of its norm."""
+    return _stage(req, "metarm", {"data.meta_path": req.meta, "meta.direction": "random"})
+
+
+def metarm_sft_j(req: RMRequest) -> RMResult:
+    """Negative control: MetaRM with J on π_SFT's samples (round 1's meta samples, the same in
+    every arm) every round, whatever the arm's current policy."""
+    sft_meta = req.layout.meta_file(req.arm, 1)
+    return _stage(req, "metarm", {"data.meta_path": sft_meta})
+
+
+def metarm_descent(req: RMRequest) -> RMResult:
+    """Negative control: MetaRM's step sign-flipped (descent on J, the same size)."""
+    return _stage(req, "metarm", {"data.meta_path": req.meta, "meta.direction": "descent"})
+
+
 def eta0(req: RMRequest) -> RMResult:
     """The control: the MetaRM stage with η = 0 (same data order, seeds and steps)."""
     return _stage(req, "metarm", {"data.meta_path": req.meta, "meta.eta": 0.0})
@@ -184,6 +201,9 @@ METHODS: dict[str, Callable[[RMRequest], RMResult]] = {
     "metarm": metarm,
     "metarm_second": metarm_second,
     "eta0": eta0,
+    "metarm_random": metarm_random,
+    "metarm_sft_j": metarm_sft_j,
+    "metarm_descent": metarm_descent,
     "oracle": oracle,
     "relabel": relabel,
 }

@@ -56,9 +56,9 @@ def metarm_step(reward_fn, meta, center: float) -> loop.StepFn:
     by ``config_lib.validate``); ``center``: reward centring in L, as ``rm_step``."""
     eta, order, eta_mode = float(meta.eta), meta.order, meta.eta_mode
     measure_j_prime, second_order = bool(meta.measure_j_prime), meta.second_order
+    direction = meta.direction  # 'ascent', or a negative control's (core.metarm.DIRECTIONS)
 
     def step_fn(params, batch, rng, prev_update_norm=None):
-        del rng
         return metarm.meta_grads(
             reward_fn,
             params,
@@ -71,6 +71,8 @@ def metarm_step(reward_fn, meta, center: float) -> loop.StepFn:
             second_order=second_order,
             prev_update_norm=prev_update_norm,
             center=center,
+            direction=direction,
+            rng=rng if direction == "random" else None,
         )
 
     return step_fn
