@@ -38,15 +38,7 @@ from metarm_jax.runtime import fileio
 
 def read_pairs(path):
     """(prompts, chosen, rejected) of an hh_rlhf file whose chosen side has the higher gold."""
-    ps, cs, rs = [], [], []
-    for row in _jsonl(path):
-        if "gold_chosen" in row and row["gold_chosen"] <= row["gold_rejected"]:
-            row = dict(row, chosen=row["rejected"], rejected=row["chosen"])
-        p, _, c = row["chosen"].rpartition("\n\nAssistant:")
-        ps.append(p + "\n\nAssistant:")
-        cs.append(c)
-        rs.append(row["rejected"].rpartition("\n\nAssistant:")[2])
-    return ps, cs, rs
+    return world_files.pair_texts(_jsonl(path))
 
 
 def _jsonl(path):
@@ -79,9 +71,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="runs/learnability")
     ap.add_argument("--pairs", type=int, default=2000, help="saturated train pairs")
+    ap.add_argument("--config", default="configs/quickstart.py", help="e.g. ...:world=blind")
+    ap.add_argument(
+        "--seed-offset", type=int, default=0, help="move every seed key (sweep seeds: 100, 101)"
+    )
     ap.add_argument("overrides", nargs="*", help="config key=value (python literals)")
     args = ap.parse_args()
-    config = config_lib.load_config_file("configs/quickstart.py")
+    config = config_lib.load_config_file(args.config)
     over = {}
     for kv in args.overrides:
         k, _, v = kv.partition("=")
@@ -92,6 +88,9 @@ def main() -> None:
         except (ValueError, SyntaxError):
             over[k] = v
     config = config_lib.derive(config, {**over, "workdir": args.workdir})
+    if args.seed_offset:
+        config = config_lib.with_seed_offset(config, args.seed_offset)
+        args.workdir = config.workdir
     mesh = sharding.make_mesh(dict(config.mesh))
     ctx = stages.StageContext(config, mesh, args.workdir)
     layout = RunLayout(args.workdir)

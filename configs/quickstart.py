@@ -5,6 +5,7 @@
     python -m metarm_jax.main --config=configs/quickstart.py:study=1   # every arm, 5 seeds
     python -m metarm_jax.main --config=configs/quickstart.py:ood=1     # Figure 3: OOD prompts
     python -m metarm_jax.main --config=configs/quickstart.py:fast      # the CI variant
+    python -m metarm_jax.main --config=configs/quickstart.py:world=blind   # MetaRM's premise
 
 A tiny Llama (2 layers, 64 wide) on a 54-token world (docs/synthetic.md) whose gold reward has a
 coarse part the base data exercises a lot and a fine part it barely exercises (learnable, but r_0
@@ -25,8 +26,12 @@ move with in a few hundred steps.
 from metarm_jax.config import lib as config_lib
 
 # seeds: runs reported as mean ± std (default 1; the study's 5); fast: the CI variant; study: every
-# arm, 5 seeds; ood: the OOD setting (Figure 3).
-ARGS = {"seeds": int, "fast": bool, "study": bool, "ood": bool}
+# arm, 5 seeds; ood: the OOD setting (Figure 3); world: 'exploit' (the default world, whose
+# policies exploit r_0 off its support) or 'blind' (MetaRM's premise: no off-support exploit, a
+# shift into the region where r_0 ranks rightly but weakly; docs/synthetic.md, "The blind world").
+ARGS = {"seeds": int, "fast": bool, "study": bool, "ood": bool, "world": str}
+WORLDS = ("exploit", "blind")
+BLIND_BASE_FINE_FRAC = (0.0, 0.6)  # provisional: calibrated on sweep seeds (docs/synthetic.md)
 
 
 def get_config(arg=None):
@@ -36,6 +41,11 @@ def get_config(arg=None):
     c.seeds = args.get("seeds", 1)  # >1: the whole run per seed, reported as mean ± std
     fast = args.get("fast", False)
     study = args.get("study", False)
+    world = args.get("world", "exploit")
+    if world not in WORLDS:
+        raise config_lib.ConfigError(
+            f"configs/quickstart.py: world={world!r}; expected one of {', '.join(WORLDS)}."
+        )
 
     c.model.preset = "tiny"
     c.model.vocab_size = 64  # the world's 54 tokens, rounded up
@@ -120,6 +130,12 @@ def get_config(arg=None):
     if study:  # every arm, five seeds (README: "The study")
         r.baselines = ("metarm2", "eta0", "oracle", "ceiling", "vanilla_ppo")
         c.seeds = args.get("seeds", 5)
+    if world == "blind":  # docs/synthetic.md, "The blind world" (fixed before any MetaRM number)
+        # No off-support exploit: the policy may not write longer than the longest base response.
+        c.sampling.max_new_tokens = w.response_len[1]
+        # The fine part exercised enough by the base data that r_0 ranks coarse-saturated pairs
+        # with the right sign, but weakly (chosen by bench/world_learnability.py on sweep seeds).
+        w.base_fine_frac = BLIND_BASE_FINE_FRAC
     if fast:  # the CI variant: the same pipeline, a fraction of the steps
         w.num_sft, w.num_train_pairs = 600, 600
         c.sft.epochs = 1.0

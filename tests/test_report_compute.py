@@ -223,3 +223,61 @@ def test_study_over_seeds_against_hand_computed_t_intervals():
     assert curves["metarm"][2]["gold"] == pytest.approx(1.2 + 0.2)  # mean of 1 + s + 0.2
     with pytest.raises(ValueError, match="peak_final"):
         compute.study([{"gold": {}}])
+
+
+def test_within_prompt_spread_is_the_mean_absolute_difference_of_real_pairs():
+    scores = np.array([[1.0, 3.0, 0.0], [2.0, 2.0, 9.0]])
+    mask = np.array([[1, 1, 1], [1, 1, 0]])
+    # prompt 0: |1-3|, |1-0|, |3-0| = 2, 1, 3; prompt 1: |2-2| = 0 (the third is padding)
+    assert compute.within_prompt_spread(scores, mask) == pytest.approx(6 / 4)
+
+
+def test_the_gate_passes_only_when_all_four_checks_pass():
+    over = {"drop": 0.31, "drop_ci": [0.2, 0.4], "passed": True}
+    better = {"diff": 0.12, "ci": [0.03, 0.2]}
+    g = compute.gate(0.63, 0.4, 1.0, over, better)
+    assert g["passed"] and g["r0_spread_ratio"]["value"] == pytest.approx(0.4)
+    assert g["r0_saturated_accuracy"]["range"] == [0.58, 0.68]
+    fails = {
+        "r0_saturated_accuracy": compute.gate(0.70, 0.4, 1.0, over, better),  # too strong
+        "r0_spread_ratio": compute.gate(0.60, 0.51, 1.0, over, better),  # no collapse
+        "vanilla_overoptimises": compute.gate(
+            0.60, 0.4, 1.0, {"drop": 0.19, "drop_ci": [0, 1], "passed": False}, better
+        ),
+        "oracle_minus_eta0_peak": compute.gate(
+            0.60, 0.4, 1.0, over, {"diff": 0.1, "ci": [-0.01, 0.2]}
+        ),
+    }
+    for key, g in fails.items():
+        assert not g["passed"] and not g[key]["passed"], key
+        assert all(v["passed"] for k, v in g.items() if k not in (key, "passed")), key
+    missing = compute.gate(None, None, None, None, None)
+    assert not missing["passed"] and missing["r0_spread_ratio"]["value"] is None
+    assert compute.gate(0.58, 0.5, 1.0, over, better)["passed"]  # the bounds are inclusive
+
+
+def test_the_gates_saturated_accuracy_reads_gold_ordered_held_out_pairs():
+    """A scorer that returns the gold reward ranks every pair rightly, its negation none; the
+    pairs are drawn on prompts outside the held-out set and repeat for one world seed."""
+    from metarm_jax.config import defaults
+    from metarm_jax.data import synthetic
+    from metarm_jax.rlhf import gate
+
+    c = defaults.world()
+    c.fine_size, c.w_fine = 4, 0.7
+    world = synthetic.World(c)
+
+    def gold(sign):
+        return lambda ps, ys: (
+            sign * np.asarray([world.gold([p, p], [a, b]) for p, (a, b) in zip(ps, ys)])
+        )
+
+    assert gate.saturated_accuracy(world, gold(1.0), set()) == 1.0
+    assert gate.saturated_accuracy(world, gold(-1.0), set()) == 0.0
+    seen = []
+    gate.saturated_accuracy(world, lambda ps, ys: seen.extend(ps) or np.zeros((len(ps), 2)), set())
+    held = {world.render(world.parse(p, junk=False)) for p in seen[:50]}
+    again = []
+    gate.saturated_accuracy(world, lambda ps, ys: again.extend(ps) or np.zeros((len(ps), 2)), held)
+    assert not held & {world.render(world.parse(p, junk=False)) for p in again}
+    assert len(seen) > 900  # ties are rare: about SATURATED_PAIRS pairs

@@ -293,3 +293,19 @@ def saturated_pairs(
             }
         )
     return rows
+
+
+def pair_texts(rows: list[dict]) -> tuple[list[str], list[str], list[str]]:
+    """(prompts, chosen, rejected) of hh_rlhf rows (``saturated_pairs``, the world's pair files):
+    the prompt up to and including the last Assistant marker, and each side's response after it;
+    a row whose ``gold_chosen`` is not above its ``gold_rejected`` is swapped, so chosen is the
+    higher-gold side."""
+    ps, cs, rs = [], [], []
+    for row in rows:
+        if "gold_chosen" in row and row["gold_chosen"] <= row["gold_rejected"]:
+            row = dict(row, chosen=row["rejected"], rejected=row["chosen"])
+        p, marker, c = row["chosen"].rpartition(ASSISTANT)
+        ps.append(p + marker)
+        cs.append(c)
+        rs.append(row["rejected"].rpartition(ASSISTANT)[2])
+    return ps, cs, rs

@@ -289,6 +289,68 @@ def control_key(name: str) -> str:
     return f"{name}_minus_vanilla"
 
 
+# The blind world's gate (docs/synthetic.md, "The blind world"; fixed on 2026-12-08, before any
+# MetaRM number of that world was read): MetaRM's premise holds in a run's world when r_0 ranks
+# coarse-saturated pairs rightly but weakly, its within-prompt spread collapses on the shifted
+# policy's samples, vanilla PPO over-optimises, and a better RM (the oracle) can win.
+GATE_ACCURACY = (0.58, 0.68)  # r_0's accuracy on held-out coarse-saturated pairs
+GATE_SPREAD_RATIO = 0.5  # r_0's spread on the shifted policy's samples / on π_SFT's, at most
+
+
+def within_prompt_spread(scores: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """The mean |r_i − r_j| over pairs of real responses to the same prompt (scores [m, k])."""
+    d = stats.abs_differences(np.asarray(scores, np.float64), mask)
+    return float(d.mean()) if d.size else float("nan")
+
+
+def gate(
+    r0_saturated_accuracy: float | None,
+    spread_shifted: float | None,
+    spread_base: float | None,
+    over: Mapping[str, Any] | None,
+    oracle_minus_eta0_peak: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The gate's four checks and ``passed`` (all four; a value not measured fails its check):
+    r_0's accuracy on held-out coarse-saturated pairs in GATE_ACCURACY; r_0's within-prompt
+    spread on the shifted policy's samples over its spread on π_SFT's at most GATE_SPREAD_RATIO;
+    vanilla PPO over-optimises (``overoptimised``); the oracle beats eta0 at each one's peak (the
+    round chosen on validation) with a 95% interval above 0."""
+    lo, hi = GATE_ACCURACY
+    acc = r0_saturated_accuracy
+    ratio = None
+    if spread_shifted is not None and spread_base:
+        ratio = float(spread_shifted / spread_base)
+    out = {
+        "r0_saturated_accuracy": {
+            "value": acc,
+            "range": [lo, hi],
+            "passed": acc is not None and lo <= acc <= hi,
+        },
+        "r0_spread_ratio": {
+            "value": ratio,
+            "shifted": spread_shifted,
+            "base": spread_base,
+            "max": GATE_SPREAD_RATIO,
+            "passed": ratio is not None and ratio <= GATE_SPREAD_RATIO,
+        },
+        "vanilla_overoptimises": {
+            "value": None if over is None else over["drop"],
+            "ci": None if over is None else over["drop_ci"],
+            "threshold": OVEROPTIMISED_DROP,
+            "passed": bool(over is not None and over["drop"] >= OVEROPTIMISED_DROP),
+        },
+        "oracle_minus_eta0_peak": {
+            "value": None if oracle_minus_eta0_peak is None else oracle_minus_eta0_peak["diff"],
+            "ci": None if oracle_minus_eta0_peak is None else oracle_minus_eta0_peak["ci"],
+            "passed": bool(
+                oracle_minus_eta0_peak is not None and oracle_minus_eta0_peak["ci"][0] > 0
+            ),
+        },
+    }
+    out["passed"] = all(v["passed"] for v in out.values())
+    return out
+
+
 def gao_fit(sqrt_kl: Sequence[float], gold: Sequence[float]) -> dict[str, float]:
     """Gao et al.'s RL form R(d) = d(α − β log d) fitted by least squares to the gold gain over
     π_SFT (R = gold − gold at d = 0) against d = √KL, on the points with d > 0: R/d = α − β log d

@@ -119,6 +119,42 @@ def _unreadable(res: dict) -> str:
     return ""
 
 
+def _gate_section(res: dict) -> list[str]:
+    """MetaRM's premise in this world: the blind world's pre-registered gate (docs/synthetic.md),
+    read before any MetaRM number."""
+    g = res.get("gate")
+    if not g or "r0_saturated_accuracy" not in g:
+        return []
+
+    def val(v, fmt="{:.3f}"):
+        return "not measured" if v is None else fmt.format(v)
+
+    def word(check):
+        return "passed" if check["passed"] else "FAILED"
+
+    a, s = g["r0_saturated_accuracy"], g["r0_spread_ratio"]
+    o, d = g["vanilla_overoptimises"], g["oracle_minus_eta0_peak"]
+    ci = f" {_ci(d['ci'], pct=False)}" if d["ci"] else ""
+    return [
+        "## Does MetaRM's premise hold here? (the blind world's gate, read first)",
+        "",
+        f"- r_0 ranks held-out coarse-saturated pairs rightly but weakly (accuracy in "
+        f"[{a['range'][0]}, {a['range'][1]}]): {val(a['value'])} — **{word(a)}**",
+        f"- r_0's within-prompt spread collapses on vanilla PPO's final samples (at most "
+        f"{s['max']} of its spread on π_SFT's): {val(s['value'])} — **{word(s)}**",
+        f"- vanilla PPO over-optimises (final at least {o['threshold']} below its peak): drop "
+        f"{val(o['value'], '{:+.3f}')} — **{word(o)}**",
+        f"- the oracle beats eta0 at each one's peak (interval above 0): "
+        f"{val(d['value'], '{:+.3f}')}{ci} — **{word(d)}**",
+        "",
+        "The premise holds: a MetaRM comparison here tests the paper's claim."
+        if g["passed"]
+        else "**The premise does not hold in this world: a MetaRM null here does not test the "
+        "paper's claim.**",
+        "",
+    ]
+
+
 def _controls_section(res: dict) -> list[str]:
     """ "Can this experiment discriminate?": the pre-registered positive controls, read before
     any MetaRM number (docs/synthetic.md)."""
@@ -224,6 +260,7 @@ def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
         "paired bootstrap resamples of the prompts.",
         "",
         *_controls_section(res),
+        *_gate_section(res),
         "## In plain words",
         "",
         *[f"- {line}" for line in _plain_words(res, rec)],

@@ -34,7 +34,7 @@ from metarm_jax import data as D
 from metarm_jax.data import synthetic
 from metarm_jax.eval import diversity, human, judges, llm_judge
 from metarm_jax.generation.scoring import RewardScorer
-from metarm_jax.rlhf import compute, plan, render
+from metarm_jax.rlhf import compute, gate, plan, render
 from metarm_jax.rlhf import kl as kl_lib
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, RunRecord
@@ -155,6 +155,16 @@ def build(
 
     rm_metrics = _rm_metrics(config, rec, test, prompts, world, scorer, n_boot)
     experiment = _experiment(ctx, rec, layout, test, valid, world, scorer, n_boot)
+    if world is not None:  # MetaRM's premise in this world (docs/synthetic.md, "The blind world")
+        experiment["gate"] = gate.measure(
+            rec,
+            test,
+            valid,
+            world,
+            lambda path, ps, resp: _scores(config, scorer, path, ps, resp),
+            experiment["controls"],
+            n_boot,
+        )
     fig1 = _figure1(config, rec, test, scorer)
     lengths = _lengths(config, test)
     div = _diversity(config, first, rc.diversity)
