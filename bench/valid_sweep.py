@@ -1,12 +1,15 @@
 """Choose a hyper-parameter of one arm on VALIDATION prompts only (test prompts are never read):
 
-    python bench/valid_sweep.py rho    --values 0.25,1,4      --seeds 100,101
+    python bench/valid_sweep.py rho    --values 1,4,16,64      --seeds 100,101 \
+        [--config configs/quickstart.py:world=blind]
     python bench/valid_sweep.py lambda --values 0.1,0.3,1,3,10 --seeds 100,101 \
         --base 'runs/valid_sweep/rho/seed{seed}/4'
 
     rho     the calibrated ascent's ρ (meta.eta_mode='update': ‖θ' − θ‖ = ρ·‖Δθ_opt‖) of the
-            MetaRM arm (docs/training.md); also reports the measured ascent-to-update ratio and
-            J(θ') − J(θ) of the MetaRM steps
+            MetaRM arm (docs/training.md), chosen by MetaRM's PAIRED difference from its η = 0
+            control (eta0, run at the same seeds: MetaRM's peak validation gold minus eta0's,
+            each at its own validation-chosen round), not by MetaRM's own gold; also reports the
+            measured ascent-to-update ratio and J(θ') − J(θ) of the MetaRM steps
     lambda  λ of the ensemble_uwo arm (PPO against mean − λ·variance over the ensemble's
             members, Coste et al.; ppo.ensemble_lambda)
 
@@ -18,7 +21,8 @@ value's run is copied into the next one's directory, the swept arm's steps and s
 ``--base`` (``{seed}`` is replaced) names a finished run of the same config to start each seed
 from. Per value it reports the swept arm's peak validation gold (the round chosen on validation)
 and its last round's validation gold, averaged over the sweep seeds; the value with the highest
-mean peak validation gold is chosen (ties: the smaller).
+mean peak validation gold (with a control: the highest mean paired difference from the control's
+peak validation gold) is chosen (ties: the smaller).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Sweep:
     arm: str  # the arm whose validation gold chooses the value
     flags: Callable[[float], list[str]]  # the --config flags that set the value
     owns: Callable[[str], bool]  # whether a top-level entry of the run depends on the value
+    control: str = ""  # an arm run at the same seeds; the value is chosen by arm − control
 
 
 SWEEPS = {
@@ -52,11 +57,12 @@ SWEEPS = {
         lambda v: [
             "--config.meta.eta_mode=update",
             f"--config.meta.eta={v:g}",
-            "--config.rlhf.baselines=()",
+            "--config.rlhf.baselines=('eta0',)",
         ],
         # every round after the first; round 1's meta samples come from π_SFT, so only its
         # metarm/ and ppo/ depend on ρ (``share`` copies round1/meta alone)
         lambda entry: re.fullmatch(r"round\d+", entry) is not None and entry != "round1",
+        control="eta0",  # independent of ρ: shared by every value's run of a seed
     ),
     "lambda": Sweep(
         "ensemble_uwo",
@@ -69,21 +75,22 @@ SWEEPS = {
 }
 
 
-def seed_flags(offset: int) -> list[str]:
+CONFIG = "configs/quickstart.py"
+
+
+def seed_flags(offset: int, config: str = CONFIG) -> list[str]:
     """--config flags that move every seed key by ``offset``, as ``:seeds=N`` does."""
-    return config_lib.seed_offset_flags(
-        config_lib.load_config_file("configs/quickstart.py"), offset
-    )
+    return config_lib.seed_offset_flags(config_lib.load_config_file(config), offset)
 
 
-def run(workdir: str, seed: int, flags: list[str], extra: list[str]) -> None:
+def run(workdir: str, seed: int, flags: list[str], extra: list[str], config: str = CONFIG) -> None:
     cmd = [
         sys.executable,
         "-m",
         "metarm_jax.main",
-        "--config=configs/quickstart.py",
+        f"--config={config}",
         f"--workdir={workdir}",
-        *seed_flags(seed),
+        *seed_flags(seed, config),
         *flags,
         "--config.rlhf.diversity=",
         "--config.train.progress=False",
@@ -121,20 +128,24 @@ def share(sweep: Sweep, src: str, dst: str) -> None:
             shutil.copytree(s, d, symlinks=True)
 
 
+def _peak(rep: dict, arm: str) -> tuple[int, float, float]:
+    """(peak round, its validation gold, the last round's) of one arm, from the report's curve."""
+    valid = {p["round"]: p["valid_gold"] for p in rep["curves"][arm]}
+    peak = max(valid, key=lambda r: (valid[r], -r))
+    return peak, valid[peak], valid[max(valid)]
+
+
 def summarise(sweep: Sweep, workdir: str) -> dict:
     with open(os.path.join(workdir, "report.json")) as f:
         rep = json.load(f)
-    pts = rep["curves"][sweep.arm]
-    valid = {p["round"]: p["valid_gold"] for p in pts}
-    peak = max(valid, key=lambda r: (valid[r], -r))
-    out = {
-        "peak_round": peak,
-        "peak_valid_gold": valid[peak],
-        "final_valid_gold": valid[max(valid)],
-    }
+    peak, peak_gold, final_gold = _peak(rep, sweep.arm)
+    out = {"peak_round": peak, "peak_valid_gold": peak_gold, "final_valid_gold": final_gold}
+    if sweep.control:  # the paired criterion: the arm's peak minus the control's, same seed
+        out["control_peak_valid_gold"] = _peak(rep, sweep.control)[1]
+        out["paired_diff"] = peak_gold - out["control_peak_valid_gold"]
     if sweep.arm == "metarm":
         ratio, gain = [], []
-        for r in range(1, max(valid) + 1):
+        for r in range(1, max(p["round"] for p in rep["curves"][sweep.arm]) + 1):
             path = os.path.join(workdir, f"round{r}", "metarm", "metarm", "metrics.jsonl")
             rows = read_metrics(path)
             ratio += [x["meta/ascent_to_update"] for x in rows if "meta/ascent_to_update" in x]
@@ -149,6 +160,7 @@ def main() -> None:
     ap.add_argument("param", choices=sorted(SWEEPS))
     ap.add_argument("--values", required=True, help="comma-separated values")
     ap.add_argument("--seeds", default="100,101")
+    ap.add_argument("--config", default=CONFIG, help="e.g. configs/quickstart.py:world=blind")
     ap.add_argument("--workdir", default="", help="default runs/valid_sweep/<param>")
     ap.add_argument("--base", default="", help="a finished run per seed to share steps from")
     ap.add_argument(
@@ -168,11 +180,13 @@ def main() -> None:
             if not args.aggregate:
                 if first is not None:
                     share(sweep, first, wd)
-                run(wd, seed, sweep.flags(v), args.extra)
+                run(wd, seed, sweep.flags(v), args.extra, args.config)
                 first = first or wd
             table.setdefault(v, []).append(summarise(sweep, wd))
-    best = max(values, key=lambda v: (np.mean([s["peak_valid_gold"] for s in table[v]]), -v))
-    extra_cols = ["ascent_to_update", "J_gain"] if sweep.arm == "metarm" else []
+    criterion = "paired_diff" if sweep.control else "peak_valid_gold"
+    best = max(values, key=lambda v: (np.mean([s[criterion] for s in table[v]]), -v))
+    extra_cols = ["paired_diff"] if sweep.control else []
+    extra_cols += ["ascent_to_update", "J_gain"] if sweep.arm == "metarm" else []
     print(
         f"| {args.param} | peak valid gold (mean over seeds) | final valid gold | peak rounds |"
         + "".join(f" {c} |" for c in extra_cols)
@@ -193,6 +207,9 @@ def main() -> None:
                 "param": args.param,
                 "arm": sweep.arm,
                 "chosen": best,
+                "criterion": criterion,
+                "control": sweep.control,
+                "config": args.config,
                 "seeds": seeds,
                 "table": {f"{k:g}": v for k, v in table.items()},
             },
