@@ -233,27 +233,29 @@ def test_within_prompt_spread_is_the_mean_absolute_difference_of_real_pairs():
 
 
 def test_the_gate_passes_only_when_all_four_checks_pass():
+    from metarm_jax.rlhf import gate
+
     over = {"drop": 0.31, "drop_ci": [0.2, 0.4], "passed": True}
     better = {"diff": 0.12, "ci": [0.03, 0.2]}
-    g = compute.gate(0.63, 0.4, 1.0, over, better)
+    g = gate.gate(0.63, 0.4, 1.0, over, better)
     assert g["passed"] and g["r0_spread_ratio"]["value"] == pytest.approx(0.4)
     assert g["r0_saturated_accuracy"]["range"] == [0.58, 0.68]
     fails = {
-        "r0_saturated_accuracy": compute.gate(0.70, 0.4, 1.0, over, better),  # too strong
-        "r0_spread_ratio": compute.gate(0.60, 0.51, 1.0, over, better),  # no collapse
-        "vanilla_overoptimises": compute.gate(
+        "r0_saturated_accuracy": gate.gate(0.70, 0.4, 1.0, over, better),  # too strong
+        "r0_spread_ratio": gate.gate(0.60, 0.51, 1.0, over, better),  # no collapse
+        "vanilla_overoptimises": gate.gate(
             0.60, 0.4, 1.0, {"drop": 0.19, "drop_ci": [0, 1], "passed": False}, better
         ),
-        "oracle_minus_eta0_peak": compute.gate(
+        "oracle_minus_eta0_peak": gate.gate(
             0.60, 0.4, 1.0, over, {"diff": 0.1, "ci": [-0.01, 0.2]}
         ),
     }
     for key, g in fails.items():
         assert not g["passed"] and not g[key]["passed"], key
         assert all(v["passed"] for k, v in g.items() if k not in (key, "passed")), key
-    missing = compute.gate(None, None, None, None, None)
+    missing = gate.gate(None, None, None, None, None)
     assert not missing["passed"] and missing["r0_spread_ratio"]["value"] is None
-    assert compute.gate(0.58, 0.5, 1.0, over, better)["passed"]  # the bounds are inclusive
+    assert gate.gate(0.58, 0.5, 1.0, over, better)["passed"]  # the bounds are inclusive
 
 
 def test_the_gates_saturated_accuracy_reads_gold_ordered_held_out_pairs():
@@ -281,3 +283,29 @@ def test_the_gates_saturated_accuracy_reads_gold_ordered_held_out_pairs():
     gate.saturated_accuracy(world, lambda ps, ys: again.extend(ps) or np.zeros((len(ps), 2)), held)
     assert not held & {world.render(world.parse(p, junk=False)) for p in again}
     assert len(seen) > 900  # ties are rare: about SATURATED_PAIRS pairs
+
+
+def test_ascent_effect_compares_each_round_with_eta0_on_the_arms_own_samples():
+    def row(acc, spread):
+        return {"accuracy": acc, "spread_normalised": spread}
+
+    rm_metrics = {
+        "rounds": {
+            "round1": {
+                "metarm round 1 samples": {"metarm_r1": row(0.60, 0.9), "eta0_r1": row(0.55, 1.0)}
+            },
+            "round2": {
+                "metarm round 2 samples": {"metarm_r2": row(0.50, 1.2), "eta0_r2": row(0.52, 0.8)}
+            },
+        }
+    }
+    e = compute.ascent_effect(rm_metrics, "metarm", "eta0")
+    assert [r["round"] for r in e["rounds"]] == [1, 2]
+    assert e["accuracy"] == pytest.approx((0.05 - 0.02) / 2)
+    assert e["spread_normalised"] == pytest.approx((-0.1 + 0.4) / 2)
+    assert e["rounds_accuracy_up"] == 1 and e["verdict"] == "raised accuracy and spread"
+    rm_metrics["rounds"]["round1"]["metarm round 1 samples"]["metarm_r1"] = row(0.50, 0.9)
+    assert compute.ascent_effect(rm_metrics, "metarm", "eta0")["verdict"] == (
+        "raised only spread, not accuracy"
+    )
+    assert compute.ascent_effect(rm_metrics, "metarm2", "eta0") is None

@@ -289,66 +289,48 @@ def control_key(name: str) -> str:
     return f"{name}_minus_vanilla"
 
 
-# The blind world's gate (docs/synthetic.md, "The blind world"; fixed on 2026-12-08, before any
-# MetaRM number of that world was read): MetaRM's premise holds in a run's world when r_0 ranks
-# coarse-saturated pairs rightly but weakly, its within-prompt spread collapses on the shifted
-# policy's samples, vanilla PPO over-optimises, and a better RM (the oracle) can win.
-GATE_ACCURACY = (0.58, 0.68)  # r_0's accuracy on held-out coarse-saturated pairs
-GATE_SPREAD_RATIO = 0.5  # r_0's spread on the shifted policy's samples / on π_SFT's, at most
-
-
 def within_prompt_spread(scores: np.ndarray, mask: np.ndarray | None = None) -> float:
     """The mean |r_i − r_j| over pairs of real responses to the same prompt (scores [m, k])."""
     d = stats.abs_differences(np.asarray(scores, np.float64), mask)
     return float(d.mean()) if d.size else float("nan")
 
 
-def gate(
-    r0_saturated_accuracy: float | None,
-    spread_shifted: float | None,
-    spread_base: float | None,
-    over: Mapping[str, Any] | None,
-    oracle_minus_eta0_peak: Mapping[str, Any] | None,
-) -> dict[str, Any]:
-    """The gate's four checks and ``passed`` (all four; a value not measured fails its check):
-    r_0's accuracy on held-out coarse-saturated pairs in GATE_ACCURACY; r_0's within-prompt
-    spread on the shifted policy's samples over its spread on π_SFT's at most GATE_SPREAD_RATIO;
-    vanilla PPO over-optimises (``overoptimised``); the oracle beats eta0 at each one's peak (the
-    round chosen on validation) with a 95% interval above 0."""
-    lo, hi = GATE_ACCURACY
-    acc = r0_saturated_accuracy
-    ratio = None
-    if spread_shifted is not None and spread_base:
-        ratio = float(spread_shifted / spread_base)
-    out = {
-        "r0_saturated_accuracy": {
-            "value": acc,
-            "range": [lo, hi],
-            "passed": acc is not None and lo <= acc <= hi,
-        },
-        "r0_spread_ratio": {
-            "value": ratio,
-            "shifted": spread_shifted,
-            "base": spread_base,
-            "max": GATE_SPREAD_RATIO,
-            "passed": ratio is not None and ratio <= GATE_SPREAD_RATIO,
-        },
-        "vanilla_overoptimises": {
-            "value": None if over is None else over["drop"],
-            "ci": None if over is None else over["drop_ci"],
-            "threshold": OVEROPTIMISED_DROP,
-            "passed": bool(over is not None and over["drop"] >= OVEROPTIMISED_DROP),
-        },
-        "oracle_minus_eta0_peak": {
-            "value": None if oracle_minus_eta0_peak is None else oracle_minus_eta0_peak["diff"],
-            "ci": None if oracle_minus_eta0_peak is None else oracle_minus_eta0_peak["ci"],
-            "passed": bool(
-                oracle_minus_eta0_peak is not None and oracle_minus_eta0_peak["ci"][0] > 0
-            ),
-        },
+def ascent_effect(rm_metrics: Mapping[str, Any], arm: str, control: str) -> dict[str, Any] | None:
+    """Did an arm's ascent raise its RM's accuracy, or only its spread? Per round, on the arm's own
+    samples: its RM minus the control's RM (eta0: the same rounds with η = 0) in accuracy against
+    the reference and in within-prompt spread normalised by each RM's spread on π_SFT's samples;
+    the means over rounds, the rounds where accuracy rose, and the verdict in words."""
+    rows = []
+    for r, table in sorted(rm_metrics.get("rounds", {}).items(), key=lambda kv: int(kv[0][5:])):
+        row = table.get(f"{arm} round {r[5:]} samples", {})
+        a, c = row.get(f"{arm}_r{r[5:]}"), row.get(f"{control}_r{r[5:]}")
+        if a is None or c is None or "spread_normalised" not in a:
+            continue
+        rows.append(
+            {
+                "round": int(r[5:]),
+                "accuracy": a["accuracy"] - c["accuracy"],
+                "spread_normalised": a["spread_normalised"] - c["spread_normalised"],
+            }
+        )
+    if not rows:
+        return None
+    acc = float(np.mean([x["accuracy"] for x in rows]))
+    spread = float(np.mean([x["spread_normalised"] for x in rows]))
+    raised = [w for w, v in (("accuracy", acc), ("spread", spread)) if v > 0]
+    verdict = {
+        ("accuracy", "spread"): "raised accuracy and spread",
+        ("accuracy",): "raised accuracy, not spread",
+        ("spread",): "raised only spread, not accuracy",
+    }.get(tuple(raised), "raised neither accuracy nor spread")
+    return {
+        "control": control,
+        "rounds": rows,
+        "accuracy": acc,
+        "spread_normalised": spread,
+        "rounds_accuracy_up": sum(x["accuracy"] > 0 for x in rows),
+        "verdict": verdict,
     }
-    out["passed"] = all(v["passed"] for v in out.values())
-    return out
 
 
 def gao_fit(sqrt_kl: Sequence[float], gold: Sequence[float]) -> dict[str, float]:

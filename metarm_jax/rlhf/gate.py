@@ -1,6 +1,7 @@
 """The blind world's pre-registered gate, measured in a run (``report.json["gate"]``): does
-MetaRM's premise hold in this world before any MetaRM number is read? The numbers are
-``compute.gate``'s; this module gathers what it reads (docs/synthetic.md, "The blind world").
+MetaRM's premise hold in this world before any MetaRM number is read? ``gate`` computes the
+verdict from the four values (pure); ``measure`` gathers them from a run (docs/synthetic.md, "The
+blind world").
 
     r_0's accuracy on held-out coarse-saturated pairs   SATURATED_PAIRS pairs of fresh prompts
         (none of the validation or test prompts), both responses coarse-saturated
@@ -18,6 +19,7 @@ without the synthetic world) reports the missing values as not measured, which f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,9 +28,15 @@ from metarm_jax.data import world_files
 from metarm_jax.rlhf import compute, plan
 from metarm_jax.rlhf.plan import RunRecord
 
+# The blind world's gate (docs/synthetic.md, "The blind world"; fixed on 2026-12-08, before any
+# MetaRM number of that world was read): MetaRM's premise holds in a run's world when r_0 ranks
+# coarse-saturated pairs rightly but weakly, its within-prompt spread collapses on the shifted
+# policy's samples, vanilla PPO over-optimises, and a better RM (the oracle) can win.
+GATE_ACCURACY = (0.58, 0.68)  # r_0's accuracy on held-out coarse-saturated pairs
+GATE_SPREAD_RATIO = 0.5  # r_0's spread on the shifted policy's samples / on π_SFT's, at most
 SATURATED_PAIRS = 1000
 STREAM = 31  # the held-out saturated pairs' random stream, beside the world's own
-ORACLE, ETA0 = "oracle", "eta0"  # the gate's better RM and the method's η = 0 control
+ORACLE, ETA0 = "oracle", plan.NULL_ASCENT  # the gate's better RM; the method with η = 0
 
 
 def saturated_accuracy(world, score_pairs, exclude: set[str]) -> float:
@@ -82,4 +90,52 @@ def measure(
         o_test, o_valid = _gold_by_round(world, rec, rec.arms[ORACLE], test, valid)
         e_test, e_valid = _gold_by_round(world, rec, rec.arms[ETA0], test, valid)
         diff = compute.control_difference(o_test, o_valid, e_test, e_valid, n_boot)["peak"]
-    return compute.gate(acc, shifted, base, controls.get("overoptimised"), diff)
+    return gate(acc, shifted, base, controls.get("overoptimised"), diff)
+
+
+def gate(
+    r0_saturated_accuracy: float | None,
+    spread_shifted: float | None,
+    spread_base: float | None,
+    over: Mapping[str, Any] | None,
+    oracle_minus_eta0_peak: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The gate's four checks and ``passed`` (all four; a value not measured fails its check):
+    r_0's accuracy on held-out coarse-saturated pairs in GATE_ACCURACY; r_0's within-prompt
+    spread on the shifted policy's samples over its spread on π_SFT's at most GATE_SPREAD_RATIO;
+    vanilla PPO over-optimises (``overoptimised``); the oracle beats eta0 at each one's peak (the
+    round chosen on validation) with a 95% interval above 0."""
+    lo, hi = GATE_ACCURACY
+    acc = r0_saturated_accuracy
+    ratio = None
+    if spread_shifted is not None and spread_base:
+        ratio = float(spread_shifted / spread_base)
+    out = {
+        "r0_saturated_accuracy": {
+            "value": acc,
+            "range": [lo, hi],
+            "passed": acc is not None and lo <= acc <= hi,
+        },
+        "r0_spread_ratio": {
+            "value": ratio,
+            "shifted": spread_shifted,
+            "base": spread_base,
+            "max": GATE_SPREAD_RATIO,
+            "passed": ratio is not None and ratio <= GATE_SPREAD_RATIO,
+        },
+        "vanilla_overoptimises": {
+            "value": None if over is None else over["drop"],
+            "ci": None if over is None else over["drop_ci"],
+            "threshold": compute.OVEROPTIMISED_DROP,
+            "passed": bool(over is not None and over["drop"] >= compute.OVEROPTIMISED_DROP),
+        },
+        "oracle_minus_eta0_peak": {
+            "value": None if oracle_minus_eta0_peak is None else oracle_minus_eta0_peak["diff"],
+            "ci": None if oracle_minus_eta0_peak is None else oracle_minus_eta0_peak["ci"],
+            "passed": bool(
+                oracle_minus_eta0_peak is not None and oracle_minus_eta0_peak["ci"][0] > 0
+            ),
+        },
+    }
+    out["passed"] = all(v["passed"] for v in out.values())
+    return out

@@ -31,6 +31,9 @@ from metarm_jax.runtime.errors import ConfigError
 ROUNDS, CONTINUOUS, SINGLE = "rounds", "continuous", "single"
 MAIN = "metarm"  # the method under test: always run; its rounds pick the best round
 FLOOR = "vanilla_ppo"  # the arm with ``floor=True`` (named here so that entries can refer to it)
+# The method with η = 0: every arm with an ascent (MetaRM, its second order, its negative controls)
+# lists it in compare_to, and the report measures what each ascent did to the RM against its RM.
+NULL_ASCENT = "eta0"
 # The rival arms (issue 26): opt-in, each vanilla PPO but for its reward; MetaRM is compared to each.
 RIVALS = ("ensemble_mean", "ensemble_worst", "ensemble_uwo", "warm", "centred")
 # What a CONTINUOUS arm's PPO optimises (``Arm.reward``): r_0; the world's gold; the aggregation of
@@ -126,7 +129,7 @@ ARMS: tuple[Arm, ...] = (
         ROUNDS,
         "MetaRM",
         rm_method="metarm",
-        compare_to=("eta0", "vanilla_ppo", *RIVALS),
+        compare_to=(NULL_ASCENT, FLOOR, *RIVALS),
         doc="MetaRM (eta = meta.eta) on the original pairs, from the previous round's RM",
     ),
     Arm(
@@ -134,7 +137,7 @@ ARMS: tuple[Arm, ...] = (
         ROUNDS,
         "MetaRM second order",
         rm_method="metarm_second",
-        compare_to=("eta0", "vanilla_ppo", MAIN),
+        compare_to=(NULL_ASCENT, FLOOR, MAIN),
         doc="MetaRM differentiating through the ascent (meta.order='second', hvp form)",
     ),
     Arm(
@@ -151,7 +154,7 @@ ARMS: tuple[Arm, ...] = (
         "random direction",
         rm_method="metarm_random",
         negative=True,
-        compare_to=("eta0", MAIN),
+        compare_to=(NULL_ASCENT, MAIN),
         doc="MetaRM with the ascent replaced by a random Gaussian direction of the same norm, "
         "drawn afresh each step from the step's seeded key (meta.direction='random')",
     ),
@@ -161,7 +164,7 @@ ARMS: tuple[Arm, ...] = (
         "J on SFT samples",
         rm_method="metarm_sft_j",
         negative=True,
-        compare_to=("eta0", MAIN),
+        compare_to=(NULL_ASCENT, MAIN),
         doc="MetaRM with J computed every round on π_SFT's samples (round 1's meta samples) "
         "instead of the current policy's: an ascent that ignores the shift",
     ),
@@ -171,7 +174,7 @@ ARMS: tuple[Arm, ...] = (
         "sign-flipped ascent",
         rm_method="metarm_descent",
         negative=True,
-        compare_to=("eta0", MAIN),
+        compare_to=(NULL_ASCENT, MAIN),
         doc="MetaRM with the step reversed: descent on J, the same size (meta.direction="
         "'descent', allowed only as this arm)",
     ),

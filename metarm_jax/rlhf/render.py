@@ -95,6 +95,14 @@ def _plain_words(res: dict, rec: RunRecord) -> list[str]:
                 f"the same budget ({o:.3f} vs {v:.3f}): this world and budget cannot reward a "
                 "better RM, so no RM method can win here."
             )
+    for name, e in res.get("ascent_effect", {}).items():
+        out.append(
+            f"The ascent of {name} {e['verdict']}: on its own samples its RM ranks "
+            f"{e['accuracy']:+.3f} against the reference compared with {e['control']}'s RM (mean "
+            f"over rounds; higher in {e['rounds_accuracy_up']} of {len(e['rounds'])}), with "
+            f"within-prompt spread {e['spread_normalised']:+.3f} (normalised by each RM's "
+            "spread on π_SFT's samples)."
+        )
     for name, c in res["reward_clip"].items():
         if c["flag"]:
             out.append(

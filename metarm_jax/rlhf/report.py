@@ -32,9 +32,9 @@ import numpy as np
 
 from metarm_jax import data as D
 from metarm_jax.data import synthetic
-from metarm_jax.eval import diversity, human, judges, llm_judge
+from metarm_jax.eval import judges, llm_judge
 from metarm_jax.generation.scoring import RewardScorer
-from metarm_jax.rlhf import compute, gate, plan, render
+from metarm_jax.rlhf import compute, gate, plan, render, texts
 from metarm_jax.rlhf import kl as kl_lib
 from metarm_jax.rlhf.layout import RunLayout
 from metarm_jax.rlhf.plan import CONTINUOUS, ROUNDS, RunRecord
@@ -154,6 +154,11 @@ def build(
     }
 
     rm_metrics = _rm_metrics(config, rec, test, prompts, world, scorer, n_boot)
+    ascent = {  # each ascent arm's RM against eta0's, on the arm's own samples
+        run.arm.name: compute.ascent_effect(rm_metrics, run.arm.name, plan.NULL_ASCENT)
+        for run in rec.of(ROUNDS)
+        if plan.NULL_ASCENT in run.arm.compare_to and plan.NULL_ASCENT in rec.arms
+    }
     experiment = _experiment(ctx, rec, layout, test, valid, world, scorer, n_boot)
     if world is not None:  # MetaRM's premise in this world (docs/synthetic.md, "The blind world")
         experiment["gate"] = gate.measure(
@@ -166,9 +171,9 @@ def build(
             n_boot,
         )
     fig1 = _figure1(config, rec, test, scorer)
-    lengths = _lengths(config, test)
-    div = _diversity(config, first, rc.diversity)
-    human_eval = _human(config, layout, prompts, first, best, n_boot, lead)
+    lengths = texts.lengths(config, test)
+    div = texts.diversity_table(config, first, rc.diversity)
+    human_eval = texts.human_eval(config, layout, prompts, first, best, n_boot, lead)
     fig5 = _figure5(rec, test, scorer)
 
     # Curves, step counts, clipping and the meta step's geometry, from the stages' metrics.
@@ -206,6 +211,7 @@ def build(
         "gold_diff": gold_diff,
         "proxy": proxies,
         "rm_metrics": rm_metrics,
+        "ascent_effect": {k: v for k, v in ascent.items() if v is not None},
         "fig5": {
             k: {"mean": float(v["raw"].mean()), "normalised_mean": float(v["normalised"].mean())}
             for k, v in fig5.items()
@@ -408,6 +414,12 @@ def _rm_metrics(config, rec: RunRecord, test, prompts, world, scorer, n_boot) ->
             for rm_label, reward in rms.items():
                 scores, mask = _scores(config, scorer, reward, prompts, resp, memo, policy)
                 row[rm_label] = compute.rm_agreement(scores, refs[policy], mask, n_boot)
+                # its within-prompt spread, and that over its spread on π_SFT's samples (the
+                # probe, the first set): Figure 1's collapse, per RM and sample set
+                spread = compute.within_prompt_spread(scores, mask)
+                base = table["probe (SFT samples)"][rm_label]["spread"] if table else spread
+                row[rm_label]["spread"] = spread
+                row[rm_label]["spread_normalised"] = spread / base if base else float("nan")
             table[set_label] = row
         out["rounds"][f"round{r}"] = table
     return out
@@ -439,56 +451,6 @@ def _figure1(config, rec: RunRecord, test, scorer) -> dict[str, Any]:
             xs.append(x)
             vs.append(compute.pair_variance(scores))
         out[name] = {"iteration": xs, "variance": vs}
-    return out
-
-
-def _lengths(config, test) -> dict[str, dict[str, float]]:
-    """Response length in tokens (the RM's tokenizer) of every policy's test samples: PPO's
-    length drift is the first thing to check next to a win rate."""
-    tok = D.load_tokenizer(config.data.tokenizer_path)
-    return {
-        name: compute.length_stats(
-            [len(tok(t, add_special_tokens=False)["input_ids"]) for rs in resp for t in rs]
-        )
-        for name, (_, resp) in test.items()
-    }
-
-
-def _diversity(config, first, mode: str) -> dict[str, Any]:
-    """Table 3: Self-BLEU (and with mode 'all' embedding similarity) of one response per test
-    prompt for every policy, and of the data's chosen responses (lower = more diverse)."""
-    if not mode:
-        return {}
-    d = config.data
-    rows = {}
-    try:
-        tok = D.load_tokenizer(d.tokenizer_path) if d.tokenizer_path else None  # chat templates
-        pairs = D.load_records("preference", d, tok, split=d.eval_split)
-        rows["chosen (data)"] = [p.chosen for p in pairs][: len(next(iter(first.values())))]
-    except Exception as e:
-        rows_note = f"chosen responses unavailable: {str(e).splitlines()[0][:200]}"
-    else:
-        rows_note = ""
-    rows.update(first)
-    out = {"rows": diversity.table(rows, embeddings=mode == "all")}
-    if rows_note:
-        out["note"] = rows_note
-    return out
-
-
-def _human(config, layout: RunLayout, prompts, first, best, n_boot, lead) -> dict[str, Any]:
-    """Blind pairs for people (best round vs SFT) and, when filled in, their verdicts."""
-    rc = config.rlhf
-    out: dict[str, Any] = {}
-    folder = layout.path("human_eval")
-    if rc.human_export and lead:
-        out["export"] = human.export_pairs(
-            folder, prompts, first[best], first["sft"], name_a=best, name_b="sft",
-            seed=int(config.seed),
-        )  # fmt: skip
-    if rc.human_verdicts:
-        res = human.import_verdicts(rc.human_verdicts, layout.path("human_eval", "key.json"))
-        out["verdicts"] = compute.comparison(res, n_boot)
     return out
 
 
