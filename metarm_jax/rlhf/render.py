@@ -69,16 +69,26 @@ def _plain_words(res: dict, rec: RunRecord) -> list[str]:
         f"The best MetaRM round on the {res['valid_prompts']} validation prompts is {best} "
         f"(win - lose vs SFT there: {_pct(res['selection'][best]['net'])})."
     ]
+    for other, d in res.get("method_differences", {}).items():
+        p = d["peak"]
+        out.append(
+            f"MetaRM − {other} in test gold, each at its own peak (its round chosen on "
+            f"validation): {p['diff']:+.3f} {_ci(p['ci'], pct=False)}; at the final round: "
+            f"{d['diff']:+.3f} {_ci(d['ci'], pct=False)}"
+            + (" (an interval that excludes 0)." if compute.excludes_zero(p["ci"]) else ".")
+        )
     for label, v in res["table2"].items():
         if compute.excludes_zero(v["net_ci"]):
             word = "beats" if v["net"] > 0 else "loses to"
             out.append(
-                f"On the test prompts {best} {word} {label}: win - lose {_pct(v['net'])} "
+                f"Same round (the paper's protocol): on the test prompts {best} {word} {label}: "
+                f"win - lose {_pct(v['net'])} "
                 f"{_ci(v['net_ci'])}, an interval that excludes 0."
             )
         else:
             out.append(
-                f"On the test prompts {best} and {label} cannot be told apart: win - lose "
+                f"Same round (the paper's protocol): on the test prompts {best} and {label} "
+                "cannot be told apart: win - lose "
                 f"{_pct(v['net'])} {_ci(v['net_ci'])} includes 0."
             )
     r_best = int(best.removeprefix("round"))
@@ -281,7 +291,8 @@ def markdown(res: dict, figs: dict[str, str], rec: RunRecord) -> str:
         "",
         *_cmp_table(res["table1"], "policy vs SFT"),
         "",
-        f"## Table 2 (test prompts): the best round ({best}) vs the baselines" + _unreadable(res),
+        f"## Table 2 (test prompts): the best round ({best}) vs the baselines at the same round "
+        "(the paper's protocol; each arm at its own peak: 'In plain words')" + _unreadable(res),
         "",
         *_cmp_table(res["table2"], f"{best} vs"),
         "",
