@@ -147,3 +147,25 @@ def test_seed_offset_flags_rebuild_what_with_seed_offset_makes():
         got = config_lib.derive(base, {**over, "workdir": want.workdir})
         assert got.to_dict() == want.to_dict()
         assert (flags == []) == (offset == 0)
+
+
+def test_the_blind_world_variant_changes_only_its_two_settings():
+    """configs/quickstart.py:world=blind: sampling stops at the longest base response and the
+    base data exercises the fine part more; every other key is the quickstart's. A world name
+    it does not know is one clear line."""
+    base = config_lib.load_config_file("configs/quickstart.py")
+    blind = config_lib.load_config_file("configs/quickstart.py:world=blind")
+    assert blind.sampling.max_new_tokens == blind.world.response_len[1] == 16
+    assert tuple(blind.world.base_fine_frac) == (0.0, 0.6)
+
+    def flat(c, prefix=""):
+        out = {}
+        for k, v in c.items():
+            out.update(flat(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k: v})
+        return out
+
+    a, b = flat(base), flat(blind)
+    assert {k for k in a if a[k] != b[k]} == {"sampling.max_new_tokens", "world.base_fine_frac"}
+    config_lib.validate(blind)
+    with pytest.raises(ConfigError, match="world='bogus'; expected one of exploit, blind"):
+        config_lib.load_config_file("configs/quickstart.py:world=bogus")
