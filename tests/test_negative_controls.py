@@ -141,6 +141,23 @@ def test_config_refuses_descent_outside_its_arm_and_random_at_second_order():
     c.meta.direction = "ascent"
     c.rlhf.rm_init = "restart"
     config_lib.validate(c)
+    c.ppo.reward_shaping, c.ppo.reward_fn = "par", "metarm_jax.data.synthetic:gold_monitor"
+    with pytest.raises(ConfigError, match="reward_shaping='par' shapes one reward model"):
+        config_lib.validate(c)
+
+
+def test_par_is_a_plan_arm_on_r0_compared_to_vanilla_and_by_metarm():
+    from metarm_jax.rlhf import rewards
+
+    arm = plan.BY_NAME["par"]
+    assert arm.reward == "par" and not arm.rival_reward and plan.FLOOR in arm.compare_to
+    assert ("metarm", "par") in plan.comparisons(["metarm", "par", plan.FLOOR])
+
+    class Rec:
+        rm0, rm0_steps = "r0", 125
+
+    r = rewards.SOURCES["par"](rewards.RewardRequest(None, None, arm, Rec()))
+    assert (r.rm, r.rms, r.rm_steps, r.ppo) == ("r0", ("r0",), 125, {"reward_shaping": "par"})
 
 
 def _shape_rewards(score_offset: float, reward_norm: str, iterations: int = 3):

@@ -315,3 +315,38 @@ def test_frozen_offload_round_trip():
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
         assert a.sharding.memory_kind == b.sharding.memory_kind
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_par_shapes_the_score_against_reference_samples(toy, tmp_path):
+    """ppo.reward_shaping='par': the reward PPO normalises is the mean of σ(r − r_ref) over the
+    reference policy's samples of each prompt (in (0, 1)); the RM's raw scores of the roll-outs
+    and of the references are logged beside it. At iteration 0 actor and reference are the same
+    policy, so the shaped score is centred near 1/2."""
+    config = toy_config(toy, iterations=2, reward_shaping="par")
+    mesh = sharding.make_mesh(dict(config.mesh))
+    ppo.run_ppo(stages.StageContext(config=config, mesh=mesh, workdir=str(tmp_path)))
+    rows = [r for r in read_metrics(str(tmp_path)) if "rollout/score_mean" in r]
+    assert len(rows) == 2
+    for r in rows:
+        assert 0.0 < r["rollout/score_mean"] < 1.0
+        assert "rollout/par_rm_score_mean" in r and "rollout/par_ref_score_mean" in r
+        assert r["rollout/score_mean"] != pytest.approx(r["rollout/par_rm_score_mean"])
+    assert abs(rows[0]["rollout/score_mean"] - 0.5) < 0.15
+
+
+def test_preference_as_reward_on_a_hand_made_prompt():
+    """Fu et al.'s PAR by hand: scores (0, 2) against references (0, 2):
+    y = 0: (σ(0) + σ(−2)) / 2, y = 2: (σ(2) + σ(0)) / 2; bounded, monotone in r."""
+    from metarm_jax.core import ppo as ppo_math
+
+    sig = lambda x: 1 / (1 + np.exp(-x))
+    out = np.asarray(
+        ppo_math.preference_as_reward(jnp.array([[0.0, 2.0]]), jnp.array([[0.0, 2.0]]))
+    )
+    np.testing.assert_allclose(out, [[(sig(0) + sig(-2)) / 2, (sig(2) + sig(0)) / 2]], rtol=1e-6)
+    many = np.asarray(
+        ppo_math.preference_as_reward(
+            jnp.array([[-50.0, -1.0, 0.5, 50.0]]), jnp.array([[0.0, 1.0, -1.0]])
+        )
+    )[0]
+    assert np.all(np.diff(many) > 0) and many[0] < 1e-6 and many[-1] > 1 - 1e-6

@@ -346,6 +346,10 @@ def ppo() -> ml_collections.ConfigDict:
     # "module:function" whose function of token ids REPLACES the RM's score as PPO's reward (the
     # ceiling arm: "metarm_jax.data.synthetic:gold_monitor", PPO on the world's gold); "" = the RM
     c.reward_fn = ""
+    # "none" | "par": PAR (Fu et al. 2025), the RM's score replaced by the mean of
+    # σ(r(x, y) − r(x, y_ref)) over rollouts_per_query references per prompt sampled from the
+    # reference policy each iteration (core/ppo.py: preference_as_reward; the par arm)
+    c.reward_shaping = "none"
     # An RM ensemble (Coste et al. 2024): >= 2 RM directories that all score every roll-out;
     # PPO's reward is their aggregation (rm_path then only names the critic's start, critic_path
     # ''). () = off: the one RM in rm_path. docs/ppo.md, "RM ensembles".

@@ -385,6 +385,11 @@ def _check_across_keys(config) -> None:
         for key in ("monitor", "reward_fn"):
             if p[key]:
                 stages.load_function(p[key], f"ppo.{key}")
+        if p.reward_shaping == "par" and (p.reward_fn or p.reward_models):
+            raise ConfigError(
+                "config.ppo.reward_shaping='par' shapes one reward model's score; unset "
+                "ppo.reward_fn and ppo.reward_models, or set reward_shaping='none'."
+            )
         if p.reward_fn and p.reward_models:
             raise ConfigError(
                 "config.ppo.reward_fn and ppo.reward_models both replace the RM's score; set one "

@@ -227,6 +227,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "kl_estimator": _choice(*ppo_math.KL_ESTIMATORS),
         "kl_clip": Rule(_NONNEG.ok, "a number >= 0 (0 switches the clip off)"),
         "reward_norm": _choice(*ppo_math.REWARD_NORMS),
+        "reward_shaping": _choice(*ppo_math.REWARD_SHAPINGS),
         "reward_clip": Rule(_NONNEG.ok, "a number >= 0 (0 switches the clip off)"),
         "gamma": _real(0, 1),
         "lam": _real(0, 1),

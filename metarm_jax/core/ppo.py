@@ -49,6 +49,24 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 # How the PPO stage normalises RM scores (config.ppo.reward_norm): not at all, by the running std
 # (`normalize_scores`), or centred and scaled (`subtract_mean=True`).
 REWARD_NORMS = ("none", "scale", "standard")
+# How the RM's score is shaped before normalisation (config.ppo.reward_shaping): not at all, or
+# PAR ("preference as reward", Fu et al. 2025: ``preference_as_reward``).
+REWARD_SHAPINGS = ("none", "par")
+
+
+def preference_as_reward(score: jax.Array, ref_score: jax.Array) -> jax.Array:
+    """PAR, "preference as reward" (Fu et al. 2025, "Reward Shaping to Mitigate Reward Hacking in
+    RLHF"): the reward of response y to prompt x is the RM's preference for y over reference
+    responses of the same prompt from the reference policy (π_SFT),
+
+        r_PAR(x, y) = 1/M Σ_m σ(r(x, y) − r(x, y_ref_m))          in (0, 1)
+
+    bounded, centred on the reference policy, and monotone in r within a prompt (the same
+    within-prompt ranking as r). ``score`` [Q, R] (R responses per prompt), ``ref_score`` [Q, M]
+    -> [Q, R], computed in float32 at least."""
+    dt = jnp.promote_types(score.dtype, jnp.float32)
+    d = score.astype(dt)[:, :, None] - ref_score.astype(dt)[:, None, :]
+    return jax.nn.sigmoid(d).mean(-1)
 
 
 # --------------------------------------------------------------------------------------------

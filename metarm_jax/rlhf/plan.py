@@ -40,8 +40,9 @@ RIVALS = ("ensemble_mean", "ensemble_worst", "ensemble_uwo", "warm", "centred")
 # an ensemble of rlhf.ensemble_size RMs (Arm.agg); their weight average (WARM); an RM trained like
 # r_0 with reward centring. The one list of reward kinds: metarm_jax/rlhf/rewards.py builds one
 # function per name (its ``SOURCES`` is keyed by this tuple, checked when it is imported).
-REWARDS = ("rm0", "gold", "ensemble", "warm", "centred")
-FIXED_REWARDS = ("rm0", "gold")  # the others are an RM of the arm's own (a rival's)
+REWARDS = ("rm0", "gold", "ensemble", "warm", "centred", "par")
+# the others are an RM of the arm's own (a rival's); PAR shapes r_0's score (no RM of its own)
+FIXED_REWARDS = ("rm0", "gold", "par")
 # Where a ROUNDS arm's RM starts each round (rlhf.rm_init): the previous round's RM (continued:
 # rounds x one pass in all), r_0, or r_0's initialisation (π_SFT's weights and a fresh reward
 # head, seeded as r_0's) for one pass: the paper's Figure 4 reading, each round's RM restarted.
@@ -129,7 +130,7 @@ ARMS: tuple[Arm, ...] = (
         ROUNDS,
         "MetaRM",
         rm_method="metarm",
-        compare_to=(NULL_ASCENT, FLOOR, *RIVALS),
+        compare_to=(NULL_ASCENT, FLOOR, *RIVALS, "par"),
         doc="MetaRM (eta = meta.eta) on the original pairs, from the previous round's RM",
     ),
     Arm(
@@ -264,6 +265,15 @@ ARMS: tuple[Arm, ...] = (
         compare_to=(FLOOR,),
         doc="PPO against an RM trained as r_0 plus η·mean((r_w + r_l)²) (η = "
         "rlhf.center_rewards; Eisenstein et al.)",
+    ),
+    Arm(
+        "par",
+        CONTINUOUS,
+        "PAR",
+        reward="par",
+        compare_to=(FLOOR,),
+        doc="PPO against r_0 shaped as preference as reward: the mean of σ(r_0(x, y) − r_0(x, "
+        "y_ref)) over references sampled from π_SFT each iteration (Fu et al. 2025)",
     ),
     Arm("dpo", SINGLE, "dpo", doc="DPO on the same preference pairs"),
 )

@@ -57,6 +57,11 @@ def gold(req: RewardRequest) -> Reward:
     return Reward(req.rec.rm0, (), req.rec.rm0_steps, {"reward_fn": GOLD_REWARD})
 
 
+def par(req: RewardRequest) -> Reward:
+    """PAR: r_0's score against π_SFT's references of the same prompt (ppo.reward_shaping)."""
+    return Reward(req.rec.rm0, (req.rec.rm0,), req.rec.rm0_steps, {"reward_shaping": "par"})
+
+
 def members(req: RewardRequest) -> list[tuple[str, int]]:
     """(export, RM steps) of the ensemble's M members, member 0 first: r_0 when this run trained
     it (rlhf.rm_path empty), else trained here like the others (all from π_SFT, one

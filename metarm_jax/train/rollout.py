@@ -173,6 +173,7 @@ class Rollouts(loop.StateSource):
         self.buffer_iteration = -1
         self.metrics: dict[str, Any] = {}
         self.timer = timer if timer is not None else {}
+        self.par = p.reward_shaping == "par"  # PAR: the score relative to reference samples
         self.monitor = load_token_fn(config, "monitor")
         self.reward_fn = load_token_fn(config, "reward_fn")
         num_queries = self.q
@@ -246,6 +247,10 @@ class Rollouts(loop.StateSource):
             scored = dict(
                 scored, score=jax.make_array_from_callback(given.shape, sh, lambda i: given[i])
             )
+        if self.par:  # PAR: the score against the reference policy's samples of each prompt
+            scored, par_metrics = self._preference_as_reward(
+                params, ids, pmask, scored, stream_iteration
+            )
         scored = dict(
             scored,
             score=faults.poison("reward", scored["score"]),
@@ -300,6 +305,8 @@ class Rollouts(loop.StateSource):
         if self.monitor is not None:
             values = self.monitor(rep(ids), rep(pmask), host(tokens), host(rmask))
             metrics["rollout/monitor_mean"] = float(np.mean(values))
+        if self.par:
+            metrics.update(par_metrics)
         metrics["rollout/iteration"] = float(iteration)
         metrics["rollout/stream_iteration"] = float(stream_iteration)
         metrics["rollout/prompt_index"] = np.asarray(batch["prompt_index"], np.float64)
@@ -309,6 +316,47 @@ class Rollouts(loop.StateSource):
         self.timer.setdefault("generate", []).append(t1 - t0)
         self.timer.setdefault("score", []).append(t2 - t1)
         self.metrics = metrics
+
+    def _preference_as_reward(self, params, ids, pmask, scored, stream_iteration: int):
+        """PAR (``core.preference_as_reward``): rollouts_per_query references per prompt sampled
+        from the reference policy with this iteration's own keys (a resumed run draws the same),
+        scored by the same RM; the roll-outs' score becomes the mean of σ(r − r_ref)."""
+        out = sampling.generate(
+            (self.actor_graphdef, self.ref.get()),
+            ids,
+            pmask,
+            self._rng(2, stream_iteration),
+            self.sample_settings,
+            num_samples=self.r,
+            eos_id=self.eos_id,
+            pad_id=self.pad_id,
+            mesh=self.mesh,
+        )
+        rep = lambda x: np.repeat(x, self.r, axis=0)
+        ref = self.score_fn(
+            params["actor"],
+            self.ref.get(),
+            params["critic"],
+            self.rm.get(),
+            jnp.concatenate([self._put(rep(ids)), out.tokens], axis=1),
+            jnp.concatenate([self._put(rep(pmask)), out.mask], axis=1),
+            int(out.tokens.shape[1]),
+        )
+        host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        raw, ref_raw = host(scored["score"]), host(ref["score"])
+        par = np.asarray(
+            core.preference_as_reward(
+                jnp.asarray(raw.reshape(self.q, self.r)), jnp.asarray(ref_raw.reshape(self.q, -1))
+            ),
+            np.float32,
+        ).reshape(-1)
+        sh = scored["score"].sharding
+        shaped = jax.make_array_from_callback(par.shape, sh, lambda i: par[i])
+        metrics = {
+            "rollout/par_rm_score_mean": float(raw.mean()),
+            "rollout/par_ref_score_mean": float(ref_raw.mean()),
+        }
+        return dict(scored, score=shaped), metrics
 
     def _put(self, x: np.ndarray) -> jax.Array:
         sh = self._batch_sh(x.ndim)
