@@ -23,9 +23,11 @@ from tests.xla_env import xla_flags
 PACKAGE = REPO / "metarm_jax"
 UNSAFE_MODULES = {"pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve", "joblib"}
 # The places that import code by name, each reviewed: the stage registry (fixed strings in
-# stages.STAGES), the data layer's lazy exports (fixed names of its own modules) and ppo.monitor
-# ("module:function" from the user's config: the one place user code is imported, docs/ppo.md).
+# stages.STAGES), the data layer's lazy exports (fixed names of its own modules), the package's
+# old root names (a fixed table of its own modules) and ppo.monitor ("module:function" from the
+# user's config: the one place user code is imported, docs/ppo.md).
 IMPORT_BY_NAME = {
+    "metarm_jax/__init__.py",  # _MOVED: the modules that left the root, by their fixed names
     "metarm_jax/config/stages.py",  # the stage registry and stages.load_function (ppo.monitor)
     "metarm_jax/data/__init__.py",
     "metarm_jax/config/lib.py",  # a config file inside a package (configs/) is imported as such
