@@ -324,7 +324,9 @@ def build(step: str, cfg: llama.LlamaConfig, mesh, s: Shapes):
             fn, batch = rm.rm_step(apply, 0.0), {"pref": pref_batch(s)}
         else:
             order = "first" if step == "meta1" else "second"
-            fn = rm.metarm_step(apply, config_lib.derive(c.meta, {"eta": 5e-6, "order": order}), 0.0)
+            fn = rm.metarm_step(
+                apply, config_lib.derive(c.meta, {"eta": 5e-6, "order": order}), 0.0
+            )
             batch = {"pref": pref_batch(s), "meta": meta_batch(s)}
         jitted, args = train_program(fn, opt, params, batch, mesh, s.grad_accum)
         info.update(param_bytes=nbytes(params), state_bytes=nbytes(args[0]))
