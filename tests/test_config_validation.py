@@ -260,10 +260,16 @@ def test_every_option_of_every_enum_passes():
     for block, rules in config_rules.RULES.items():
         for key, rule in rules.items():
             for option in rule.options:
-                if (block, key, option) != ("rlhf", "judge", "llm"):  # needs an endpoint: below
+                if (block, key, option) not in (
+                    ("rlhf", "judge", "llm"),  # needs an endpoint: below
+                    ("meta", "direction", "descent"),  # only as its plan arm: below
+                ):
                     config_lib.validate(_with(config, **{f"{block}__{key}": option}))
     judge = {"judge__base_url": "http://x/v1", "judge__model": "m", "judge__api_key_env": ""}
     config_lib.validate(_with(config, rlhf__judge="llm", **judge))
+    with pytest.raises(ConfigError, match="add metarm_descent to config.rlhf.baselines"):
+        config_lib.validate(_with(config, meta__direction="descent"))
+    config_lib.validate(_with(config, rlhf__baselines=("metarm_descent",)))
 
 
 @pytest.mark.parametrize(
