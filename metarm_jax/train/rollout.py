@@ -210,33 +210,12 @@ class Rollouts(loop.StateSource):
             int((pmask > 0).sum(1).max()), self.sample_settings.prompt_bucket_min
         )
         ids, pmask = sampling.left_pack(ids, pmask, width, self.pad_id)
-        out = sampling.generate(
-            (self.actor_graphdef, params["actor"]),
-            ids,
-            pmask,
-            self._rng(0, stream_iteration),
-            self.sample_settings,
-            num_samples=self.r,
-            eos_id=self.eos_id,
-            pad_id=self.pad_id,
-            mesh=self.mesh,
-        )
+        out = self._sample(params["actor"], ids, pmask, self._rng(0, stream_iteration))
         tokens, rmask = jax.block_until_ready((out.tokens, out.mask))
         t1 = time.perf_counter()
 
         rep = lambda x: np.repeat(x, self.r, axis=0)
-        seq_ids = jnp.concatenate([self._put(rep(ids)), tokens], axis=1)
-        seq_mask = jnp.concatenate([self._put(rep(pmask)), rmask], axis=1)
-        num_response = int(tokens.shape[1])
-        scored = self.score_fn(
-            params["actor"],
-            self.ref.get(),
-            params["critic"],
-            self.rm.get(),
-            seq_ids,
-            seq_mask,
-            num_response,
-        )
+        scored, seq_ids, seq_mask = self._score(params, ids, pmask, tokens, rmask)
         scored = jax.block_until_ready(scored)
         host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
         if self.reward_fn is not None:  # PPO on a given reward of the tokens (e.g. gold)
@@ -317,31 +296,43 @@ class Rollouts(loop.StateSource):
         self.timer.setdefault("score", []).append(t2 - t1)
         self.metrics = metrics
 
-    def _preference_as_reward(self, params, ids, pmask, scored, stream_iteration: int):
-        """PAR (``core.preference_as_reward``): rollouts_per_query references per prompt sampled
-        from the reference policy with this iteration's own keys (a resumed run draws the same),
-        scored by the same RM; the roll-outs' score becomes the mean of σ(r − r_ref)."""
-        out = sampling.generate(
-            (self.actor_graphdef, self.ref.get()),
+    def _sample(self, policy_params, ids, pmask, key):
+        """``rollouts_per_query`` samples per (left-packed) prompt from a policy's params."""
+        return sampling.generate(
+            (self.actor_graphdef, policy_params),
             ids,
             pmask,
-            self._rng(2, stream_iteration),
+            key,
             self.sample_settings,
             num_samples=self.r,
             eos_id=self.eos_id,
             pad_id=self.pad_id,
             mesh=self.mesh,
         )
+
+    def _score(self, params, ids, pmask, tokens, rmask):
+        """The four models' scoring of each prompt (repeated per sample) followed by its sampled
+        tokens: (``score_fn``'s outputs, the sequences' ids, their mask)."""
         rep = lambda x: np.repeat(x, self.r, axis=0)
-        ref = self.score_fn(
+        seq_ids = jnp.concatenate([self._put(rep(ids)), tokens], axis=1)
+        seq_mask = jnp.concatenate([self._put(rep(pmask)), rmask], axis=1)
+        scored = self.score_fn(
             params["actor"],
             self.ref.get(),
             params["critic"],
             self.rm.get(),
-            jnp.concatenate([self._put(rep(ids)), out.tokens], axis=1),
-            jnp.concatenate([self._put(rep(pmask)), out.mask], axis=1),
-            int(out.tokens.shape[1]),
+            seq_ids,
+            seq_mask,
+            int(tokens.shape[1]),
         )
+        return scored, seq_ids, seq_mask
+
+    def _preference_as_reward(self, params, ids, pmask, scored, stream_iteration: int):
+        """PAR (``core.preference_as_reward``): rollouts_per_query references per prompt sampled
+        from the reference policy with this iteration's own keys (a resumed run draws the same),
+        scored by the same RM; the roll-outs' score becomes the mean of σ(r − r_ref)."""
+        out = self._sample(self.ref.get(), ids, pmask, self._rng(2, stream_iteration))
+        ref, _, _ = self._score(params, ids, pmask, out.tokens, out.mask)
         host = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))
         raw, ref_raw = host(scored["score"]), host(ref["score"])
         par = np.asarray(
