@@ -149,9 +149,10 @@ def test_seed_offset_flags_rebuild_what_with_seed_offset_makes():
         assert (flags == []) == (offset == 0)
 
 
-def test_the_blind_world_variant_changes_only_its_two_settings():
-    """configs/quickstart.py:world=blind: sampling stops at the longest base response and the
-    base data exercises the fine part more; every other key is the quickstart's. A world name
+def test_the_blind_world_variant_changes_only_its_three_settings():
+    """configs/quickstart.py:world=blind: sampling stops at the longest base response, the base
+    data exercises the fine part more, and the KL anchor is weaker (the gate's second try); every
+    other key is the quickstart's. A world name
     it does not know is one clear line."""
     base = config_lib.load_config_file("configs/quickstart.py")
     blind = config_lib.load_config_file("configs/quickstart.py:world=blind")
@@ -165,7 +166,12 @@ def test_the_blind_world_variant_changes_only_its_two_settings():
         return out
 
     a, b = flat(base), flat(blind)
-    assert {k for k in a if a[k] != b[k]} == {"sampling.max_new_tokens", "world.base_fine_frac"}
+    assert {k for k in a if a[k] != b[k]} == {
+        "sampling.max_new_tokens",
+        "world.base_fine_frac",
+        "ppo.kl_beta",
+    }
+    assert blind.ppo.kl_beta == 0.01
     config_lib.validate(blind)
     with pytest.raises(ConfigError, match="world='bogus'; expected one of exploit, blind"):
         config_lib.load_config_file("configs/quickstart.py:world=bogus")
