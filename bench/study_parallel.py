@@ -25,9 +25,9 @@ from metarm_jax.rlhf import seeds as seeds_lib
 CONFIG = "configs/quickstart.py:study=1,seeds=1"
 
 
-def seed_flags(offset: int) -> list[str]:
+def seed_flags(offset: int, config: str = CONFIG) -> list[str]:
     """--config flags that move every seed key by ``offset``, as ``:seeds=N`` does."""
-    return config_lib.seed_offset_flags(config_lib.load_config_file(CONFIG), offset)
+    return config_lib.seed_offset_flags(config_lib.load_config_file(config), offset)
 
 
 def main() -> None:
@@ -35,6 +35,9 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/study")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument(
+        "--config", default=CONFIG, help="e.g. configs/quickstart.py:study=1,seeds=1,world=blind"
+    )
     args, extra = ap.parse_known_args()
     os.makedirs(args.workdir, exist_ok=True)
     t0 = time.time()
@@ -45,8 +48,9 @@ def main() -> None:
         while waiting and len(running) < args.jobs:
             i = waiting.pop(0)
             wd = os.path.join(args.workdir, f"seed{i}")
-            cmd = [sys.executable, "-m", "metarm_jax.main", f"--config={CONFIG}",
-                   f"--workdir={wd}", *seed_flags(i), "--config.train.progress=False", *extra]  # fmt: skip
+            cmd = [sys.executable, "-m", "metarm_jax.main", f"--config={args.config}",
+                   f"--workdir={wd}", *seed_flags(i, args.config),
+                   "--config.train.progress=False", *extra]  # fmt: skip
             with open(os.path.join(args.workdir, f"seed{i}.log"), "w") as log:  # the child keeps it
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
             running[i] = (proc, time.time())
