@@ -152,8 +152,7 @@ def test_seed_offset_flags_rebuild_what_with_seed_offset_makes():
 def test_the_blind_world_variant_changes_only_its_three_settings():
     """configs/quickstart.py:world=blind: sampling stops at the longest base response, the base
     data exercises the fine part more, and the KL anchor is weaker (the gate's second try); every
-    other key is the quickstart's. A world name
-    it does not know is one clear line."""
+    other key is the quickstart's. A world name it does not know is one clear line."""
     base = config_lib.load_config_file("configs/quickstart.py")
     blind = config_lib.load_config_file("configs/quickstart.py:world=blind")
     assert blind.sampling.max_new_tokens == blind.world.response_len[1] == 16
