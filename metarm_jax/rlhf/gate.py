@@ -13,8 +13,8 @@ blind world").
     oracle − eta0 at peak  paired over the test prompts, each arm at its round chosen on
         validation prompts
 
-The gate is defined on the quickstart's arms ``oracle`` and ``eta0``; a run without them (or
-without the synthetic world) reports the missing values as not measured, which fails the gate.
+The gate is defined on the quickstart's arms ``oracle`` and ``eta0``; a run without them reports
+the missing values as not measured, which fails the gate. It needs the synthetic world.
 """
 
 from __future__ import annotations
@@ -49,48 +49,24 @@ def saturated_accuracy(world, score_pairs, exclude: set[str]) -> float:
     return float(np.mean(s[:, 0] > s[:, 1]))
 
 
-def _gold_by_round(world, rec: RunRecord, run, test, valid) -> tuple[dict, dict]:
-    """Per-prompt test gold (mean over the k samples) and mean validation gold of each round's
-    policy of one arm, round 0 being π_SFT."""
-    names = {0: "sft", **{r: run.arm.policy(r) for r in range(1, rec.rounds + 1)}}
-    test_gold, valid_gold = {}, {}
-    for r, name in names.items():
-        ps, resp = test[name]
-        test_gold[r] = np.asarray([np.mean(world.gold([p] * len(y), y)) for p, y in zip(ps, resp)])
-        vps, vresp = valid[name]
-        valid_gold[r] = float(np.mean(world.gold(vps, [y[0] for y in vresp])))
-    return test_gold, valid_gold
-
-
 def measure(
-    rec: RunRecord,
-    test: dict,
-    valid: dict,
-    world,
-    score,
-    controls: dict[str, Any],
-    n_boot: int,
+    rec: RunRecord, test: dict, valid: dict, world, score, controls: dict, oracle_vs_eta0
 ) -> dict[str, Any]:
     """The gate of one run. ``score(rm_path, prompts, responses) -> (scores [n, k], mask)``;
-    ``controls``: the report's controls (their ``overoptimised``)."""
-    if world is None:
-        return {"note": "needs the synthetic world's gold reward", "passed": False}
+    ``controls``: the report's controls (their ``overoptimised``); ``oracle_vs_eta0``: the
+    oracle minus eta0 in test gold at each one's peak, paired over prompts (the report's own
+    comparison of the two arms), or None when either arm did not run."""
     held = {world.render(world.parse(p, junk=False)) for p in [*test["sft"][0], *valid["sft"][0]]}
     acc = saturated_accuracy(world, lambda ps, ys: score(rec.rm0, ps, ys)[0], held)
+
+    def spread(policy: str) -> float:  # r_0's within-prompt spread on a policy's test samples
+        ps, resp = test[policy]
+        return compute.within_prompt_spread(*score(rec.rm0, ps, resp))
+
     floor = rec.arms.get(plan.FLOOR)
-    shifted = base = None
-    if floor is not None:
-        for policy, slot in ((floor.arm.policy(rec.rounds), "shifted"), ("sft", "base")):
-            ps, resp = test[policy]
-            s, mask = score(rec.rm0, ps, resp)
-            value = compute.within_prompt_spread(s, mask)
-            shifted, base = (value, base) if slot == "shifted" else (shifted, value)
-    diff = None
-    if ORACLE in rec.arms and ETA0 in rec.arms:
-        o_test, o_valid = _gold_by_round(world, rec, rec.arms[ORACLE], test, valid)
-        e_test, e_valid = _gold_by_round(world, rec, rec.arms[ETA0], test, valid)
-        diff = compute.control_difference(o_test, o_valid, e_test, e_valid, n_boot)["peak"]
-    return gate(acc, shifted, base, controls.get("overoptimised"), diff)
+    shifted = spread(floor.arm.policy(rec.rounds)) if floor is not None else None
+    base = spread("sft") if floor is not None else None
+    return gate(acc, shifted, base, controls.get("overoptimised"), oracle_vs_eta0)
 
 
 def gate(
